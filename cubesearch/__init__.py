@@ -1,0 +1,45 @@
+"""cubesearch: put Cube Kernel blocks into any model and search the IoU-vs-FLOPs trade-off.
+
+The public API mirrors the CLI (DESIGN.md §3). Heavy modules (timm, smp, fvcore, optuna) load
+lazily, on first use of the name that needs them, so `import cubesearch` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cubesearch.blocks import CubeBlock, CubeConfig, FoldedCubeBlock
+from cubesearch.errors import CubesearchError
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; one module per step of DESIGN.md §2's data flow.
+_LAZY = {
+    "load_model": "cubesearch.models",
+    "find_sites": "cubesearch.sites",
+    "Site": "cubesearch.sites",
+    "Plan": "cubesearch.plan",
+    "convert": "cubesearch.conversion",
+    "count_flops": "cubesearch.cost",
+    "CostModel": "cubesearch.cost",
+    "load": "cubesearch.checkpoint",
+    "save": "cubesearch.checkpoint",
+    "train": "cubesearch.training",
+    "search": "cubesearch.searching",
+    "export": "cubesearch.exporting",
+}
+
+__all__ = ["CubeBlock", "CubeConfig", "CubesearchError", "FoldedCubeBlock", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cubesearch' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass

@@ -1,0 +1,29 @@
+"""The Cube Kernel block (DESIGN.md §1) and its pieces."""
+
+from cubesearch.blocks.config import CubeConfig
+from cubesearch.blocks.cost import BlockCost, block_cost
+from cubesearch.blocks.cube import CubeBlock, CubeUnit, FoldedCubeBlock, FoldedCubeUnit
+from cubesearch.blocks.layers import (
+    ChannelRouter,
+    LatticeConv,
+    SpatialAttention,
+    inverse_reconstruct,
+    lattice_order,
+    reconstruct,
+)
+
+__all__ = [
+    "BlockCost",
+    "ChannelRouter",
+    "CubeBlock",
+    "CubeConfig",
+    "CubeUnit",
+    "FoldedCubeBlock",
+    "FoldedCubeUnit",
+    "LatticeConv",
+    "SpatialAttention",
+    "block_cost",
+    "inverse_reconstruct",
+    "lattice_order",
+    "reconstruct",
+]

@@ -1,0 +1,57 @@
+"""The `cubesearch` command: a thin Typer layer over the Python API.
+
+Every command exits 0 on success and 1 on a user error, printed as one `error: …` line on
+stderr (the traceback only with `--debug`). Command modules register themselves on `app`.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+
+import click
+
+from cubesearch.cli.app import app
+
+# Each module adds its commands to `app` on import (one module per step of the data flow).
+from cubesearch.cli import demo as _demo  # noqa: E402,F401  isort: skip
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|timm|fvcore)\..*")
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        result = app(args=args, prog_name="cubesearch", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
+    except click.ClickException as exc:  # usage errors: bad option, missing argument…
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line for the user, traceback on request
+        if debug:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,50 @@
+"""The Typer app and the helpers every command shares (console, JSON output)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from cubesearch import __version__
+
+app = typer.Typer(
+    name="cubesearch",
+    help="Put Cube Kernel blocks into any timm / smp / model.py model and search IoU vs FLOPs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Human output (tables, progress) goes to stderr when --json owns stdout.
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cubesearch {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+) -> None:
+    """cubesearch: find where Cube Kernel blocks go, and which trade-off is worth it."""
+
+
+def out_console(as_json: bool) -> Console:
+    """Where human-readable output goes: stdout normally, stderr when stdout carries JSON."""
+    return err_console if as_json else console
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
