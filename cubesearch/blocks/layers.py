@@ -9,6 +9,8 @@ copy ℛ makes is never needed. The router simply stores its output rows in that
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -94,6 +96,7 @@ class SpatialAttention(nn.Module):
 _S2_TAPS = ((0, 1), (1, 0), (1, 1))
 
 
+@functools.cache
 def _stride2_fold_index() -> Tensor:
     """For each 3×3 tap (a, b), its flat position in the (4, 2, 2) = (cell, u, v) folded kernel."""
     idx = []
@@ -105,6 +108,7 @@ def _stride2_fold_index() -> Tensor:
     return torch.tensor(idx)
 
 
+@functools.cache
 def _stride1_fold_index() -> Tensor:
     """For each (out cell, 3×3 tap), flat position in the (4 out, 4 in, 3, 3) folded kernel."""
     idx = []
@@ -126,8 +130,8 @@ def fold_stride2_weight(weight: Tensor) -> Tensor:
     Differentiable (an index copy), so training can run the folded form directly.
     """
     q = weight.shape[0]
-    flat = weight.new_zeros(q, 16).index_copy(1, _stride2_fold_index().to(weight.device),
-                                              weight.reshape(q, 9))
+    index = _stride2_fold_index().to(weight.device)
+    flat = weight.new_zeros(q, 16).index_copy(1, index, weight.reshape(q, 9))
     return flat.view(q, 4, 2, 2)
 
 
