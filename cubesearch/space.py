@@ -1,0 +1,220 @@
+"""Search spaces: YAML files a user can read, copy and edit (`search_spaces/*.yaml`).
+
+A space says which sites are searchable (`all`, `decoder`, `encoder`, or include/exclude
+regexes), how sites are decided (`per_site`: keep-or-replace and knobs per site; `shared`:
+keep-or-replace per site, one config for all; `fullcube`: every searchable site replaced, one
+config), and the values each `CubeConfig` knob may take. `sample_plan` turns an Optuna trial into
+site → `CubeConfig` (define-by-run), the same function for every sampler and backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cubesearch.blocks import CubeConfig
+from cubesearch.errors import CubesearchError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+KNOBS = tuple(CubeConfig.model_fields)
+
+
+class SiteLike(Protocol):
+    name: str
+    in_channels: int
+    role: str
+
+
+class SiteFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include: list[str] = Field(default_factory=lambda: [".*"])
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _regexes_compile(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"bad regex {p!r}: {exc}") from None
+        return patterns
+
+
+class KnobChoices(BaseModel):
+    """Allowed values per knob; each value must be one `CubeConfig` accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+    lattice_stride: list[int] = [2]
+    groups: list[int] = [4]
+    router: list[str] = ["pre"]
+    attention: list[bool] = [True]
+    depth: list[int] = [1]
+    fusion_kernel: list[int] = [3]
+    act: list[str] = ["gelu"]
+
+    @model_validator(mode="after")
+    def _values_are_valid_knobs(self) -> KnobChoices:
+        for knob in KNOBS:
+            values = getattr(self, knob)
+            if not values:
+                raise ValueError(f"{knob}: needs at least one value")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{knob}: repeated values {values}")
+            for v in values:
+                CubeConfig(**{knob: v})  # raises ValueError naming the knob and allowed values
+        return self
+
+    def combos(self, exclude_router_none: bool = False) -> list[CubeConfig]:
+        """Every config in the product of the choices."""
+        routers = [r for r in self.router if not (exclude_router_none and r == "none")]
+        values = [routers if k == "router" else getattr(self, k) for k in KNOBS]
+        return [CubeConfig(**dict(zip(KNOBS, combo, strict=True))) for combo in itertools.product(*values)]
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "custom"
+    description: str = ""
+    sites: Literal["all", "decoder", "encoder"] | SiteFilter = "decoder"
+    mode: Literal["per_site", "shared", "fullcube"] = "per_site"
+    knobs: KnobChoices = Field(default_factory=KnobChoices)
+
+    # --- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> SearchSpace:
+        """A shipped space by name (`default`, `shared`, `fullcube`, `paper`) or a YAML path."""
+        path = Path(name_or_path)
+        if not path.suffix and not path.exists():
+            path = SPACES_DIR / f"{name_or_path}.yaml"
+            if not path.exists():
+                known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+                raise CubesearchError(f"unknown search space {str(name_or_path)!r} (shipped: {known}; "
+                                      "or give a path to a .yaml file)")
+        if not path.exists():
+            raise CubesearchError(f"search space file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise CubesearchError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "search space") -> SearchSpace:
+        if not isinstance(data, dict):
+            raise CubesearchError(f"{source}: expected a mapping at the top level")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = max(exc.errors(), key=lambda e: len(e["loc"]))  # the most specific one
+            where = ".".join(str(p) for p in err["loc"] if p != "SiteFilter")
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            raise CubesearchError(f"{source}: {where}: {msg}") from None
+
+    # --- sites -------------------------------------------------------------------------------
+
+    def searchable(self, sites: Iterable[SiteLike]) -> list[SiteLike]:
+        sites = list(sites)
+        if self.sites == "all":
+            return sites
+        if self.sites in ("decoder", "encoder"):
+            return [s for s in sites if s.role == self.sites]
+        flt = self.sites
+        return [s for s in sites
+                if any(re.search(p, s.name) for p in flt.include)
+                and not any(re.search(p, s.name) for p in flt.exclude)]
+
+    def site_combos(self, site: SiteLike) -> list[CubeConfig]:
+        return self.knobs.combos(exclude_router_none=site.in_channels % 4 != 0)
+
+    def shared_combos(self, sites: Sequence[SiteLike]) -> list[CubeConfig]:
+        """Configs valid at every site (router=none dropped if any site's C_in % 4 != 0)."""
+        return self.knobs.combos(exclude_router_none=any(s.in_channels % 4 for s in sites))
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    def sample_plan(self, trial: Any, sites: Sequence[SiteLike]) -> dict[str, CubeConfig]:
+        """Define-by-run: ask `trial` for this space's parameters, return site → config."""
+        if self.mode == "per_site":
+            chosen: dict[str, CubeConfig] = {}
+            for site in sites:
+                if trial.suggest_categorical(f"replace:{site.name}", [False, True]):
+                    chosen[site.name] = self._suggest_config(trial, f"{site.name}.",
+                                                             site.in_channels % 4 != 0)
+            return chosen
+        no_none = any(s.in_channels % 4 for s in sites)
+        if self.mode == "shared":
+            replaced = [s for s in sites if trial.suggest_categorical(f"replace:{s.name}", [False, True])]
+        else:
+            replaced = list(sites)
+        if not replaced:
+            return {}
+        cfg = self._suggest_config(trial, "", no_none)
+        return {s.name: cfg for s in replaced}
+
+    def _suggest_config(self, trial: Any, prefix: str, no_router_none: bool) -> CubeConfig:
+        values = {}
+        for knob in KNOBS:
+            choices = list(getattr(self.knobs, knob))
+            if knob == "router" and no_router_none:
+                choices = [c for c in choices if c != "none"] or ["pre"]
+            values[knob] = choices[0] if len(choices) == 1 else trial.suggest_categorical(
+                f"{prefix}{knob}", choices)
+        return CubeConfig(**values)
+
+    def params_for(self, plan: dict[str, CubeConfig], sites: Sequence[SiteLike]) -> dict[str, Any]:
+        """Trial parameters that make `sample_plan` return `plan` (for `study.enqueue_trial`)."""
+        params: dict[str, Any] = {}
+        no_none = any(s.in_channels % 4 for s in sites)
+        if self.mode in ("per_site", "shared"):
+            for s in sites:
+                params[f"replace:{s.name}"] = s.name in plan
+        for site_name, cfg in plan.items():
+            prefix = f"{site_name}." if self.mode == "per_site" else ""
+            site = next(s for s in sites if s.name == site_name)
+            for knob in KNOBS:
+                choices = list(getattr(self.knobs, knob))
+                nn = no_none if self.mode != "per_site" else site.in_channels % 4 != 0
+                if knob == "router" and nn:
+                    choices = [c for c in choices if c != "none"] or ["pre"]
+                if len(choices) > 1:
+                    value = getattr(cfg, knob)
+                    params[f"{prefix}{knob}"] = value if value in choices else choices[0]
+        return params
+
+    def default_config(self) -> CubeConfig:
+        """The enqueued FullCube's config: `CubeConfig()`'s value where allowed, else the first."""
+        base = CubeConfig()
+        return CubeConfig(**{k: getattr(base, k) if getattr(base, k) in getattr(self.knobs, k)
+                             else getattr(self.knobs, k)[0] for k in KNOBS})
+
+
+def parse_budget(text: str, base_flops: float | None = None) -> float:
+    """`50GFLOPs`, `50G`, `5e10`, `400MFLOPs`, `60%` (of `base_flops`) → FLOPs."""
+    raw = str(text).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*%", raw)
+    if m:
+        if base_flops is None:
+            raise CubesearchError(f"budget {raw!r} is relative, but the model's FLOPs are unknown")
+        pct = float(m.group(1))
+        if pct <= 0:
+            raise CubesearchError(f"budget {raw!r}: a percentage must be positive")
+        return base_flops * pct / 100
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)(?:FLOPs?|flops?)?", raw)
+    if not m:
+        raise CubesearchError(
+            f"budget {raw!r} is not understood; use e.g. 50GFLOPs, 50G, 5e10, 400MFLOPs or 60%")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2).lower()]
+    value = float(m.group(1)) * scale
+    if value <= 0:
+        raise CubesearchError(f"budget {raw!r} must be positive")
+    return value

@@ -1,0 +1,119 @@
+"""Search spaces (YAML + schema) and budget parsing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+import pytest
+
+from cubesearch import CubeConfig
+from cubesearch.errors import CubesearchError
+from cubesearch.space import SPACES_DIR, SearchSpace, parse_budget
+
+
+@dataclass
+class FakeSite:
+    name: str
+    in_channels: int
+    role: str
+
+
+SITES = [FakeSite("encoder.layer1.0.conv1", 64, "encoder"),
+         FakeSite("decoder.blocks.0.conv1", 96, "decoder"),
+         FakeSite("decoder.blocks.1.conv2", 30, "decoder")]
+
+
+@pytest.mark.parametrize("text, flops", [
+    ("50GFLOPs", 50e9), ("50G", 50e9), ("5e10", 5e10), ("400MFLOPs", 400e6), ("1.5gflops", 1.5e9),
+    (" 2T ", 2e12), ("60%", 6e9), ("12.5 %", 1.25e9), ("3000", 3000.0), ("7kFLOP", 7000.0)])
+def test_parse_budget_forms(text, flops):
+    assert parse_budget(text, base_flops=1e10) == pytest.approx(flops)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("fifty", "is not understood; use e.g. 50GFLOPs"), ("50 GB", "is not understood"),
+    ("-5G", "is not understood"), ("0G", "must be positive"), ("0%", "must be positive"),
+    ("", "is not understood")])
+def test_parse_budget_errors(text, message):
+    with pytest.raises(CubesearchError, match=message):
+        parse_budget(text, base_flops=1e10)
+
+
+def test_relative_budget_needs_base():
+    with pytest.raises(CubesearchError, match="relative"):
+        parse_budget("60%")
+
+
+def test_shipped_spaces_load_and_differ():
+    names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    assert {"default", "shared", "fullcube", "paper"} <= set(names)
+    paper = SearchSpace.load("paper")
+    assert paper.knobs.router == ["none", "pre", "post"] and paper.knobs.depth == [1, 4]
+    assert SearchSpace.load("fullcube").mode == "fullcube"
+    assert SearchSpace.load("shared").mode == "shared"
+    assert SearchSpace.load("default").mode == "per_site"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"knobs": {"lattice_stride": [3]}}, r"knobs: CubeConfig.lattice_stride: Input should be 1 or 2"),
+    ({"knobs": {"kernel": [3]}}, r"knobs.kernel: unknown key"),
+    ({"mode": "greedy"}, r"mode: Input should be 'per_site', 'shared' or 'fullcube'"),
+    ({"sites": {"include": ["("]}}, r"bad regex"),
+    ({"knobs": {"router": []}}, r"router: needs at least one value"),
+    ({"colour": "red"}, r"colour: unknown key")])
+def test_space_validation_errors(data, message):
+    with pytest.raises(CubesearchError, match=message):
+        SearchSpace.from_dict(data, source="s.yaml")
+
+
+def test_space_file_errors(tmp_path):
+    with pytest.raises(CubesearchError, match="unknown search space 'nope'.*shipped: default"):
+        SearchSpace.load("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("knobs: [1, 2\n")
+    with pytest.raises(CubesearchError, match="not valid YAML"):
+        SearchSpace.load(bad)
+    with pytest.raises(CubesearchError, match="not found"):
+        SearchSpace.load(tmp_path / "missing.yaml")
+
+
+def test_searchable_sites_by_role_and_regex():
+    assert [s.name for s in SearchSpace(sites="decoder").searchable(SITES)] == [
+        "decoder.blocks.0.conv1", "decoder.blocks.1.conv2"]
+    assert [s.name for s in SearchSpace(sites="encoder").searchable(SITES)] == ["encoder.layer1.0.conv1"]
+    space = SearchSpace.from_dict({"sites": {"include": ["conv1$"], "exclude": ["^encoder"]}})
+    assert [s.name for s in space.searchable(SITES)] == ["decoder.blocks.0.conv1"]
+
+
+@pytest.mark.parametrize("name", ["default", "shared", "fullcube", "paper"])
+def test_sample_plan_and_enqueue_round_trip(name):
+    """Every sampled plan uses allowed values; `params_for` reproduces a given plan exactly."""
+    space = SearchSpace.load(name)
+    sites = space.searchable(SITES) or SITES
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        plan = space.sample_plan(trial, sites)
+        for site_name, cfg in plan.items():
+            site = next(s for s in sites if s.name == site_name)
+            assert cfg in space.site_combos(site)
+            if site.in_channels % 4:
+                assert cfg.router != "none"
+        if space.mode == "fullcube":
+            assert set(plan) == {s.name for s in sites}
+        if space.mode != "per_site":
+            assert len(set(plan.values())) <= 1
+        study.tell(trial, 0.0)
+    target = {s.name: space.default_config() for s in sites}
+    study.enqueue_trial(space.params_for(target, sites))
+    trial = study.ask()
+    assert space.sample_plan(trial, sites) == target
+    if space.mode != "fullcube":
+        study.enqueue_trial(space.params_for({}, sites))
+        assert space.sample_plan(study.ask(), sites) == {}
+
+
+def test_default_config_is_paper_block_when_allowed():
+    assert SearchSpace.load("default").default_config() == CubeConfig()
+    assert SearchSpace.load("paper").default_config().router == "pre"
