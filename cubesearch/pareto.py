@@ -1,0 +1,135 @@
+"""The IoU-vs-GFLOPs trade-off: the non-dominated set, its hypervolume, and the plot (paper Fig. 8)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ParetoPoint:
+    """One evaluated model: a trial of a study (or the baseline / FullCube reference)."""
+
+    trial: int
+    iou: float
+    gflops: float
+    params: int
+    sites_replaced: int = 0
+    label: str = ""
+    feasible: bool = True
+    plan_path: str | None = None
+    checkpoint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def non_dominated(points: Sequence[ParetoPoint], objectives: Sequence[str] = ("iou", "gflops")
+                  ) -> list[ParetoPoint]:
+    """Feasible points no other feasible point beats on every objective (IoU up, others down).
+
+    Sorted by GFLOPs. Ties (equal on every objective) keep the earliest trial.
+    """
+    pts = [p for p in points if p.feasible]
+
+    def key(p: ParetoPoint) -> tuple[float, ...]:  # all objectives as "lower is better"
+        return tuple(-p.iou if o == "iou" else float(getattr(p, o)) for o in objectives)
+
+    front = []
+    for p in pts:
+        kp = key(p)
+        dominated = False
+        for other in pts:
+            ko = key(other)
+            if other is p:
+                continue
+            better_or_equal = all(a <= b for a, b in zip(ko, kp, strict=True))
+            if better_or_equal and (ko != kp or other.trial < p.trial):
+                dominated = True
+                break
+        if not dominated:
+            front.append(p)
+    return sorted(front, key=lambda p: (p.gflops, -p.iou))
+
+
+def hypervolume(points: Sequence[ParetoPoint], ref_gflops: float, ref_iou: float = 0.0) -> float:
+    """Area dominated by the feasible points in (GFLOPs ↓, IoU ↑), bounded by the reference point.
+
+    The benchmark's reference is (baseline GFLOPs × 1.1, IoU 0).
+    """
+    from optuna._hypervolume import compute_hypervolume
+
+    pts = np.array([[p.gflops, -p.iou] for p in points
+                    if p.feasible and p.gflops < ref_gflops and p.iou > ref_iou], dtype=float)
+    if len(pts) == 0:
+        return 0.0
+    return float(compute_hypervolume(pts, np.array([ref_gflops, -ref_iou], dtype=float)))
+
+
+def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png: Path | None,
+                html: Path | None, *, title: str = "IoU vs GFLOPs",
+                budget_gflops: float | None = None) -> None:
+    """Every trial as a dot, the front as a line, baseline and FullCube marked, front labelled."""
+    refs = {p.label: p for p in points if p.label in ("baseline", "fullcube")}
+    others = [p for p in points if p.label not in refs]
+    front_ids = {p.trial for p in front}
+    if png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        feas = [p for p in others if p.feasible]
+        infeas = [p for p in others if not p.feasible]
+        if feas:
+            ax.scatter([p.gflops for p in feas], [p.iou for p in feas], s=18, c="#9ab",
+                       label="trials")
+        if infeas:
+            ax.scatter([p.gflops for p in infeas], [p.iou for p in infeas], s=14, marker="x",
+                       c="#ccc", label="over budget")
+        if front:
+            ax.plot([p.gflops for p in front], [p.iou for p in front], "-o", c="#d62728", ms=6,
+                    label="Pareto front", drawstyle="steps-post")
+            for p in front:
+                ax.annotate(f"#{p.trial}", (p.gflops, p.iou), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+        styles = {"baseline": ("s", "#1f77b4"), "fullcube": ("D", "#2ca02c")}
+        for label, p in refs.items():
+            marker, colour = styles[label]
+            ax.scatter([p.gflops], [p.iou], marker=marker, s=70, c=colour, zorder=5,
+                       label=f"{label} (#{p.trial})", edgecolors="black")
+        if budget_gflops is not None:
+            ax.axvline(budget_gflops, ls="--", c="#888", lw=1, label="budget")
+        ax.set_xlabel("GFLOPs (fvcore, 1 MAC = 1 FLOP)")
+        ax.set_ylabel("IoU (building)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png)
+        plt.close(fig)
+    if html is not None:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+
+        def trace(pts, name, **kw):
+            fig.add_trace(go.Scatter(
+                x=[p.gflops for p in pts], y=[p.iou for p in pts], name=name,
+                text=[f"trial {p.trial}<br>{p.sites_replaced} sites replaced<br>{p.params:,} params"
+                      for p in pts], hovertemplate="%{text}<br>%{x:.3f} GFLOPs, IoU %{y:.4f}", **kw))
+
+        trace([p for p in others if p.trial not in front_ids], "trials", mode="markers")
+        trace(list(front), "Pareto front", mode="lines+markers", line={"shape": "hv"})
+        for label, p in refs.items():
+            trace([p], label, mode="markers", marker={"size": 12, "symbol": "diamond"})
+        fig.update_layout(title=title, xaxis_title="GFLOPs", yaxis_title="IoU (building)")
+        html.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_html(str(html), include_plotlyjs=True)
