@@ -1,0 +1,91 @@
+"""`cubesearch search MODEL --budget 50GFLOPs`: the product's main job."""
+
+from __future__ import annotations
+
+import typer
+
+from cubesearch.cli.app import app, out_console, print_json
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """`3x512x512` → (3, 512, 512)."""
+    from cubesearch.errors import CubesearchError
+
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise CubesearchError(f"input size {text!r} is not CxHxW (e.g. 3x512x512)")
+    return dims  # type: ignore[return-value]
+
+
+def parse_duration(text: str | None) -> float | None:
+    """`90`, `90s`, `30m`, `2h` → seconds."""
+    from cubesearch.errors import CubesearchError
+
+    if text is None:
+        return None
+    t = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(t[-1:])
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        raise CubesearchError(f"timeout {text!r} is not a duration (e.g. 90s, 30m, 2h)") from None
+    if value <= 0:
+        raise CubesearchError(f"timeout {text!r} must be positive")
+    return value
+
+
+@app.command()
+def search(
+    model: str = typer.Argument(..., help="Model spec: timm:NAME, smp:ARCH:ENCODER, model.py[:NAME]."),
+    budget: str = typer.Option(..., "--budget", help="FLOPs budget: 50GFLOPs, 50G, 5e10, 400MFLOPs or 60%."),
+    space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or a .yaml."),
+    trials: int = typer.Option(20, min=1, help="Total trials in the study (a resume counts earlier ones)."),
+    timeout: str = typer.Option(None, help="Stop after this long: 90s, 30m, 2h."),
+    data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
+    epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial (fractions allowed)."),
+    baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: per trial)."),
+    storage: str = typer.Option(None, help="Optuna storage URL (default: sqlite in --out)."),
+    study: str = typer.Option(None, help="Study name (default: from model and space)."),
+    out: str = typer.Option("runs/search", "--out", "-o", help="Folder for the study, checkpoints, plots."),
+    seed: int = typer.Option(0),
+    objectives: str = typer.Option("iou,gflops", help="iou,gflops or iou,gflops,params."),
+    input_size: str = typer.Option("3x512x512", help="Reference input for FLOPs, CxHxW."),
+    tile_size: int = typer.Option(128, help="Training tile size."),
+    train_tiles: int = typer.Option(192, help="Synthetic training tiles."),
+    val_tiles: int = typer.Option(64, help="Synthetic validation tiles."),
+    batch_size: int = typer.Option(8),
+    lr: float = typer.Option(2e-3),
+    sampler: str = typer.Option("nsga2", help="nsga2, tpe or random."),
+    classes: int = typer.Option(1, help="Output classes (1: binary buildings)."),
+    pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
+    backend: str = typer.Option("local", help="local (Optuna in this process) or ray."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+) -> None:
+    """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
+    from cubesearch.errors import CubesearchError
+    from cubesearch.searching import SAMPLERS, front_table, parse_objectives
+    from cubesearch.searching import search as run_search
+
+    if sampler not in SAMPLERS:
+        raise CubesearchError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    if backend not in ("local", "ray"):
+        raise CubesearchError(f"unknown backend {backend!r} (choose local or ray)")
+    console = out_console(as_json)
+    result = run_search(
+        model, budget, space=space, trials=trials, timeout=parse_duration(timeout), data=data,
+        epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs, storage=storage,
+        study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
+        input_size=parse_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
+        val_tiles=val_tiles, batch_size=batch_size, lr=lr, sampler=sampler, num_classes=classes,
+        pretrained=pretrained, backend=backend, console=console)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(front_table(result, f"Pareto front of {result.study_name} "
+                                      f"(budget {result.budget_gflops:.3f} GFLOPs)"))
+    console.print(f"{result.n_complete} trials complete, {result.n_failed} failed; study: "
+                  f"{result.storage}; plot: {result.out / 'pareto.png'}")

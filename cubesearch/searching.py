@@ -1,0 +1,544 @@
+"""`cubesearch.search`: Optuna multi-objective search of IoU (up) against GFLOPs (down).
+
+The pieces, in the order a trial meets them (DESIGN.md §2):
+
+- `SearchSettings`: everything the command line says, as validated data.
+- `SearchContext`: what every trial shares — the sites, the cost model, the budget, the datasets
+  and the trained baseline's checkpoint. Built once per study; picklable for Ray workers.
+- `evaluate_plan(ctx, plan)`: one trial's work, whichever backend schedules it: cost-model
+  pre-check, convert, warm start from the baseline, train, evaluate, fvcore, checkpoint.
+- `search(...)`: the local Optuna loop around it, with resumable storage and a live front.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cubesearch.blocks import CubeConfig
+from cubesearch.errors import CubesearchError
+from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
+from cubesearch.space import SearchSpace, parse_budget
+
+OBJECTIVE_DIRECTIONS = {"iou": "maximize", "gflops": "minimize", "params": "minimize"}
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
+class SearchSettings(BaseModel):
+    """A search as data: the CLI's options, stored with the study so a resume can check them."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    budget: str
+    space: str = "default"
+    trials: int = Field(20, ge=1)
+    timeout: float | None = None  # seconds
+    data: str = "synthetic"
+    epochs_per_trial: float = Field(1.0, gt=0)
+    baseline_epochs: float | None = None  # defaults to epochs_per_trial
+    storage: str | None = None
+    study: str | None = None
+    out: str = "runs/search"
+    seed: int = 0
+    objectives: tuple[str, ...] = ("iou", "gflops")
+    input_size: tuple[int, int, int] = (3, 512, 512)  # the FLOPs reference input
+    tile_size: int = 128  # training tiles
+    train_tiles: int = 192
+    val_tiles: int = 64
+    batch_size: int = 8
+    lr: float = 2e-3
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    num_classes: int = 1
+    pretrained: bool = False
+    backend: Literal["local", "ray"] = "local"
+
+    def study_name(self) -> str:
+        if self.study:
+            return self.study
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model)
+        return f"{safe}-{Path(self.space).stem}"
+
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"
+
+
+def parse_objectives(text: str | Sequence[str]) -> tuple[str, ...]:
+    names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    bad = [n for n in names if n not in OBJECTIVE_DIRECTIONS]
+    if bad or "iou" not in names or len(names) < 2 or len(set(names)) != len(names):
+        raise CubesearchError(
+            f"objectives {','.join(names)!r}: give iou and at least one of gflops, params, "
+            "each once (e.g. iou,gflops or iou,gflops,params)")
+    return tuple(names)
+
+
+# --- the context every trial shares ---------------------------------------------------------
+
+
+@dataclass
+class SearchContext:
+    settings: SearchSettings
+    space: SearchSpace
+    sites: list[Any]  # all eligible sites (cubesearch.sites.Site)
+    searchable: list[Any]
+    cost: Any  # cubesearch.cost.CostModel
+    base_flops: int
+    base_params: int
+    budget_flops: float
+    out: Path
+    baseline_dir: Path | None = None
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    datasets: Any = None  # (train, val), built once
+
+    def plan_for(self, sites_cfg: dict[str, CubeConfig]):
+        from cubesearch.plan import Plan
+
+        s = self.settings
+        return Plan(model=s.model, model_kwargs={"num_classes": s.num_classes, "in_channels":
+                                                 s.input_size[0]},
+                    input_size=s.input_size, sites=dict(sites_cfg))
+
+
+def build_context(settings: SearchSettings, *, progress: bool = True) -> SearchContext:
+    """Load the model once, find its sites, price plans, check the budget is reachable."""
+    from cubesearch.cost import CostModel
+    from cubesearch.models import load_model
+    from cubesearch.sites import find_sites
+
+    space = SearchSpace.load(settings.space)
+    model = load_model(settings.model, num_classes=settings.num_classes,
+                       in_channels=settings.input_size[0], pretrained=settings.pretrained)
+    report = find_sites(model, input_size=settings.input_size)
+    sites = list(getattr(report, "sites", report))
+    searchable = space.searchable(sites)
+    if not searchable:
+        raise CubesearchError(
+            f"{settings.model}: no eligible 3×3 conv matches the space's sites ({space.sites!r}); "
+            f"{len(sites)} eligible in the whole model")
+    cost = CostModel.from_report(report) if hasattr(CostModel, "from_report") else CostModel(report)
+    base_flops, base_params = cost.flops({}), cost.params({})
+    budget = parse_budget(settings.budget, base_flops)
+    cheapest = cheapest_plan(space, searchable, cost)
+    cheapest_flops = cost.flops(cheapest)
+    if cheapest_flops > budget:
+        raise CubesearchError(
+            f"budget {settings.budget} ({budget / 1e9:.3f} GFLOPs) is below the cheapest plan in "
+            f"space {space.name!r}: {cheapest_flops / 1e9:.3f} GFLOPs "
+            f"(the model is {base_flops / 1e9:.3f} GFLOPs)")
+    out = Path(settings.out)
+    return SearchContext(settings=settings, space=space, sites=sites, searchable=searchable,
+                         cost=cost, base_flops=base_flops, base_params=base_params,
+                         budget_flops=budget, out=out)
+
+
+def cheapest_plan(space: SearchSpace, sites: Sequence[Any], cost: Any) -> dict[str, CubeConfig]:
+    """The lowest-FLOPs plan the space can produce (sites are priced independently)."""
+    if space.mode == "per_site":
+        plan = {}
+        for s in sites:
+            best = min(space.site_combos(s), key=lambda c, s=s: cost.flops({s.name: c}))
+            if cost.flops({s.name: best}) < cost.flops({}):
+                plan[s.name] = best
+        return plan
+    combos = space.shared_combos(sites)
+    best = min(combos, key=lambda c: cost.flops({s.name: c for s in sites}))
+    plan = {s.name: best for s in sites}
+    if space.mode == "shared":  # replacing a site may cost more than keeping it
+        plan = {n: c for n, c in plan.items() if cost.flops({n: c}) < cost.flops({})}
+    return plan
+
+
+# --- one trial: the same code for every backend ---------------------------------------------
+
+
+class TrialError(RuntimeError):
+    """A trial that failed for a reason worth recording (NaN loss, out of memory…)."""
+
+
+def plan_cost(ctx: SearchContext, sites_cfg: dict[str, CubeConfig]) -> dict[str, float]:
+    """Cost-model figures of a plan; microseconds, no model built."""
+    flops = ctx.cost.flops(sites_cfg)
+    return {"flops": flops, "gflops": flops / 1e9, "params": ctx.cost.params(sites_cfg),
+            "feasible": flops <= ctx.budget_flops,
+            "constraint": (flops - ctx.budget_flops) / ctx.budget_flops}
+
+
+def trial_dir(ctx: SearchContext, number: int) -> Path:
+    return ctx.out / "trials" / f"trial_{number:04d}"
+
+
+def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: int,
+                  *, progress: bool = False) -> dict[str, Any]:
+    """Build, warm-start, train and measure one plan; save its checkpoint. Raises on failure."""
+    from cubesearch.checkpoint import save
+    from cubesearch.conversion import convert
+    from cubesearch.cost import count_flops
+    from cubesearch.models import load_model
+    from cubesearch.training import train
+
+    s = ctx.settings
+    t0 = time.perf_counter()
+    plan = ctx.plan_for(sites_cfg)
+    model = convert(load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0]),
+                    plan)
+    result = train(model, data=ctx.datasets, epochs=s.epochs_per_trial, plan=plan,
+                   input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=s.seed + number,
+                   lr=s.lr, batch_size=s.batch_size, init_from=ctx.baseline_dir, progress=progress)
+    metrics = dict(result.metrics)
+    if not all(math.isfinite(float(metrics.get(k, 0.0))) for k in ("loss", "iou")):
+        raise TrialError(f"non-finite training result (loss={metrics.get('loss')})")
+    trained = result.model.eval()
+    flops = count_flops(trained, s.input_size)
+    params = sum(p.numel() for p in trained.parameters())
+    metrics.update(gflops=flops / 1e9, params=params, trial=number,
+                   seconds=time.perf_counter() - t0,
+                   baseline_iou=ctx.baseline_metrics.get("iou"),
+                   baseline_gflops=ctx.base_flops / 1e9)
+    folder = trial_dir(ctx, number)
+    save(folder, trained, plan, metrics)
+    return {"iou": float(metrics["iou"]), "gflops": flops / 1e9, "params": params,
+            "seconds": metrics["seconds"], "checkpoint": str(folder), "metrics": metrics}
+
+
+# --- the study: storage, sampler, references ------------------------------------------------
+
+# Settings that define a study: resuming with different values would mix incomparable trials.
+STUDY_IDENTITY = ("model", "space", "budget", "objectives", "input_size", "data", "num_classes",
+                  "tile_size")
+
+
+def heartbeat() -> tuple[int, int]:
+    """(interval, grace) seconds for Optuna's heartbeat; env CUBESEARCH_HEARTBEAT="1,3" for tests."""
+    raw = os.environ.get("CUBESEARCH_HEARTBEAT", "10,30")
+    interval, grace = (int(v) for v in raw.split(","))
+    return interval, grace
+
+
+def make_storage(url: str):
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    interval, grace = heartbeat()
+    try:
+        return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite")
+                          else None)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise CubesearchError(f"storage {url!r} needs a database driver: {exc}") from None
+    except Exception as exc:  # sqlalchemy OperationalError and friends
+        raise CubesearchError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+    finally:
+        _ = optuna
+
+
+def make_sampler(name: str, seed: int, n_trials: int, constrained: bool = True):
+    import optuna
+
+    constraints = constraints_of if constrained else None
+    if name == "nsga2":
+        population = max(4, min(50, n_trials // 4))
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
+                                             constraints_func=constraints)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints,
+                                          n_startup_trials=max(4, min(10, n_trials // 4)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise CubesearchError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+
+
+def constraints_of(trial) -> list[float]:
+    """Optuna constraint: ≤ 0 is feasible. Relative FLOPs over budget."""
+    return [float(trial.user_attrs.get("constraint", 0.0))]
+
+
+def open_study(settings: SearchSettings, *, sampler_seed_offset: int = 0):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(settings.storage_url())
+    directions = [OBJECTIVE_DIRECTIONS[o] for o in settings.objectives]
+    name = settings.study_name()
+    sampler = make_sampler(settings.sampler, settings.seed + sampler_seed_offset, settings.trials)
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                sampler=sampler, load_if_exists=True)
+    stored = study.user_attrs.get("settings")
+    mine = json.loads(settings.model_dump_json())
+    if stored is None:
+        study.set_user_attr("settings", mine)
+    else:
+        changed = [k for k in STUDY_IDENTITY if json.dumps(stored.get(k)) != json.dumps(mine.get(k))]
+        if changed:
+            diffs = ", ".join(f"{k}: {stored.get(k)!r} → {mine.get(k)!r}" for k in changed)
+            raise CubesearchError(f"study {name!r} in {settings.storage_url()} was started with other "
+                                  f"settings ({diffs}); resume with the same ones or pick --study NAME")
+    return study
+
+
+def study_points(study) -> list[ParetoPoint]:
+    """Every completed trial as a point (user attributes are the record, whichever backend ran it)."""
+    from optuna.trial import TrialState
+
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "iou" not in a:
+            continue
+        points.append(ParetoPoint(
+            trial=t.number, iou=float(a["iou"]), gflops=float(a["gflops"]), params=int(a["params"]),
+            sites_replaced=int(a.get("sites_replaced", 0)), label=a.get("reference", ""),
+            feasible=bool(a.get("feasible", True)) and not a.get("infeasible", False),
+            plan_path=a.get("checkpoint") and str(Path(a["checkpoint"]) / "plan.json"),
+            checkpoint=a.get("checkpoint"),
+            extra={k: a[k] for k in ("seconds", "f1", "precision", "recall", "oa") if k in a}))
+    return points
+
+
+# --- baseline -------------------------------------------------------------------------------
+
+
+def ensure_datasets(ctx: SearchContext) -> None:
+    if ctx.datasets is None:
+        from cubesearch.data import make_datasets
+
+        s = ctx.settings
+        ctx.datasets = make_datasets(s.data, size=s.tile_size, train_tiles=s.train_tiles,
+                                     val_tiles=s.val_tiles, seed=s.seed)
+
+
+def ensure_baseline(ctx: SearchContext, *, progress: bool = True, log: Callable[[str], None] = print
+                    ) -> None:
+    """Train the unconverted model once per study; later runs and every trial reuse it."""
+    from cubesearch.checkpoint import save
+    from cubesearch.models import load_model
+    from cubesearch.training import train
+
+    folder = ctx.out / "baseline"
+    metrics_file = folder / "metrics.json"
+    if metrics_file.exists() and (folder / "model.safetensors").exists():
+        ctx.baseline_dir = folder
+        ctx.baseline_metrics = json.loads(metrics_file.read_text())
+        log(f"baseline: reusing {folder} (IoU {ctx.baseline_metrics.get('iou', float('nan')):.4f})")
+        return
+    s = ctx.settings
+    log(f"baseline: training {s.model} for {s.baseline_epochs or s.epochs_per_trial:g} epochs")
+    model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0],
+                       pretrained=s.pretrained)
+    plan = ctx.plan_for({})
+    result = train(model, data=ctx.datasets, epochs=s.baseline_epochs or s.epochs_per_trial,
+                   plan=plan, input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=s.seed,
+                   lr=s.lr, batch_size=s.batch_size, progress=progress)
+    metrics = dict(result.metrics, gflops=ctx.base_flops / 1e9, params=ctx.base_params)
+    save(folder, result.model.eval(), plan, metrics)
+    ctx.baseline_dir, ctx.baseline_metrics = folder, metrics
+
+
+# --- the trial as Optuna sees it ------------------------------------------------------------
+
+
+def objective_values(settings: SearchSettings, iou: float, gflops: float, params: int
+                     ) -> tuple[float, ...]:
+    table = {"iou": iou, "gflops": gflops, "params": float(params)}
+    return tuple(table[o] for o in settings.objectives)
+
+
+def run_optuna_trial(ctx: SearchContext, trial, *, progress: bool = False) -> tuple[float, ...]:
+    """Sample a plan, price it, and train it if it is within budget (or a reference)."""
+    sites_cfg = ctx.space.sample_plan(trial, ctx.searchable)
+    reference = trial.user_attrs.get("reference", "")
+    if reference == "baseline":  # the unconverted model, whatever the space's mode samples
+        sites_cfg = {}
+    cost = plan_cost(ctx, sites_cfg)
+    trial.set_user_attr("plan", {name: cfg.to_dict() for name, cfg in sites_cfg.items()})
+    trial.set_user_attr("sites_replaced", len(sites_cfg))
+    trial.set_user_attr("gflops_estimate", cost["gflops"])
+    trial.set_user_attr("constraint", cost["constraint"])
+    trial.set_user_attr("feasible", bool(cost["feasible"]))
+    if not cost["feasible"] and not reference:
+        # Over budget: rejected before any training; the sampler learns the boundary from the
+        # constraint. The IoU value is a floor so the trial never joins a front.
+        trial.set_user_attr("infeasible", True)
+        trial.set_user_attr("iou", 0.0)
+        trial.set_user_attr("gflops", cost["gflops"])
+        trial.set_user_attr("params", int(cost["params"]))
+        return objective_values(ctx.settings, 0.0, cost["gflops"], int(cost["params"]))
+    try:
+        out = evaluate_plan(ctx, sites_cfg, trial.number, progress=progress)
+    except Exception as exc:
+        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc).strip()[:500]}")
+        raise
+    for key in ("iou", "gflops", "params", "seconds", "checkpoint"):
+        trial.set_user_attr(key, out[key])
+    for key in ("f1", "precision", "recall", "oa", "loss"):
+        if key in out["metrics"]:
+            trial.set_user_attr(key, float(out["metrics"][key]))
+    return objective_values(ctx.settings, out["iou"], out["gflops"], out["params"])
+
+
+def enqueue_references(study, ctx: SearchContext) -> None:
+    """The unconverted model and the FullCube plan go first: the front always has them to beat."""
+    if study.trials:
+        return
+    fullcube = {s.name: ctx.space.default_config() for s in ctx.searchable}
+    study.enqueue_trial(ctx.space.params_for({}, ctx.searchable) if ctx.space.mode != "fullcube"
+                        else {}, user_attrs={"reference": "baseline"}, skip_if_exists=False)
+    study.enqueue_trial(ctx.space.params_for(fullcube, ctx.searchable),
+                        user_attrs={"reference": "fullcube"}, skip_if_exists=False)
+
+
+# --- the search -----------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    """What a search leaves: where the study is, every point, and the Pareto front."""
+
+    study_name: str
+    storage: str
+    out: Path
+    budget_gflops: float
+    baseline: ParetoPoint | None
+    points: list[ParetoPoint]
+    front: list[ParetoPoint]
+    n_complete: int
+    n_failed: int
+    study: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study_name, "storage": self.storage, "out": str(self.out),
+            "budget_gflops": self.budget_gflops, "trials_complete": self.n_complete,
+            "trials_failed": self.n_failed,
+            "baseline": self.baseline.to_dict() if self.baseline else None,
+            "pareto": [p.to_dict() for p in self.front],
+        }
+
+
+def collect_result(study, ctx: SearchContext) -> SearchResult:
+    from optuna.trial import TrialState
+
+    points = study_points(study)
+    baseline = next((p for p in points if p.label == "baseline"), None)
+    front = non_dominated(points, ctx.settings.objectives)
+    n_failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    return SearchResult(study_name=study.study_name, storage=ctx.settings.storage_url(), out=ctx.out,
+                        budget_gflops=ctx.budget_flops / 1e9, baseline=baseline, points=points,
+                        front=front, n_complete=len(points), n_failed=n_failed, study=study)
+
+
+def front_table(result: SearchResult, title: str = "Pareto front"):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("trial", "IoU", "ΔIoU", "GFLOPs", "saving", "params", "sites", "note"):
+        table.add_column(col, justify="right" if col not in ("note",) else "left")
+    base = result.baseline
+    rows = list(result.front)
+    if base is not None and base not in rows:
+        rows = [*rows, base]
+    for p in rows:
+        d_iou = f"{p.iou - base.iou:+.4f}" if base else ""
+        saving = f"{1 - p.gflops / base.gflops:.1%}" if base and base.gflops else ""
+        note = p.label + ("" if p.feasible else " (over budget)")
+        table.add_row(str(p.trial), f"{p.iou:.4f}", d_iou, f"{p.gflops:.3f}", saving, f"{p.params:,}",
+                      str(p.sites_replaced), note.strip())
+    return table
+
+
+def search(model: str, budget: str, *, progress: bool = True, console=None,
+           **options: Any) -> SearchResult:
+    """Run (or resume) a search; `options` are `SearchSettings` fields. Returns the result.
+
+    Re-running with the same `out`/`storage` and study resumes: completed trials are kept, the
+    baseline is not retrained, and `trials` counts the total.
+    """
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    settings = SearchSettings(model=model, budget=budget, **options)
+    console = console or Console(stderr=True)
+    log = console.print
+    ctx = build_context(settings)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    study = open_study(settings, sampler_seed_offset=0)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if done:  # a resumed sampler must not replay the first run's random stream
+        study.sampler = make_sampler(settings.sampler, settings.seed + done, settings.trials)
+    log(f"study {study.study_name!r} in {settings.storage_url()}: {done} of {settings.trials} trials "
+        f"done; budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
+        f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
+    ensure_datasets(ctx)
+    ensure_baseline(ctx, progress=progress, log=log)
+    enqueue_references(study, ctx)
+
+    first_error: list[str] = []
+
+    def stop_if_all_fail(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get("fail_reason", "unknown error")
+            if not first_error:
+                first_error.append(f"trial {trial.number}: {reason}")
+            log(f"[yellow]trial {trial.number} failed: {reason}[/yellow]")
+        states = [t.state for t in study.get_trials(deepcopy=False)
+                  if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+        if len(states) >= 3 and all(s == TrialState.FAIL for s in states):
+            study.stop()
+
+    bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), console=console, disable=not progress)
+    task = bar.add_task("", total=settings.trials, completed=done)
+    live = Live(Group(bar), console=console, refresh_per_second=4, transient=False) if progress else None
+
+    def update(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        a = trial.user_attrs
+        desc = (f"last #{trial.number}: " + ("over budget" if a.get("infeasible") else
+                f"IoU {a.get('iou', float('nan')):.4f}, {a.get('gflops', float('nan')):.3f} GFLOPs")
+                if trial.state == TrialState.COMPLETE else f"last #{trial.number}: failed")
+        bar.update(task, completed=n, description=desc)
+        if live is not None:
+            live.update(Group(bar, front_table(collect_result(study, ctx), "current Pareto front")))
+
+    remaining = settings.trials - done
+    if remaining > 0:
+        if live is not None:
+            live.start()
+        try:
+            study.optimize(
+                lambda t: run_optuna_trial(ctx, t), n_trials=remaining * 3, timeout=settings.timeout,
+                catch=(Exception,),
+                callbacks=[MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE,)),
+                           stop_if_all_fail, update])
+        finally:
+            if live is not None:
+                live.stop()
+    result = collect_result(study, ctx)
+    if result.n_complete == 0 and first_error:
+        raise CubesearchError(f"every trial failed; the first: {first_error[0]}")
+    write_summary(result, ctx)
+    return result
+
+
+def write_summary(result: SearchResult, ctx: SearchContext) -> None:
+    """`search.json` and the plot next to the study, written atomically."""
+    summary = ctx.out / "search.json"
+    tmp = summary.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    tmp.replace(summary)
+    plot_pareto(result.points, result.front, ctx.out / "pareto.png", None,
+                title=f"{ctx.settings.model}: IoU vs GFLOPs", budget_gflops=result.budget_gflops)
