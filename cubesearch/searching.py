@@ -471,6 +471,7 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     settings = SearchSettings(model=model, budget=budget, **options)
+    progress = progress and not os.environ.get("CUBESEARCH_NO_PROGRESS")
     console = console or Console(stderr=True)
     log = console.print
     ctx = build_context(settings)
