@@ -1,0 +1,41 @@
+"""`cubesearch export STUDY`: the chosen models as safetensors + ONNX + model card, and the index."""
+
+from __future__ import annotations
+
+import typer
+
+from cubesearch.cli.app import app, out_console, print_json
+
+
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="A search's --out folder, or an Optuna storage URL."),
+    study: str = typer.Option(None, help="Study name (needed when the storage holds several)."),
+    out: str = typer.Option("exported", "--out", "-o", help="Folder for the models and the index."),
+    select: str = typer.Option("pareto", help="pareto, best-iou, under:30GFLOPs or trial:N."),
+    formats: str = typer.Option("safetensors,onnx", help="safetensors,onnx[,torchscript]."),
+    finetune_epochs: float = typer.Option(0.0, help="Train each model further before export."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Export the Pareto-optimal (or selected) models of a search, with a Pareto plot."""
+    from rich.table import Table
+
+    from cubesearch.exporting import export as run_export
+
+    console = out_console(as_json)
+    result = run_export(source, study=study, out=out, select=select,
+                        formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                        finetune_epochs=finetune_epochs, console=console)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    table = Table(title=f"exported to {result.out}")
+    for col in ("trial", "IoU", "GFLOPs", "params", "ONNX max |Δ|", "folder"):
+        table.add_column(col, justify="right" if col != "folder" else "left")
+    for m in result.models:
+        err = m.get("onnx_max_abs_error")
+        table.add_row(str(m["trial"]), f"{m['iou']:.4f}", f"{m['gflops']:.3f}", f"{m['params']:,}",
+                      f"{err:.1e}" if err is not None else "–", m["folder"])
+    console.print(table)
+    console.print(f"index: {result.index['md']}, plot: {result.index['png']} "
+                  f"(interactive: {result.index['html']})")

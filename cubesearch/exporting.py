@@ -1,0 +1,316 @@
+"""`cubesearch.export`: the chosen models of a study, ready to fine-tune or deploy.
+
+One folder per model — `plan.json`, `model.safetensors`, `metrics.json`, `model.onnx` (checked
+against onnxruntime), optional `model.torchscript.pt`, a `README.md` model card, and
+`manifest.json` (size and SHA-256 of every file, which `cubesearch.load` verifies) — written to a
+temporary folder and renamed into place, so an interrupted export leaves no half-written model.
+An index at the top: `pareto.csv`, `pareto.md`, `pareto.png`, `pareto.html`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cubesearch.errors import CubesearchError
+from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
+
+FORMATS = ("safetensors", "onnx", "torchscript")
+MANIFEST = "manifest.json"
+
+
+# --- opening a study ------------------------------------------------------------------------
+
+
+def open_study_source(source: str | Path, study_name: str | None = None):
+    """A study from a search's `--out` folder (its study.db) or an Optuna storage URL."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    text = str(source)
+    if "://" in text:
+        url = text
+    else:
+        folder = Path(text)
+        if not folder.exists():
+            raise CubesearchError(f"no such study folder: {folder}")
+        db = folder / "study.db" if folder.is_dir() else folder
+        if not db.exists():
+            raise CubesearchError(f"{folder} holds no study.db (give a search --out folder or a "
+                                  "storage URL)")
+        url = f"sqlite:///{db.resolve()}"
+    try:
+        names = optuna.get_all_study_names(storage=url)
+    except Exception as exc:
+        raise CubesearchError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+    if study_name is None:
+        if len(names) != 1:
+            raise CubesearchError(f"{url} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                                  "pick one with --study NAME")
+        study_name = names[0]
+    elif study_name not in names:
+        raise CubesearchError(f"no study {study_name!r} in {url} (it has: {', '.join(names)})")
+    return optuna.load_study(study_name=study_name, storage=url)
+
+
+# --- choosing models ------------------------------------------------------------------------
+
+
+def select_points(points: Sequence[ParetoPoint], select: str, objectives: Sequence[str] = ("iou", "gflops")
+                  ) -> list[ParetoPoint]:
+    """`pareto`, `best-iou`, `under:30GFLOPs` (best IoU at or under that cost), or `trial:N`."""
+    trained = [p for p in points if p.checkpoint]
+    if select == "pareto":
+        chosen = [p for p in non_dominated(trained, objectives)]
+    elif select == "best-iou":
+        feasible = [p for p in trained if p.feasible]
+        chosen = [max(feasible, key=lambda p: (p.iou, -p.gflops))] if feasible else []
+    elif select.startswith("under:"):
+        from cubesearch.space import parse_budget
+
+        baseline = next((p for p in points if p.label == "baseline"), None)
+        limit = parse_budget(select.removeprefix("under:"),
+                             baseline.gflops * 1e9 if baseline else None) / 1e9
+        under = [p for p in trained if p.gflops <= limit]
+        if not under:
+            cheapest = min((p.gflops for p in trained), default=float("nan"))
+            raise CubesearchError(f"no trained model at or under {limit:.3f} GFLOPs "
+                                  f"(the cheapest is {cheapest:.3f})")
+        chosen = [max(under, key=lambda p: (p.iou, -p.gflops))]
+    elif re.fullmatch(r"trial:\d+", select):
+        n = int(select.split(":")[1])
+        match = [p for p in trained if p.trial == n]
+        if not match:
+            have = ", ".join(str(p.trial) for p in trained)
+            raise CubesearchError(f"trial {n} has no trained model to export (trained: {have})")
+        chosen = match
+    else:
+        raise CubesearchError(f"--select {select!r}: use pareto, best-iou, under:30GFLOPs or trial:N")
+    if not chosen:
+        raise CubesearchError("no trained, feasible model in the study to export")
+    return chosen
+
+
+# --- integrity ------------------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"version": 1, "files": files}, indent=2))
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise if a file listed in `manifest.json` is missing, truncated or altered."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise CubesearchError(f"{manifest} is not a valid manifest") from None
+    for name, rec in files.items():
+        path = folder / name
+        if not path.exists():
+            raise CubesearchError(f"{path} is missing (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if size != rec["bytes"]:
+            raise CubesearchError(f"{path} is {size} bytes, {rec['bytes']} were exported "
+                                  "(truncated or altered)")
+        if sha256(path) != rec["sha256"]:
+            raise CubesearchError(f"{path} does not match the SHA-256 recorded at export (altered)")
+
+
+# --- one model ------------------------------------------------------------------------------
+
+
+def onnx_check(model: torch.nn.Module, path: Path, input_size: Sequence[int]) -> float:
+    """Export to ONNX and return the max abs difference onnxruntime vs PyTorch on a random input."""
+    import onnxruntime as ort
+
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
+    model = model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False,
+                          input_names=["image"], output_names=["logits"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return float((torch.from_numpy(got) - expected).abs().max())
+
+
+def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: Sequence[str]) -> str:
+    sites = plan.sites if hasattr(plan, "sites") else {}
+    lines = [
+        f"# {plan.model} — trial {point.trial}", "",
+        f"A Cube Kernel variant of `{plan.model}` found by `cubesearch search`: "
+        f"{len(sites)} of its 3×3 convs replaced by Cube blocks.", "",
+        "| metric | this model | baseline |", "|---|---:|---:|",
+    ]
+    base_iou, base_gflops = metrics.get("baseline_iou"), metrics.get("baseline_gflops")
+    lines.append(f"| IoU | {metrics['iou']:.4f} | {base_iou:.4f} |" if base_iou is not None
+                 else f"| IoU | {metrics['iou']:.4f} | – |")
+    for key in ("f1", "precision", "recall", "oa"):
+        if key in metrics:
+            lines.append(f"| {key.upper() if key == 'oa' else key.capitalize()} | {metrics[key]:.4f} | |")
+    lines.append(f"| GFLOPs (fvcore, {'×'.join(map(str, plan.input_size))}) | {metrics['gflops']:.3f} | "
+                 + (f"{base_gflops:.3f} |" if base_gflops is not None else "– |"))
+    lines.append(f"| parameters | {metrics['params']:,} | |")
+    lines += ["", "## Plan", "", "| site | block |", "|---|---|"]
+    lines += [f"| `{name}` | {cfg.short()} |" for name, cfg in sites.items()] or ["| (none) | |"]
+    lines += ["", "## Load", "", "```python", "import cubesearch",
+              "model = cubesearch.load(\"path/to/this/folder\")  # safetensors + JSON, no pickle",
+              "```", ""]
+    if "onnx" in formats:
+        lines += [f"`model.onnx` matches PyTorch to {metrics.get('onnx_max_abs_error', float('nan')):.2e} "
+                  "(max abs, onnxruntime, random input).", ""]
+    return "\n".join(lines)
+
+
+def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetune_epochs: float,
+               baseline: ParetoPoint | None, data: str = "synthetic", progress: bool = False) -> dict:
+    from cubesearch.checkpoint import load, save
+    from cubesearch.cost import count_flops
+    from cubesearch.plan import Plan
+
+    src = Path(point.checkpoint)
+    plan = Plan.load(src / "plan.json")
+    model = load(src)
+    metrics = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").exists() else {}
+    if finetune_epochs > 0:
+        from cubesearch.training import train
+
+        result = train(model, plan=plan, data=data, epochs=finetune_epochs, progress=progress,
+                       input_size=(plan.input_size[0], 128, 128))
+        model = result.model
+        metrics.update(result.metrics, finetune_epochs=finetune_epochs)
+    model = model.eval()
+    metrics.update(
+        trial=point.trial, gflops=count_flops(model, plan.input_size) / 1e9,
+        params=sum(p.numel() for p in model.parameters()),
+        baseline_iou=baseline.iou if baseline else metrics.get("baseline_iou"),
+        baseline_gflops=baseline.gflops if baseline else metrics.get("baseline_gflops"),
+        baseline_params=baseline.params if baseline else None)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        staged = tmp / "model"
+        save(staged, model, plan, metrics)
+        if "onnx" in formats:
+            metrics["onnx_max_abs_error"] = onnx_check(model, staged / "model.onnx", plan.input_size)
+        if "torchscript" in formats:
+            x = torch.randn(1, *plan.input_size)
+            with torch.no_grad():
+                torch.jit.trace(model, x).save(str(staged / "model.torchscript.pt"))
+        (staged / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        (staged / "README.md").write_text(model_card(point, plan, metrics, formats))
+        write_manifest(staged)
+        if dest.exists():
+            old = tmp / "previous"
+            dest.rename(old)
+        staged.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return metrics
+
+
+# --- the whole export -----------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    models: list[dict[str, Any]] = field(default_factory=list)
+    index: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "models": self.models, "index": self.index}
+
+
+def export(source: str | Path, *, study: str | None = None, out: str | Path = "exported",
+           select: str = "pareto", formats: Sequence[str] = ("safetensors", "onnx"),
+           finetune_epochs: float = 0.0, progress: bool = True, console=None) -> ExportResult:
+    """Export the selected trained models of a study, and write the Pareto index."""
+    from cubesearch.searching import study_points
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or "safetensors" not in formats:
+        raise CubesearchError(f"--formats {','.join(formats)!r}: choose from {', '.join(FORMATS)} "
+                              "(safetensors is always written)")
+    st = open_study_source(source, study)
+    settings = st.user_attrs.get("settings", {})
+    objectives = tuple(settings.get("objectives", ("iou", "gflops")))
+    points = study_points(st)
+    if not points:
+        raise CubesearchError(f"study {st.study_name!r} has no completed trial")
+    chosen = select_points(points, select, objectives)
+    baseline = next((p for p in points if p.label == "baseline"), None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(out=out)
+    for p in chosen:
+        dest = out / f"trial_{p.trial:04d}"
+        m = export_one(p, dest, formats=formats, finetune_epochs=finetune_epochs, baseline=baseline,
+                       data=settings.get("data", "synthetic"), progress=progress)
+        if console is not None:
+            console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}, "
+                          f"{m['gflops']:.3f} GFLOPs)")
+        result.models.append({"trial": p.trial, "folder": str(dest), "iou": m["iou"],
+                              "gflops": m["gflops"], "params": m["params"],
+                              "onnx_max_abs_error": m.get("onnx_max_abs_error")})
+    result.index = write_index(out, points, chosen, baseline, st.study_name,
+                               settings.get("budget"), objectives)
+    return result
+
+
+def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[ParetoPoint],
+                baseline: ParetoPoint | None, study_name: str, budget: str | None,
+                objectives: Sequence[str]) -> dict[str, str]:
+    front = non_dominated(points, objectives)
+    rows = []
+    for p in sorted({id(p): p for p in [*front, *exported, *([baseline] if baseline else [])]}.values(),
+                    key=lambda p: (p.gflops, -p.iou)):
+        rows.append({
+            "trial": p.trial, "iou": round(p.iou, 6), "gflops": round(p.gflops, 6), "params": p.params,
+            "sites_replaced": p.sites_replaced, "pareto": p in front, "exported": p in exported,
+            "label": p.label, "iou_gain": round(p.iou - baseline.iou, 6) if baseline else "",
+            "gflops_saving": round(1 - p.gflops / baseline.gflops, 6) if baseline else "",
+            "folder": f"trial_{p.trial:04d}" if p in exported else ""})
+    csv_path, md_path = out / "pareto.csv", out / "pareto.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    md = [f"# Pareto front of `{study_name}`", "",
+          f"Budget: {budget}." if budget else "", "",
+          "| trial | IoU | ΔIoU | GFLOPs | saving | params | sites | note | folder |",
+          "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        gain = f"{r['iou_gain']:+.4f}" if r["iou_gain"] != "" else ""
+        saving = f"{r['gflops_saving']:.1%}" if r["gflops_saving"] != "" else ""
+        note = ", ".join(x for x in (r["label"], "pareto" if r["pareto"] else "") if x)
+        md.append(f"| {r['trial']} | {r['iou']:.4f} | {gain} | {r['gflops']:.3f} | {saving} | "
+                  f"{r['params']:,} | {r['sites_replaced']} | {note} | {r['folder']} |")
+    md += ["", "![Pareto plot](pareto.png)", ""]
+    md_path.write_text("\n".join(md))
+    png, html = out / "pareto.png", out / "pareto.html"
+    plot_pareto(points, front, png, html, title=f"{study_name}: IoU vs GFLOPs")
+    return {"csv": str(csv_path), "md": str(md_path), "png": str(png), "html": str(html)}
