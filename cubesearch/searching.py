@@ -12,6 +12,7 @@ The pieces, in the order a trial meets them (DESIGN.md §2):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -308,6 +309,20 @@ def study_points(study) -> list[ParetoPoint]:
 # --- baseline -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def folder_lock(path: Path):
+    """An exclusive advisory lock (fcntl) held for the block; released if the process dies."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_datasets(ctx: SearchContext) -> None:
     if ctx.datasets is None:
         from cubesearch.data import make_datasets
@@ -478,14 +493,16 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
     ctx.out.mkdir(parents=True, exist_ok=True)
     study = open_study(settings, sampler_seed_offset=0)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if done:  # a resumed sampler must not replay the first run's random stream
-        study.sampler = make_sampler(settings.sampler, settings.seed + done, settings.trials)
+    offset = len(study.trials) + (os.getpid() if settings.storage else 0)
+    if offset:  # a resumed or second process must not replay the first one's random stream
+        study.sampler = make_sampler(settings.sampler, settings.seed + offset, settings.trials)
     log(f"study {study.study_name!r} in {settings.storage_url()}: {done} of {settings.trials} trials "
         f"done; budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
         f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
     ensure_datasets(ctx)
-    ensure_baseline(ctx, progress=progress, log=log)
-    enqueue_references(study, ctx)
+    with folder_lock(ctx.out / ".baseline.lock"):  # processes sharing --out train it once
+        ensure_baseline(ctx, progress=progress, log=log)
+        enqueue_references(study, ctx)
 
     first_error: list[str] = []
 
