@@ -60,6 +60,11 @@ class SearchSettings(BaseModel):
     num_classes: int = 1
     pretrained: bool = False
     backend: Literal["local", "ray"] = "local"
+    # Ray backend (cubesearch.distributed); ignored by the local one
+    address: str | None = None  # auto, HOST:PORT or ray://HOST:PORT; None: a local Ray instance
+    max_concurrent: int | None = Field(None, ge=1)  # None: as many as the cluster's CPUs/GPUs fit
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
 
     def study_name(self) -> str:
         if self.study:
@@ -368,8 +373,12 @@ def objective_values(settings: SearchSettings, iou: float, gflops: float, params
     return tuple(table[o] for o in settings.objectives)
 
 
-def run_optuna_trial(ctx: SearchContext, trial, *, progress: bool = False) -> tuple[float, ...]:
-    """Sample a plan, price it, and train it if it is within budget (or a reference)."""
+def price_trial(ctx: SearchContext, trial) -> tuple[dict[str, CubeConfig], tuple[float, ...] | None]:
+    """Sample `trial`'s plan (define-by-run) and record its cost-model figures as user attributes.
+
+    An over-budget plan (not a reference) is finished here, without training: it is recorded as
+    infeasible and its objective values are returned. Otherwise returns (plan, None): train it.
+    """
     sites_cfg = ctx.space.sample_plan(trial, ctx.searchable)
     reference = trial.user_attrs.get("reference", "")
     if reference == "baseline":  # the unconverted model, whatever the space's mode samples
@@ -387,18 +396,35 @@ def run_optuna_trial(ctx: SearchContext, trial, *, progress: bool = False) -> tu
         trial.set_user_attr("iou", 0.0)
         trial.set_user_attr("gflops", cost["gflops"])
         trial.set_user_attr("params", int(cost["params"]))
-        return objective_values(ctx.settings, 0.0, cost["gflops"], int(cost["params"]))
-    try:
-        out = evaluate_plan(ctx, sites_cfg, trial.number, progress=progress)
-    except Exception as exc:
-        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc).strip()[:500]}")
-        raise
+        return sites_cfg, objective_values(ctx.settings, 0.0, cost["gflops"], int(cost["params"]))
+    return sites_cfg, None
+
+
+def fail_reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+
+
+def record_trial_result(ctx: SearchContext, trial, out: dict[str, Any]) -> tuple[float, ...]:
+    """Store `evaluate_plan`'s figures as the trial's user attributes; return its objective values."""
     for key in ("iou", "gflops", "params", "seconds", "checkpoint"):
         trial.set_user_attr(key, out[key])
     for key in ("f1", "precision", "recall", "oa", "loss"):
         if key in out["metrics"]:
             trial.set_user_attr(key, float(out["metrics"][key]))
     return objective_values(ctx.settings, out["iou"], out["gflops"], out["params"])
+
+
+def run_optuna_trial(ctx: SearchContext, trial, *, progress: bool = False) -> tuple[float, ...]:
+    """Sample a plan, price it, and train it if it is within budget (or a reference)."""
+    sites_cfg, values = price_trial(ctx, trial)
+    if values is not None:
+        return values
+    try:
+        out = evaluate_plan(ctx, sites_cfg, trial.number, progress=progress)
+    except Exception as exc:
+        trial.set_user_attr("fail_reason", fail_reason(exc))
+        raise
+    return record_trial_result(ctx, trial, out)
 
 
 def enqueue_references(study, ctx: SearchContext) -> None:
@@ -488,6 +514,10 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
     settings = SearchSettings(model=model, budget=budget, **options)
     progress = progress and not os.environ.get("CUBESEARCH_NO_PROGRESS")
     console = console or Console(stderr=True)
+    if settings.backend == "ray":  # same study, same trial function; Ray Tune schedules it
+        from cubesearch.distributed import search_ray
+
+        return search_ray(settings, progress=progress, console=console)
     log = console.print
     ctx = build_context(settings)
     ctx.out.mkdir(parents=True, exist_ok=True)
