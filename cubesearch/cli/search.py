@@ -62,7 +62,13 @@ def search(
     sampler: str = typer.Option("nsga2", help="nsga2, tpe or random."),
     classes: int = typer.Option(1, help="Output classes (1: binary buildings)."),
     pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
-    backend: str = typer.Option("local", help="local (Optuna in this process) or ray."),
+    backend: str = typer.Option("local", help="local (Optuna in this process) or ray (Ray Tune)."),
+    address: str = typer.Option(None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                                "(default: start a local Ray instance). Implies --backend ray."),
+    max_concurrent: int = typer.Option(None, min=1, help="Ray: trials at once (default: as many as "
+                                       "the cluster's resources fit)."),
+    cpus_per_trial: float = typer.Option(1.0, min=0.01, help="Ray: CPUs reserved per trial."),
+    gpus_per_trial: float = typer.Option(0.0, min=0.0, help="Ray: GPUs per trial (fractions share one)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
     """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
@@ -74,6 +80,8 @@ def search(
         raise CubesearchError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
     if backend not in ("local", "ray"):
         raise CubesearchError(f"unknown backend {backend!r} (choose local or ray)")
+    if address is not None:
+        backend = "ray"
     console = out_console(as_json)
     result = run_search(
         model, budget, space=space, trials=trials, timeout=parse_duration(timeout), data=data,
@@ -81,7 +89,8 @@ def search(
         study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
         input_size=parse_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
         val_tiles=val_tiles, batch_size=batch_size, lr=lr, sampler=sampler, num_classes=classes,
-        pretrained=pretrained, backend=backend, console=console)
+        pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console)
     if as_json:
         print_json(result.to_dict())
         return
