@@ -1,11 +1,20 @@
-"""`cubesearch demo`: the main job on the embedded default."""
+"""`cubesearch demo`: the main job on the embedded default, start to finish.
+
+The Cube block's cost table, then a search on the embedded synthetic buildings under a budget
+(baseline trained once, trials warm-started from it), then the Pareto models exported with the
+plot and index. Re-running resumes the study instead of starting over.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from cubesearch.cli.app import app, out_console, print_json
+
+DEMO_MODEL = "smp:Unet:resnet18"
 
 
 def cost_table_rows(channels: int = 96, size: int = 128) -> list[dict]:
@@ -34,26 +43,54 @@ def cost_table_rows(channels: int = 96, size: int = 128) -> list[dict]:
     return rows
 
 
-@app.command()
-def demo(
-    channels: int = typer.Option(96, help="C_in = C_out of the block and the conv."),
-    size: int = typer.Option(128, help="Input height and width."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Run the main job on the embedded default (for now: the Cube block's cost table)."""
-    rows = cost_table_rows(channels, size)
-    if as_json:
-        print_json({"cost_table": rows, "channels": channels, "size": size})
-        return
+def cost_table(rows: list[dict], channels: int, size: int) -> Table:
     table = Table(title=f"Cube block vs 3×3 conv, C_in = C_out = {channels}, 1×{channels}×{size}×{size}")
     for col in ("module", "params", "conv GMACs (formula)", "GFLOPs (fvcore)"):
         table.add_column(col, justify="left" if col == "module" else "right")
     for r in rows:
         table.add_row(r["module"], f"{r['params']:,}", f"{r['conv_gmacs_formula']:.3f}",
                       f"{r['gflops_fvcore']:.3f}")
+    return table
+
+
+@app.command()
+def demo(
+    model: str = typer.Option(DEMO_MODEL, help="Model spec to search."),
+    budget: str = typer.Option("60%", help="FLOPs budget."),
+    trials: int = typer.Option(8, help="Total trials."),
+    out: str = typer.Option("runs/demo", "--out", "-o", help="Folder for the study and exports."),
+    epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial."),
+    baseline_epochs: float = typer.Option(3.0, help="Training epochs of the baseline."),
+    tile_size: int = typer.Option(64, help="Synthetic tile size for training."),
+    train_tiles: int = typer.Option(256, help="Synthetic training tiles."),
+    space: str = typer.Option("shared", help="Search space."),
+    cost_only: bool = typer.Option(False, "--cost-only", help="Only print the block's cost table."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Run the main job on the embedded default: cost table, search, export, Pareto plot."""
+    console = out_console(as_json)
+    rows = cost_table_rows()
+    console.print(cost_table(rows, 96, 128))
     conv, cube = rows
-    out_console(False).print(table)
-    out_console(False).print(
-        f"Cube block: {conv['params'] / cube['params']:.2f}× fewer parameters, "
-        f"{conv['conv_gmacs_formula'] / cube['conv_gmacs_formula']:.2f}× fewer conv MACs."
-    )
+    console.print(f"Cube block: {conv['params'] / cube['params']:.2f}× fewer parameters, "
+                  f"{conv['conv_gmacs_formula'] / cube['conv_gmacs_formula']:.2f}× fewer conv MACs.\n")
+    if cost_only:
+        if as_json:
+            print_json({"cost_table": rows})
+        return
+
+    from cubesearch.exporting import export
+    from cubesearch.searching import front_table, search
+
+    folder = Path(out)
+    console.rule(f"search: {model}, budget {budget}, {trials} trials")
+    result = search(model, budget, space=space, trials=trials, out=str(folder / "search"),
+                    epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs,
+                    tile_size=tile_size, train_tiles=train_tiles, val_tiles=64, console=console)
+    console.print(front_table(result, f"Pareto front (budget {result.budget_gflops:.3f} GFLOPs)"))
+    console.rule("export")
+    exported = export(folder / "search", out=folder / "exported", select="pareto", console=console)
+    console.print(f"\nmodels: {folder / 'exported'}/trial_*  plot: {exported.index['png']}  "
+                  f"index: {exported.index['md']}")
+    if as_json:
+        print_json({"cost_table": rows, "search": result.to_dict(), "export": exported.to_dict()})
