@@ -1,0 +1,138 @@
+"""Checkpoints: a folder with `plan.json`, `model.safetensors` and (optionally) `metrics.json`.
+
+`save` writes the folder atomically (a temp folder beside it, then a rename), so a reader never
+sees half a checkpoint and a failed save leaves nothing behind. `load` rebuilds the model from
+the plan's model spec + the plan + the weights: safetensors and JSON only, nothing unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from cubesearch.errors import CubesearchError
+
+PLAN_FILE = "plan.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+# What a folder may hold for `save` to replace it (anything else means it is not ours).
+_OURS = {PLAN_FILE, WEIGHTS_FILE, METRICS_FILE, "README.md", "model.onnx", "model.onnx.data",
+         "model.torchscript.pt", "MANIFEST.sha256", "manifest.json"}
+
+
+def _replaceable(folder: Path) -> bool:
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return not names or PLAN_FILE in names or names <= _OURS
+
+
+def save(folder: str | os.PathLike, model: nn.Module, plan: Any,
+         metrics: dict[str, Any] | None = None) -> Path:
+    """Write `plan.json`, `model.safetensors` (the full state dict: weights and BatchNorm
+    statistics) and `metrics.json` (when given) into `folder`, replacing a previous checkpoint
+    there. A folder holding anything else is refused rather than overwritten."""
+    from safetensors.torch import save_model
+
+    from cubesearch import __version__
+
+    dest = Path(folder)
+    if not _replaceable(dest):
+        raise CubesearchError(f"{dest} exists and is not a cubesearch checkpoint; "
+                              "choose a new or empty folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is not
+        plan.save(tmp / PLAN_FILE)
+        save_model(model, str(tmp / WEIGHTS_FILE),
+                   metadata={"format": "pt", "cubesearch": __version__,
+                             "plan_version": str(plan.version), "model": plan.model})
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())
+        if metrics is not None:
+            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=_jsonable) + "\n")
+        old = None
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}-{id(tmp)}"
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _resolve_spec(spec: str, folder: Path) -> str:
+    """A relative model.py path is tried as given, then relative to the checkpoint folder and
+    its parents (so a checkpoint moved together with its model file still loads)."""
+    from cubesearch.models import parse_spec
+
+    parsed = parse_spec(spec) if not spec.startswith(("timm:", "smp:")) else None
+    if parsed is None or parsed.kind != "file" or Path(parsed.name).exists():
+        return spec
+    path = Path(parsed.name)
+    if path.is_absolute():
+        return spec
+    for base in (folder, *folder.resolve().parents):
+        candidate = base / path
+        if candidate.exists():
+            return str(candidate) + (f":{parsed.attr}" if parsed.attr else "")
+    return spec
+
+
+def load(folder: str | os.PathLike, *, device: str = "cpu", strict: bool = True) -> nn.Module:
+    """Rebuild a saved model: `load_model(plan.model, **plan.model_kwargs)`, `convert(…, plan)`,
+    then the safetensors weights. Returned in eval mode on `device`."""
+    from safetensors.torch import load_model as load_weights
+
+    from cubesearch.conversion import convert
+    from cubesearch.models import load_model
+    from cubesearch.plan import Plan
+
+    src = Path(folder)
+    if not src.exists():
+        raise CubesearchError(f"no such checkpoint folder: {src}")
+    if not (src / PLAN_FILE).exists():
+        raise CubesearchError(f"{src} is not a cubesearch checkpoint (no {PLAN_FILE})")
+    weights = src / WEIGHTS_FILE
+    if not weights.exists():
+        raise CubesearchError(f"{src} has no {WEIGHTS_FILE}")
+    plan = Plan.load(src / PLAN_FILE)
+    kwargs = dict(plan.model_kwargs)
+    kwargs.pop("pretrained", None)  # the weights come from the checkpoint
+    model = load_model(_resolve_spec(plan.model, src), **kwargs)
+    model = convert(model, plan)
+    try:
+        missing, unexpected = load_weights(model, weights, strict=False, device=device)
+    except Exception as exc:  # noqa: BLE001 - shape mismatch, corrupt file…
+        raise CubesearchError(f"{weights}: cannot load the weights: "
+                              f"{str(exc).strip().splitlines()[0]}") from exc
+    if strict and (missing or unexpected):
+        detail = (f"missing {', '.join(missing[:3])}" if missing else "") + (
+            ("; " if missing and unexpected else "")
+            + (f"unexpected {', '.join(unexpected[:3])}" if unexpected else ""))
+        raise CubesearchError(f"{weights} does not match the model its plan builds: {detail}")
+    return model.to(device).eval()

@@ -1,0 +1,249 @@
+"""`Plan`: which convs become Cube blocks, with which knobs, and where blocks are inserted.
+
+A plan is plain, versioned JSON, enough with the model spec and the weights to rebuild a model:
+
+    {"version": 1, "model": "smp:Unet:resnet34", "model_kwargs": {"num_classes": 1, "in_channels": 3},
+     "input_size": [3, 512, 512],
+     "sites": {"decoder.blocks.0.conv1.0": {"lattice_stride": 2, "groups": 4, ...}},
+     "insertions": {"encoder.layer4": {...}}}
+
+`sites` maps a conv's qualified module name to the `CubeConfig` of the block that replaces it;
+`insertions` maps a module name to a block inserted after it as `x + block(x)`. Loading checks
+the version and every knob; `Plan.check(report)` checks the site names against the model.
+Presets (`make_plan`): `fullcube` (every eligible site), `decoder` (eligible sites outside the
+encoder; the default), `encoder`, `none`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cubesearch.blocks import CubeConfig
+from cubesearch.errors import CubesearchError
+
+PLAN_VERSION = 1
+PRESETS = ("fullcube", "decoder", "encoder", "none")
+DEFAULT_PRESET = "decoder"
+
+
+class Plan(BaseModel):
+    """Site → `CubeConfig`, insertion points, the model spec and the reference input size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    version: int = PLAN_VERSION
+    model: str
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input_size: tuple[int, int, int] = (3, 512, 512)
+    sites: dict[str, CubeConfig] = Field(default_factory=dict)
+    insertions: dict[str, CubeConfig] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise CubesearchError(f"invalid plan: {_one_line(exc)}") from None
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != PLAN_VERSION:
+            raise ValueError(f"plan version {v} is not supported (this cubesearch reads version "
+                             f"{PLAN_VERSION})")
+        return v
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(n < 1 for n in v):
+            raise ValueError(f"input_size must be three positive numbers, got {list(v)}")
+        return v
+
+    @field_validator("sites", "insertions", mode="before")
+    @classmethod
+    def _configs(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for name, cfg in v.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"site names must be non-empty strings, got {name!r}")
+            if isinstance(cfg, CubeConfig):
+                out[name] = cfg
+                continue
+            try:
+                out[name] = CubeConfig.from_dict(cfg)
+            except ValueError as exc:
+                raise ValueError(f"{name!r}: {exc}") from None
+        return out
+
+    # --- (de)serialisation -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model": self.model,
+            "model_kwargs": dict(self.model_kwargs),
+            "input_size": list(self.input_size),
+            "sites": {n: c.to_dict() for n, c in self.sites.items()},
+            "insertions": {n: c.to_dict() for n, c in self.insertions.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> Plan:
+        if not isinstance(data, dict):
+            raise CubesearchError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("version")
+        if version is None:
+            raise CubesearchError(f"{source}: missing 'version' (this cubesearch reads version "
+                                  f"{PLAN_VERSION})")
+        if version != PLAN_VERSION:
+            raise CubesearchError(f"{source}: plan version {version!r} is not supported (this "
+                                  f"cubesearch reads version {PLAN_VERSION})")
+        try:
+            return cls(**data)
+        except CubesearchError as exc:
+            raise CubesearchError(f"{source}: {str(exc).removeprefix('invalid plan: ')}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        file = Path(path)
+        if file.is_dir():
+            file = file / "plan.json"
+        if not file.exists():
+            raise CubesearchError(f"no such plan file: {file}")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise CubesearchError(f"{file}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        return cls.from_dict(data, source=str(file))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan as JSON (atomically: a temp file, then rename)."""
+        file = Path(path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.to_json())
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private
+            os.replace(tmp, file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return file
+
+    # --- checks ------------------------------------------------------------------------------
+
+    def check(self, report: Any) -> Plan:
+        """Every site must be an eligible conv of the traced model (`SiteReport`)."""
+        from cubesearch.sites import close_names
+
+        known = set(report.names)
+        bad = [n for n in self.sites if n not in known]
+        if bad:
+            name = bad[0]
+            why = report.skipped.get(name)
+            if why is not None:
+                detail = f"{name!r} is a conv the block cannot replace: {why}"
+            elif name in report.uncalled:
+                detail = f"{name!r} is a conv the model's forward never calls"
+            else:
+                detail = f"{name!r} is not a conv of {report.model}{close_names(name, sorted(known))}"
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise CubesearchError(f"plan names sites that do not exist: {detail}{more}")
+        for name, cfg in self.sites.items():
+            site = report.site(name)
+            if cfg.router == "none" and site.in_channels % 4:
+                raise CubesearchError(
+                    f"site {name!r}: router='none' needs C_in divisible by 4 (it has "
+                    f"{site.in_channels})")
+        return self
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(Plan.model_fields)
+        return f"unknown key {where!r} (known: {known})"
+    extra = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    return f"{where}: {msg}{extra}" if where else f"{msg}{extra}"
+
+
+# --- building plans ----------------------------------------------------------------------------
+
+
+def select_sites(sites: Iterable[Any], preset: str = DEFAULT_PRESET, *,
+                 include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Any]:
+    """The sites a preset picks. `include` regexes (if any) pick sites by name instead of by
+    role, overriding the encoder/decoder heuristic; `exclude` regexes then drop sites."""
+    if preset not in PRESETS:
+        raise CubesearchError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    inc = [_regex(p, "--include") for p in include]
+    exc = [_regex(p, "--exclude") for p in exclude]
+    chosen = []
+    for s in sites:
+        if inc:
+            take = any(r.search(s.name) for r in inc)
+        else:
+            take = (preset == "fullcube" or (preset == "decoder" and s.role == "decoder")
+                    or (preset == "encoder" and s.role == "encoder"))
+        if take and not any(r.search(s.name) for r in exc):
+            chosen.append(s)
+    return chosen
+
+
+def _regex(pattern: str, option: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise CubesearchError(f"{option} {pattern!r} is not a valid regular expression: {exc}"
+                              ) from None
+
+
+def parse_insertion(text: str) -> str:
+    """`after:MODULE` (or just `MODULE`) → the module name."""
+    name = text.strip()
+    if name.startswith("after:"):
+        name = name[len("after:"):]
+    elif ":" in name:
+        raise CubesearchError(f"insertion point {text!r}: expected after:MODULE_NAME")
+    if not name:
+        raise CubesearchError(f"insertion point {text!r}: missing module name")
+    return name
+
+
+def make_plan(report: Any, model: str, *, preset: str = DEFAULT_PRESET,
+              config: CubeConfig | None = None, include: Sequence[str] = (),
+              exclude: Sequence[str] = (), insertions: Sequence[str] = (),
+              model_kwargs: dict[str, Any] | None = None) -> tuple[Plan, list[str]]:
+    """A plan from a preset over a `SiteReport`. Returns (plan, notes): sites the config cannot
+    apply to (router='none' needs C_in % 4 == 0) are left out and named in the notes."""
+    cfg = config or CubeConfig()
+    notes: list[str] = []
+    chosen = {}
+    for s in select_sites(report.sites, preset, include=include, exclude=exclude):
+        if cfg.router == "none" and s.in_channels % 4:
+            notes.append(f"{s.name}: kept (router='none' needs C_in divisible by 4, it has "
+                         f"{s.in_channels})")
+            continue
+        chosen[s.name] = cfg
+    inserts = {parse_insertion(t): cfg for t in insertions}
+    plan = Plan(model=model, model_kwargs=dict(model_kwargs or {}),
+                input_size=tuple(report.input_size), sites=chosen, insertions=inserts)
+    return plan, notes
