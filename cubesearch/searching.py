@@ -69,7 +69,11 @@ class SearchSettings(BaseModel):
     def study_name(self) -> str:
         if self.study:
             return self.study
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model)
+        spec = self.model
+        if spec.split(":")[0].endswith(".py"):  # a model file: its stem (and picked name)
+            path, _, name = spec.partition(".py")
+            spec = Path(path).name + name
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
         return f"{safe}-{Path(self.space).stem}"
 
     def storage_url(self) -> str:
@@ -235,17 +239,25 @@ def make_storage(url: str):
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     interval, grace = heartbeat()
-    try:
-        return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
-                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite")
-                          else None)
-    except (ImportError, ModuleNotFoundError) as exc:
-        raise CubesearchError(f"storage {url!r} needs a database driver: {exc}") from None
-    except Exception as exc:  # sqlalchemy OperationalError and friends
-        raise CubesearchError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
-    finally:
-        _ = optuna
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
+                              failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+                              engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite")
+                              else None)
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise CubesearchError(f"storage {url!r} needs a database driver: {exc}") from None
+        except Exception as exc:  # sqlalchemy OperationalError and friends
+            # Several processes opening a fresh shared database race to create Optuna's schema; the
+            # loser sees a duplicate-key error and simply opens it again once the winner is done.
+            racing = "duplicate key" in str(exc) or "already exists" in str(exc)
+            if racing and attempt < attempts - 1:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise CubesearchError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+    _ = optuna
+    raise AssertionError("unreachable")
 
 
 def make_sampler(name: str, seed: int, n_trials: int, constrained: bool = True):

@@ -272,7 +272,7 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 def parse_input_size(value: str | Sequence[int]) -> tuple[int, int, int]:
-    """`3x512x512`, `512` (3 channels, square), `512x256` (3 channels) or a sequence → (C, H, W)."""
+    """`3x512x512`, `512` (3 channels, square) or a sequence → (C, H, W)."""
     if isinstance(value, str):
         parts = [p for p in re.split(r"[x×,\s]+", value.strip().lower()) if p]
         try:
@@ -284,8 +284,6 @@ def parse_input_size(value: str | Sequence[int]) -> tuple[int, int, int]:
         nums = [int(v) for v in value]
     if len(nums) == 1:
         nums = [3, nums[0], nums[0]]
-    elif len(nums) == 2:
-        nums = [3, *nums]
     if len(nums) != 3 or any(n < 1 for n in nums):
         raise CubesearchError(f"input size {value!r} must be three positive numbers CxHxW")
     return nums[0], nums[1], nums[2]

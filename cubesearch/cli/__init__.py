@@ -17,6 +17,7 @@ from cubesearch.cli.app import app
 # Each module adds its commands to `app` on import (one module per step of the data flow).
 from cubesearch.cli import demo as _demo  # noqa: E402,F401  isort: skip
 from cubesearch.cli import convert as _convert  # noqa: E402,F401  isort: skip
+from cubesearch.cli import train as _train  # noqa: E402,F401  isort: skip
 from cubesearch.cli import search as _search  # noqa: E402,F401  isort: skip
 from cubesearch.cli import export as _export  # noqa: E402,F401  isort: skip
 

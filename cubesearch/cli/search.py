@@ -7,20 +7,6 @@ import typer
 from cubesearch.cli.app import app, out_console, print_json
 
 
-def parse_size(text: str) -> tuple[int, int, int]:
-    """`3x512x512` → (3, 512, 512)."""
-    from cubesearch.errors import CubesearchError
-
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise CubesearchError(f"input size {text!r} is not CxHxW (e.g. 3x512x512)")
-    return dims  # type: ignore[return-value]
-
-
 def parse_duration(text: str | None) -> float | None:
     """`90`, `90s`, `30m`, `2h` → seconds."""
     from cubesearch.errors import CubesearchError
@@ -75,6 +61,7 @@ def search(
     from cubesearch.errors import CubesearchError
     from cubesearch.searching import SAMPLERS, front_table, parse_objectives
     from cubesearch.searching import search as run_search
+    from cubesearch.sites import parse_input_size
 
     if sampler not in SAMPLERS:
         raise CubesearchError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
@@ -87,7 +74,7 @@ def search(
         model, budget, space=space, trials=trials, timeout=parse_duration(timeout), data=data,
         epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs, storage=storage,
         study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
-        input_size=parse_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
+        input_size=parse_input_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
         val_tiles=val_tiles, batch_size=batch_size, lr=lr, sampler=sampler, num_classes=classes,
         pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console)

@@ -1,0 +1,167 @@
+"""The local Optuna search on a tiny model: budget, infeasible plans, failures, resume, Pareto."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import cubesearch.searching as searching
+from cubesearch.errors import CubesearchError
+from cubesearch.pareto import non_dominated
+
+TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
+FAST = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
+            epochs_per_trial=1.0, progress=False)
+
+
+def run(tmp_path, budget="90%", trials=4, **kw):
+    opts = {**FAST, "out": str(tmp_path / "search"), "space": "shared", "trials": trials, **kw}
+    return searching.search(TINY, budget, **opts)
+
+
+def load_study(tmp_path):
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}")
+
+
+def test_budget_below_cheapest_plan_fails_before_training(tmp_path):
+    with pytest.raises(CubesearchError, match=r"below the cheapest plan in space 'shared': [0-9.]+ GFLOPs"):
+        run(tmp_path, budget="1MFLOPs")
+    assert not (tmp_path / "search" / "baseline").exists()
+
+
+def test_malformed_budget_is_an_error(tmp_path):
+    with pytest.raises(CubesearchError, match="budget 'lots' is not understood"):
+        run(tmp_path, budget="lots")
+
+
+def test_search_records_front_references_and_rejects_infeasible_without_training(tmp_path,
+                                                                                monkeypatch):
+    trained: list[int] = []
+    real = searching.evaluate_plan
+
+    def counting(ctx, sites_cfg, number, **kw):
+        trained.append(number)
+        return real(ctx, sites_cfg, number, **kw)
+
+    monkeypatch.setattr(searching, "evaluate_plan", counting)
+    result = run(tmp_path, budget="80%", trials=8, sampler="random")
+    study = result.study
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 8 and result.n_complete == 8
+    refs = {t.user_attrs.get("reference"): t for t in complete if t.user_attrs.get("reference")}
+    assert set(refs) == {"baseline", "fullcube"}
+    assert refs["baseline"].user_attrs["sites_replaced"] == 0
+    budget = result.budget_gflops
+    for t in complete:
+        a = t.user_attrs
+        over = a["gflops_estimate"] > budget
+        assert a["feasible"] == (not over)
+        if over and not a.get("reference"):
+            assert a["infeasible"] and t.number not in trained and "checkpoint" not in a
+        else:
+            assert t.number in trained
+            assert Path(a["checkpoint"], "model.safetensors").exists()
+            # fvcore confirms the cost model
+            assert a["gflops"] == pytest.approx(a["gflops_estimate"], rel=1e-3)
+    # the front: feasible, non-dominated, and the same as recomputing it from all points
+    assert result.front == non_dominated(result.points)
+    assert all(p.feasible and p.gflops <= budget for p in result.front)
+    summary = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert [p["trial"] for p in summary["pareto"]] == [p.trial for p in result.front]
+    assert (tmp_path / "search" / "pareto.png").exists()
+
+
+def test_resume_keeps_trials_and_baseline(tmp_path, monkeypatch):
+    first = {t.number for t in run(tmp_path, trials=3).study.trials}
+    baseline = tmp_path / "search" / "baseline" / "model.safetensors"
+    stamp = baseline.stat().st_mtime_ns
+    calls = []
+    import cubesearch.training as training
+
+    real_train = training.train
+    monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    result = run(tmp_path, trials=5)
+    new = [t for t in result.study.get_trials(states=(TrialState.COMPLETE,)) if t.number not in first]
+    assert result.n_complete == 5 and len(new) == 2
+    # only the new feasible trials trained; the baseline was not retrained
+    assert len(calls) == sum("checkpoint" in t.user_attrs for t in new)
+    assert baseline.stat().st_mtime_ns == stamp
+    numbers = [t.number for t in result.study.get_trials(states=(TrialState.COMPLETE,))]
+    assert numbers == sorted(set(numbers))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    run(tmp_path, trials=2)
+    with pytest.raises(CubesearchError, match=r"started with other settings \(budget: '90%' → '70%'\)"):
+        run(tmp_path, budget="70%", trials=3)
+
+
+def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, monkeypatch):
+    real = searching.evaluate_plan
+
+    def flaky(ctx, sites_cfg, number, **kw):
+        if number == 2:
+            raise FloatingPointError("loss is NaN")
+        return real(ctx, sites_cfg, number, **kw)
+
+    monkeypatch.setattr(searching, "evaluate_plan", flaky)
+    result = run(tmp_path, budget="100%", trials=4)
+    failed = result.study.get_trials(states=(TrialState.FAIL,))
+    assert [t.number for t in failed] == [2]
+    assert failed[0].user_attrs["fail_reason"] == "FloatingPointError: loss is NaN"
+    assert result.n_complete == 4 and result.n_failed == 1
+
+
+def test_every_trial_failing_stops_with_the_first_error(tmp_path, monkeypatch):
+    def broken(ctx, sites_cfg, number, **kw):
+        raise RuntimeError(f"bug in trial {number}")
+
+    monkeypatch.setattr(searching, "evaluate_plan", broken)
+    first = r"every trial failed; the first: trial 0: RuntimeError: bug in trial 0"
+    with pytest.raises(CubesearchError, match=first):
+        run(tmp_path, budget="100%", trials=5)
+    assert len(load_study(tmp_path).trials) == 3  # stopped after three failures in a row
+
+
+def test_kill_9_loses_no_completed_trial(tmp_path):
+    out = tmp_path / "search"
+    cmd = [sys.executable, "-m", "cubesearch", "search", TINY, "--budget", "100%", "--space",
+           "shared", "--trials", "4", "--out", str(out), "--input-size", "3x64x64", "--tile-size",
+           "32", "--train-tiles", "16", "--val-tiles", "8", "--json"]
+    env = {**os.environ, "CUBESEARCH_HEARTBEAT": "1,2", "CUBESEARCH_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    storage = f"sqlite:///{out / 'study.db'}"
+    deadline = time.time() + 240
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name=None, storage=storage)
+            done = len(study.get_trials(states=(TrialState.COMPLETE,)))
+        except Exception:
+            continue
+        if done >= 2:
+            break
+    assert done >= 2, "the search did not get going"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = {t.number for t in optuna.load_study(study_name=None, storage=storage).get_trials(
+        states=(TrialState.COMPLETE,))}
+    time.sleep(2.5)  # past the heartbeat grace period: the interrupted trial is stale
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert report["trials_complete"] == 4
+    study = optuna.load_study(study_name=None, storage=storage)
+    final = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert kept <= final
+    assert not study.get_trials(states=(TrialState.RUNNING,))
