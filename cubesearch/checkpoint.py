@@ -3,10 +3,13 @@
 `save` writes the folder atomically (a temp folder beside it, then a rename), so a reader never
 sees half a checkpoint and a failed save leaves nothing behind. `load` rebuilds the model from
 the plan's model spec + the plan + the weights: safetensors and JSON only, nothing unpickled.
+`manifest.json` records each file's size and SHA-256, so a truncated or altered file is an
+error at load time instead of a silently different model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +24,7 @@ from cubesearch.errors import CubesearchError
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
+MANIFEST = "manifest.json"  # every file's size and SHA-256, checked by `load`
 # What a folder may hold for `save` to replace it (anything else means it is not ours).
 _OURS = {PLAN_FILE, WEIGHTS_FILE, METRICS_FILE, "README.md", "model.onnx", "model.onnx.data",
          "model.torchscript.pt", "MANIFEST.sha256", "manifest.json"}
@@ -59,6 +63,7 @@ def save(folder: str | os.PathLike, model: nn.Module, plan: Any,
         os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())
         if metrics is not None:
             (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=_jsonable) + "\n")
+        write_manifest(tmp)
         old = None
         if dest.exists():
             old = dest.parent / f".{dest.name}.old-{os.getpid()}-{id(tmp)}"
@@ -70,6 +75,45 @@ def save(folder: str | os.PathLike, model: nn.Module, plan: Any,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the size and SHA-256 of every file in `folder` (call it last, after all writes)."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"version": 1, "files": files}, indent=2) + "\n")
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise if a file listed in the manifest is missing, truncated or altered. Folders written
+    before manifests existed (no manifest file) pass."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        records = [(name, int(rec["bytes"]), str(rec["sha256"])) for name, rec in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CubesearchError(f"{manifest} is not a valid manifest (altered or truncated)") from None
+    for name, size, digest in records:
+        path = folder / name
+        if not path.is_file():
+            raise CubesearchError(f"{path} is missing (listed in {MANIFEST})")
+        actual = path.stat().st_size
+        if actual != size:
+            raise CubesearchError(f"{path} is {actual} bytes but {size} were written "
+                                  "(truncated or altered)")
+        if sha256(path) != digest:
+            raise CubesearchError(f"{path} does not match the SHA-256 recorded when it was written "
+                                  "(altered)")
 
 
 def _umask() -> int:
@@ -120,6 +164,7 @@ def load(folder: str | os.PathLike, *, device: str = "cpu", strict: bool = True)
     weights = src / WEIGHTS_FILE
     if not weights.exists():
         raise CubesearchError(f"{src} has no {WEIGHTS_FILE}")
+    verify_manifest(src)
     plan = Plan.load(src / PLAN_FILE)
     kwargs = dict(plan.model_kwargs)
     kwargs.pop("pretrained", None)  # the weights come from the checkpoint

@@ -10,7 +10,6 @@ An index at the top: `pareto.csv`, `pareto.md`, `pareto.png`, `pareto.html`.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 import shutil
@@ -22,11 +21,11 @@ from typing import Any
 
 import torch
 
+from cubesearch.checkpoint import write_manifest
 from cubesearch.errors import CubesearchError
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
 
 FORMATS = ("safetensors", "onnx", "torchscript")
-MANIFEST = "manifest.json"
 
 
 # --- opening a study ------------------------------------------------------------------------
@@ -101,44 +100,6 @@ def select_points(points: Sequence[ParetoPoint], select: str, objectives: Sequen
     return chosen
 
 
-# --- integrity ------------------------------------------------------------------------------
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_manifest(folder: Path) -> None:
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-    (folder / MANIFEST).write_text(json.dumps({"version": 1, "files": files}, indent=2))
-
-
-def verify_manifest(folder: Path) -> None:
-    """Raise if a file listed in `manifest.json` is missing, truncated or altered."""
-    manifest = folder / MANIFEST
-    if not manifest.exists():
-        return
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        raise CubesearchError(f"{manifest} is not a valid manifest") from None
-    for name, rec in files.items():
-        path = folder / name
-        if not path.exists():
-            raise CubesearchError(f"{path} is missing (listed in {MANIFEST})")
-        size = path.stat().st_size
-        if size != rec["bytes"]:
-            raise CubesearchError(f"{path} is {size} bytes, {rec['bytes']} were exported "
-                                  "(truncated or altered)")
-        if sha256(path) != rec["sha256"]:
-            raise CubesearchError(f"{path} does not match the SHA-256 recorded at export (altered)")
-
-
 # --- one model ------------------------------------------------------------------------------
 
 
@@ -186,7 +147,8 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
 
 
 def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetune_epochs: float,
-               baseline: ParetoPoint | None, data: str = "synthetic", progress: bool = False) -> dict:
+               baseline: ParetoPoint | None, data: str = "synthetic", tile_size: int = 256,
+               progress: bool = False) -> dict:
     from cubesearch.checkpoint import load, save
     from cubesearch.cost import count_flops
     from cubesearch.plan import Plan
@@ -199,7 +161,7 @@ def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetu
         from cubesearch.training import train
 
         result = train(model, plan=plan, data=data, epochs=finetune_epochs, progress=progress,
-                       input_size=(plan.input_size[0], 128, 128))
+                       input_size=(plan.input_size[0], tile_size, tile_size))
         model = result.model
         metrics.update(result.metrics, finetune_epochs=finetune_epochs)
     model = model.eval()
@@ -269,7 +231,8 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
     for p in chosen:
         dest = out / f"trial_{p.trial:04d}"
         m = export_one(p, dest, formats=formats, finetune_epochs=finetune_epochs, baseline=baseline,
-                       data=settings.get("data", "synthetic"), progress=progress)
+                       data=settings.get("data", "synthetic"), tile_size=int(settings.get("tile_size", 256)),
+                       progress=progress)
         if console is not None:
             console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}, "
                           f"{m['gflops']:.3f} GFLOPs)")
@@ -286,7 +249,8 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
                 objectives: Sequence[str]) -> dict[str, str]:
     front = non_dominated(points, objectives)
     rows = []
-    for p in sorted({id(p): p for p in [*front, *exported, *([baseline] if baseline else [])]}.values(),
+    references = [p for p in points if p.label in ("baseline", "fullcube")]  # always listed
+    for p in sorted({id(p): p for p in [*front, *exported, *references]}.values(),
                     key=lambda p: (p.gflops, -p.iou)):
         rows.append({
             "trial": p.trial, "iou": round(p.iou, 6), "gflops": round(p.gflops, 6), "params": p.params,

@@ -1,0 +1,254 @@
+"""Export: every --select form, the model folders, load round trip, tamper detection, atomicity,
+and the Pareto index (csv, md, png, html)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cubesearch
+import cubesearch.exporting as exporting
+from cubesearch.checkpoint import MANIFEST, load
+from cubesearch.errors import CubesearchError
+from cubesearch.pareto import non_dominated
+from cubesearch.searching import search
+
+TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A finished tiny search (6 trials, baseline and FullCube enqueued) to export from."""
+    out = tmp_path_factory.mktemp("search")
+    result = search(TINY, "100%", out=str(out), space="shared", trials=6, sampler="random",
+                    input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
+                    epochs_per_trial=1.0, progress=False)
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def exported(searched, tmp_path_factory):
+    out, _ = searched
+    dest = tmp_path_factory.mktemp("exported")
+    return dest, exporting.export(out, out=dest, select="pareto", progress=False)
+
+
+def test_pareto_selection_exports_exactly_the_front(searched, exported):
+    _, result = searched
+    dest, res = exported
+    trained = [p for p in result.points if p.checkpoint]
+    assert sorted(m["trial"] for m in res.models) == sorted(p.trial for p in non_dominated(trained))
+    for m in res.models:
+        folder = Path(m["folder"])
+        names = {p.name for p in folder.iterdir()}
+        assert {"plan.json", "model.safetensors", "metrics.json", "model.onnx", "README.md",
+                MANIFEST} <= names
+        assert not [n for n in os.listdir(dest) if n.startswith(".")]  # no temp folders left
+
+
+def test_exported_model_reproduces_the_trial_checkpoint(searched, exported):
+    _, result = searched
+    _, res = exported
+    by_trial = {p.trial: p for p in result.points}
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for m in res.models:
+        exported_model = cubesearch.load(m["folder"])
+        trial_model = load(by_trial[m["trial"]].checkpoint)
+        with torch.no_grad():
+            assert torch.equal(exported_model(x), trial_model(x))
+        for a, b in zip(exported_model.state_dict().values(), trial_model.state_dict().values(),
+                        strict=True):
+            assert torch.equal(a, b)
+
+
+def test_metrics_json_and_onnx_agreement(searched, exported):
+    _, result = searched
+    _, res = exported
+    baseline = next(p for p in result.points if p.label == "baseline")
+    for m in res.models:
+        metrics = json.loads(Path(m["folder"], "metrics.json").read_text())
+        for key in ("iou", "f1", "precision", "recall", "oa", "gflops", "params", "trial"):
+            assert key in metrics, key
+        model = cubesearch.load(m["folder"])
+        assert metrics["params"] == sum(p.numel() for p in model.parameters())
+        assert metrics["gflops"] == pytest.approx(cubesearch.count_flops(model, (3, 64, 64)) / 1e9)
+        assert metrics["baseline_iou"] == pytest.approx(baseline.iou)
+        assert metrics["baseline_gflops"] == pytest.approx(baseline.gflops)
+        assert metrics["onnx_max_abs_error"] <= 1e-4
+        # the ONNX file on disk runs and agrees with PyTorch on a new input
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(Path(m["folder"], "model.onnx")),
+                                       providers=["CPUExecutionProvider"])
+        x = torch.rand(1, 3, 64, 64)
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            assert float((torch.from_numpy(got) - model(x)).abs().max()) <= 1e-4
+        card = Path(m["folder"], "README.md").read_text()
+        assert f"trial {m['trial']}" in card and "cubesearch.load" in card
+
+
+def test_index_files_list_the_front_and_mark_the_references(searched, exported):
+    _, result = searched
+    dest, res = exported
+    for key in ("csv", "md", "png", "html"):
+        assert Path(res.index[key]).stat().st_size > 0
+    assert Path(res.index["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Path(res.index["csv"]).open() as f:
+        rows = list(csv.DictReader(f))
+    pareto_trials = sorted(int(r["trial"]) for r in rows if r["pareto"] == "True")
+    front = non_dominated([p for p in result.points if p.checkpoint])
+    assert pareto_trials == sorted(p.trial for p in front)
+    labels = {r["label"] for r in rows}
+    assert {"baseline", "fullcube"} <= labels
+    base = next(r for r in rows if r["label"] == "baseline")
+    assert float(base["iou_gain"]) == 0.0 and float(base["gflops_saving"]) == 0.0
+    md = Path(res.index["md"]).read_text()
+    assert all(f"| {p.trial} " in md for p in front)
+
+
+@pytest.mark.parametrize("select", ["best-iou", "under:100%", "trial:1"])
+def test_each_select_form(searched, tmp_path, select):
+    out, result = searched
+    res = exporting.export(out, out=tmp_path / "e", select=select, formats=("safetensors",),
+                           progress=False)
+    trained = [p for p in result.points if p.checkpoint]
+    if select == "best-iou":
+        expected = max((p for p in trained if p.feasible), key=lambda p: (p.iou, -p.gflops)).trial
+    elif select == "under:100%":
+        baseline = next(p for p in trained if p.label == "baseline")
+        expected = max((p for p in trained if p.gflops <= baseline.gflops),
+                       key=lambda p: (p.iou, -p.gflops)).trial
+    else:
+        expected = 1
+    assert [m["trial"] for m in res.models] == [expected]
+    assert not Path(res.models[0]["folder"], "model.onnx").exists()  # formats respected
+
+
+@pytest.mark.parametrize("select, message", [
+    ("under:1MFLOPs", r"no trained model at or under 0\.001 GFLOPs \(the cheapest is"),
+    ("trial:999", "trial 999 has no trained model to export"),
+    ("bestest", "--select 'bestest': use pareto, best-iou, under:30GFLOPs or trial:N"),
+])
+def test_bad_selections_write_nothing(searched, tmp_path, select, message):
+    out, _ = searched
+    with pytest.raises(CubesearchError, match=message):
+        exporting.export(out, out=tmp_path / "e", select=select, progress=False)
+    assert not (tmp_path / "e").exists()
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(CubesearchError, match="no such study folder"):
+        exporting.export(tmp_path / "nothing", out=tmp_path / "e")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CubesearchError, match="holds no study.db"):
+        exporting.export(tmp_path / "empty", out=tmp_path / "e")
+    with pytest.raises(CubesearchError, match="choose from safetensors, onnx, torchscript"):
+        exporting.export(tmp_path / "empty", out=tmp_path / "e", formats=("safetensors", "tflite"))
+    assert not (tmp_path / "e").exists()
+
+
+# --- tamper detection -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_copy(exported, tmp_path):
+    import shutil
+
+    _, res = exported
+    dest = tmp_path / "model"
+    shutil.copytree(res.models[0]["folder"], dest)
+    return dest
+
+
+def test_untouched_copy_loads(model_copy):
+    cubesearch.load(model_copy)
+
+
+def test_truncated_weights_are_detected(model_copy):
+    weights = model_copy / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(size - 100)
+    with pytest.raises(CubesearchError, match=rf"model.safetensors is {size - 100} bytes but {size} "
+                                              r"were written \(truncated or altered\)"):
+        cubesearch.load(model_copy)
+
+
+def test_flipped_byte_is_detected(model_copy):
+    weights = model_copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # same size, one weight changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CubesearchError, match="does not match the SHA-256 recorded"):
+        cubesearch.load(model_copy)
+
+
+def test_edited_plan_is_detected(model_copy):
+    plan = model_copy / "plan.json"
+    plan.write_text(plan.read_text().replace('"version"', '"version" ', 1))
+    with pytest.raises(CubesearchError, match=r"plan.json is \d+ bytes but \d+ were written"):
+        cubesearch.load(model_copy)
+
+
+def test_missing_file_and_bad_manifest_are_detected(model_copy):
+    (model_copy / "model.onnx").unlink()
+    with pytest.raises(CubesearchError, match=r"model.onnx is missing \(listed in manifest.json\)"):
+        cubesearch.load(model_copy)
+    (model_copy / MANIFEST).write_text("{not json")
+    with pytest.raises(CubesearchError, match="manifest.json is not a valid manifest"):
+        cubesearch.load(model_copy)
+
+
+# --- atomicity ------------------------------------------------------------------------------
+
+
+def test_interrupted_export_leaves_no_model_folder(searched, tmp_path, monkeypatch):
+    out, _ = searched
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C while the ONNX file was written
+
+    monkeypatch.setattr(exporting, "onnx_check", crash)
+    dest = tmp_path / "e"
+    with pytest.raises(KeyboardInterrupt):
+        exporting.export(out, out=dest, select="trial:0", progress=False)
+    assert not any(p.name.startswith("trial_") for p in dest.iterdir())
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+
+
+def test_re_export_replaces_a_model_folder_whole(searched, tmp_path):
+    out, _ = searched
+    dest = tmp_path / "e"
+    exporting.export(out, out=dest, select="trial:0", formats=("safetensors", "onnx"), progress=False)
+    exporting.export(out, out=dest, select="trial:0", formats=("safetensors",), progress=False)
+    folder = dest / "trial_0000"
+    assert not (folder / "model.onnx").exists()  # nothing left over from the first export
+    cubesearch.load(folder)
+
+
+def test_cli_export_json_and_errors(searched, tmp_path):
+    out, _ = searched
+    env = {**os.environ, "CUBESEARCH_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "cubesearch", "export", str(out), "--out", str(tmp_path / "e"),
+           "--select", "best-iou", "--formats", "safetensors,torchscript", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    payload = json.loads(done.stdout)
+    folder = Path(payload["models"][0]["folder"])
+    scripted = torch.jit.load(str(folder / "model.torchscript.pt"))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), cubesearch.load(folder)(x), atol=1e-5)
+    bad = subprocess.run([*cmd[:7], "--select", "trial:999"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert bad.returncode == 1
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: trial 999 has no trained model") and "Traceback" not in bad.stderr
