@@ -147,7 +147,7 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
 
 
 def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetune_epochs: float,
-               baseline: ParetoPoint | None, data: str = "synthetic", tile_size: int = 256,
+               baseline: ParetoPoint | None, settings: dict[str, Any] | None = None,
                progress: bool = False) -> dict:
     from cubesearch.checkpoint import load, save
     from cubesearch.cost import count_flops
@@ -160,8 +160,12 @@ def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetu
     if finetune_epochs > 0:
         from cubesearch.training import train
 
-        result = train(model, plan=plan, data=data, epochs=finetune_epochs, progress=progress,
-                       input_size=(plan.input_size[0], tile_size, tile_size))
+        s = settings or {}  # the search's own data and tile settings
+        size = int(s.get("tile_size", 256))
+        result = train(model, plan=plan, data=s.get("data", "synthetic"), epochs=finetune_epochs,
+                       progress=progress, input_size=(plan.input_size[0], size, size),
+                       train_tiles=s.get("train_tiles"), val_tiles=s.get("val_tiles"),
+                       batch_size=int(s.get("batch_size", 8)), seed=int(s.get("seed", 0)))
         model = result.model
         metrics.update(result.metrics, finetune_epochs=finetune_epochs)
     model = model.eval()
@@ -231,8 +235,7 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
     for p in chosen:
         dest = out / f"trial_{p.trial:04d}"
         m = export_one(p, dest, formats=formats, finetune_epochs=finetune_epochs, baseline=baseline,
-                       data=settings.get("data", "synthetic"), tile_size=int(settings.get("tile_size", 256)),
-                       progress=progress)
+                       settings=settings, progress=progress)
         if console is not None:
             console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}, "
                           f"{m['gflops']:.3f} GFLOPs)")

@@ -252,3 +252,18 @@ def test_cli_export_json_and_errors(searched, tmp_path):
     assert bad.returncode == 1
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: trial 999 has no trained model") and "Traceback" not in bad.stderr
+
+
+def test_finetune_trains_further_on_the_search_data(searched, tmp_path):
+    out, result = searched
+    res = exporting.export(out, out=tmp_path / "e", select="trial:0", formats=("safetensors",),
+                           finetune_epochs=1, progress=False)
+    folder = Path(res.models[0]["folder"])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["finetune_epochs"] == 1
+    assert metrics["steps"] == 16 // 8  # one epoch of the search's 16 tiles at batch 8
+    trial = next(p for p in result.points if p.trial == 0)
+    before = load(trial.checkpoint).state_dict()
+    after = cubesearch.load(folder).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # weights moved
+    assert metrics["iou"] == pytest.approx(res.models[0]["iou"])
