@@ -20,6 +20,7 @@ stride 1. `depthwise=True` admits depthwise convs (groups = C_in), `strided=True
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import time
@@ -229,12 +230,16 @@ def role_of(name: str, *, smp: bool = False) -> str:
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence library warnings and log chatter (torch.export, fx, timm) while tracing."""
-    names = ("torch._export", "torch.export", "torch._dynamo", "torch.fx", "torch._subclasses",
-             "torch.fx.experimental.symbolic_shapes", "torch._functorch", "fvcore", "timm")
+    # torch's loggers mostly inherit their level from `torch`; some (fake tensors) log whole
+    # graphs at ERROR level when an op fails, which is a path failing, not a user problem.
+    names = ("torch", "torch._export", "torch.export", "torch._dynamo", "torch.fx",
+             "torch._subclasses", "torch._subclasses.fake_tensor", "torch.fx.experimental",
+             "torch.fx.experimental.symbolic_shapes", "torch.fx.experimental.proxy_tensor",
+             "torch.fx.passes.utils.matcher_utils", "torch._functorch", "fvcore", "timm")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -389,7 +394,9 @@ def _trace_fx(model: nn.Module, x: torch.Tensor, convs: dict[str, nn.Conv2d]
     hooked: list[_Call] = []
     handles = _record_calls({n: c for n, c in convs.items() if n not in direct}, hooked)
     try:
-        with _fake_mode():
+        # ShapeProp prints a traceback of its own when a node fails: the failure is reported
+        # (and the next path tried) by the caller, so keep the terminal clean.
+        with _fake_mode(), contextlib.redirect_stderr(io.StringIO()):
             out = ShapeProp(gm).propagate(x)
     finally:
         for h in handles:
@@ -445,7 +452,10 @@ def _fx_graph(model: nn.Module, x: torch.Tensor) -> tuple[Any, nn.Module, str]:
             raise
         meta = Meta()
         try:
-            graph = meta.trace(model, meta_args={params[0]: x.to("meta")})
+            # The proxies' values are fake tensors on the model's device (meta tensors would
+            # clash with the real parameters and BatchNorm statistics of the model).
+            with _fake_mode() as mode:
+                graph = meta.trace(model, meta_args={params[0]: mode.from_tensor(x)})
         except Exception:  # noqa: BLE001
             raise plain from None
         return graph, meta.root, f"fx: plain symbolic_trace failed ({_one_line(plain)}); " \
