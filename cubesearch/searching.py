@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,10 +243,12 @@ def make_storage(url: str):
     attempts = 5
     for attempt in range(attempts):
         try:
-            return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
-                              failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
-                              engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite")
-                              else None)
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
+                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+                                  engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite")
+                                  else None)
         except (ImportError, ModuleNotFoundError) as exc:
             raise CubesearchError(f"storage {url!r} needs a database driver: {exc}") from None
         except Exception as exc:  # sqlalchemy OperationalError and friends
@@ -256,7 +259,6 @@ def make_storage(url: str):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise CubesearchError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
-    _ = optuna
     raise AssertionError("unreachable")
 
 
