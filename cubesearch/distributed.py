@@ -1,0 +1,622 @@
+"""The Ray Tune backend: the same search, with trials run by Ray on one machine's cores or a cluster.
+
+`cubesearch search ... --backend ray` lands in `search_ray(settings)`. It differs from the local
+backend only in who schedules a trial; everything else is shared with `cubesearch.searching`:
+
+- The study is the record, as for the local backend: the same Optuna storage (SQLite in `--out`
+  by default, or `--storage URL`), the same user attributes, so `collect_result`, the Pareto table
+  and `cubesearch export` work unchanged.
+- `CubeOptunaSearch` is Ray Tune's `OptunaSearch` (multi-objective: the study's objectives, e.g.
+  metrics iou/gflops with modes max/min) wired to that study. Its define-by-run space
+  (`PlanSpace`) is `price_trial`: it samples the plan from the search-space file and prices it
+  with the cost model. An over-budget plan is told to the study at once, as infeasible, inside
+  `suggest` — it never becomes a Tune trial, so it never occupies a worker. A plan within budget
+  becomes a Tune trial whose config carries the trial number and the plan.
+- `run_trial` (the Tune trainable, on a worker) calls the same `evaluate_plan` as the local
+  backend and reports its figures. Exceptions there (NaN loss, out of memory…) are reported as a
+  failed result, recorded in the study with their reason; a worker that dies (killed, node lost)
+  is retried by Tune's `FailureConfig`.
+- Back in the driver, `on_trial_complete` stores the figures with `record_trial_result` and tells
+  the study: one Optuna trial per plan, whichever process trained it.
+- The context every trial shares (datasets and the baseline's checkpoint folder) reaches workers
+  through the Ray object store (`tune.with_parameters`): workers never regenerate data nor retrain
+  the baseline. Trial checkpoints are written under `--out`, which on a multi-node cluster must be
+  a folder every node sees at the same path (a shared filesystem).
+- Ray's experiment folder lives in `OUT/ray/<study>-<k>`. Re-running the same command restores an
+  interrupted experiment (`Tuner.can_restore` / `Tuner.restore`): finished trials are kept,
+  unfinished ones run again under their Optuna trial number. An experiment that ended normally is
+  not restored; if the study still wants trials (a larger `--trials`, a timeout), a new
+  experiment `<study>-<k+1>` continues the same study.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cubesearch.blocks import CubeConfig
+from cubesearch.errors import CubesearchError
+from cubesearch.searching import (
+    OBJECTIVE_DIRECTIONS,
+    SearchContext,
+    SearchResult,
+    SearchSettings,
+    build_context,
+    collect_result,
+    enqueue_references,
+    ensure_baseline,
+    ensure_datasets,
+    evaluate_plan,
+    fail_reason,
+    folder_lock,
+    front_table,
+    make_sampler,
+    open_study,
+    price_trial,
+    record_trial_result,
+    write_summary,
+)
+
+INSTALL_HINT = "pip install 'cubesearch[ray]'"
+MAX_FAILURES = 2  # retries of a trial whose worker died (Tune's FailureConfig)
+DONE_FILE = "cubesearch_done.json"
+
+try:  # Ray is an optional extra; `require_ray` turns its absence into a clear error
+    from ray import tune as _tune
+    from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
+
+    _Stopper: Any = _tune.Stopper
+    _Callback: Any = _tune.Callback
+    _RAY_IMPORT_ERROR: str | None = None
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
+    _OptunaSearch = _Stopper = _Callback = object
+    _RAY_IMPORT_ERROR = str(_exc)
+
+
+def require_ray() -> Any:
+    """`ray`, or a `CubesearchError` naming the extra to install."""
+    if _RAY_IMPORT_ERROR is not None:
+        raise CubesearchError(f"--backend ray needs Ray Tune, which is not installed "
+                              f"({_RAY_IMPORT_ERROR}); install it with: {INSTALL_HINT}")
+    import ray
+
+    return ray
+
+
+# --- what the driver shows while Tune runs ---------------------------------------------------
+
+
+@dataclass
+class DriverHooks:
+    """Driver-side things that are not pickled with the Tuner: log lines, progress, the target."""
+
+    trials: int
+    log: Callable[[str], None]
+    update: Callable[[Any, Any], None] = lambda study, trial: None
+
+
+# experiment path → hooks of the driver running it (absent in a Ray Client driver: then the
+# searcher logs to stderr and keeps the target it was pickled with)
+_HOOKS: dict[str, DriverHooks] = {}
+
+
+def _stderr_log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- the searcher -------------------------------------------------------------------------------
+
+
+class PlanSpace:
+    """OptunaSearch's define-by-run space: sample the plan from the space file and price it.
+
+    Returns Tune's config for the trial: its Optuna number and the plan; `infeasible_values` is
+    set when the plan is over budget (the searcher then tells the study and asks again).
+    """
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        sites_cfg, values = price_trial(self.ctx, trial)
+        return {"trial_number": trial.number,
+                "plan": {name: cfg.to_dict() for name, cfg in sites_cfg.items()},
+                "infeasible_values": list(values) if values is not None else None}
+
+
+def _storage_for(url: str):
+    """The searcher's own connection to the study (no heartbeat: Ray tracks liveness)."""
+    from optuna.storages import RDBStorage
+
+    return RDBStorage(url, engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
+
+
+class CubeOptunaSearch(_OptunaSearch):
+    """`OptunaSearch` on the cubesearch study, with the cost-model pre-check in `suggest`.
+
+    Lives in the driver. Pickled with the Tuner (for `Tuner.restore`) without its study handle;
+    `save`/`restore` keep only which Tune trial is which Optuna trial.
+    """
+
+    def __init__(self, ctx: SearchContext, experiment: str) -> None:
+        import optuna
+
+        s = ctx.settings
+        self._ctx = replace(ctx, datasets=None)  # the driver needs no data: sites, costs, budget
+        self._experiment = experiment
+        self._live: dict[str, int] = {}  # Tune trial id → Optuna storage trial id
+        self._retries: dict[str, int] = {}
+        self._count_cache: tuple[float, int, int, bool] | None = None
+        self._orphans_checked = False
+        storage = _storage_for(s.storage_url())
+        sampler = self._new_sampler(len(optuna.load_study(study_name=s.study_name(),
+                                                          storage=storage).trials))
+        super().__init__(space=PlanSpace(self._ctx), metric=list(s.objectives),
+                         mode=["max" if OBJECTIVE_DIRECTIONS[o] == "maximize" else "min"
+                               for o in s.objectives],
+                         sampler=sampler, study_name=s.study_name(), storage=storage)
+
+    # -- pickling: no database handles, no Trial objects --
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_ot_study=None, _sampler=None, _storage=None, _ot_trials={})
+        return state
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"live": self._live, "completed": self._completed_trials,
+                         "retries": self._retries}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self._live = dict(state["live"])
+        self._completed_trials = set(state["completed"])
+        self._retries = dict(state["retries"])
+        self._ot_trials = {}
+        self._orphans_checked = False
+
+    def _new_sampler(self, offset: int):
+        s = self._ctx.settings
+        # a resumed search must not replay the first run's random stream (as the local backend)
+        return make_sampler(s.sampler, s.seed + offset, s.trials)
+
+    def _study(self):
+        import optuna
+
+        if self._ot_study is None:
+            s = self._ctx.settings
+            storage = _storage_for(s.storage_url())
+            n = len(optuna.load_study(study_name=s.study_name(), storage=storage).trials)
+            self._sampler = self._new_sampler(n)
+            self._ot_study = optuna.load_study(study_name=s.study_name(), storage=storage,
+                                               sampler=self._sampler)
+            self._storage = storage
+        study = self._ot_study
+        for tune_id, storage_id in self._live.items():
+            if tune_id not in self._ot_trials:
+                self._ot_trials[tune_id] = optuna.Trial(study, storage_id)
+        if not self._orphans_checked:
+            self._orphans_checked = True
+            self._fail_orphans(study)
+        return study
+
+    def _fail_orphans(self, study) -> None:
+        """Optuna trials this `--out`'s Ray runs started but Tune no longer knows (the driver died
+        before Tune saved them): failed, so the study has no trial left running for ever."""
+        from optuna.trial import TrialState
+
+        root = str(Path(self._experiment).parent)
+        live = set(self._live.values())
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            where = str(t.user_attrs.get("ray_experiment", ""))
+            if where and str(Path(where).parent) == root and t._trial_id not in live:
+                study._storage.set_trial_user_attr(
+                    t._trial_id, "fail_reason", "interrupted: the Ray driver stopped before "
+                    "Tune saved this trial; it is sampled again")
+                study.tell(t.number, state=TrialState.FAIL)
+
+    # -- the target: --trials complete trials in the study --
+
+    def _hooks(self) -> DriverHooks | None:
+        return _HOOKS.get(self._experiment)
+
+    def target(self) -> int:
+        hooks = self._hooks()
+        return hooks.trials if hooks else self._ctx.settings.trials
+
+    def _log(self, text: str) -> None:
+        hooks = self._hooks()
+        (hooks.log if hooks else _stderr_log)(text)
+
+    def _counts(self, fresh: bool = False) -> tuple[int, int, bool]:
+        """(complete, failed, every finished trial failed) in the study, cached for a second."""
+        from optuna.trial import TrialState
+
+        now = time.monotonic()
+        if fresh or self._count_cache is None or now - self._count_cache[0] > 1.0:
+            trials = self._study().get_trials(deepcopy=False,
+                                              states=(TrialState.COMPLETE, TrialState.FAIL))
+            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            failed = len(trials) - complete
+            self._count_cache = (now, complete, failed, len(trials) >= 3 and complete == 0)
+        return self._count_cache[1:]
+
+    def should_stop(self) -> bool:
+        complete, _, all_failed = self._counts()
+        return all_failed or (complete >= self.target() and not self._live)
+
+    # -- Tune's Searcher interface --
+
+    def suggest(self, trial_id: str) -> dict | None:
+        from optuna.trial import TrialState
+
+        study = self._study()
+        while True:
+            complete, _, all_failed = self._counts()
+            if all_failed or complete + len(self._live) >= self.target():
+                return None  # nothing more to start; the stopper ends the experiment
+            config = super().suggest(trial_id)  # ask + define-by-run (PlanSpace)
+            ot_trial = self._ot_trials[trial_id]
+            values = config.pop("infeasible_values", None)
+            if values is not None:  # over budget: finished here, no worker involved
+                study.tell(ot_trial, values, state=TrialState.COMPLETE)
+                del self._ot_trials[trial_id]
+                self._counts(fresh=True)
+                self._after_tell(ot_trial._trial_id)
+                continue
+            ot_trial.set_user_attr("backend", "ray")
+            ot_trial.set_user_attr("ray_experiment", self._experiment)
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            self._live[trial_id] = ot_trial._trial_id
+            return config
+
+    def note_retry(self, trial_id: str) -> None:
+        self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
+        number = self._ot_trials[trial_id].number if trial_id in self._ot_trials else "?"
+        self._log(f"trial {number}: its worker died; Ray retries it "
+                  f"(retry {self._retries[trial_id]} of {MAX_FAILURES})")
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # one result per trial, handled at completion
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False
+                          ) -> None:
+        from optuna.trial import TrialState
+
+        study = self._study()
+        ot_trial = self._ot_trials.pop(trial_id, None)
+        self._live.pop(trial_id, None)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        self._completed_trials.add(trial_id)
+        if study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            return  # told before the driver restarted
+        retries = self._retries.pop(trial_id, 0)
+        if retries:
+            ot_trial.set_user_attr("ray_retries", retries)
+        if result and result.get("ok"):
+            values = record_trial_result(self._ctx, ot_trial, {
+                "iou": float(result["iou"]), "gflops": float(result["gflops"]),
+                "params": int(result["params"]), "seconds": float(result["seconds"]),
+                "checkpoint": result["checkpoint"], "metrics": result.get("metrics", {})})
+            for key, attr in (("node_ip", "ray_node"), ("pid", "ray_pid")):
+                if key in result:
+                    ot_trial.set_user_attr(attr, result[key])
+            study.tell(ot_trial, values, state=TrialState.COMPLETE)
+        else:
+            if result and result.get("fail_reason"):
+                reason = result["fail_reason"]
+            elif error:
+                reason = f"Ray worker failed {retries + 1} times (see {self._experiment})"
+            else:
+                reason = "stopped by Ray Tune before it finished"
+            ot_trial.set_user_attr("fail_reason", reason)
+            study.tell(ot_trial, state=TrialState.FAIL)
+        self._counts(fresh=True)
+        self._after_tell(ot_trial._trial_id)
+
+    def _after_tell(self, storage_id: int) -> None:
+        study = self._ot_study
+        frozen = study._storage.get_trial(storage_id)
+        number, a = frozen.number, frozen.user_attrs
+        if frozen.state.name == "FAIL":
+            self._log(f"[yellow]trial {number} failed: {a.get('fail_reason', 'unknown error')}"
+                      "[/yellow]")
+        elif a.get("infeasible"):
+            self._log(f"trial {number}: over budget ({a.get('gflops_estimate', 0):.3f} GFLOPs), "
+                      "rejected without training")
+        else:
+            where = f" on {a['ray_node']}" if "ray_node" in a else ""
+            self._log(f"trial {number}: IoU {a.get('iou', math.nan):.4f}, "
+                      f"{a.get('gflops', math.nan):.3f} GFLOPs, {a.get('seconds', 0):.1f} s{where}")
+        hooks = self._hooks()
+        if hooks:
+            hooks.update(study, frozen)
+
+
+class TargetStopper(_Stopper):
+    """Ends the experiment once the study has its trials (or every trial fails)."""
+
+    def __init__(self, searcher: CubeOptunaSearch) -> None:
+        self.searcher = searcher
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.searcher.should_stop()
+
+
+class RetryRecorder(_Callback):
+    """Counts retries of trials whose worker died, for the study's record and the log."""
+
+    def __init__(self, searcher: CubeOptunaSearch) -> None:
+        self.searcher = searcher
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.note_retry(trial.trial_id)
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.config.get('trial_number', 0):04d}_{trial.trial_id}"
+
+
+# --- the trainable: one trial on a worker ---------------------------------------------------
+
+
+def run_trial(config: dict[str, Any], ctx: SearchContext | None = None, cwd: str | None = None
+              ) -> None:
+    """Tune's trainable: `evaluate_plan` on the plan in `config`; reports one result."""
+    import torch
+    from ray import tune
+
+    if cwd and Path(cwd).is_dir():
+        os.chdir(cwd)  # relative model paths as the driver sees them (Tune chdirs to trial dirs)
+    assert ctx is not None and ctx.datasets is not None, "the context comes with its datasets"
+    torch.set_num_threads(max(1, int(ctx.settings.cpus_per_trial)))
+    number = int(config["trial_number"])
+    sites_cfg = {name: CubeConfig.from_dict(d) for name, d in config["plan"].items()}
+    failed = {o: math.nan for o in ("iou", "gflops", "params")}
+    if ctx.baseline_dir is not None and not (Path(ctx.baseline_dir) / "model.safetensors").exists():
+        tune.report({**failed, "ok": False, "fail_reason": (
+            f"the baseline checkpoint {ctx.baseline_dir} is not visible on {socket.gethostname()}: "
+            "--out must be a folder every node of the cluster sees at the same path")})
+        return
+    try:
+        out = evaluate_plan(ctx, sites_cfg, number)
+    except Exception as exc:  # recorded in the study as a failed trial; the search goes on
+        tune.report({**failed, "ok": False, "fail_reason": fail_reason(exc)})
+        return
+    metrics = {k: float(v) for k, v in out["metrics"].items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tune.report({"ok": True, "iou": out["iou"], "gflops": out["gflops"], "params": out["params"],
+                 "seconds": out["seconds"], "checkpoint": out["checkpoint"], "metrics": metrics})
+
+
+# --- connecting to Ray ----------------------------------------------------------------------
+
+
+def _reachable(address: str, timeout: float = 5.0) -> str | None:
+    """None if HOST:PORT accepts a TCP connection, else why not."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        host, port = address.removeprefix("ray://"), "10001" if address.startswith("ray://") else "6379"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+
+
+def connect(settings: SearchSettings) -> bool:
+    """`ray.init` for the settings; True if this call started Ray (and should shut it down)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    address = settings.address
+    how = (" Start one with `ray start --head` on the head node (then pass --address HOST:6379), "
+           "or leave out --address to start a local Ray instance.")
+    common = {"log_to_driver": False, "logging_level": logging.WARNING,
+              "configure_logging": True}
+    if address in (None, "", "local"):
+        try:
+            ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), **common)
+        except Exception as exc:
+            raise CubesearchError(f"cannot start a local Ray instance: {exc}") from None
+        return True
+    if address != "auto":
+        why = _reachable(address)
+        if why is not None:
+            raise CubesearchError(f"cannot reach the Ray cluster at {address}: {why}.{how}")
+    try:
+        ray.init(address=address, **common)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "auth" in type(exc).__name__.lower() or "Authentication" in message:
+            raise CubesearchError(
+                f"the Ray cluster at {address} refused this driver's credentials: {message} "
+                "(a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
+            ) from None
+        raise CubesearchError(f"cannot connect to the Ray cluster at {address}: {message}.{how}"
+                              ) from None
+    return True
+
+
+def check_resources(settings: SearchSettings) -> dict[str, float]:
+    """The cluster's resources; an error if one trial's request fits on no node."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    where = settings.address or "this machine (a local Ray instance)"
+    for key, want, flag in (("CPU", settings.cpus_per_trial, "--cpus-per-trial"),
+                            ("GPU", settings.gpus_per_trial, "--gpus-per-trial")):
+        largest = max((float(n.get(key, 0)) for n in nodes), default=0.0)
+        if want > 0 and want > largest + 1e-9:
+            raise CubesearchError(
+                f"{flag} {want:g} is more than any node of the Ray cluster at {where} has: the "
+                f"largest node has {largest:g} {key}s (the cluster {float(total.get(key, 0)):g} "
+                f"{key}s on {len(nodes)} node{'s' if len(nodes) != 1 else ''})")
+    return {"CPU": float(total.get("CPU", 0)), "GPU": float(total.get("GPU", 0)),
+            "nodes": float(len(nodes))}
+
+
+def default_concurrency(settings: SearchSettings, resources: dict[str, float]) -> int:
+    fits = resources["CPU"] // settings.cpus_per_trial
+    if settings.gpus_per_trial > 0:
+        fits = min(fits, resources["GPU"] // settings.gpus_per_trial)
+    return max(1, int(fits))
+
+
+# --- the experiment folder: restore or start ------------------------------------------------
+
+
+def experiment_dirs(out: Path, study_name: str) -> list[Path]:
+    """This study's Ray experiments under OUT/ray, oldest first."""
+    root = out / "ray"
+    found = []
+    for p in root.glob(f"{study_name}-*"):
+        suffix = p.name[len(study_name) + 1:]
+        if p.is_dir() and suffix.isdigit():
+            found.append((int(suffix), p))
+    return [p for _, p in sorted(found)]
+
+
+def _experiment_to_resume(out: Path, study_name: str) -> tuple[Path, bool]:
+    """(experiment folder, restore it?): the latest unfinished one, or a new one."""
+    from ray.tune import Tuner
+
+    dirs = experiment_dirs(out, study_name)
+    if dirs and not (dirs[-1] / DONE_FILE).exists() and Tuner.can_restore(str(dirs[-1])):
+        return dirs[-1], True
+    k = int(dirs[-1].name.rsplit("-", 1)[1]) + 1 if dirs else 1
+    return out / "ray" / f"{study_name}-{k}", False
+
+
+# --- the search -----------------------------------------------------------------------------
+
+
+def search_ray(settings: SearchSettings, *, progress: bool = True, console=None) -> SearchResult:
+    """Run (or resume) the search with Ray Tune scheduling the trials; returns the same result
+    as the local backend, read from the same study."""
+    from optuna.trial import TrialState
+    from rich.console import Console
+
+    require_ray()
+    console = console or Console(stderr=True)
+    log = console.print
+    settings = settings.model_copy(update={"out": str(Path(settings.out).resolve())})
+    ctx = build_context(settings)  # errors about the model, space and budget come first
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    study = open_study(settings)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    name = settings.study_name()
+    exp_dir, restoring = _experiment_to_resume(ctx.out, name)
+    if done >= settings.trials and not restoring:
+        log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials done")
+        result = collect_result(study, ctx)
+        write_summary(result, ctx)
+        return result
+
+    started = connect(settings)
+    try:
+        resources = check_resources(settings)
+        concurrent = settings.max_concurrent or default_concurrency(settings, resources)
+        log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials done; "
+            f"budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
+            f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
+        log(f"ray: {int(resources['nodes'])} node(s), {resources['CPU']:g} CPUs, "
+            f"{resources['GPU']:g} GPUs; {concurrent} trial(s) at once, "
+            f"{settings.cpus_per_trial:g} CPU + {settings.gpus_per_trial:g} GPU each; "
+            f"experiment {exp_dir}" + (" (restored)" if restoring else ""))
+        ensure_datasets(ctx)
+        with folder_lock(ctx.out / ".baseline.lock"):  # trained once, in the driver
+            ensure_baseline(ctx, progress=progress, log=log)
+            enqueue_references(study, ctx)
+        return _run_tuner(settings, ctx, study, exp_dir, restoring, concurrent, progress, console)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Path, restoring: bool,
+               concurrent: int, progress: bool, console) -> SearchResult:
+    from optuna.trial import TrialState
+    from ray import tune
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    bar = Progress(TextColumn("search (ray)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), console=console, disable=not progress)
+    task = bar.add_task("", total=settings.trials, completed=done)
+    live = Live(Group(bar), console=console, refresh_per_second=4, transient=False) if progress else None
+    lock = threading.Lock()
+
+    def update(st, trial) -> None:
+        with lock:
+            n = len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            bar.update(task, completed=n, description=f"last #{trial.number}")
+            if live is not None:
+                live.update(Group(bar, front_table(collect_result(st, ctx), "current Pareto front")))
+
+    _HOOKS[str(exp_dir)] = DriverHooks(trials=settings.trials, log=console.print, update=update)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx, cwd=os.getcwd()),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    try:
+        if restoring:
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            searcher = CubeOptunaSearch(ctx, str(exp_dir))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+                                            max_concurrent_trials=concurrent,
+                                            time_budget_s=settings.timeout, reuse_actors=True,
+                                            trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(
+                    name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
+                    stop=TargetStopper(searcher), callbacks=[RetryRecorder(searcher)],
+                    failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
+        if live is not None:
+            live.start()
+        try:
+            grid = tuner.fit()
+        finally:
+            if live is not None:
+                live.stop()
+    finally:
+        _HOOKS.pop(str(exp_dir), None)
+
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    result = collect_result(study, ctx)
+    if unfinished:
+        raise CubesearchError(
+            f"search interrupted with {result.n_complete} of {settings.trials} trials complete; "
+            f"run the same command again to resume ({exp_dir})")
+    (exp_dir / DONE_FILE).write_text(json.dumps({"trials_complete": result.n_complete}))
+    if result.n_complete == 0 and result.n_failed:
+        first = min(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)),
+                    key=lambda t: t.number)
+        raise CubesearchError(f"every trial failed; the first: trial {first.number}: "
+                              f"{first.user_attrs.get('fail_reason', 'unknown error')}")
+    write_summary(result, ctx)
+    return result
