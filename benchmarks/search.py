@@ -78,7 +78,11 @@ def cost_model_speed(spec: str, size: tuple[int, int, int], n_plans: int, n_fvco
     space = SearchSpace.load("default")
     sites = list(report.sites)
     rng = random.Random(seed)
-    combos = {s.name: space.site_combos(s) for s in sites}
+    # router='none' with depth > 1 also needs C_out % 4 == 0 (the second layer's input), which
+    # SearchSpace.site_combos does not check (smp's segmentation head has C_out = 1): skip those.
+    combos = {s.name: [c for c in space.site_combos(s)
+                       if not (c.router == "none" and c.depth > 1 and s.out_channels % 4)]
+              for s in sites}
     plans = []
     for _ in range(n_plans):
         plans.append({s.name: rng.choice(combos[s.name]) for s in sites if rng.random() < 0.5})
