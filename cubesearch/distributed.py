@@ -516,6 +516,9 @@ def search_ray(settings: SearchSettings, *, progress: bool = True, console=None)
     from rich.console import Console
 
     require_ray()
+    # Tune's own console output would interleave with ours (and break --json on stdout): ours says
+    # what matters, Ray's experiment folder keeps the rest.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     console = console or Console(stderr=True)
     log = console.print
     settings = settings.model_copy(update={"out": str(Path(settings.out).resolve())})

@@ -1,0 +1,328 @@
+"""The Ray Tune backend on a real two-node Ray cluster that the tests start on this machine.
+
+The head (`ray start --head --node-ip-address=127.0.0.1`) and a second node joining it each have
+one CPU, so a search with two concurrent trials needs both. The cluster lives in its own temporary
+folder and every process of it carries a marker in its environment: the tests stop exactly those
+processes (never `ray stop`, which would stop anybody's Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+pytest.importorskip("ray.tune", reason="the Ray backend needs the ray extra")
+
+TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
+RAY = str(Path(sys.executable).parent / "ray")
+MARKER_VAR = "CUBESEARCH_TEST_RAY_CLUSTER"
+SMALL = ["--space", "shared", "--input-size", "3x64x64", "--tile-size", "32", "--train-tiles", "16",
+         "--val-tiles", "8", "--batch-size", "8"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def cluster_pids(marker: str) -> list[int]:
+    """Processes of the test cluster: its marker in their environment (or their parent's, for
+    workers whose title Ray rewrote)."""
+    tag = f"{MARKER_VAR}={marker}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            pid = int(entry.name)
+            if tag in _environ(pid) or tag in _environ(_parent(pid)):
+                pids.append(pid)
+    return pids
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Cluster:
+    def __init__(self, address: str, env: dict[str, str], marker: str) -> None:
+        self.address, self.env, self.marker = address, env, marker
+
+    def search(self, out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(search_cmd(out, "--address", self.address, *args), env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, out: Path, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(search_cmd(out, "--address", self.address, *args), env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def search_cmd(out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cubesearch", "search", TINY, "--out", str(out), *SMALL, *args]
+
+
+def driver_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "CUBESEARCH_NO_PROGRESS": "1", "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    marker = uuid.uuid4().hex
+    tmp = tempfile.mkdtemp(prefix="csray", dir="/tmp")  # short: Ray's socket paths have a limit
+    env = driver_env(**{MARKER_VAR: marker})
+    port = free_port()
+    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
+              "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}"]
+    procs = []
+    try:
+        with open(Path(tmp, "head.log"), "w") as log:
+            procs.append(subprocess.Popen(
+                [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                 f"--dashboard-port={free_port()}", f"--temp-dir={tmp}", *common],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_port(port, procs[0], tmp)
+        common[-1] = f"--dashboard-agent-listen-port={free_port()}"
+        with open(Path(tmp, "node.log"), "w") as log:
+            procs.append(subprocess.Popen(
+                [RAY, "start", f"--address=127.0.0.1:{port}", *common], env=env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True))
+        wait = (f"import ray, time; ray.init(address='127.0.0.1:{port}', log_to_driver=False)\n"
+                "t = time.time()\n"
+                "while sum(n['Alive'] for n in ray.nodes()) < 2 and time.time() - t < 90: "
+                "time.sleep(0.5)\nprint(sum(n['Alive'] for n in ray.nodes()))")
+        res = subprocess.run([sys.executable, "-c", wait], env=env, capture_output=True, text=True,
+                             timeout=150)
+        assert res.stdout.strip().endswith("2"), res.stdout + res.stderr[-2000:]
+        yield Cluster(f"127.0.0.1:{port}", env, marker)
+    finally:
+        for pid in cluster_pids(marker):  # our cluster only; `ray stop` would stop everyone's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for p in procs:
+            p.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_port(port: int, proc: subprocess.Popen, tmp: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, Path(tmp, "head.log").read_text()[-2000:]
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("the Ray head did not come up")
+
+
+def load(out: Path):
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def overlapping(trials) -> bool:
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    latest_end = spans[0][1]
+    for start, end in spans[1:]:
+        if start < latest_end:
+            return True
+        latest_end = max(latest_end, end)
+    return False
+
+
+# --- a search on the cluster ------------------------------------------------------------------
+
+
+def test_search_on_a_two_node_cluster_fills_the_study_and_exports(cluster, tmp_path):
+    out = tmp_path / "search"
+    res = cluster.search(out, "--budget", "90%", "--trials", "6", "--max-concurrent", "2",
+                         "--sampler", "random", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)  # stdout is the one JSON object, Ray's chatter is not there
+    assert report["trials_complete"] == 6 and report["trials_failed"] == 0
+    assert "ray: 2 node(s), 2 CPUs" in res.stderr and "2 trial(s) at once" in res.stderr
+
+    study = load(out)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 6 and len(study.trials) == 6
+    refs = {t.user_attrs.get("reference") for t in complete} - {None}
+    assert refs == {"baseline", "fullcube"}
+    budget = report["budget_gflops"]
+    trained = []
+    for t in complete:
+        a = t.user_attrs
+        assert a["feasible"] == (a["gflops_estimate"] <= budget)
+        if a.get("infeasible"):  # priced in the driver, told at once: never a Ray trial
+            assert not a.get("reference") and "ray_trial_id" not in a and "checkpoint" not in a
+            assert t.values[0] == 0.0
+            continue
+        trained.append(t)
+        assert a["backend"] == "ray" and a["ray_experiment"].startswith(str(out / "ray"))
+        assert Path(a["checkpoint"], "model.safetensors").exists()
+        assert a["gflops"] == pytest.approx(a["gflops_estimate"], rel=1e-3)  # fvcore on the worker
+        assert list(t.values) == [a["iou"], a["gflops"]]
+        assert {"f1", "precision", "recall", "oa", "seconds", "params", "ray_node"} <= set(a)
+    assert len(trained) >= 2
+    # two workers (one per node: each has one CPU) ran trials at the same time
+    assert len({t.user_attrs["ray_pid"] for t in trained}) >= 2
+    assert overlapping(trained)
+    # the baseline was trained once, by the driver, and warm-started every trial
+    assert (out / "baseline" / "model.safetensors").exists()
+    # Ray's experiment folder, kept for Tuner.restore
+    from ray.tune import Tuner
+
+    exp = out / "ray" / "tiny_seg-shared-1"
+    assert Tuner.can_restore(str(exp)) and (exp / "cubesearch_done.json").exists()
+    # the Pareto front and summary come from the study, as for the local backend
+    summary = json.loads((out / "search.json").read_text())
+    assert [p["trial"] for p in summary["pareto"]] == [p["trial"] for p in report["pareto"]]
+
+    exported = tmp_path / "exported"
+    res = subprocess.run([sys.executable, "-m", "cubesearch", "export", str(out), "--out",
+                          str(exported), "--formats", "safetensors", "--json"],
+                         env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    front = {p["trial"] for p in report["pareto"]}
+    folders = [p for p in exported.iterdir() if p.is_dir()]
+    assert len(folders) == len(front)
+    assert all((p / "model.safetensors").exists() for p in folders)
+
+    # the same command again: nothing left to do, nothing re-run
+    res = cluster.search(out, "--budget", "90%", "--trials", "6", "--max-concurrent", "2",
+                         "--sampler", "random", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(load(out).trials) == 6
+
+
+def test_a_killed_worker_is_retried_and_the_search_completes(cluster, tmp_path):
+    out = tmp_path / "search"
+    proc = cluster.popen(out, "--budget", "100%", "--trials", "4", "--max-concurrent", "2",
+                         "--epochs-per-trial", "2", "--json")
+    killed = None
+    deadline = time.time() + 240
+    try:
+        while killed is None and time.time() < deadline and proc.poll() is None:
+            for pid in cluster_pids(cluster.marker):
+                if title(pid).startswith("ray::ImplicitFunc.train"):  # a worker running a trial
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+                    break
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, "no trial was seen running"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout)["trials_complete"] == 4
+    assert "its worker died; Ray retries it" in stderr
+    study = load(out)
+    assert not study.get_trials(states=(TrialState.FAIL, TrialState.RUNNING))
+    retried = [t for t in study.trials if t.user_attrs.get("ray_retries")]
+    assert len(retried) == 1 and retried[0].user_attrs["ray_retries"] == 1
+    assert retried[0].state == TrialState.COMPLETE and retried[0].user_attrs["ray_pid"] != killed
+    assert Path(retried[0].user_attrs["checkpoint"], "model.safetensors").exists()
+
+
+def test_an_interrupted_search_resumes_from_ray_experiment(cluster, tmp_path):
+    out = tmp_path / "search"
+    args = ("--budget", "100%", "--max-concurrent", "2", "--epochs-per-trial", "2", "--json")
+    proc = cluster.popen(out, "--trials", "5", *args)
+    done = 0
+    deadline = time.time() + 240
+    try:
+        while done < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            try:
+                done = len(load(out).get_trials(states=(TrialState.COMPLETE,)))
+            except Exception:
+                continue
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the driver dies (power loss, kill -9)
+        proc.communicate()
+    assert 2 <= done < 5, "the search did not get going, or finished too soon"
+    kept = {t.number for t in load(out).get_trials(states=(TrialState.COMPLETE,))}
+    res = cluster.search(out, "--trials", "5", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(restored)" in res.stderr  # Tuner.restore of OUT/ray/tiny_seg-shared-1
+    assert json.loads(res.stdout)["trials_complete"] == 5
+    study = load(out)
+    final = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert kept <= final and len(final) == 5
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert [p.name for p in sorted((out / "ray").iterdir())] == ["tiny_seg-shared-1"]
+
+    # a larger --trials later: the finished experiment is not restored, a new one continues
+    res = cluster.search(out, "--trials", "6", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout)["trials_complete"] == 6
+    assert sorted(p.name for p in (out / "ray").iterdir()) == ["tiny_seg-shared-1", "tiny_seg-shared-2"]
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def error_line(res: subprocess.CompletedProcess) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 1 and len(lines) == 1, res.stderr[-3000:]
+    return lines[0]
+
+
+def test_resources_beyond_the_cluster_are_refused(cluster, tmp_path):
+    res = cluster.search(tmp_path / "s", "--budget", "90%", "--trials", "2", "--cpus-per-trial", "2")
+    line = error_line(res)
+    assert f"--cpus-per-trial 2 is more than any node of the Ray cluster at {cluster.address}" in line
+    assert "largest node has 1 CPUs (the cluster 2 CPUs on 2 nodes)" in line
+    res = cluster.search(tmp_path / "s", "--budget", "90%", "--trials", "2", "--gpus-per-trial", "1")
+    assert "--gpus-per-trial 1 is more than any node" in error_line(res)
+    assert not (tmp_path / "s" / "baseline").exists()  # refused before any training
+
+
+def test_unreachable_address_names_it_and_how_to_start_a_cluster(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    res = subprocess.run(search_cmd(tmp_path / "s", "--budget", "90%", "--address", address),
+                         env=driver_env(), capture_output=True, text=True, timeout=120)
+    line = error_line(res)
+    assert f"cannot reach the Ray cluster at {address}" in line
+    assert "ray start --head" in line
+
+
+def test_missing_ray_names_the_extra(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "from cubesearch.cli import main\n"
+            f"sys.exit(main({search_cmd(tmp_path / 's', '--budget', '90%', '--backend', 'ray')[3:]!r}))")
+    res = subprocess.run([sys.executable, "-c", code], env=driver_env(), capture_output=True,
+                         text=True, timeout=120)
+    line = error_line(res)
+    assert "needs Ray Tune, which is not installed" in line
+    assert "pip install 'cubesearch[ray]'" in line
