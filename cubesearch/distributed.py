@@ -311,7 +311,7 @@ class CubeOptunaSearch(_OptunaSearch):
             values = record_trial_result(self._ctx, ot_trial, {
                 "iou": float(result["iou"]), "gflops": float(result["gflops"]),
                 "params": int(result["params"]), "seconds": float(result["seconds"]),
-                "checkpoint": result["checkpoint"], "metrics": result.get("metrics", {})})
+                "checkpoint": result["checkpoint"], "metrics": _nested(result, "metrics")})
             for key, attr in (("node_ip", "ray_node"), ("pid", "ray_pid")):
                 if key in result:
                     ot_trial.set_user_attr(attr, result[key])
@@ -368,6 +368,13 @@ class RetryRecorder(_Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.searcher.note_retry(trial.trial_id)
+
+
+def _nested(result: dict[str, Any], key: str) -> dict[str, Any]:
+    """`result[key]`, also when Tune handed the result over flattened (`key/name` entries)."""
+    if isinstance(result.get(key), dict):
+        return result[key]
+    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(f"{key}/")}
 
 
 def trial_dirname(trial: Any) -> str:
@@ -522,21 +529,21 @@ def search_ray(settings: SearchSettings, *, progress: bool = True, console=None)
     console = console or Console(stderr=True)
     log = console.print
     settings = settings.model_copy(update={"out": str(Path(settings.out).resolve())})
-    ctx = build_context(settings)  # errors about the model, space and budget come first
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    study = open_study(settings)
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    name = settings.study_name()
-    exp_dir, restoring = _experiment_to_resume(ctx.out, name)
-    if done >= settings.trials and not restoring:
-        log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials done")
-        result = collect_result(study, ctx)
-        write_summary(result, ctx)
-        return result
-
-    started = connect(settings)
+    started = connect(settings)  # cluster problems first: they take seconds to find
     try:
         resources = check_resources(settings)
+        ctx = build_context(settings)  # then the model, space and budget, before the study
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        study = open_study(settings)
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        name = settings.study_name()
+        exp_dir, restoring = _experiment_to_resume(ctx.out, name)
+        if done >= settings.trials and not restoring:
+            log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials "
+                "done")
+            result = collect_result(study, ctx)
+            write_summary(result, ctx)
+            return result
         concurrent = settings.max_concurrent or default_concurrency(settings, resources)
         log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials done; "
             f"budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
