@@ -45,6 +45,10 @@ class SearchSettings(BaseModel):
     timeout: float | None = None  # seconds
     data: str = "synthetic"
     epochs_per_trial: float = Field(1.0, gt=0)
+    # Before a trial trains end to end, each Cube block is fitted to the conv it replaces
+    # (local distillation from the baseline) for this many batches: cheap, and it starts the
+    # trial from near the baseline's accuracy instead of from random blocks.
+    distill_steps: int = Field(20, ge=0)
     baseline_epochs: float | None = None  # defaults to epochs_per_trial
     storage: str | None = None
     study: str | None = None
@@ -183,7 +187,8 @@ def plan_cost(ctx: SearchContext, sites_cfg: dict[str, CubeConfig]) -> dict[str,
 
 
 def trial_dir(ctx: SearchContext, number: int) -> Path:
-    return ctx.out / "trials" / f"trial_{number:04d}"
+    """OUT/trials/STUDY/trial_NNNN: several studies may share one --out (and one storage)."""
+    return ctx.out / "trials" / ctx.settings.study_name() / f"trial_{number:04d}"
 
 
 def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: int,
@@ -202,7 +207,9 @@ def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: 
                     plan)
     result = train(model, data=ctx.datasets, epochs=s.epochs_per_trial, plan=plan,
                    input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=s.seed + number,
-                   lr=s.lr, batch_size=s.batch_size, init_from=ctx.baseline_dir, progress=progress)
+                   lr=s.lr, batch_size=s.batch_size, init_from=ctx.baseline_dir, progress=progress,
+                   distill_steps=s.distill_steps if ctx.baseline_dir and (plan.sites or plan.insertions)
+                   else 0)
     metrics = dict(result.metrics)
     if not all(math.isfinite(float(metrics.get(k, 0.0))) for k in ("loss", "iou")):
         raise TrialError(f"non-finite training result (loss={metrics.get('loss')})")
@@ -351,6 +358,21 @@ def ensure_datasets(ctx: SearchContext) -> None:
                                      val_tiles=s.val_tiles, seed=s.seed)
 
 
+# Settings the trained baseline depends on: studies in one --out that agree on them share it.
+BASELINE_IDENTITY = ("model", "num_classes", "input_size", "data", "tile_size", "train_tiles", "val_tiles",
+                     "batch_size", "lr", "seed", "epochs_per_trial", "baseline_epochs", "pretrained")
+
+
+def baseline_dir(settings: SearchSettings, out: Path) -> Path:
+    """OUT/baselines/MODEL-HASH: one trained baseline per distinct set of training settings."""
+    import hashlib
+
+    fields = settings.model_dump(mode="json", include=set(BASELINE_IDENTITY))
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(settings.model).name)
+    return out / "baselines" / f"{name}-{key}"
+
+
 def ensure_baseline(ctx: SearchContext, *, progress: bool = True, log: Callable[[str], None] = print
                     ) -> None:
     """Train the unconverted model once per study; later runs and every trial reuse it."""
@@ -358,7 +380,7 @@ def ensure_baseline(ctx: SearchContext, *, progress: bool = True, log: Callable[
     from cubesearch.models import load_model
     from cubesearch.training import train
 
-    folder = ctx.out / "baseline"
+    folder = baseline_dir(ctx.settings, ctx.out)
     metrics_file = folder / "metrics.json"
     if metrics_file.exists() and (folder / "model.safetensors").exists():
         ctx.baseline_dir = folder

@@ -35,7 +35,7 @@ def load_study(tmp_path):
 def test_budget_below_cheapest_plan_fails_before_training(tmp_path):
     with pytest.raises(CubesearchError, match=r"below the cheapest plan in space 'shared': [0-9.]+ GFLOPs"):
         run(tmp_path, budget="1MFLOPs")
-    assert not (tmp_path / "search" / "baseline").exists()
+    assert not (tmp_path / "search" / "baselines").exists()
 
 
 def test_malformed_budget_is_an_error(tmp_path):
@@ -82,7 +82,8 @@ def test_search_records_front_references_and_rejects_infeasible_without_training
 
 def test_resume_keeps_trials_and_baseline(tmp_path, monkeypatch):
     first = {t.number for t in run(tmp_path, trials=3).study.trials}
-    baseline = tmp_path / "search" / "baseline" / "model.safetensors"
+    (folder,) = (tmp_path / "search" / "baselines").iterdir()
+    baseline = folder / "model.safetensors"
     stamp = baseline.stat().st_mtime_ns
     calls = []
     import cubesearch.training as training
@@ -97,6 +98,17 @@ def test_resume_keeps_trials_and_baseline(tmp_path, monkeypatch):
     assert baseline.stat().st_mtime_ns == stamp
     numbers = [t.number for t in result.study.get_trials(states=(TrialState.COMPLETE,))]
     assert numbers == sorted(set(numbers))
+
+
+def test_studies_sharing_an_out_folder_keep_their_own_trials_and_baselines(tmp_path):
+    a = run(tmp_path, trials=3, study="a")
+    b = run(tmp_path, trials=3, study="b", lr=1e-3)  # other training settings: its own baseline
+    c = run(tmp_path, trials=3, study="c")  # same training settings as "a": shares its baseline
+    baselines = sorted((tmp_path / "search" / "baselines").iterdir())
+    assert len(baselines) == 2
+    folders = {r.study.study_name: {p.checkpoint for p in r.points if p.checkpoint} for r in (a, b, c)}
+    assert all(Path(f).parent.name == name for name, fs in folders.items() for f in fs)
+    assert not set.intersection(*folders.values())
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

@@ -34,6 +34,8 @@ def search(
     data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
     epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial (fractions allowed)."),
     baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: per trial)."),
+    distill_steps: int = typer.Option(20, min=0, help="Fit each Cube block to the conv it replaces for "
+                                      "N batches before a trial trains (0: off)."),
     storage: str = typer.Option(None, help="Optuna storage URL (default: sqlite in --out)."),
     study: str = typer.Option(None, help="Study name (default: from model and space)."),
     out: str = typer.Option("runs/search", "--out", "-o", help="Folder for the study, checkpoints, plots."),
@@ -72,7 +74,8 @@ def search(
     console = out_console(as_json)
     result = run_search(
         model, budget, space=space, trials=trials, timeout=parse_duration(timeout), data=data,
-        epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs, storage=storage,
+        epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs,
+        distill_steps=distill_steps, storage=storage,
         study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
         input_size=parse_input_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
         val_tiles=val_tiles, batch_size=batch_size, lr=lr, sampler=sampler, num_classes=classes,
