@@ -311,10 +311,41 @@ def first_tensor(out: Any) -> torch.Tensor | None:
     return None
 
 
-def _fake_mode():
+@contextlib.contextmanager
+def block_caches_safe() -> Iterator[None]:
+    """Keep fake tensors out of process-wide tensor caches while tracing.
+
+    `cubesearch.blocks.layers` caches its fold index tensors with `functools.cache`. Their first
+    call, if it happens inside a fake-tensor mode (torch.export, our shape runs), would cache a
+    FakeTensor, and every later real forward of a Cube block would then fail. Fill the caches
+    with real tensors before tracing, and drop anything fake that got in anyway afterwards.
+    """
+    from torch._subclasses.fake_tensor import is_fake
+
+    from cubesearch.blocks import layers
+
+    fns = [getattr(layers, n) for n in ("_stride2_fold_index", "_stride1_fold_index")
+           if hasattr(getattr(layers, n, None), "cache_clear")]
+
+    def repair() -> None:
+        for fn in fns:
+            if is_fake(fn()) or fn().device.type == "meta":
+                fn.cache_clear()
+                fn()
+
+    repair()
+    try:
+        yield
+    finally:
+        repair()
+
+
+@contextlib.contextmanager
+def _fake_mode() -> Iterator[Any]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    return FakeTensorMode(allow_non_fake_inputs=True)
+    with block_caches_safe(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        yield mode
 
 
 def _clean_path(path: str) -> str:
@@ -336,7 +367,12 @@ def _trace_export(model: nn.Module, x: torch.Tensor, convs: dict[str, nn.Conv2d]
         targets.add(aten.conv2d.padding)
     ep = torch.export.export(model, (x,), strict=False)
     param_of = dict(ep.graph_signature.inputs_to_parameters)
-    by_weight = {f"{n}.weight": n for n in convs}
+    # A conv registered under several names (`nn.Sequential(conv, act, conv)`) is one module:
+    # every alias maps back to the name `named_modules()` gives it.
+    canonical = {id(m): n for n, m in convs.items()}
+    alias = {n: canonical[id(m)] for n, m in model.named_modules(remove_duplicate=False)
+             if id(m) in canonical}
+    by_weight = {f"{n}.weight": c for n, c in alias.items()}
     calls: list[_Call] = []
     out_shape = None
     for node in ep.graph_module.graph.nodes:
@@ -351,8 +387,7 @@ def _trace_export(model: nn.Module, x: torch.Tensor, convs: dict[str, nn.Conv2d]
         stack = node.meta.get("nn_module_stack") or {}
         if stack:
             path = _clean_path(list(stack.values())[-1][0])
-            if path in convs:
-                name = path
+            name = alias.get(path)
         if name is None:
             weight = node.args[1]
             fqn = param_of.get(getattr(weight, "name", ""), "")
@@ -420,7 +455,7 @@ def _fx_graph(model: nn.Module, x: torch.Tensor) -> tuple[Any, nn.Module, str]:
     import inspect
 
     from torch import fx
-    from torch.fx.experimental.meta_tracer import MetaTracer
+    from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 
     leaf_types, leaf_fns = _timm_leaves()
 
@@ -436,12 +471,40 @@ def _fx_graph(model: nn.Module, x: torch.Tensor) -> tuple[Any, nn.Module, str]:
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return is_leaf(self, m, qualname, fx.Tracer.is_leaf_module)
 
+    class Proxy(MetaProxy):
+        @property
+        def device(self) -> Any:
+            # the real device of the fake value, not "meta": `t.to(x.device)` must stay on it
+            value = self.__dict__.get("_tensor_meta")
+            return value.device if isinstance(value, torch.Tensor) else super().device
+
     class Meta(MetaTracer):
         def __init__(self) -> None:
             super().__init__(autowrap_functions=leaf_fns)
 
+        def proxy(self, node: Any) -> Any:
+            return Proxy(node, self)
+
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return is_leaf(self, m, qualname, MetaTracer.is_leaf_module)
+
+        def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any,
+                         **kw: Any) -> Any:
+            proxy = super().create_proxy(kind, target, args, kwargs, *rest, **kw)
+            if kind == "get_attr":
+                # MetaTracer gives parameters used functionally (F.conv2d(x, self.weight)) a
+                # meta value, which clashes with the fake CPU activations: use the tensor itself
+                # (fake mode wraps it on use).
+                self._disable_module_getattr = True
+                try:
+                    value: Any = self.root
+                    for atom in str(target).split("."):
+                        value = getattr(value, atom)
+                finally:
+                    self._disable_module_getattr = False
+                if isinstance(value, torch.Tensor):
+                    proxy.install_tensor_meta(value)
+            return proxy
 
     tracer = Tracer()
     try:
@@ -497,7 +560,7 @@ def trace_convs(model: nn.Module, input_size: Sequence[int], *, trace: str = "au
         attempts.append(("hooks", lambda: _trace_hooks(model, x, convs, fake=True)))
         attempts.append(("hooks", lambda: _trace_hooks(model, x, convs, fake=False)))
     last: BaseException | None = None
-    with eval_mode(model), quiet():
+    with eval_mode(model), quiet(), block_caches_safe():
         for i, (path, attempt) in enumerate(attempts):
             real = path == "hooks" and i == len(attempts) - 1
             try:

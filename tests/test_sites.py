@@ -201,6 +201,16 @@ def test_trace_paths_agree_on_shape_dependent_models(spec):
     assert any("MetaTracer" in n for n in fx.trace_notes)
 
 
+@pytest.mark.parametrize("path", ["export", "fx", "hooks"])
+def test_conv_registered_twice_is_one_site_on_every_path(path):
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2), conv)  # names 0 and 3, one module
+    r = find_sites(model, (4, 16, 16), trace=path, flops=False)
+    assert r.names == ["0"]
+    assert (r.sites[0].calls, r.sites[0].call_shapes) == (2, ((16, 16), (8, 8)))
+    assert r.sites[0].macs == _macs(4, 4, 16, 16) + _macs(4, 4, 8, 8)
+
+
 class WeightTouching(nn.Module):
     """Touches a weight's .data in forward: torch.export refuses, fx copes."""
 
