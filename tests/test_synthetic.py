@@ -213,6 +213,17 @@ def test_disk_cache_round_trip(tmp_path):
         SyntheticBuildings(4, size=32, seed=3, cache_dir=tmp_path)
 
 
+
+def test_data_cache_environment_variable(tmp_path, monkeypatch):
+    """CUBESEARCH_DATA_CACHE gives make_datasets (hence train, search, the CLI) a disk cache."""
+    monkeypatch.setenv("CUBESEARCH_DATA_CACHE", str(tmp_path))
+    train, val = make_datasets("synthetic", 32, train_tiles=3, val_tiles=2, seed=5)
+    names = sorted(f.name for f in tmp_path.glob("*.npz"))
+    assert names == ["synthetic-v1-seed5-train-32px-scale1-n3.npz",
+                     "synthetic-v1-seed5-val-32px-scale1-n2.npz"]
+    again, _ = make_datasets("synthetic", 32, train_tiles=3, val_tiles=2, seed=5)
+    assert again._ready.all() and np.array_equal(again.images, train.images)
+
 def test_make_datasets_synthetic():
     train, val = make_datasets("synthetic", 32, train_tiles=5, val_tiles=3, seed=4)
     assert (len(train), len(val)) == (5, 3) and train.train and not val.train

@@ -6,6 +6,7 @@ every dataset yields `(image uint8 C×H×W, mask uint8 H×W)` samples (see `base
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ def make_datasets(data: Any = "synthetic", size: int = 256, *, train_tiles: int 
     `data`: "synthetic" (the embedded default: `train_tiles` and `val_tiles` tiles, drawn from
     `seed`), a dataset folder (see `cubesearch.data.folder`), or an existing (train, val) pair,
     returned as it is. `num_classes` 1 = binary building masks (sigmoid); K ≥ 2 = softmax.
+    `cache_dir` (default: the `CUBESEARCH_DATA_CACHE` environment variable, so the CLI and the
+    search can use it too) keeps the synthetic tiles on disk: drawn once, read back later.
     """
     if isinstance(data, (tuple, list)):
         if len(data) != 2:
@@ -41,6 +44,9 @@ def make_datasets(data: Any = "synthetic", size: int = 256, *, train_tiles: int 
         raise CubesearchError(f"number of classes must be at least 1, not {num_classes}")
     if str(data) == "synthetic":
         from cubesearch.data.synthetic import SyntheticBuildings
+
+        if cache_dir is None:
+            cache_dir = os.environ.get("CUBESEARCH_DATA_CACHE") or None
 
         if in_channels != 3:
             raise CubesearchError(f"the synthetic tiles are RGB: the input must have 3 channels, "
