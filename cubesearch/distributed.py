@@ -31,6 +31,7 @@ backend only in who schedules a trial; everything else is shared with `cubesearc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -109,6 +110,10 @@ class DriverHooks:
 # experiment path → hooks of the driver running it (absent in a Ray Client driver: then the
 # searcher logs to stderr and keeps the target it was pickled with)
 _HOOKS: dict[str, DriverHooks] = {}
+# experiment path → the searcher Tune is using. The stopper and the callback find it here: Tune
+# pickles them in its experiment state apart from the searcher, so after a restore a reference
+# they held would point at a stale copy.
+_SEARCHERS: dict[str, CubeOptunaSearch] = {}
 
 
 def _stderr_log(text: str) -> None:
@@ -166,6 +171,7 @@ class CubeOptunaSearch(_OptunaSearch):
                          mode=["max" if OBJECTIVE_DIRECTIONS[o] == "maximize" else "min"
                                for o in s.objectives],
                          sampler=sampler, study_name=s.study_name(), storage=storage)
+        _SEARCHERS[experiment] = self
 
     # -- pickling: no database handles, no Trial objects --
 
@@ -187,6 +193,7 @@ class CubeOptunaSearch(_OptunaSearch):
         self._retries = dict(state["retries"])
         self._ot_trials = {}
         self._orphans_checked = False
+        _SEARCHERS[self._experiment] = self  # the one Tune restored and uses from now on
 
     def _new_sampler(self, offset: int):
         s = self._ctx.settings
@@ -205,6 +212,7 @@ class CubeOptunaSearch(_OptunaSearch):
                                                sampler=self._sampler)
             self._storage = storage
         study = self._ot_study
+        _SEARCHERS[self._experiment] = self
         for tune_id, storage_id in self._live.items():
             if tune_id not in self._ot_trials:
                 self._ot_trials[tune_id] = optuna.Trial(study, storage_id)
@@ -268,7 +276,8 @@ class CubeOptunaSearch(_OptunaSearch):
             complete, _, all_failed = self._counts()
             if all_failed or complete + len(self._live) >= self.target():
                 return None  # nothing more to start; the stopper ends the experiment
-            config = super().suggest(trial_id)  # ask + define-by-run (PlanSpace)
+            self._ot_trials[trial_id] = self._ask(study)
+            config = super().suggest(trial_id)  # define-by-run (PlanSpace) on that trial
             ot_trial = self._ot_trials[trial_id]
             values = config.pop("infeasible_values", None)
             if values is not None:  # over budget: finished here, no worker involved
@@ -277,11 +286,24 @@ class CubeOptunaSearch(_OptunaSearch):
                 self._counts(fresh=True)
                 self._after_tell(ot_trial._trial_id)
                 continue
-            ot_trial.set_user_attr("backend", "ray")
-            ot_trial.set_user_attr("ray_experiment", self._experiment)
             ot_trial.set_user_attr("ray_trial_id", trial_id)
             self._live[trial_id] = ot_trial._trial_id
             return config
+
+    def _ask(self, study):
+        """`study.ask()`, with the trial marked as this experiment's from its creation on, so that
+        a driver killed at any moment leaves no trial it cannot recognise as its own."""
+        import optuna
+        from optuna.trial import TrialState, create_trial
+
+        tags = {"backend": "ray", "ray_experiment": self._experiment}
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial = study.ask()  # a queued reference (or someone's enqueued plan) first
+            for key, value in tags.items():
+                trial.set_user_attr(key, value)
+            return trial
+        template = create_trial(state=TrialState.RUNNING, user_attrs=tags)
+        return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
 
     def note_retry(self, trial_id: str) -> None:
         self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
@@ -350,24 +372,27 @@ class CubeOptunaSearch(_OptunaSearch):
 class TargetStopper(_Stopper):
     """Ends the experiment once the study has its trials (or every trial fails)."""
 
-    def __init__(self, searcher: CubeOptunaSearch) -> None:
-        self.searcher = searcher
+    def __init__(self, experiment: str) -> None:
+        self.experiment = experiment
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return self.searcher.should_stop()
+        searcher = _SEARCHERS.get(self.experiment)
+        return searcher is not None and searcher.should_stop()
 
 
 class RetryRecorder(_Callback):
     """Counts retries of trials whose worker died, for the study's record and the log."""
 
-    def __init__(self, searcher: CubeOptunaSearch) -> None:
-        self.searcher = searcher
+    def __init__(self, experiment: str) -> None:
+        self.experiment = experiment
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.searcher.note_retry(trial.trial_id)
+        searcher = _SEARCHERS.get(self.experiment)
+        if searcher is not None:
+            searcher.note_retry(trial.trial_id)
 
 
 def _nested(result: dict[str, Any], key: str) -> dict[str, Any]:
@@ -403,7 +428,7 @@ def run_trial(config: dict[str, Any], ctx: SearchContext | None = None, cwd: str
             "--out must be a folder every node of the cluster sees at the same path")})
         return
     try:
-        out = evaluate_plan(ctx, sites_cfg, number)
+        out = saved_result(ctx, sites_cfg, number) or evaluate_plan(ctx, sites_cfg, number)
     except Exception as exc:  # recorded in the study as a failed trial; the search goes on
         tune.report({**failed, "ok": False, "fail_reason": fail_reason(exc)})
         return
@@ -411,6 +436,28 @@ def run_trial(config: dict[str, Any], ctx: SearchContext | None = None, cwd: str
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tune.report({"ok": True, "iou": out["iou"], "gflops": out["gflops"], "params": out["params"],
                  "seconds": out["seconds"], "checkpoint": out["checkpoint"], "metrics": metrics})
+
+
+def saved_result(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: int
+                 ) -> dict[str, Any] | None:
+    """`evaluate_plan`'s figures from the trial's checkpoint, if that plan was already trained
+    and saved (checkpoints are written atomically): a trial that Ray runs again after the driver
+    restarted, or whose worker died after saving, is not trained twice."""
+    from cubesearch.plan import Plan
+    from cubesearch.searching import trial_dir
+
+    folder = trial_dir(ctx, number)
+    try:
+        plan = Plan.load(folder / "plan.json")
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError, CubesearchError):
+        return None
+    if plan.model != ctx.settings.model or dict(plan.sites) != sites_cfg or not (
+            folder / "model.safetensors").exists() or "iou" not in metrics:
+        return None
+    return {"iou": float(metrics["iou"]), "gflops": float(metrics["gflops"]),
+            "params": int(metrics["params"]), "seconds": float(metrics.get("seconds", 0.0)),
+            "checkpoint": str(folder), "metrics": metrics}
 
 
 # --- connecting to Ray ----------------------------------------------------------------------
@@ -519,13 +566,22 @@ def _experiment_to_resume(out: Path, study_name: str) -> tuple[Path, bool]:
 def search_ray(settings: SearchSettings, *, progress: bool = True, console=None) -> SearchResult:
     """Run (or resume) the search with Ray Tune scheduling the trials; returns the same result
     as the local backend, read from the same study."""
+    require_ray()
+    # Tune's console output would interleave with ours: ours says what matters, Ray's experiment
+    # folder keeps the rest. What Ray still prints (worker errors from the raylet…) goes to stderr:
+    # stdout carries only the result (one JSON object with --json).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune saves its experiment state (and our searcher's) at most this often; small state, so
+    # often: a driver restart then loses few trials' bookkeeping.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    with contextlib.redirect_stdout(sys.stderr):
+        return _search_ray(settings, progress=progress, console=console)
+
+
+def _search_ray(settings: SearchSettings, *, progress: bool, console) -> SearchResult:
     from optuna.trial import TrialState
     from rich.console import Console
 
-    require_ray()
-    # Tune's own console output would interleave with ours (and break --json on stdout): ours says
-    # what matters, Ray's experiment folder keeps the rest.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     console = console or Console(stderr=True)
     log = console.print
     settings = settings.model_copy(update={"out": str(Path(settings.out).resolve())})
@@ -604,7 +660,7 @@ def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Pat
                                             trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
                     name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
-                    stop=TargetStopper(searcher), callbacks=[RetryRecorder(searcher)],
+                    stop=TargetStopper(str(exp_dir)), callbacks=[RetryRecorder(str(exp_dir))],
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
         if live is not None:
             live.start()
@@ -615,6 +671,7 @@ def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Pat
                 live.stop()
     finally:
         _HOOKS.pop(str(exp_dir), None)
+        _SEARCHERS.pop(str(exp_dir), None)
 
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     result = collect_result(study, ctx)
