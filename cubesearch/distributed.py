@@ -233,8 +233,12 @@ class CubeOptunaSearch(_OptunaSearch):
             if where and str(Path(where).parent) == root and t._trial_id not in live:
                 study._storage.set_trial_user_attr(
                     t._trial_id, "fail_reason", "interrupted: the Ray driver stopped before "
-                    "Tune saved this trial; it is sampled again")
+                    "Tune saved this trial; its plan is queued again")
                 study.tell(t.number, state=TrialState.FAIL)
+                # retried, as the local backend retries trials its heartbeat finds stale
+                study.enqueue_trial(t.params, user_attrs={k: t.user_attrs[k] for k in ("reference",)
+                                                          if k in t.user_attrs},
+                                    skip_if_exists=False)
 
     # -- the target: --trials complete trials in the study --
 

@@ -279,7 +279,11 @@ def test_an_interrupted_search_resumes_from_ray_experiment(cluster, tmp_path):
     study = load(out)
     final = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert kept <= final and len(final) == 5
-    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    # trials Tune had not saved when the driver died are failed, and their plans queued again
+    for t in study.get_trials(states=(TrialState.FAIL,)):
+        assert t.user_attrs["fail_reason"].startswith("interrupted: the Ray driver stopped")
+        assert any(c.params == t.params for c in study.trials if c.number > t.number)
     assert [p.name for p in sorted((out / "ray").iterdir())] == ["tiny_seg-shared-1"]
 
     # a larger --trials later: the finished experiment is not restored, a new one continues
