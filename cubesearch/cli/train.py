@@ -70,8 +70,10 @@ def train(
     workers: int = typer.Option(0, help="Data-loader worker processes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the final metrics."),
 ) -> None:
-    """Train MODEL on the embedded synthetic buildings or a dataset folder; report OA, precision,
-    recall, F1 and IoU on the validation set and save a checkpoint."""
+    """Train MODEL on the synthetic buildings or a dataset folder; report OA, precision, recall, F1, IoU.
+
+    Metrics are computed over the whole validation set; the checkpoint (safetensors + plan +
+    metrics) loads with `cubesearch.load`."""
     from cubesearch.sites import parse_input_size
     from cubesearch.training import DEFAULT_BATCH, DEFAULT_LR
     from cubesearch.training import train as run_training
