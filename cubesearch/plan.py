@@ -167,11 +167,24 @@ class Plan(BaseModel):
             raise CubesearchError(f"plan names sites that do not exist: {detail}{more}")
         for name, cfg in self.sites.items():
             site = report.site(name)
-            if cfg.router == "none" and site.in_channels % 4:
-                raise CubesearchError(
-                    f"site {name!r}: router='none' needs C_in divisible by 4 (it has "
-                    f"{site.in_channels})")
+            problem = router_problem(site.in_channels, site.out_channels, cfg)
+            if problem:
+                raise CubesearchError(f"site {name!r}: {problem}")
         return self
+
+
+def router_problem(in_channels: int, out_channels: int, cfg: CubeConfig) -> str | None:
+    """Why a block with `cfg` cannot map in → out channels, else None. Without a router
+    (router='none') every unit's input must be a multiple of 4: C_in for the first unit, and
+    C_out for units 2..depth."""
+    if cfg.router != "none":
+        return None
+    if in_channels % 4:
+        return f"router='none' needs C_in divisible by 4 (it has {in_channels})"
+    if cfg.depth > 1 and out_channels % 4:
+        return (f"router='none' with depth {cfg.depth} needs C_out divisible by 4 (it has "
+                f"{out_channels})")
+    return None
 
 
 def _one_line(exc: ValidationError) -> str:
@@ -233,14 +246,15 @@ def make_plan(report: Any, model: str, *, preset: str = DEFAULT_PRESET,
               exclude: Sequence[str] = (), insertions: Sequence[str] = (),
               model_kwargs: dict[str, Any] | None = None) -> tuple[Plan, list[str]]:
     """A plan from a preset over a `SiteReport`. Returns (plan, notes): sites the config cannot
-    apply to (router='none' needs C_in % 4 == 0) are left out and named in the notes."""
+    apply to (router='none' needs C_in % 4 == 0, and C_out % 4 == 0 when depth > 1) are left
+    out and named in the notes."""
     cfg = config or CubeConfig()
     notes: list[str] = []
     chosen = {}
     for s in select_sites(report.sites, preset, include=include, exclude=exclude):
-        if cfg.router == "none" and s.in_channels % 4:
-            notes.append(f"{s.name}: kept (router='none' needs C_in divisible by 4, it has "
-                         f"{s.in_channels})")
+        problem = router_problem(s.in_channels, s.out_channels, cfg)
+        if problem:
+            notes.append(f"{s.name}: kept, {problem}")
             continue
         chosen[s.name] = cfg
     inserts = {parse_insertion(t): cfg for t in insertions}

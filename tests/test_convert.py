@@ -390,6 +390,23 @@ def test_plan_check_names_unknown_and_ineligible_sites(tmp_path):
         Plan(model=TINY, sites={"nope1": CubeConfig(), "nope2": CubeConfig()}).check(report)
 
 
+def test_router_none_needs_multiples_of_4():
+    """Without a router every unit's input must be a multiple of 4: C_in, and C_out when
+    depth > 1 (units 2..d map C_out → C_out)."""
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1))
+    report = find_sites(model, (4, 8, 8), flops=False)
+    deep = CubeConfig(router="none", depth=2)
+    plan, notes = make_plan(report, "x.py", preset="fullcube", config=deep)
+    assert list(plan.sites) == []
+    assert notes == ["0: kept, router='none' with depth 2 needs C_out divisible by 4 (it has 6)",
+                     "1: kept, router='none' needs C_in divisible by 4 (it has 6)"]
+    with pytest.raises(CubesearchError, match=r"site '0': router='none' with depth 2 needs C_out"):
+        Plan(model="x.py", sites={"0": deep}).check(report)
+    plan, notes = make_plan(report, "x.py", preset="fullcube", config=CubeConfig(router="none"))
+    assert list(plan.sites) == ["0"]
+    assert convert(model, plan)(torch.randn(2, 4, 8, 8)).shape == (2, 8, 8, 8)
+
+
 def test_convert_rejects_unknown_and_unreplaceable_sites():
     model = load_model(TINY)
     with pytest.raises(CubesearchError, match=r"plan names a site that does not exist: "
@@ -409,5 +426,5 @@ def test_make_plan_router_none_skips_sites_it_cannot_apply_to():
     report = find_sites(model, (3, 32, 32), flops=False)
     plan, notes = make_plan(report, TINY, preset="fullcube", config=CubeConfig(router="none"))
     assert "encoder.0.0" not in plan.sites and len(plan.sites) == 4
-    assert notes == ["encoder.0.0: kept (router='none' needs C_in divisible by 4, it has 3)"]
+    assert notes == ["encoder.0.0: kept, router='none' needs C_in divisible by 4 (it has 3)"]
     assert _train_step(convert(model, plan), (3, 32, 32)).shape == (2, 1, 32, 32)
