@@ -41,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,13 +76,14 @@ DONE_FILE = "cubesearch_done.json"
 
 try:  # Ray is an optional extra; `require_ray` turns its absence into a clear error
     from ray import tune as _tune
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
 
     _Stopper: Any = _tune.Stopper
     _Callback: Any = _tune.Callback
     _RAY_IMPORT_ERROR: str | None = None
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
-    _OptunaSearch = _Stopper = _Callback = object
+    _OptunaSearch = _Stopper = _Callback = Searcher = object
     _RAY_IMPORT_ERROR = str(_exc)
 
 
@@ -279,7 +281,9 @@ class CubeOptunaSearch(_OptunaSearch):
         while True:
             complete, _, all_failed = self._counts()
             if all_failed or complete + len(self._live) >= self.target():
-                return None  # nothing more to start; the stopper ends the experiment
+                # Nothing more to start. With no trial running, say so: Tune would otherwise wait
+                # (up to 10 minutes) for a suggestion; with some running, wait for them.
+                return Searcher.FINISHED if all_failed or not self._live else None
             self._ot_trials[trial_id] = self._ask(study)
             config = super().suggest(trial_id)  # define-by-run (PlanSpace) on that trial
             ot_trial = self._ot_trials[trial_id]
@@ -578,6 +582,9 @@ def search_ray(settings: SearchSettings, *, progress: bool = True, console=None)
     # Tune saves its experiment state (and our searcher's) at most this often; small state, so
     # often: a driver restart then loses few trials' bookkeeping.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    # OptunaSearch warns when the define-by-run space takes over a second: ours writes the plan
+    # and its cost to the study (one database write per parameter), which a busy disk makes slow
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`")
     with contextlib.redirect_stdout(sys.stderr):
         return _search_ray(settings, progress=progress, console=console)
 

@@ -333,3 +333,64 @@ def test_missing_ray_names_the_extra(tmp_path):
     line = error_line(res)
     assert "needs Ray Tune, which is not installed" in line
     assert "pip install 'cubesearch[ray]'" in line
+
+
+# --- the searcher on its own (no cluster) -----------------------------------------------------
+
+
+def _searcher(tmp_path, trials: int, budget: str = "90%"):
+    from cubesearch.distributed import CubeOptunaSearch
+    from cubesearch.searching import SearchSettings, build_context, open_study
+
+    settings = SearchSettings(model=TINY, budget=budget, space="shared", trials=trials,
+                              sampler="random", input_size=(3, 64, 64), tile_size=32,
+                              out=str(tmp_path / "s"), backend="ray")
+    ctx = build_context(settings)
+    study = open_study(settings)
+    return CubeOptunaSearch(ctx, str(tmp_path / "s" / "ray" / "x-1")), study, ctx
+
+
+def test_searcher_prices_plans_and_starts_only_those_within_budget(tmp_path):
+    from cubesearch.blocks import CubeConfig
+    from cubesearch.searching import plan_cost
+
+    searcher, study, ctx = _searcher(tmp_path, trials=12)
+    configs = []
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        if not isinstance(config, dict):
+            break
+        configs.append(config)
+    assert configs
+    for config in configs:  # what Tune gets: within budget, with the trial's number
+        plan = {n: CubeConfig.from_dict(d) for n, d in config["plan"].items()}
+        assert plan_cost(ctx, plan)["feasible"] and "infeasible_values" not in config
+        trial = study.trials[config["trial_number"]]
+        assert trial.state == TrialState.RUNNING and trial.user_attrs["ray_experiment"]
+    told = study.get_trials(states=(TrialState.COMPLETE,))  # over budget: finished in suggest
+    assert all(t.user_attrs["infeasible"] and t.values[0] == 0.0 for t in told)
+    assert len(told) + len(configs) == len(study.trials)
+
+
+def test_searcher_finishes_once_the_study_has_its_trials(tmp_path):
+    from ray.tune.search import Searcher
+
+    searcher, study, _ = _searcher(tmp_path, trials=2, budget="100%")
+    first = searcher.suggest("a")
+    assert isinstance(first, dict)
+    second = searcher.suggest("b")
+    assert isinstance(second, dict)
+    assert searcher.suggest("c") is None  # two running: wait for them
+    searcher.on_trial_complete("a", {"ok": False, "fail_reason": "RuntimeError: boom"})
+    assert study.trials[first["trial_number"]].user_attrs["fail_reason"] == "RuntimeError: boom"
+    third = searcher.suggest("c")  # a failed trial does not count: another one
+    assert isinstance(third, dict)
+    for tid, cfg in (("b", second), ("c", third)):
+        searcher.on_trial_complete(tid, {
+            "ok": True, "iou": 0.5, "gflops": 0.01, "params": 100, "seconds": 1.0,
+            "checkpoint": "/nowhere", "metrics/f1": 0.6, "node_ip": "127.0.0.1", "pid": 1})
+        t = study.trials[cfg["trial_number"]]
+        assert t.state == TrialState.COMPLETE and t.values == [0.5, 0.01]
+        assert t.user_attrs["f1"] == 0.6 and t.user_attrs["ray_node"] == "127.0.0.1"
+    # the study is full and nothing runs: the experiment is over (Tune would otherwise wait)
+    assert searcher.suggest("d") == Searcher.FINISHED
