@@ -50,7 +50,9 @@ def run(label: str, out: Path, args: argparse.Namespace, extra: list[str]) -> di
            "--seed", "0", "--input-size", args.input_size, "--tile-size", str(args.tile_size),
            "--train-tiles", str(args.train_tiles), "--val-tiles", str(args.val_tiles),
            "--epochs-per-trial", str(args.epochs), "--out", str(out), "--json", *extra]
-    env = {**os.environ, "CUBESEARCH_NO_PROGRESS": "1"}
+    # one thread per trial everywhere: a Ray trial with 1 CPU trains on one thread, and so does
+    # the local process here (torch would otherwise use every core, and fight other work for them)
+    env = {**os.environ, "CUBESEARCH_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -81,10 +83,12 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/cubesearch-bench-ray")
     args = p.parse_args()
     work = Path(args.work)
+    load_before = os.getloadavg()[0]
     rows = [run("local", work / "local", args, []),
             run("ray ×1", work / "ray1", args, ["--backend", "ray", "--max-concurrent", "1"]),
             run("ray ×2", work / "ray2", args, ["--backend", "ray", "--max-concurrent", "2"])]
     local, ray1, ray2 = rows
+    load = (load_before + os.getloadavg()[0]) / 2
     lines = [
         "# Ray backend: 1 and 2 concurrent trials, and the overhead per trial",
         "",
@@ -93,7 +97,8 @@ def main() -> None:
         f"{args.input_size}, {args.train_tiles} training tiles of {args.tile_size}², "
         f"{args.epochs:g} epoch per trial. Machine: {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), shared with other work; Ray: a local "
-        "instance started by the command, 1 CPU per trial.",
+        "instance started by the command, 1 CPU per trial; every run trains on one thread per "
+        f"trial (`OMP_NUM_THREADS=1`). Load average during the runs: about {load:.1f}.",
         "",
         "| run | trials | wall (s) | loop (s) | trials/h | train/trial (s) | overhead/trial (s) |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -108,6 +113,8 @@ def main() -> None:
         "- wall: the whole command; loop: first trial's start to last trial's end; train: "
         "`evaluate_plan` per trial on the worker; overhead: a trial's span minus its training "
         "(scheduling, worker start, the shared context from the object store, recording).",
+        "- With more load than cores, two concurrent trials share the cores others leave free: "
+        "compare train/trial of ray ×2 and ray ×1 to see how much of a core each trial had.",
     ]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
