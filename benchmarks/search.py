@@ -249,6 +249,10 @@ def sampler_report(args, results: dict) -> str:
                          f"{b:.4f} → {'met' if a >= b else 'NOT met'}" for s, a, b in per_seed)
     met_all = all(a >= b for _, a, b in per_seed)
     any_seed = next(iter(results["nsga2"].values()))
+    scaled = ("" if (args.trials, args.random_trials) == (30, 60) else
+              f" The issue states the target at 30 vs 60 trials; this run is scaled down to "
+              f"{args.trials} vs {args.random_trials} to fit the time box on this machine, so "
+              f"it is a weaker test (NSGA-II's population is max(4, trials // 4)).")
     return (f"Model `{args.model}` ({args.n_sites} eligible 3×3 convs, every one searchable: the "
             f"default space's knobs with `sites: all`), budget {args.budget} "
             f"({any_seed['budget_gflops']:.4f} of {any_seed['base_gflops']:.4f} GFLOPs at "
@@ -266,7 +270,11 @@ def sampler_report(args, results: dict) -> str:
             + md_table(header, rows)
             + f"\n\nTarget (NSGA-II's HV after {args.trials} trials ≥ random's after "
             f"{args.random_trials}): {verdicts}. **{'Met' if met_all else 'Not met'}"
-            f"{' on every seed' if met_all and len(per_seed) > 1 else ''}.**")
+            f"{' on every seed' if met_all and len(per_seed) > 1 else ''}"
+            f"{'' if (args.trials, args.random_trials) == (30, 60) else ' at this scaled-down budget'}"
+            f".**" + scaled + " Under a budget below 100% the unconverted baseline is itself over "
+            "budget: it is recorded infeasible and never counts toward the HV; trials whose "
+            "short training ends with IoU 0 (all background) add nothing either.")
 
 
 def main() -> None:
