@@ -48,7 +48,7 @@ class SearchSettings(BaseModel):
     # Before a trial trains end to end, each Cube block is fitted to the conv it replaces
     # (local distillation from the baseline) for this many batches: cheap, and it starts the
     # trial from near the baseline's accuracy instead of from random blocks.
-    distill_steps: int = Field(20, ge=0)
+    distill_steps: int = Field(100, ge=0)
     baseline_epochs: float | None = None  # defaults to epochs_per_trial
     storage: str | None = None
     study: str | None = None

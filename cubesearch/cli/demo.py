@@ -56,14 +56,14 @@ def cost_table(rows: list[dict], channels: int, size: int) -> Table:
 @app.command()
 def demo(
     model: str = typer.Option(DEMO_MODEL, help="Model spec to search."),
-    budget: str = typer.Option("60%", help="FLOPs budget."),
-    trials: int = typer.Option(8, help="Total trials."),
+    budget: str = typer.Option("70%", help="FLOPs budget (of the unconverted model at 3×512×512)."),
+    trials: int = typer.Option(10, help="Total trials (the baseline and FullCube references included)."),
     out: str = typer.Option("runs/demo", "--out", "-o", help="Folder for the study and exports."),
     epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial."),
-    baseline_epochs: float = typer.Option(3.0, help="Training epochs of the baseline."),
+    baseline_epochs: float = typer.Option(8.0, help="Training epochs of the baseline."),
     tile_size: int = typer.Option(64, help="Synthetic tile size for training."),
     train_tiles: int = typer.Option(256, help="Synthetic training tiles."),
-    space: str = typer.Option("shared", help="Search space."),
+    space: str = typer.Option("default", help="Search space."),
     cost_only: bool = typer.Option(False, "--cost-only", help="Only print the block's cost table."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:

@@ -34,7 +34,7 @@ def search(
     data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
     epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial (fractions allowed)."),
     baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: per trial)."),
-    distill_steps: int = typer.Option(20, min=0, help="Fit each Cube block to the conv it replaces for "
+    distill_steps: int = typer.Option(100, min=0, help="Fit each Cube block to the conv it replaces for "
                                       "N batches before a trial trains (0: off)."),
     storage: str = typer.Option(None, help="Optuna storage URL (default: sqlite in --out)."),
     study: str = typer.Option(None, help="Study name (default: from model and space)."),
