@@ -206,7 +206,7 @@ def main() -> None:
         f"Machine: {machine()}. Run with `nice -n 10` while other jobs shared the cores; cases "
         f"interleaved in {args.rounds} rounds after a warm-up round, medians (and the range "
         f"over rounds); took {minutes:.1f} min. Command: "
-        f"`python benchmarks/data.py {' '.join(os.sys.argv[1:])}`.\n",
+        f"`{' '.join(['python benchmarks/data.py', *os.sys.argv[1:]])}`.\n",
         f"## Synthetic tiles, {size}×{size}, {n} tiles per round\n",
         md_table(["case", "tiles/s (median)", "range", "ms/tile"], rows) + "\n",
         verdict + "\n",

@@ -316,7 +316,7 @@ def main() -> None:
     minutes = (time.perf_counter() - t_start) / 60
     parts.insert(1, f"Machine: {machine()}. Run with `nice -n 10` while other jobs shared the "
                     f"cores, so absolute speeds are noisy; took {minutes:.1f} min. Command: "
-                    f"`python benchmarks/search.py {' '.join(os.sys.argv[1:])}`.\n")
+                    f"`{' '.join(['python benchmarks/search.py', *os.sys.argv[1:]])}`.\n")
     report = "\n".join(parts)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -323,7 +323,7 @@ def main() -> None:
     report = "\n".join([
         title,
         f"Machine: {machine()}. Run with `nice -n 10` while other jobs shared the cores; took "
-        f"{minutes:.1f} min. Command: `python benchmarks/train.py {' '.join(sys.argv[1:])}`.\n",
+        f"{minutes:.1f} min. Command: `{' '.join(['python benchmarks/train.py', *sys.argv[1:]])}`.\n",
         body + "\n"])
     out = Path(args.out) if args.out else default_out
     out.parent.mkdir(parents=True, exist_ok=True)
