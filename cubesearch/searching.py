@@ -194,6 +194,8 @@ def trial_dir(ctx: SearchContext, number: int) -> Path:
 def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: int,
                   *, progress: bool = False) -> dict[str, Any]:
     """Build, warm-start, train and measure one plan; save its checkpoint. Raises on failure."""
+    import torch
+
     from cubesearch.checkpoint import save
     from cubesearch.conversion import convert
     from cubesearch.cost import count_flops
@@ -203,8 +205,10 @@ def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: 
     s = ctx.settings
     t0 = time.perf_counter()
     plan = ctx.plan_for(sites_cfg)
-    model = convert(load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0]),
-                    plan)
+    with torch.random.fork_rng():  # the blocks' initial weights depend on the trial, not the process
+        torch.manual_seed(s.seed + number)
+        model = convert(load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0]),
+                        plan)
     result = train(model, data=ctx.datasets, epochs=s.epochs_per_trial, plan=plan,
                    input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=s.seed + number,
                    lr=s.lr, batch_size=s.batch_size, init_from=ctx.baseline_dir, progress=progress,

@@ -28,6 +28,7 @@ KNOBS = tuple(CubeConfig.model_fields)
 class SiteLike(Protocol):
     name: str
     in_channels: int
+    out_channels: int
     role: str
 
 
@@ -133,12 +134,17 @@ class SearchSpace(BaseModel):
                 if any(re.search(p, s.name) for p in flt.include)
                 and not any(re.search(p, s.name) for p in flt.exclude)]
 
+    def no_router_none(self, site: SiteLike) -> bool:
+        """router='none' feeds the lattice straight from the input: it needs C_in % 4 == 0, and
+        C_out % 4 == 0 when blocks are stacked (depth > 1). Sites that fail it never get 'none'."""
+        return site.in_channels % 4 != 0 or (max(self.knobs.depth) > 1 and site.out_channels % 4 != 0)
+
     def site_combos(self, site: SiteLike) -> list[CubeConfig]:
-        return self.knobs.combos(exclude_router_none=site.in_channels % 4 != 0)
+        return self.knobs.combos(exclude_router_none=self.no_router_none(site))
 
     def shared_combos(self, sites: Sequence[SiteLike]) -> list[CubeConfig]:
-        """Configs valid at every site (router=none dropped if any site's C_in % 4 != 0)."""
-        return self.knobs.combos(exclude_router_none=any(s.in_channels % 4 for s in sites))
+        """Configs valid at every site (router=none dropped if any site cannot take it)."""
+        return self.knobs.combos(exclude_router_none=any(self.no_router_none(s) for s in sites))
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -149,9 +155,9 @@ class SearchSpace(BaseModel):
             for site in sites:
                 if trial.suggest_categorical(f"replace:{site.name}", [False, True]):
                     chosen[site.name] = self._suggest_config(trial, f"{site.name}.",
-                                                             site.in_channels % 4 != 0)
+                                                             self.no_router_none(site))
             return chosen
-        no_none = any(s.in_channels % 4 for s in sites)
+        no_none = any(self.no_router_none(s) for s in sites)
         if self.mode == "shared":
             replaced = [s for s in sites if trial.suggest_categorical(f"replace:{s.name}", [False, True])]
         else:
@@ -174,7 +180,7 @@ class SearchSpace(BaseModel):
     def params_for(self, plan: dict[str, CubeConfig], sites: Sequence[SiteLike]) -> dict[str, Any]:
         """Trial parameters that make `sample_plan` return `plan` (for `study.enqueue_trial`)."""
         params: dict[str, Any] = {}
-        no_none = any(s.in_channels % 4 for s in sites)
+        no_none = any(self.no_router_none(s) for s in sites)
         if self.mode in ("per_site", "shared"):
             for s in sites:
                 params[f"replace:{s.name}"] = s.name in plan
@@ -183,7 +189,7 @@ class SearchSpace(BaseModel):
             site = next(s for s in sites if s.name == site_name)
             for knob in KNOBS:
                 choices = list(getattr(self.knobs, knob))
-                nn = no_none if self.mode != "per_site" else site.in_channels % 4 != 0
+                nn = no_none if self.mode != "per_site" else self.no_router_none(site)
                 if knob == "router" and nn:
                     choices = [c for c in choices if c != "none"] or ["pre"]
                 if len(choices) > 1:

@@ -17,6 +17,7 @@ class FakeSite:
     name: str
     in_channels: int
     role: str
+    out_channels: int = 64
 
 
 SITES = [FakeSite("encoder.layer1.0.conv1", 64, "encoder"),
@@ -117,3 +118,24 @@ def test_sample_plan_and_enqueue_round_trip(name):
 def test_default_config_is_paper_block_when_allowed():
     assert SearchSpace.load("default").default_config() == CubeConfig()
     assert SearchSpace.load("paper").default_config().router == "pre"
+
+
+def test_router_none_is_never_offered_where_the_block_cannot_take_it():
+    from cubesearch.blocks import CubeBlock
+
+    head = FakeSite("segmentation_head.0", 16, "decoder", out_channels=1)  # C_out % 4 != 0
+    stacked = SearchSpace.from_dict({"mode": "per_site", "sites": "all",
+                                     "knobs": {"router": ["none", "pre"], "depth": [1, 2]}})
+    single = SearchSpace.from_dict({"mode": "per_site", "sites": "all",
+                                    "knobs": {"router": ["none", "pre"], "depth": [1]}})
+    assert stacked.no_router_none(head) and not single.no_router_none(head)
+    assert {c.router for c in stacked.site_combos(head)} == {"pre"}
+    assert {c.router for c in single.site_combos(head)} == {"none", "pre"}
+    for cfg in [*stacked.site_combos(head), *single.site_combos(head)]:
+        CubeBlock(head.in_channels, head.out_channels, cfg)  # every offered config builds
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        plan = stacked.sample_plan(trial, [head])
+        assert all(cfg.router != "none" for cfg in plan.values())
+        study.tell(trial, 0.0)
