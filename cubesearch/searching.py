@@ -599,6 +599,8 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
                 f"IoU {a.get('iou', float('nan')):.4f}, {a.get('gflops', float('nan')):.3f} GFLOPs")
                 if trial.state == TrialState.COMPLETE else f"last #{trial.number}: failed")
         bar.update(task, completed=n, description=desc)
+        if progress and not console.is_terminal:  # a log file or CI: a line per trial, not a live view
+            log(f"search: {n}/{settings.trials} trials, {desc.removeprefix('last ')}")
         if live is not None:
             live.update(Group(bar, front_table(collect_result(study, ctx), "current Pareto front")))
 
