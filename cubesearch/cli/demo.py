@@ -57,12 +57,13 @@ def cost_table(rows: list[dict], channels: int, size: int) -> Table:
 def demo(
     model: str = typer.Option(DEMO_MODEL, help="Model spec to search."),
     budget: str = typer.Option("70%", help="FLOPs budget (of the unconverted model at 3×512×512)."),
-    trials: int = typer.Option(10, help="Total trials (the baseline and FullCube references included)."),
+    trials: int = typer.Option(8, help="Total trials (the baseline and FullCube references included)."),
     out: str = typer.Option("runs/demo", "--out", "-o", help="Folder for the study and exports."),
     epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial."),
-    baseline_epochs: float = typer.Option(8.0, help="Training epochs of the baseline."),
+    baseline_epochs: float = typer.Option(6.0, help="Training epochs of the baseline."),
     tile_size: int = typer.Option(64, help="Synthetic tile size for training."),
-    train_tiles: int = typer.Option(256, help="Synthetic training tiles."),
+    train_tiles: int = typer.Option(192, help="Synthetic training tiles."),
+    distill_steps: int = typer.Option(50, help="Distillation batches per trial before training."),
     space: str = typer.Option("default", help="Search space."),
     cost_only: bool = typer.Option(False, "--cost-only", help="Only print the block's cost table."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -86,7 +87,8 @@ def demo(
     console.rule(f"search: {model}, budget {budget}, {trials} trials")
     result = search(model, budget, space=space, trials=trials, out=str(folder / "search"),
                     epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs,
-                    tile_size=tile_size, train_tiles=train_tiles, val_tiles=64, console=console)
+                    tile_size=tile_size, train_tiles=train_tiles, val_tiles=48, distill_steps=distill_steps,
+                    console=console)
     console.print(front_table(result, f"Pareto front (budget {result.budget_gflops:.3f} GFLOPs)"))
     console.rule("export")
     exported = export(folder / "search", out=folder / "exported", select="pareto", console=console)
