@@ -118,9 +118,12 @@ def run_one(spec: str, family: str, extra: dict[str, Any], size: tuple[int, int,
         t["load"] = time.perf_counter() - t0
         row.params = sum(p.numel() for p in model.parameters())
 
-        t0 = time.perf_counter()
-        report = find_sites(model, size, flops=False, name=spec)
-        t["trace"] = time.perf_counter() - t0
+        # find_sites times its tracing (`seconds`) and fvcore's count of the base model, which
+        # also prices what each site's module does (`flops_seconds`), apart.
+        report = find_sites(model, size, flops=flops, name=spec)
+        t["trace"] = report.seconds
+        if flops:
+            t["flops"] = report.flops_seconds
         row.path, row.notes, row.sites = report.trace_path, report.trace_notes, len(report)
 
         # Replace every eligible site: the hardest case for conversion and the cost model.
@@ -139,10 +142,8 @@ def run_one(spec: str, family: str, extra: dict[str, Any], size: tuple[int, int,
         t["convert"] = time.perf_counter() - t0
 
         if flops:
-            t0 = time.perf_counter()
-            base = reference_flops(model, size)
-            t["flops"] = time.perf_counter() - t0
-            report.base_flops = base
+            base = report.base_flops
+            assert base is not None, report.trace_notes
             t0 = time.perf_counter()
             cost = CostModel.from_report(report)
             estimate = cost.flops(plan)
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-flops", action="store_true", help="skip fvcore (analysis only)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "convert.md"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="time the first model with the one-time import costs")
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -255,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     size = parse_input_size(args.input_size)
     models = [m for m in MODELS if re.search(args.only, m[0])]
+    if not args.no_warmup:  # one-time costs (torch.export / dynamo imports, fvcore's jit) apart
+        t0 = time.perf_counter()
+        run_one(str(ROOT / "examples" / "unet.py"), "warm-up", {"width": 4}, (size[0], 64, 64),
+                flops=not args.no_flops)
+        print(f"warm-up (examples/unet.py at 64×64, untimed): {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr, flush=True)
     rows = []
     for spec, family, extra in models:
         row = run_one(spec, family, extra, size, flops=not args.no_flops)

@@ -29,6 +29,12 @@ from cubesearch.errors import CubesearchError
 def fvcore_flops(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
     """fvcore's total for `model(*inputs)`; its warnings about unsupported ops are collected, not
     printed (they are about elementwise ops, which fvcore deliberately does not count)."""
+    return fvcore_counts(model, inputs)[0]
+
+
+def fvcore_counts(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[int, dict[str, int]]:
+    """fvcore's total and its count per module (qualified name → FLOPs of everything that ran
+    inside that module, summed over its calls), from one analysis."""
     from fvcore.nn import FlopCountAnalysis
 
     analysis = FlopCountAnalysis(model, tuple(inputs))
@@ -41,7 +47,8 @@ def fvcore_flops(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            return int(analysis.total())
+            total = int(analysis.total())
+            return total, {name: int(n) for name, n in analysis.by_module().items()}
     finally:
         logger.setLevel(level)
 
@@ -50,12 +57,18 @@ def count_flops(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512
                 ) -> int:
     """fvcore FLOPs of `model` on a zero input `(batch, *input_size)`, in the model's current
     train/eval mode (see the module docstring; `reference_flops` for the eval-mode count)."""
+    return count_flops_by_module(model, input_size, batch)[0]
+
+
+def count_flops_by_module(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512),
+                          batch: int = 1) -> tuple[int, dict[str, int]]:
+    """`count_flops` and fvcore's count per module, from one analysis."""
     from cubesearch.sites import model_device, model_dtype, parse_input_size
 
     size = parse_input_size(input_size)
     x = torch.zeros(batch, *size, device=model_device(model), dtype=model_dtype(model))
     try:
-        return fvcore_flops(model, (x,))
+        return fvcore_counts(model, (x,))
     except Exception as exc:  # noqa: BLE001 - one clear line
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = ""
@@ -70,10 +83,16 @@ def count_flops(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512
 def reference_flops(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512),
                     batch: int = 1) -> int:
     """`count_flops` in eval mode; every submodule's own train/eval flag is restored after."""
+    return reference_flops_by_module(model, input_size, batch)[0]
+
+
+def reference_flops_by_module(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512),
+                              batch: int = 1) -> tuple[int, dict[str, int]]:
+    """`reference_flops` and fvcore's eval-mode count per module."""
     from cubesearch.sites import eval_mode
 
     with eval_mode(model):
-        return count_flops(model, input_size, batch)
+        return count_flops_by_module(model, input_size, batch)
 
 
 def count_params(model: nn.Module) -> int:
@@ -132,7 +151,9 @@ class CostModel:
         hit = table.get(config)
         if hit is None:
             site = self.sites[name]
-            flops = -site.macs
+            # what fvcore counted inside the conv module: its MACs, plus whatever else its
+            # forward does (weight standardisation in timm's StdConv2d / ScaledStdConv2d…)
+            flops = -(site.macs if site.flops is None else site.flops)
             params = 0
             for h, w in site.call_shapes:
                 cost = block_cost(site.in_channels, site.out_channels, config, site.stride, h, w,

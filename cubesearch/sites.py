@@ -26,7 +26,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -61,6 +61,9 @@ class Site:
     macs: int  # as fvcore counts the conv (one MAC = one FLOP), summed over calls, batch 1
     params: int
     role: str  # "encoder" (backbone) or "decoder" (decoder / neck / head)
+    # fvcore's count of everything inside the module (eval, batch 1): `macs`, plus any extra
+    # work its forward does (e.g. weight standardisation); None when FLOPs were not counted.
+    flops: int | None = None
 
     @property
     def resolution(self) -> str:
@@ -701,14 +704,16 @@ def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512)
     base_flops = None
     t1 = time.perf_counter()
     if flops:
-        from cubesearch.cost import reference_flops
+        from cubesearch.cost import reference_flops_by_module
 
         try:
-            base_flops = reference_flops(model, size)
+            base_flops, by_module = reference_flops_by_module(model, size)
         except CubesearchError:
             raise
         except Exception as exc:  # noqa: BLE001
             notes.append(f"fvcore failed: {_one_line(exc)}")
+        else:
+            sites = [replace(s, flops=by_module.get(s.name, s.macs)) for s in sites]
     output_shapes = module_output_shapes(model, insertions, size) if insertions else {}
     return SiteReport(
         model=name or type(model).__name__, input_size=size, sites=sites, skipped=skipped,

@@ -152,9 +152,22 @@ def test_shared_conv_module_replaced_everywhere():
 # --- every smp architecture, fullcube and decoder ------------------------------------------------
 
 
-@pytest.mark.parametrize(("arch", "encoder", "hw", "kwargs"), SMP_CASES,
-                         ids=[c[0] for c in SMP_CASES])
-def test_every_smp_architecture_converts(arch, encoder, hw, kwargs):
+# A first backward pass through a converted model costs oneDNN ~10-20 s of CPU building kernels
+# for its new conv shapes: the default suite trains three architectures, `-m slow` all twelve.
+TRAINED = {"Unet", "PSPNet", "Segformer"}
+
+
+def _smp_params():
+    for arch, encoder, hw, kwargs in SMP_CASES:
+        yield pytest.param(arch, encoder, hw, kwargs, arch in TRAINED, id=arch)
+    for arch, encoder, hw, kwargs in SMP_CASES:
+        if arch not in TRAINED:
+            yield pytest.param(arch, encoder, hw, kwargs, True, id=f"{arch}-train",
+                               marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize(("arch", "encoder", "hw", "kwargs", "train"), list(_smp_params()))
+def test_every_smp_architecture_converts(arch, encoder, hw, kwargs, train):
     spec = f"smp:{arch}:{encoder}"
     model = load_model(spec, num_classes=2, **kwargs)
     size = (3, hw, hw)
@@ -172,7 +185,7 @@ def test_every_smp_architecture_converts(arch, encoder, hw, kwargs):
         new = convert(model, plan)
         assert len(cube_blocks(new)) == len(plan.sites) + len(insert)
         counts[preset] = len(plan.sites)
-        if preset == "decoder":  # same mechanics as fullcube: one eval forward is enough
+        if preset == "decoder" or not train:  # an eval forward checks the shape
             with torch.no_grad():
                 assert new.eval()(torch.zeros(1, *size)).shape == (1, 2, hw, hw)
             continue

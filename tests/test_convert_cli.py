@@ -74,6 +74,32 @@ def test_sites_include_and_widening_options(capsys):
     assert {s["name"]: s["stride"] for s in data["sites"]}["layer4.0.conv1"] == 2
 
 
+def test_sites_says_when_a_conv_is_called_twice(capsys, tmp_path):
+    f = tmp_path / "shared.py"
+    f.write_text(textwrap.dedent("""
+        from torch import nn
+        from torch.nn import functional as F
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Conv2d(3, 8, 3, padding=1)
+                self.shared = nn.Conv2d(8, 8, 3, padding=1)
+            def forward(self, x):
+                y = self.shared(self.stem(x))
+                return self.shared(F.max_pool2d(y, 2))
+        model = Net()
+    """))
+    code, out, err = run(capsys, "sites", str(f), "--input-size", "3x16x16", "--preset", "fullcube")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "1 site(s) called more than once (one block serves every call): shared" in text
+    assert "2 eligible sites" in text
+    code, out, _ = run(capsys, "sites", str(f), "--input-size", "3x16x16", "--json")
+    site = {s["name"]: s for s in json.loads(out)["sites"]}["shared"]
+    assert site["calls"] == 2 and site["call_shapes"] == [[16, 16], [8, 8]]
+    assert site["macs"] == 8 * 8 * 9 * (16 * 16 + 8 * 8)
+
+
 # --- convert -----------------------------------------------------------------------------------
 
 

@@ -65,20 +65,29 @@ def random_plan(report, spec: str, rng: random.Random, insertions=()) -> Plan:
     return Plan(model=spec, input_size=report.input_size, sites=sites, insertions=inserts)
 
 
-@pytest.mark.parametrize(("spec", "kwargs", "hw", "insertions"), MODELS,
-                         ids=[m[0].rsplit("/", 1)[-1] for m in MODELS])
-def test_cost_model_equals_fvcore(spec, kwargs, hw, insertions):
+def _cases():
+    """Every model, one random plan and the all-default plan; `-m slow` adds 3 random plans."""
+    for n_random, marks in ((1, ()), (3, pytest.mark.slow)):
+        for spec, kwargs, hw, insertions in MODELS:
+            name = spec.rsplit("/", 1)[-1] + ("-more" if marks else "")
+            yield pytest.param(spec, kwargs, hw, insertions, n_random, not marks, id=name,
+                               marks=marks)
+
+
+@pytest.mark.parametrize(("spec", "kwargs", "hw", "insertions", "n_random", "full"),
+                         list(_cases()))
+def test_cost_model_equals_fvcore(spec, kwargs, hw, insertions, n_random, full):
     model = load_model(spec, **kwargs)
     size = (3, hw, hw)
     # strided and depthwise sites too: their blocks carry the stride / replace a grouped conv
     report = find_sites(model, size, strided=True, depthwise=True, insertions=insertions)
-    assert report.base_flops == reference_flops(model, size)
+    assert report.base_flops is not None  # find_sites' fvcore count, reference_flops(model)
     cost = CostModel.from_report(report)
     assert cost.cost(Plan(model=spec)) == (report.base_flops, count_params(model))
-    rng = random.Random(sum(map(ord, spec)))  # hash() of a str changes between runs
-    plans = [random_plan(report, spec, rng, insertions) for _ in range(2)]
-    # and every site with the paper's default block
-    plans.append(Plan(model=spec, input_size=size, sites={s.name: CubeConfig() for s in report}))
+    rng = random.Random(sum(map(ord, spec)) + n_random)  # hash() of a str changes between runs
+    plans = [random_plan(report, spec, rng, insertions) for _ in range(n_random)]
+    if full:  # and every site with the paper's default block
+        plans.append(Plan(model=spec, input_size=size, sites={s.name: CubeConfig() for s in report}))
     for plan in plans:
         converted = convert(model, plan)
         fv = reference_flops(converted, size)
@@ -103,6 +112,23 @@ def test_site_delta_by_formula():
                                          block[0].params - 8 * 8 * 9)
     plan = Plan(model="x.py", input_size=(8, 16, 16), sites={"0": cfg})
     assert cost.flops(plan) == reference_flops(convert(model, plan), (8, 16, 16))
+
+
+def test_convs_that_do_more_than_their_macs():
+    """timm's StdConv2d / ScaledStdConv2d standardise their weight in forward (fvcore counts a
+    batch_norm over the weight): replacing them removes that work too."""
+    from timm.layers import ScaledStdConv2d, StdConv2d
+
+    model = nn.Sequential(StdConv2d(4, 8, 3), nn.ReLU(), ScaledStdConv2d(8, 8, 3))
+    report = find_sites(model, (4, 16, 16))
+    assert report.names == ["0", "2"]
+    for s in report.sites:
+        assert s.flops > s.macs == 8 * s.in_channels * 9 * 16 * 16
+    cost = CostModel(report)
+    for sites in ({"0": CubeConfig()}, {"2": CubeConfig(groups=2)},
+                  {"0": CubeConfig(), "2": CubeConfig(depth=2)}):
+        plan = Plan(model="x.py", input_size=(4, 16, 16), sites=sites)
+        assert cost.flops(plan) == reference_flops(convert(model, plan), (4, 16, 16))
 
 
 def test_training_mode_pricing():

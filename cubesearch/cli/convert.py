@@ -317,9 +317,10 @@ def _site_rows(report: Any, plan: Any, cost: Any) -> list[dict[str, Any]]:
     for name, cfg in plan.sites.items():
         s = report.site(name)
         dflops, dparams = cost.site_delta(name, cfg)
+        conv = s.macs if s.flops is None else s.flops  # fvcore's count of the conv module
         rows.append({"site": name, "role": s.role, "in": s.in_channels, "out": s.out_channels,
                      "stride": s.stride, "input_hw": list(s.input_hw), "calls": s.calls,
-                     "conv_gmacs": s.macs / 1e9, "block_gflops": (s.macs + dflops) / 1e9,
+                     "conv_gmacs": conv / 1e9, "block_gflops": (conv + dflops) / 1e9,
                      "conv_params": s.params, "block_params": s.params + dparams,
                      "config": cfg.to_dict(), "config_short": cfg.short()})
     for name, cfg in plan.insertions.items():
