@@ -52,6 +52,7 @@ from cubesearch.errors import CubesearchError
 from cubesearch.searching import (
     OBJECTIVE_DIRECTIONS,
     SearchContext,
+    SearchProgress,
     SearchResult,
     SearchSettings,
     build_context,
@@ -62,7 +63,6 @@ from cubesearch.searching import (
     evaluate_plan,
     fail_reason,
     folder_lock,
-    front_table,
     make_sampler,
     open_study,
     price_trial,
@@ -635,23 +635,13 @@ def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Pat
                concurrent: int, progress: bool, console) -> SearchResult:
     from optuna.trial import TrialState
     from ray import tune
-    from rich.console import Group
-    from rich.live import Live
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    bar = Progress(TextColumn("search (ray)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.description}"), console=console, disable=not progress)
-    task = bar.add_task("", total=settings.trials, completed=done)
-    live = Live(Group(bar), console=console, refresh_per_second=4, transient=False) if progress else None
+    view = SearchProgress(ctx, console, done=done, enabled=progress, label="search (ray)")
     lock = threading.Lock()
 
     def update(st, trial) -> None:
         with lock:
-            n = len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            bar.update(task, completed=n, description=f"last #{trial.number}")
-            if live is not None:
-                live.update(Group(bar, front_table(collect_result(st, ctx), "current Pareto front")))
+            view.trial_finished(st, trial)
 
     _HOOKS[str(exp_dir)] = DriverHooks(trials=settings.trials, log=console.print, update=update)
     trainable = tune.with_resources(
@@ -673,13 +663,8 @@ def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Pat
                     name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                     stop=TargetStopper(str(exp_dir)), callbacks=[RetryRecorder(str(exp_dir))],
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
-        if live is not None:
-            live.start()
-        try:
+        with view:
             grid = tuner.fit()
-        finally:
-            if live is not None:
-                live.stop()
     finally:
         _HOOKS.pop(str(exp_dir), None)
         _SEARCHERS.pop(str(exp_dir), None)

@@ -523,7 +523,7 @@ def front_table(result: SearchResult, title: str = "Pareto front"):
 
     table = Table(title=title)
     for col in ("trial", "IoU", "ΔIoU", "GFLOPs", "saving", "params", "sites", "note"):
-        table.add_column(col, justify="right" if col not in ("note",) else "left")
+        table.add_column(col, justify="left" if col == "note" else "right", no_wrap=col == "note")
     base = result.baseline
     rows = list(result.front)
     if base is not None and base not in rows:
@@ -537,6 +537,56 @@ def front_table(result: SearchResult, title: str = "Pareto front"):
     return table
 
 
+class SearchProgress:
+    """What a running search shows, whichever backend schedules its trials: on a terminal a bar
+    with the current Pareto front under it (the front is dropped when the search ends: the
+    caller prints the final one); elsewhere (a log file, CI) one line per finished trial."""
+
+    def __init__(self, ctx: Any, console: Any, *, done: int, enabled: bool, label: str = "search"):
+        from rich.console import Group
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.ctx, self.console, self.label, self.enabled = ctx, console, label, enabled
+        self.total = ctx.settings.trials
+        live_view = enabled and console.is_terminal
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.description}"), console=console, disable=not live_view)
+        self.task = self.bar.add_task("", total=self.total, completed=done)
+        self._group = Group
+        self.live = (Live(Group(self.bar), console=console, refresh_per_second=4, transient=False)
+                     if live_view else None)
+
+    def trial_finished(self, study: Any, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        a = trial.user_attrs
+        if trial.state != TrialState.COMPLETE:
+            what = f"#{trial.number}: failed"
+        elif a.get("infeasible"):
+            what = f"#{trial.number}: over budget"
+        else:
+            what = (f"#{trial.number}: IoU {a.get('iou', float('nan')):.4f}, "
+                    f"{a.get('gflops', float('nan')):.3f} GFLOPs")
+        self.bar.update(self.task, completed=n, description=f"last {what}")
+        if self.live is not None:
+            front = front_table(collect_result(study, self.ctx), "current Pareto front")
+            self.live.update(self._group(self.bar, front))
+        elif self.enabled:
+            self.console.print(f"{self.label}: {n}/{self.total} trials, {what}")
+
+    def __enter__(self) -> SearchProgress:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(self._group(self.bar))
+            self.live.stop()
+
+
 def search(model: str, budget: str, *, progress: bool = True, console=None,
            **options: Any) -> SearchResult:
     """Run (or resume) a search; `options` are `SearchSettings` fields. Returns the result.
@@ -547,9 +597,7 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
-    from rich.console import Console, Group
-    from rich.live import Live
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
 
     settings = SearchSettings(model=model, budget=budget, **options)
     progress = progress and not os.environ.get("CUBESEARCH_NO_PROGRESS")
@@ -587,36 +635,15 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
         if len(states) >= 3 and all(s == TrialState.FAIL for s in states):
             study.stop()
 
-    bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.description}"), console=console, disable=not progress)
-    task = bar.add_task("", total=settings.trials, completed=done)
-    live = Live(Group(bar), console=console, refresh_per_second=4, transient=False) if progress else None
-
-    def update(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        a = trial.user_attrs
-        desc = (f"last #{trial.number}: " + ("over budget" if a.get("infeasible") else
-                f"IoU {a.get('iou', float('nan')):.4f}, {a.get('gflops', float('nan')):.3f} GFLOPs")
-                if trial.state == TrialState.COMPLETE else f"last #{trial.number}: failed")
-        bar.update(task, completed=n, description=desc)
-        if progress and not console.is_terminal:  # a log file or CI: a line per trial, not a live view
-            log(f"search: {n}/{settings.trials} trials, {desc.removeprefix('last ')}")
-        if live is not None:
-            live.update(Group(bar, front_table(collect_result(study, ctx), "current Pareto front")))
-
+    view = SearchProgress(ctx, console, done=done, enabled=progress)
     remaining = settings.trials - done
     if remaining > 0:
-        if live is not None:
-            live.start()
-        try:
+        with view:
             study.optimize(
                 lambda t: run_optuna_trial(ctx, t), n_trials=remaining * 3, timeout=settings.timeout,
                 catch=(Exception,),
                 callbacks=[MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE,)),
-                           stop_if_all_fail, update])
-        finally:
-            if live is not None:
-                live.stop()
+                           stop_if_all_fail, view.trial_finished])
     result = collect_result(study, ctx)
     if result.n_complete == 0 and first_error:
         raise CubesearchError(f"every trial failed; the first: {first_error[0]}")
