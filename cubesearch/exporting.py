@@ -247,6 +247,18 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
     return result
 
 
+def _budget_gflops(budget: str | None, baseline: ParetoPoint | None) -> float | None:
+    """The study's budget in GFLOPs (a relative one is of the unconverted model), if known."""
+    from cubesearch.space import parse_budget
+
+    if not budget:
+        return None
+    try:
+        return parse_budget(budget, baseline.gflops * 1e9 if baseline else None) / 1e9
+    except CubesearchError:  # relative, without the baseline in the study
+        return None
+
+
 def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[ParetoPoint],
                 baseline: ParetoPoint | None, study_name: str, budget: str | None,
                 objectives: Sequence[str]) -> dict[str, str]:
@@ -266,8 +278,10 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    budget_gflops = _budget_gflops(budget, baseline)
+    shown = f"{budget} ({budget_gflops:.3f} GFLOPs)" if budget_gflops is not None else budget
     md = [f"# Pareto front of `{study_name}`", "",
-          f"Budget: {budget}." if budget else "", "",
+          f"Budget: {shown}." if budget else "", "",
           "| trial | IoU | ΔIoU | GFLOPs | saving | params | sites | note | folder |",
           "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
@@ -279,5 +293,6 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
     md += ["", "![Pareto plot](pareto.png)", ""]
     md_path.write_text("\n".join(md))
     png, html = out / "pareto.png", out / "pareto.html"
-    plot_pareto(points, front, png, html, title=f"{study_name}: IoU vs GFLOPs")
+    plot_pareto(points, front, png, html, title=f"{study_name}: IoU vs GFLOPs",
+                budget_gflops=budget_gflops)
     return {"csv": str(csv_path), "md": str(md_path), "png": str(png), "html": str(html)}

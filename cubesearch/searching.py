@@ -523,7 +523,8 @@ def front_table(result: SearchResult, title: str = "Pareto front"):
 
     table = Table(title=title)
     for col in ("trial", "IoU", "ΔIoU", "GFLOPs", "saving", "params", "sites", "note"):
-        table.add_column(col, justify="left" if col == "note" else "right", no_wrap=col == "note")
+        # numbers never wrap; a long note does when the console is narrow
+        table.add_column(col, justify="left" if col == "note" else "right", no_wrap=col != "note")
     base = result.baseline
     rows = list(result.front)
     if base is not None and base not in rows:

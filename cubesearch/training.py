@@ -640,7 +640,8 @@ def train(model_or_spec: Any, *, plan: Any = None, data: Any = "synthetic", epoc
         val_metrics: dict[str, Any] = {}
         train_seconds = 0.0
         images = 0
-        bar = _make_bar(console, show)
+        # a live bar on a terminal; in a log file or CI, a line per evaluation instead
+        bar = _make_bar(console, show and console.is_terminal)
         task = bar.add_task("train", total=total_steps, info="")
         bar.start()
         try:
@@ -702,6 +703,8 @@ def train(model_or_spec: Any, *, plan: Any = None, data: Any = "synthetic", epoc
                     info = (f"loss {row['train_loss']:.4f} · val loss {val_metrics['loss']:.4f} · "
                             f"val IoU {val_metrics['iou']:.3f}")
                     bar.update(task, info=info)
+                    if show and not console.is_terminal:
+                        log(f"train: step {step}/{total_steps} (epoch {row['epoch']:g}): {info}")
         finally:
             bar.stop()
             if deterministic and not was_deterministic:

@@ -112,6 +112,8 @@ def test_index_files_list_the_front_and_mark_the_references(searched, exported):
     assert float(base["iou_gain"]) == 0.0 and float(base["gflops_saving"]) == 0.0
     md = Path(res.index["md"]).read_text()
     assert all(f"| {p.trial} " in md for p in front)
+    # the relative budget is shown in GFLOPs too: 100% of the unconverted model
+    assert f"Budget: 100% ({float(base['gflops']):.3f} GFLOPs)." in md
 
 
 @pytest.mark.parametrize("select", ["best-iou", "under:100%", "trial:1"])
