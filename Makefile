@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench bench-slow clean
 
 install: $(STAMP)
 
@@ -26,8 +26,21 @@ test-slow: install
 lint: install
 	$(PY) -m ruff check cubesearch tests benchmarks examples
 
+# Minutes on 2 CPU cores; each writes its table to benchmarks/results/ (block: stdout).
 bench: install
 	$(PY) benchmarks/block.py
+	$(PY) benchmarks/block_profile.py
+	$(PY) benchmarks/data.py
+	$(PY) benchmarks/convert.py
+	$(PY) benchmarks/search.py --skip-samplers --out benchmarks/results/search-cost.md
+
+# About an hour or more on 2 CPU cores: training speed and memory, the learning check, the
+# samplers' hypervolume, the Ray backend.
+bench-slow: install
+	$(PY) benchmarks/train.py --out benchmarks/results/train.md
+	$(PY) benchmarks/train.py --learning --out benchmarks/results/train-learning.md
+	$(PY) benchmarks/search.py --skip-cost --out benchmarks/results/search-samplers.md
+	$(PY) benchmarks/search_ray.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import re
 import statistics
@@ -195,10 +196,11 @@ def markdown(rows: list[Row], size: tuple[int, int, int], args: argparse.Namespa
     lines = [
         "# Convert benchmark",
         "",
-        f"`nice -n 10 python benchmarks/convert.py --input-size {'x'.join(map(str, size))}` on "
-        f"{platform.machine()} with {torch.get_num_threads()} torch threads "
-        f"(torch {torch.__version__}), {time.strftime('%Y-%m-%d %H:%M')}. The machine was shared "
-        "with other jobs, so times are upper bounds.",
+        f"`python benchmarks/convert.py --input-size {'x'.join(map(str, size))}` on "
+        f"{platform.machine()} ({os.cpu_count()} CPUs) with {torch.get_num_threads()} torch threads "
+        f"(torch {torch.__version__}), {time.strftime('%Y-%m-%d %H:%M')}; load average "
+        f"{os.getloadavg()[0]:.1f} at the end (above 0 when other jobs shared the machine: the "
+        "times are then upper bounds).",
         "",
         f"- **Success: {len(ok)}/{len(rows)} ({100 * len(ok) / max(len(rows), 1):.0f}%)** — "
         "load, trace, find sites, plan (fullcube: every eligible site), convert, output shape "
