@@ -55,6 +55,7 @@ from cubesearch.searching import (
     SearchProgress,
     SearchResult,
     SearchSettings,
+    TrialCounts,
     build_context,
     collect_result,
     enqueue_references,
@@ -255,22 +256,16 @@ class CubeOptunaSearch(_OptunaSearch):
         hooks = self._hooks()
         (hooks.log if hooks else _stderr_log)(text)
 
-    def _counts(self, fresh: bool = False) -> tuple[int, int, bool]:
-        """(complete, failed, every finished trial failed) in the study, cached for a second."""
-        from optuna.trial import TrialState
-
+    def _counts(self, fresh: bool = False) -> TrialCounts:
+        """The study's trained / rejected / failed trials, cached for a second."""
         now = time.monotonic()
         if fresh or self._count_cache is None or now - self._count_cache[0] > 1.0:
-            trials = self._study().get_trials(deepcopy=False,
-                                              states=(TrialState.COMPLETE, TrialState.FAIL))
-            complete = sum(t.state == TrialState.COMPLETE for t in trials)
-            failed = len(trials) - complete
-            self._count_cache = (now, complete, failed, len(trials) >= 3 and complete == 0)
-        return self._count_cache[1:]
+            self._count_cache = (now, TrialCounts.of(self._study()))
+        return self._count_cache[1]
 
     def should_stop(self) -> bool:
-        complete, _, all_failed = self._counts()
-        return all_failed or (complete >= self.target() and not self._live)
+        counts = self._counts()
+        return counts.all_failed() or (counts.finished(self.target()) and not self._live)
 
     # -- Tune's Searcher interface --
 
@@ -279,8 +274,10 @@ class CubeOptunaSearch(_OptunaSearch):
 
         study = self._study()
         while True:
-            complete, _, all_failed = self._counts()
-            if all_failed or complete + len(self._live) >= self.target():
+            counts = self._counts()
+            all_failed = counts.all_failed()
+            if all_failed or counts.trained + len(self._live) >= self.target() or (
+                    counts.finished(self.target())):
                 # Nothing more to start. With no trial running, say so: Tune would otherwise wait
                 # (up to 10 minutes) for a suggestion; with some running, wait for them.
                 return Searcher.FINISHED if all_failed or not self._live else None
@@ -590,7 +587,6 @@ def search_ray(settings: SearchSettings, *, progress: bool = True, console=None)
 
 
 def _search_ray(settings: SearchSettings, *, progress: bool, console) -> SearchResult:
-    from optuna.trial import TrialState
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -602,17 +598,17 @@ def _search_ray(settings: SearchSettings, *, progress: bool, console) -> SearchR
         ctx = build_context(settings)  # then the model, space and budget, before the study
         ctx.out.mkdir(parents=True, exist_ok=True)
         study = open_study(settings)
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        done = TrialCounts.of(study).trained
         name = settings.study_name()
         exp_dir, restoring = _experiment_to_resume(ctx.out, name)
         if done >= settings.trials and not restoring:
             log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials "
-                "done")
+                "trained")
             result = collect_result(study, ctx)
             write_summary(result, ctx)
             return result
         concurrent = settings.max_concurrent or default_concurrency(settings, resources)
-        log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials done; "
+        log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials trained; "
             f"budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
             f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
         log(f"ray: {int(resources['nodes'])} node(s), {resources['CPU']:g} CPUs, "
@@ -635,7 +631,7 @@ def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Pat
                concurrent: int, progress: bool, console) -> SearchResult:
     from optuna.trial import TrialState
     from ray import tune
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    done = TrialCounts.of(study).trained
     view = SearchProgress(ctx, console, done=done, enabled=progress, label="search (ray)")
     lock = threading.Lock()
 
@@ -670,10 +666,13 @@ def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Pat
         _SEARCHERS.pop(str(exp_dir), None)
 
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    note = TrialCounts.of(study).tight_budget_note(settings.trials)
+    if note:
+        console.print(f"[yellow]{note}[/yellow]")
     result = collect_result(study, ctx)
     if unfinished:
         raise CubesearchError(
-            f"search interrupted with {result.n_complete} of {settings.trials} trials complete; "
+            f"search interrupted with {result.n_complete} of {settings.trials} trials trained; "
             f"run the same command again to resume ({exp_dir})")
     (exp_dir / DONE_FILE).write_text(json.dumps({"trials_complete": result.n_complete}))
     if result.n_complete == 0 and result.n_failed:

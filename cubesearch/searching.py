@@ -481,6 +481,49 @@ def enqueue_references(study, ctx: SearchContext) -> None:
 # --- the search -----------------------------------------------------------------------------
 
 
+# A plan over budget is rejected by the cost model in microseconds, so `--trials` counts trained
+# trials only; this many rejections per wanted trial end a search whose budget the space can
+# hardly meet (with a message) instead of letting it sample forever.
+MAX_REJECTIONS_PER_TRIAL = 25
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """The study's finished trials: trained (and evaluated), rejected over budget, failed."""
+
+    trained: int
+    rejected: int
+    failed: int
+
+    @classmethod
+    def of(cls, study) -> TrialCounts:
+        from optuna.trial import TrialState
+
+        trained = rejected = failed = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if t.state == TrialState.FAIL:
+                failed += 1
+            elif t.user_attrs.get("infeasible"):
+                rejected += 1
+            else:
+                trained += 1
+        return cls(trained, rejected, failed)
+
+    def finished(self, wanted: int) -> bool:
+        """The search has its trained trials, or has rejected so many plans that it gives up."""
+        return self.trained >= wanted or self.rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
+
+    def all_failed(self) -> bool:
+        return self.failed >= 3 and self.trained + self.rejected == 0
+
+    def tight_budget_note(self, wanted: int) -> str | None:
+        if self.trained >= wanted or self.rejected < MAX_REJECTIONS_PER_TRIAL * wanted:
+            return None
+        return (f"stopped after {self.rejected} plans over budget with {self.trained} of {wanted} "
+                "trials trained: the budget is tight for this space; raise --budget or narrow the "
+                "space (fewer sites kept, cheaper knobs)")
+
+
 @dataclass
 class SearchResult:
     """What a search leaves: where the study is, every point, and the Pareto front."""
@@ -492,30 +535,31 @@ class SearchResult:
     baseline: ParetoPoint | None
     points: list[ParetoPoint]
     front: list[ParetoPoint]
-    n_complete: int
+    n_complete: int  # trained and evaluated (`--trials` counts these)
     n_failed: int
+    n_rejected: int = 0  # over budget, rejected by the cost model without training
     study: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "study": self.study_name, "storage": self.storage, "out": str(self.out),
             "budget_gflops": self.budget_gflops, "trials_complete": self.n_complete,
-            "trials_failed": self.n_failed,
+            "trials_rejected": self.n_rejected, "trials_failed": self.n_failed,
             "baseline": self.baseline.to_dict() if self.baseline else None,
             "pareto": [p.to_dict() for p in self.front],
         }
 
 
 def collect_result(study, ctx: SearchContext) -> SearchResult:
-    from optuna.trial import TrialState
 
     points = study_points(study)
     baseline = next((p for p in points if p.label == "baseline"), None)
     front = non_dominated(points, ctx.settings.objectives)
-    n_failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    counts = TrialCounts.of(study)
     return SearchResult(study_name=study.study_name, storage=ctx.settings.storage_url(), out=ctx.out,
                         budget_gflops=ctx.budget_flops / 1e9, baseline=baseline, points=points,
-                        front=front, n_complete=len(points), n_failed=n_failed, study=study)
+                        front=front, n_complete=counts.trained, n_failed=counts.failed,
+                        n_rejected=counts.rejected, study=study)
 
 
 def front_table(result: SearchResult, title: str = "Pareto front"):
@@ -561,7 +605,8 @@ class SearchProgress:
     def trial_finished(self, study: Any, trial: Any) -> None:
         from optuna.trial import TrialState
 
-        n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        counts = TrialCounts.of(study)
+        n = counts.trained
         a = trial.user_attrs
         if trial.state != TrialState.COMPLETE:
             what = f"#{trial.number}: failed"
@@ -570,12 +615,14 @@ class SearchProgress:
         else:
             what = (f"#{trial.number}: IoU {a.get('iou', float('nan')):.4f}, "
                     f"{a.get('gflops', float('nan')):.3f} GFLOPs")
+        if counts.rejected:
+            what += f" ({counts.rejected} over budget so far)"
         self.bar.update(self.task, completed=n, description=f"last {what}")
         if self.live is not None:
             front = front_table(collect_result(study, self.ctx), "current Pareto front")
             self.live.update(self._group(self.bar, front))
         elif self.enabled:
-            self.console.print(f"{self.label}: {n}/{self.total} trials, {what}")
+            self.console.print(f"{self.label}: {n}/{self.total} trained, {what}")
 
     def __enter__(self) -> SearchProgress:
         if self.live is not None:
@@ -596,7 +643,6 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
     baseline is not retrained, and `trials` counts the total.
     """
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
     from rich.console import Console
 
@@ -611,12 +657,12 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
     ctx = build_context(settings)
     ctx.out.mkdir(parents=True, exist_ok=True)
     study = open_study(settings, sampler_seed_offset=0)
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    done = TrialCounts.of(study).trained
     offset = len(study.trials) + (os.getpid() if settings.storage else 0)
     if offset:  # a resumed or second process must not replay the first one's random stream
         study.sampler = make_sampler(settings.sampler, settings.seed + offset, settings.trials)
     log(f"study {study.study_name!r} in {settings.storage_url()}: {done} of {settings.trials} trials "
-        f"done; budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
+        f"trained; budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
         f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
     ensure_datasets(ctx)
     with folder_lock(ctx.out / ".baseline.lock"):  # processes sharing --out train it once
@@ -625,15 +671,14 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
 
     first_error: list[str] = []
 
-    def stop_if_all_fail(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get("fail_reason", "unknown error")
             if not first_error:
                 first_error.append(f"trial {trial.number}: {reason}")
             log(f"[yellow]trial {trial.number} failed: {reason}[/yellow]")
-        states = [t.state for t in study.get_trials(deepcopy=False)
-                  if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-        if len(states) >= 3 and all(s == TrialState.FAIL for s in states):
+        counts = TrialCounts.of(study)
+        if counts.all_failed() or counts.finished(settings.trials):
             study.stop()
 
     view = SearchProgress(ctx, console, done=done, enabled=progress)
@@ -641,10 +686,12 @@ def search(model: str, budget: str, *, progress: bool = True, console=None,
     if remaining > 0:
         with view:
             study.optimize(
-                lambda t: run_optuna_trial(ctx, t), n_trials=remaining * 3, timeout=settings.timeout,
-                catch=(Exception,),
-                callbacks=[MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE,)),
-                           stop_if_all_fail, view.trial_finished])
+                lambda t: run_optuna_trial(ctx, t), timeout=settings.timeout, catch=(Exception,),
+                n_trials=remaining * (MAX_REJECTIONS_PER_TRIAL + 3),  # a bound; the callback stops
+                callbacks=[stop_when_done, view.trial_finished])
+    note = TrialCounts.of(study).tight_budget_note(settings.trials)
+    if note:
+        log(f"[yellow]{note}[/yellow]")
     result = collect_result(study, ctx)
     if result.n_complete == 0 and first_error:
         raise CubesearchError(f"every trial failed; the first: {first_error[0]}")

@@ -56,7 +56,10 @@ def test_search_records_front_references_and_rejects_infeasible_without_training
     result = run(tmp_path, budget="80%", trials=8, sampler="random")
     study = result.study
     complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 8 and result.n_complete == 8
+    # --trials counts trained trials; plans over budget are extra, free, and counted apart
+    assert result.n_complete == 8 and len(trained) == 8
+    assert result.n_rejected == len(complete) - 8
+    assert sum(bool(t.user_attrs.get("infeasible")) for t in complete) == result.n_rejected
     refs = {t.user_attrs.get("reference"): t for t in complete if t.user_attrs.get("reference")}
     assert set(refs) == {"baseline", "fullcube"}
     assert refs["baseline"].user_attrs["sites_replaced"] == 0
@@ -92,7 +95,8 @@ def test_resume_keeps_trials_and_baseline(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
     result = run(tmp_path, trials=5)
     new = [t for t in result.study.get_trials(states=(TrialState.COMPLETE,)) if t.number not in first]
-    assert result.n_complete == 5 and len(new) == 2
+    new_trained = [t for t in new if not t.user_attrs.get("infeasible")]
+    assert result.n_complete == 5 and len(new_trained) == 2
     # only the new feasible trials trained; the baseline was not retrained
     assert len(calls) == sum("checkpoint" in t.user_attrs for t in new)
     assert baseline.stat().st_mtime_ns == stamp
@@ -180,3 +184,29 @@ def test_kill_9_loses_no_completed_trial(tmp_path):
     final = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert kept <= final
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_trial_counts_count_trained_trials_and_give_up_on_a_tight_budget():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def add(state, **attrs):
+        values = [0.5, 1.0] if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(state=state, values=values, user_attrs=attrs,
+                                     params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}))
+
+    add(TrialState.COMPLETE)  # trained
+    add(TrialState.COMPLETE, infeasible=True)  # rejected over budget, not trained
+    add(TrialState.COMPLETE, infeasible=True)
+    add(TrialState.FAIL)
+    counts = searching.TrialCounts.of(study)
+    assert (counts.trained, counts.rejected, counts.failed) == (1, 2, 1)
+    assert counts.finished(1) and not counts.finished(2)
+    assert counts.tight_budget_note(2) is None
+    cap = searching.MAX_REJECTIONS_PER_TRIAL * 2
+    tight = searching.TrialCounts(trained=1, rejected=cap, failed=0)
+    assert tight.finished(2)
+    assert f"stopped after {cap} plans over budget with 1 of 2 trials trained" in tight.tight_budget_note(2)
+    assert searching.TrialCounts(0, 0, 3).all_failed() and not searching.TrialCounts(0, 1, 3).all_failed()

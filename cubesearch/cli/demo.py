@@ -57,7 +57,8 @@ def cost_table(rows: list[dict], channels: int, size: int) -> Table:
 def demo(
     model: str = typer.Option(DEMO_MODEL, help="Model spec to search."),
     budget: str = typer.Option("70%", help="FLOPs budget (of the unconverted model at 3×512×512)."),
-    trials: int = typer.Option(20, help="Total trials (the baseline and FullCube references included)."),
+    trials: int = typer.Option(10, help="Trained trials (the baseline and FullCube references included; "
+                                        "plans over budget are rejected free and not counted)."),
     out: str = typer.Option("runs/demo", "--out", "-o", help="Folder for the study and exports."),
     epochs_per_trial: float = typer.Option(2.0, help="Training epochs per trial."),
     baseline_epochs: float = typer.Option(12.0, help="Training epochs of the baseline."),

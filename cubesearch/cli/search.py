@@ -29,7 +29,8 @@ def search(
     model: str = typer.Argument(..., help="Model spec: timm:NAME, smp:ARCH:ENCODER, model.py[:NAME]."),
     budget: str = typer.Option(..., "--budget", help="FLOPs budget: 50GFLOPs, 50G, 5e10, 400MFLOPs or 60%."),
     space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or a .yaml."),
-    trials: int = typer.Option(20, min=1, help="Total trials in the study (a resume counts earlier ones)."),
+    trials: int = typer.Option(20, min=1, help="Trained trials in the study (a resume counts earlier "
+                                "ones; plans over budget are rejected free and not counted)."),
     timeout: str = typer.Option(None, help="Stop after this long: 90s, 30m, 2h."),
     data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
     epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial (fractions allowed)."),
@@ -86,5 +87,6 @@ def search(
         return
     console.print(front_table(result, f"Pareto front of {result.study_name} "
                                       f"(budget {result.budget_gflops:.3f} GFLOPs)"))
-    console.print(f"{result.n_complete} trials complete, {result.n_failed} failed; study: "
+    console.print(f"{result.n_complete} trials trained, {result.n_rejected} plans rejected over "
+                  f"budget (not trained), {result.n_failed} failed; study: "
                   f"{result.storage}; plot: {result.out / 'pareto.png'}")
