@@ -621,7 +621,7 @@ class SearchProgress:
         if self.live is not None:
             front = front_table(collect_result(study, self.ctx), "current Pareto front")
             self.live.update(self._group(self.bar, front))
-        elif self.enabled:
+        elif self.enabled and not a.get("infeasible"):  # rejections show in the next line's count
             self.console.print(f"{self.label}: {n}/{self.total} trained, {what}")
 
     def __enter__(self) -> SearchProgress:
