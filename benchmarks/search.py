@@ -49,8 +49,8 @@ def machine() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{cpu}, {cores} cores (shared with other developers' jobs; load average {load} at "
-            f"the end), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+    return (f"{cpu}, {cores} cores (load average {load} at the end: above about 0.5 means other "
+            f"jobs shared the cores), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
             f"Python {platform.python_version()}")
 
 
@@ -134,14 +134,21 @@ def cost_model_speed(spec: str, size: tuple[int, int, int], n_plans: int, n_fvco
 
 
 def first_n_points(study, n: int):
-    """The points among the first `n` completed trials (by trial number)."""
+    """The points of the first `n` trained trials (by trial number), with the over-budget plans
+    the sampler proposed before the n-th: `--trials` counts trained trials."""
     from optuna.trial import TrialState
 
     from cubesearch.searching import study_points
 
-    done = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    keep = set(done[:n])
-    return [p for p in study_points(study) if p.trial in keep], len(done)
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                  key=lambda t: t.number)
+    keep, trained = set(), 0
+    for t in done:
+        if trained >= n:
+            break
+        keep.add(t.number)
+        trained += not t.user_attrs.get("infeasible")
+    return [p for p in study_points(study) if p.trial in keep], trained
 
 
 def trial_stats(study) -> dict:
@@ -261,12 +268,13 @@ def sampler_report(args, results: dict) -> str:
             f"{args.baseline_epochs:g} epochs (IoU {any_seed['base_iou']:.3f}, trained once per "
             f"seed and shared), {args.epochs_per_trial:g} epoch(s) per trial warm-started from it after "
             f"the search's default local distillation of the blocks; "
-            f"seeds {', '.join(map(str, args.seeds))}. Trials = completed trials, counting the two "
-            f"enqueued references (baseline, FullCube) and over-budget plans (rejected by the cost "
-            f"model without training). HV reference point (baseline GFLOPs × 1.1, IoU 0); HV @ N = "
-            f"hypervolume of the feasible points among the first N completed trials (mean over "
+            f"seeds {', '.join(map(str, args.seeds))}. Trials = trained trials (as `--trials` counts "
+            f"them), the two enqueued references (baseline, FullCube) included; over-budget plans "
+            f"are rejected by the cost model without training and not counted. HV reference point "
+            f"(baseline GFLOPs × 1.1, IoU 0); HV @ N = hypervolume of the feasible points among "
+            f"the first N trained trials (mean over "
             f"seeds, min/max across them). trials/h from the trials' own start/complete times "
-            f"(load-dependent on this shared machine).\n\n"
+            f"(load-dependent).\n\n"
             + md_table(header, rows)
             + f"\n\nTarget (NSGA-II's HV after {args.trials} trials ≥ random's after "
             f"{args.random_trials}): {verdicts}. **{'Met' if met_all else 'Not met'}"
@@ -314,8 +322,7 @@ def main() -> None:
         parts.append("## Samplers: NSGA-II (default) vs TPE vs random\n\n" + text + "\n")
         Path(args.work, "raw.json").write_text(json.dumps(raw, indent=1, default=str))
     minutes = (time.perf_counter() - t_start) / 60
-    parts.insert(1, f"Machine: {machine()}. Run with `nice -n 10` while other jobs shared the "
-                    f"cores, so absolute speeds are noisy; took {minutes:.1f} min. Command: "
+    parts.insert(1, f"Machine: {machine()}. Took {minutes:.1f} min. Command: "
                     f"`{' '.join(['python benchmarks/search.py', *os.sys.argv[1:]])}`.\n")
     report = "\n".join(parts)
     out = Path(args.out)
