@@ -393,8 +393,12 @@ def ensure_baseline(ctx: SearchContext, *, progress: bool = True, log: Callable[
         return
     s = ctx.settings
     log(f"baseline: training {s.model} for {s.baseline_epochs or s.epochs_per_trial:g} epochs")
-    model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0],
-                       pretrained=s.pretrained)
+    import torch
+
+    with torch.random.fork_rng():  # its initial weights depend on the seed, not on what ran before
+        torch.manual_seed(s.seed)
+        model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0],
+                           pretrained=s.pretrained)
     plan = ctx.plan_for({})
     result = train(model, data=ctx.datasets, epochs=s.baseline_epochs or s.epochs_per_trial,
                    plan=plan, input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=s.seed,

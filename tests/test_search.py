@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 import pytest
 from optuna.trial import TrialState
 
@@ -210,3 +211,16 @@ def test_trial_counts_count_trained_trials_and_give_up_on_a_tight_budget():
     assert tight.finished(2)
     assert f"stopped after {cap} plans over budget with 1 of 2 trials trained" in tight.tight_budget_note(2)
     assert searching.TrialCounts(0, 0, 3).all_failed() and not searching.TrialCounts(0, 1, 3).all_failed()
+
+
+def test_the_baseline_does_not_depend_on_what_ran_before(tmp_path):
+    from safetensors.torch import load_file
+
+    weights = []
+    for name, seed in (("a", 1), ("b", 2)):  # a different global RNG state before each search
+        torch.manual_seed(seed)
+        run(tmp_path / name, trials=1)
+        (folder,) = (tmp_path / name / "search" / "baselines").iterdir()
+        weights.append(load_file(folder / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
