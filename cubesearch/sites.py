@@ -64,6 +64,9 @@ class Site:
     # fvcore's count of everything inside the module (eval, batch 1): `macs`, plus any extra
     # work its forward does (e.g. weight standardisation); None when FLOPs were not counted.
     flops: int | None = None
+    # The model's prediction conv: the last conv call, its output channels those of the model's
+    # output (it computes the logits). Search spaces leave it alone unless asked (`prediction_conv`).
+    prediction: bool = False
 
     @property
     def resolution(self) -> str:
@@ -656,6 +659,17 @@ def conv_macs(conv: nn.Conv2d, out_shape: Sequence[int]) -> int:
     return int(n) * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw * int(h) * int(w)
 
 
+def prediction_conv(calls: Sequence[_Call], out_shape: Sequence[int] | None) -> str | None:
+    """The conv that computes a dense prediction's logits: the last conv called, when its output
+    has the model output's channels and the output is a feature map (B, K, H, W)."""
+    if not calls or out_shape is None or len(out_shape) != 4:
+        return None
+    last = calls[-1]
+    if len(last.out_shape) == 4 and last.out_shape[1] == out_shape[1]:
+        return last.name
+    return None
+
+
 def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512), *,
                depthwise: bool = False, strided: bool = False, trace: str = "auto",
                flops: bool = True, insertions: Iterable[str] = (), name: str | None = None
@@ -699,6 +713,8 @@ def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512)
             call_shapes=tuple((c.in_shape[2], c.in_shape[3]) for c in conv_calls), macs=macs,
             params=sum(p.numel() for p in conv.parameters(recurse=False)),
             role=role_of(conv_name, smp=smp)))
+    prediction = prediction_conv(calls, out_shape)
+    sites = [replace(s, prediction=True) if s.name == prediction else s for s in sites]
     uncalled = [n for n in convs if n not in grouped]
     seconds = time.perf_counter() - t0
     base_flops = None

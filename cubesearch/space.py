@@ -1,7 +1,8 @@
 """Search spaces: YAML files a user can read, copy and edit (`search_spaces/*.yaml`).
 
 A space says which sites are searchable (`all`, `decoder`, `encoder`, or include/exclude
-regexes), how sites are decided (`per_site`: keep-or-replace and knobs per site; `shared`:
+regexes; the conv computing the logits only with `prediction_conv: true`), how sites are
+decided (`per_site`: keep-or-replace and knobs per site; `shared`:
 keep-or-replace per site, one config for all; `fullcube`: every searchable site replaced, one
 config), and the values each `CubeConfig` knob may take. `sample_plan` turns an Optuna trial into
 site → `CubeConfig` (define-by-run), the same function for every sampler and backend.
@@ -84,6 +85,10 @@ class SearchSpace(BaseModel):
     name: str = "custom"
     description: str = ""
     sites: Literal["all", "decoder", "encoder"] | SiteFilter = "decoder"
+    # The conv that computes the logits (e.g. smp's `segmentation_head.0`) is searchable only
+    # when true: a block there must reproduce the logits themselves, which local distillation
+    # does poorly, and short trials then often end predicting one class everywhere.
+    prediction_conv: bool = False
     mode: Literal["per_site", "shared", "fullcube"] = "per_site"
     knobs: KnobChoices = Field(default_factory=KnobChoices)
 
@@ -124,7 +129,7 @@ class SearchSpace(BaseModel):
     # --- sites -------------------------------------------------------------------------------
 
     def searchable(self, sites: Iterable[SiteLike]) -> list[SiteLike]:
-        sites = list(sites)
+        sites = [s for s in sites if self.prediction_conv or not getattr(s, "prediction", False)]
         if self.sites == "all":
             return sites
         if self.sites in ("decoder", "encoder"):

@@ -280,6 +280,7 @@ def load_init(model: nn.Module, source: Any) -> dict[str, Any]:
     model.load_state_dict(load, strict=False)
     missing = [k for k in own if k not in load]
     return {"source": where, "loaded": len(load), "total": len(own), "missing": len(missing),
+            "loaded_names": sorted(load),
             "shape_mismatch": len(mismatch), "unexpected": len([k for k in state if k not in own]),
             "missing_names": missing[:20], "shape_mismatch_names": mismatch[:20]}
 
@@ -473,6 +474,19 @@ def resolve_model(model_or_spec: Any, plan: Any, *, num_classes: int | None, inp
 # --- training ---------------------------------------------------------------------------------
 
 
+def param_groups(model: nn.Module, lr: float, new_lr: float | None,
+                 init_report: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The optimiser's groups: with a warm start and `new_lr`, the parameters it did not load
+    (the new blocks) peak at `new_lr` and the loaded ones at `lr`; otherwise one group."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if new_lr is None or init_report is None:
+        return [{"params": [p for _, p in named], "lr": lr}] if named else []
+    loaded = set(init_report["loaded_names"])
+    groups = [{"params": [p for n, p in named if n in loaded], "lr": lr},
+              {"params": [p for n, p in named if n not in loaded], "lr": new_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def _lr_factor(step: int, total: int, warmup: int, min_ratio: float = 0.01) -> float:
     """Linear warmup over `warmup` steps, then cosine decay to `min_ratio` at `total`."""
     if step < warmup:
@@ -492,6 +506,7 @@ def train(model_or_spec: Any, *, plan: Any = None, data: Any = "synthetic", epoc
           num_classes: int | None = None, loss: str = "bce", optimizer: str = "adam",
           weight_decay: float = 0.0, warmup: float = 0.05, min_lr_ratio: float = 0.01,
           grad_clip: float | None = None, distill_steps: int = 0, distill_lr: float = 1e-2,
+          new_lr: float | None = None,
           train_tiles: int | None = None, val_tiles: int | None = None,
           val_split: float | None = None, crops_per_image: int | None = None,
           eval_every: int | None = None, device: str | torch.device | None = None,
@@ -522,6 +537,8 @@ def train(model_or_spec: Any, *, plan: Any = None, data: Any = "synthetic", epoc
         raise CubesearchError(f"--batch-size must be at least 1, not {batch_size}")
     if not lr > 0 or not math.isfinite(lr):
         raise CubesearchError(f"--lr must be a positive number, not {lr}")
+    if new_lr is not None and not (new_lr > 0 and math.isfinite(new_lr)):
+        raise CubesearchError(f"--new-lr must be a positive number, not {new_lr}")
     if optimizer.lower() not in OPTIMIZERS:
         raise CubesearchError(f"unknown optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
     input_size = tuple(int(v) for v in input_size)
@@ -618,16 +635,17 @@ def train(model_or_spec: Any, *, plan: Any = None, data: Any = "synthetic", epoc
                                      device=dev, amp=use_amp, log=log)
             del teacher
 
-        params = [p for p in model.parameters() if p.requires_grad]
+        groups = param_groups(model, lr, new_lr, init_report)
+        params = [p for g in groups for p in g["params"]]
         if not params:
             raise CubesearchError("the model has no trainable parameters")
         opt_name = optimizer.lower()
         if opt_name == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+            opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
         elif opt_name == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+            opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay or 1e-2)
         else:
-            opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+            opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
         n_warm = int(warmup) if warmup >= 1 else int(round(warmup * total_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: _lr_factor(s, total_steps, n_warm, min_lr_ratio))
@@ -716,7 +734,8 @@ def train(model_or_spec: Any, *, plan: Any = None, data: Any = "synthetic", epoc
     final.update({
         "train_loss": last.get("train_loss"), "train_iou": last.get("train_iou"),
         "steps": total_steps, "epochs": round(total_steps / steps_per_epoch, 4),
-        "batch_size": bs, "lr": lr, "optimizer": opt_name, "loss_fn": loss, "seed": seed,
+        "batch_size": bs, "lr": lr, "new_lr": new_lr if len(groups) > 1 else None,
+        "optimizer": opt_name, "loss_fn": loss, "seed": seed,
         "num_classes": k, "input_size": list(input_size), "device": str(dev), "amp": use_amp,
         "channels_last": cl, "train_tiles": len(train_ds), "val_tiles": len(val_ds),
         "data": _data_name(data), "seconds": round(time.perf_counter() - t_start, 3),

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import optuna
-import torch
 import pytest
+import torch
 from optuna.trial import TrialState
 
 import cubesearch.searching as searching
@@ -82,6 +82,24 @@ def test_search_records_front_references_and_rejects_infeasible_without_training
     summary = json.loads((tmp_path / "search" / "search.json").read_text())
     assert [p["trial"] for p in summary["pareto"]] == [p.trial for p in result.front]
     assert (tmp_path / "search" / "pareto.png").exists()
+    # trials fine-tune the baseline's weights at a quarter of its peak learning rate, and train
+    # their new blocks at the full one
+    (baseline,) = (tmp_path / "search" / "baselines").iterdir()
+    assert json.loads((baseline / "metrics.json").read_text())["lr"] == 2e-3
+    for t in complete:
+        if "checkpoint" in t.user_attrs:
+            metrics = json.loads(Path(t.user_attrs["checkpoint"], "metrics.json").read_text())
+            assert metrics["lr"] == pytest.approx(2e-3 / 4)
+            assert metrics["new_lr"] == (2e-3 if t.user_attrs["sites_replaced"] else None)
+
+
+def test_trial_learning_rate():
+    settings = searching.SearchSettings(model=TINY, budget="50%", lr=1e-3)
+    assert settings.fine_tune_lr() == pytest.approx(2.5e-4) and settings.fine_tune_lr(False) == 1e-3
+    settings = searching.SearchSettings(model=TINY, budget="50%", lr=1e-3, trial_lr=3e-4)
+    assert settings.fine_tune_lr() == settings.fine_tune_lr(False) == 3e-4
+    with pytest.raises(ValueError, match="greater than 0"):
+        searching.SearchSettings(model=TINY, budget="50%", trial_lr=0)
 
 
 def test_resume_keeps_trials_and_baseline(tmp_path, monkeypatch):

@@ -86,6 +86,8 @@ def test_hand_sites(hand_report):
     assert (head.in_channels, head.out_channels, head.input_hw) == (16, 4, (30, 30))
     assert head.macs == _macs(16, 4, 30, 30)
     assert [s.role for s in r.sites] == ["encoder", "decoder", "decoder"]
+    # head.0 is the last conv module called and has the output's 4 channels: the prediction conv
+    assert [s.prediction for s in r.sites] == [False, False, True]
     assert [s.flops for s in r.sites] == [s.macs for s in r.sites]  # fvcore: a conv is its MACs
     assert r.trace_path == "export"
     assert r.output_shape == (1, 4, 30, 30)
@@ -159,10 +161,28 @@ def test_unet_sites_match_the_architecture():
         assert s.params == s.in_channels * s.out_channels * 9  # bias=False
         assert s.stride == 1 and s.calls == 1
     assert (len(r.by_role("encoder")), len(r.by_role("decoder"))) == (10, 8)
+    assert not any(s.prediction for s in r.sites)  # its logits come from the 1×1 head
     assert r.skipped == {n: "1×1 kernel" for n in ["head"]} | {}
     assert r.output_shape == (1, 1, hw, hw)
     # every conv of the U-Net: the 18 3×3, the 1×1 head (transposed convs are not nn.Conv2d)
     assert r.conv_macs == r.eligible_macs + _macs(w[0], 1, hw, hw, k=1)
+
+
+def test_the_conv_computing_the_logits_is_marked():
+    r = find_sites(load_model("smp:Unet:resnet18", num_classes=2), (3, 64, 64), flops=False)
+    assert [s.name for s in r.sites if s.prediction] == ["segmentation_head.0"]
+    assert r.site("segmentation_head.0").out_channels == 2 and r.output_shape == (1, 2, 64, 64)
+    assert r.to_dict()["sites"][-1]["prediction"] is True
+
+    class Pooled(nn.Module):  # the last conv's 8 channels are averaged into the output's one
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x)).mean(1, keepdim=True)
+
+    assert not any(s.prediction for s in find_sites(Pooled(), (3, 16, 16), flops=False).sites)
 
 
 def test_input_size_the_model_rejects():

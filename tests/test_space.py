@@ -18,6 +18,7 @@ class FakeSite:
     in_channels: int
     role: str
     out_channels: int = 64
+    prediction: bool = False
 
 
 SITES = [FakeSite("encoder.layer1.0.conv1", 64, "encoder"),
@@ -85,6 +86,18 @@ def test_searchable_sites_by_role_and_regex():
     assert [s.name for s in SearchSpace(sites="encoder").searchable(SITES)] == ["encoder.layer1.0.conv1"]
     space = SearchSpace.from_dict({"sites": {"include": ["conv1$"], "exclude": ["^encoder"]}})
     assert [s.name for s in space.searchable(SITES)] == ["decoder.blocks.0.conv1"]
+
+
+def test_the_conv_computing_the_logits_is_searchable_only_when_asked():
+    logits = FakeSite("segmentation_head.0", 16, "decoder", out_channels=1, prediction=True)
+    sites = [*SITES, logits]
+    for name in ("default", "shared", "fullcube", "paper"):
+        assert logits not in SearchSpace.load(name).searchable(sites)
+    for flt in ("all", "decoder", {"include": ["head"]}):
+        assert logits in SearchSpace.from_dict({"sites": flt, "prediction_conv": True}).searchable(sites)
+        assert logits not in SearchSpace.from_dict({"sites": flt}).searchable(sites)
+    with pytest.raises(CubesearchError, match="prediction_conv: Input should be a valid boolean"):
+        SearchSpace.from_dict({"prediction_conv": "sometimes"})
 
 
 @pytest.mark.parametrize("name", ["default", "shared", "fullcube", "paper"])

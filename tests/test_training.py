@@ -22,6 +22,7 @@ from cubesearch.training import (
     load_init,
     logits_of,
     make_loss,
+    param_groups,
     train,
 )
 
@@ -245,6 +246,7 @@ def test_low_resolution_outputs_are_upsampled(data):
     (dict(epochs=-1), "must be positive"),
     (dict(steps=1, batch_size=0), "--batch-size"),
     (dict(steps=1, lr=-1.0), "--lr must be a positive"),
+    (dict(steps=1, new_lr=0.0), "--new-lr must be a positive"),
     (dict(steps=1, loss="l2"), "unknown loss"),
     (dict(steps=1, optimizer="lion"), "unknown optimizer"),
     (dict(steps=1, input_size=(3, 32, 16)), "square"),
@@ -323,6 +325,30 @@ def test_train_with_init_reports_the_counts(data):
     r = train(TINY, plan=plan_for(["decoder.0.0"]), data=data, steps=1, init_from=base, **FAST)
     assert r.init["loaded"] == len(base.state_dict()) - 1
     assert r.metrics["init_loaded"] == r.init["loaded"] and r.metrics["init_total"] > r.init["loaded"]
+
+
+def test_new_parameters_train_at_their_own_learning_rate(data):
+    """A warm-started model fine-tunes what it loaded at `lr` and its new blocks at `new_lr`."""
+    base = train(TINY, data=data, steps=2, **FAST).model
+    model = tiny()
+    from cubesearch.conversion import convert
+
+    model = convert(model, plan_for(["decoder.0.0"]))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    r = train(model, plan=plan_for(["decoder.0.0"]), data=data, steps=1, init_from=base,
+              optimizer="sgd", lr=1e-30, new_lr=0.5, warmup=0, min_lr_ratio=1.0, **FAST)
+    new = [n for n in before if n.startswith("decoder.0.0.")]
+    assert new and r.metrics["lr"] == 1e-30 and r.metrics["new_lr"] == 0.5
+    loaded = base.state_dict()
+    for n, p in r.model.named_parameters():
+        if n in new:
+            assert not torch.equal(p.detach(), before[n]), n  # the block moved at 0.5 …
+        else:
+            torch.testing.assert_close(p.detach(), loaded[n], rtol=0, atol=1e-12)  # … the rest did not
+    groups = param_groups(r.model, 1e-3, 4e-3, r.init)
+    assert [g["lr"] for g in groups] == [1e-3, 4e-3]
+    assert sum(len(g["params"]) for g in groups) == len(list(r.model.parameters()))
+    assert [g["lr"] for g in param_groups(r.model, 1e-3, None, r.init)] == [1e-3]
 
 
 def batch_stream(dataset, n=8):

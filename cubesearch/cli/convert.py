@@ -144,7 +144,8 @@ def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, con
                    f"(pick = preset {preset!r})", columns)
     for i, s in enumerate(report.sites, 1):
         share = f"{100 * s.macs / base:.2f}%" if base else "–"
-        row = [str(i), s.name, s.role, f"{s.in_channels}→{s.out_channels}"]
+        role = f"{s.role} (logits)" if getattr(s, "prediction", False) else s.role
+        row = [str(i), s.name, role, f"{s.in_channels}→{s.out_channels}"]
         row += [str(s.stride)] if strided else []
         row += [s.resolution] + ([str(s.calls)] if twice else [])
         row += [f"{s.macs / 1e9:.3f}", share, "✓" if s.name in chosen else ""]
@@ -174,6 +175,10 @@ def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, con
         if twice_sites:
             console.print(f"{len(twice_sites)} site(s) called more than once (one block serves every "
                           f"call): {', '.join(s.name for s in twice_sites[:5])}")
+        logits = [s.name for s in report.sites if getattr(s, "prediction", False)]
+        if logits:
+            console.print(f"{logits[0]} computes the logits: search spaces leave it alone unless "
+                          "they set `prediction_conv: true`.")
         if report.skipped and not show_all:
             console.print(f"Not eligible: {_skipped_summary(report.skipped)} (--all lists them).")
     flops = (f"{_g(base)} GFLOPs (fvcore, eval, batch 1, counted in {report.flops_seconds:.2f} s)"

@@ -47,7 +47,9 @@ def search(
     train_tiles: int = typer.Option(192, help="Synthetic training tiles."),
     val_tiles: int = typer.Option(64, help="Synthetic validation tiles."),
     batch_size: int = typer.Option(8),
-    lr: float = typer.Option(2e-3),
+    lr: float = typer.Option(2e-3, help="Peak learning rate of the baseline and of a trial's new blocks."),
+    trial_lr: float = typer.Option(None, help="Peak learning rate of the weights a trial takes from the "
+                                   "trained baseline (default: --lr / 4)."),
     sampler: str = typer.Option("nsga2", help="nsga2, tpe or random."),
     classes: int = typer.Option(1, help="Output classes (1: binary buildings)."),
     pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
@@ -79,7 +81,8 @@ def search(
         distill_steps=distill_steps, storage=storage,
         study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
         input_size=parse_input_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
-        val_tiles=val_tiles, batch_size=batch_size, lr=lr, sampler=sampler, num_classes=classes,
+        val_tiles=val_tiles, batch_size=batch_size, lr=lr, trial_lr=trial_lr, sampler=sampler,
+        num_classes=classes,
         pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console)
     if as_json:
