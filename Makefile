@@ -35,10 +35,11 @@ bench: install
 	$(PY) benchmarks/search.py --skip-samplers --out benchmarks/results/search-cost.md
 
 # About an hour or more on 2 CPU cores: training speed and memory, the learning check, the
-# samplers' hypervolume, the Ray backend.
+# samplers' hypervolume, the Ray backend, the trials' learning rates.
 bench-slow: install
 	$(PY) benchmarks/train.py --out benchmarks/results/train.md
 	$(PY) benchmarks/train.py --learning --out benchmarks/results/train-learning.md
+	$(PY) benchmarks/trial_lr.py
 	$(PY) benchmarks/search.py --skip-cost --out benchmarks/results/search-samplers.md
 	$(PY) benchmarks/search_ray.py
 
