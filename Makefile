@@ -18,7 +18,7 @@ demo: install
 	$(VENV)/bin/cubesearch demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -73,6 +73,7 @@ def test_train_on_a_folder_dataset(tmp_path):
     ([TINY, "--steps", "1", "--loss", "focal"], "focal"),
     ([TINY, "--steps", "1", "--input-size", "3x32"], "input size '3x32' must be three positive numbers"),
     ([TINY, "--steps", "1", "--data", "no/such/folder"], "no/such/folder"),
+    ([TINY, "--steps", "1", "--new-lr", "-1"], "--new-lr must be a positive number, not -1.0"),
 ])
 def test_bad_train_input_is_one_error_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "run"

@@ -56,6 +56,8 @@ def train(
                                   "names and shapes match)."),
     distill_steps: int = typer.Option(0, help="First fit each Cube block to the conv it replaces on N "
                                               "batches (local distillation; needs --init)."),
+    new_lr: float = typer.Option(None, help="With --init: peak learning rate of the parameters it "
+                                 "did not load (the new blocks); the loaded ones use --lr."),
     val_split: float = typer.Option(None, help="Fraction held out for validation (folders without val/)."),
     train_tiles: int = typer.Option(None, help="Synthetic training tiles (default 256)."),
     val_tiles: int = typer.Option(None, help="Synthetic validation tiles (default 64)."),
@@ -85,7 +87,8 @@ def train(
         seed=seed, lr=DEFAULT_LR if lr is None else lr,
         batch_size=DEFAULT_BATCH if batch_size is None else batch_size,
         init_from=init, num_classes=classes, loss=loss, optimizer=optimizer, weight_decay=weight_decay,
-        warmup=warmup, distill_steps=distill_steps, train_tiles=train_tiles, val_tiles=val_tiles,
+        warmup=warmup, distill_steps=distill_steps, new_lr=new_lr, train_tiles=train_tiles,
+        val_tiles=val_tiles,
         val_split=val_split, crops_per_image=crops_per_image, eval_every=eval_every, device=device,
         amp=amp, channels_last=channels_last, pretrained=pretrained, workers=workers,
         console=console, log=console.print, progress=True)
