@@ -36,6 +36,7 @@ from rich.markdown import Markdown
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TINY = "tests/assets/tiny_seg.py"
+DEFAULT_OUT = RESULTS / "search.md"
 
 
 def machine() -> str:
@@ -305,7 +306,7 @@ def main() -> None:
     ap.add_argument("--epochs-per-trial", type=float, default=2)
     ap.add_argument("--baseline-epochs", type=float, default=8)
     ap.add_argument("--work", default="/tmp/cubesearch-bench-search")
-    ap.add_argument("--out", default=str(RESULTS / "search.md"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args()
     os.environ.setdefault("CUBESEARCH_NO_PROGRESS", "1")
     warnings.filterwarnings("ignore")
@@ -327,7 +328,7 @@ def main() -> None:
     report = "\n".join(parts)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.skip_cost or args.skip_samplers:  # keep the other section of an earlier run
+    if (args.skip_cost or args.skip_samplers) and out == DEFAULT_OUT:  # keep the other section
         out = out.with_name(out.stem + ("-samplers" if args.skip_cost else "-cost") + out.suffix)
     out.write_text(report)
     Console(width=140).print(Markdown(report))
