@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial-lr.md"))
     args = ap.parse_args()
 
+    from cubesearch.cli.demo import DEMO_TRAINING
     from cubesearch.searching import (
         SearchSettings,
         build_context,
@@ -73,10 +74,8 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    # the demo's settings (cubesearch demo)
     settings = SearchSettings(model=args.model, budget=args.budget, out=args.work, seed=args.seed,
-                              epochs_per_trial=2.0, baseline_epochs=12.0, tile_size=64,
-                              train_tiles=384, val_tiles=48, distill_steps=100)
+                              **DEMO_TRAINING)
     ctx = build_context(settings, progress=False)
     ensure_datasets(ctx)
     ensure_baseline(ctx, progress=False)

@@ -525,15 +525,19 @@ class TrialCounts:
                 trained += 1
         return cls(trained, rejected, failed)
 
+    def gave_up(self, wanted: int) -> bool:
+        """Short of its trained trials after so many rejected plans that the search stops."""
+        return self.trained < wanted and self.rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
+
     def finished(self, wanted: int) -> bool:
-        """The search has its trained trials, or has rejected so many plans that it gives up."""
-        return self.trained >= wanted or self.rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
+        """The search has its trained trials, or has given up."""
+        return self.trained >= wanted or self.gave_up(wanted)
 
     def all_failed(self) -> bool:
         return self.failed >= 3 and self.trained + self.rejected == 0
 
     def tight_budget_note(self, wanted: int) -> str | None:
-        if self.trained >= wanted or self.rejected < MAX_REJECTIONS_PER_TRIAL * wanted:
+        if not self.gave_up(wanted):
             return None
         return (f"stopped after {self.rejected} plans over budget with {self.trained} of {wanted} "
                 "trials trained: the budget is tight for this space; raise --budget or narrow the "

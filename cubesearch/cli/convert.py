@@ -144,7 +144,7 @@ def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, con
                    f"(pick = preset {preset!r})", columns)
     for i, s in enumerate(report.sites, 1):
         share = f"{100 * s.macs / base:.2f}%" if base else "–"
-        role = f"{s.role} (logits)" if getattr(s, "prediction", False) else s.role
+        role = f"{s.role} (logits)" if s.prediction else s.role
         row = [str(i), s.name, role, f"{s.in_channels}→{s.out_channels}"]
         row += [str(s.stride)] if strided else []
         row += [s.resolution] + ([str(s.calls)] if twice else [])
@@ -175,7 +175,7 @@ def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, con
         if twice_sites:
             console.print(f"{len(twice_sites)} site(s) called more than once (one block serves every "
                           f"call): {', '.join(s.name for s in twice_sites[:5])}")
-        logits = [s.name for s in report.sites if getattr(s, "prediction", False)]
+        logits = [s.name for s in report.sites if s.prediction]
         if logits:
             console.print(f"{logits[0]} computes the logits: search spaces leave it alone unless "
                           "they set `prediction_conv: true`.")

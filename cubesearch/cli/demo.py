@@ -15,6 +15,9 @@ from rich.table import Table
 from cubesearch.cli.app import app, out_console, print_json
 
 DEMO_MODEL = "smp:Unet:resnet18"
+# How the demo trains (SearchSettings fields): small enough for about 10 minutes on 2 CPU cores.
+DEMO_TRAINING = dict(epochs_per_trial=2.0, baseline_epochs=12.0, tile_size=64, train_tiles=384,
+                     val_tiles=48, distill_steps=100)
 
 
 def cost_table_rows(channels: int = 96, size: int = 128) -> list[dict]:
@@ -60,11 +63,14 @@ def demo(
     trials: int = typer.Option(10, help="Trained trials (the baseline and FullCube references included; "
                                         "plans over budget are rejected free and not counted)."),
     out: str = typer.Option("runs/demo", "--out", "-o", help="Folder for the study and exports."),
-    epochs_per_trial: float = typer.Option(2.0, help="Training epochs per trial."),
-    baseline_epochs: float = typer.Option(12.0, help="Training epochs of the baseline."),
-    tile_size: int = typer.Option(64, help="Synthetic tile size for training."),
-    train_tiles: int = typer.Option(384, help="Synthetic training tiles."),
-    distill_steps: int = typer.Option(100, help="Distillation batches per trial before training."),
+    epochs_per_trial: float = typer.Option(DEMO_TRAINING["epochs_per_trial"],
+                                           help="Training epochs per trial."),
+    baseline_epochs: float = typer.Option(DEMO_TRAINING["baseline_epochs"],
+                                         help="Training epochs of the baseline."),
+    tile_size: int = typer.Option(DEMO_TRAINING["tile_size"], help="Synthetic tile size for training."),
+    train_tiles: int = typer.Option(DEMO_TRAINING["train_tiles"], help="Synthetic training tiles."),
+    distill_steps: int = typer.Option(DEMO_TRAINING["distill_steps"],
+                                       help="Distillation batches per trial before training."),
     space: str = typer.Option("default", help="Search space."),
     cost_only: bool = typer.Option(False, "--cost-only", help="Only print the block's cost table."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -88,7 +94,8 @@ def demo(
     console.rule(f"search: {model}, budget {budget}, {trials} trials")
     result = search(model, budget, space=space, trials=trials, out=str(folder / "search"),
                     epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs,
-                    tile_size=tile_size, train_tiles=train_tiles, val_tiles=48, distill_steps=distill_steps,
+                    tile_size=tile_size, train_tiles=train_tiles, val_tiles=DEMO_TRAINING["val_tiles"],
+                    distill_steps=distill_steps,
                     console=console)
     console.print(front_table(result, f"Pareto front (budget {result.budget_gflops:.3f} GFLOPs)"))
     console.rule("export")
