@@ -13,6 +13,7 @@ import warnings
 import click
 
 from cubesearch.cli.app import app
+from cubesearch.errors import one_line
 
 # Each module adds its commands to `app` on import (one module per step of the data flow).
 from cubesearch.cli import demo as _demo  # noqa: E402,F401  isort: skip
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for the user, traceback on request
         if debug:
             traceback.print_exc()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0
 
