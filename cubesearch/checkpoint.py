@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -174,7 +174,7 @@ def load(folder: str | os.PathLike, *, device: str = "cpu", strict: bool = True)
         missing, unexpected = load_weights(model, weights, strict=False, device=device)
     except Exception as exc:  # noqa: BLE001 - shape mismatch, corrupt file…
         raise CubesearchError(f"{weights}: cannot load the weights: "
-                              f"{str(exc).strip().splitlines()[0]}") from exc
+                              f"{one_line(exc)}") from exc
     if strict and (missing or unexpected):
         detail = (f"missing {', '.join(missing[:3])}" if missing else "") + (
             ("; " if missing and unexpected else "")

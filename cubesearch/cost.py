@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cubesearch.blocks import CubeConfig, block_cost
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 
 
 def fvcore_flops(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
@@ -70,7 +70,7 @@ def count_flops_by_module(model: nn.Module, input_size: Sequence[int] | str = (3
     try:
         return fvcore_counts(model, (x,))
     except Exception as exc:  # noqa: BLE001 - one clear line
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = one_line(exc)
         hint = ""
         if "more than 1 value per channel" in text:
             hint = " (train-mode BatchNorm needs batch > 1 here: count in eval mode or batch=2)"

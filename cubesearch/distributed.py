@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 from cubesearch.searching import (
     OBJECTIVE_DIRECTIONS,
     SearchContext,
@@ -503,7 +503,7 @@ def connect(settings: SearchSettings) -> bool:
     try:
         ray.init(address=address, **common)
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = one_line(exc)
         if "auth" in type(exc).__name__.lower() or "Authentication" in message:
             raise CubesearchError(
                 f"the Ray cluster at {address} refused this driver's credentials: {message} "

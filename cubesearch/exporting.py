@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from cubesearch.checkpoint import write_manifest
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
 
 FORMATS = ("safetensors", "onnx", "torchscript")
@@ -51,7 +51,7 @@ def open_study_source(source: str | Path, study_name: str | None = None):
     try:
         names = optuna.get_all_study_names(storage=url)
     except Exception as exc:
-        raise CubesearchError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+        raise CubesearchError(f"cannot open storage {url!r}: {one_line(exc)}") from None
     if study_name is None:
         if len(names) != 1:
             raise CubesearchError(f"{url} holds {len(names)} studies ({', '.join(names) or 'none'}); "

@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 
 SPEC_FORMS = "timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME] or package.module:callable"
 
@@ -172,16 +172,11 @@ def _load_smp(spec: ModelSpec, num_classes: int, in_channels: int, pretrained: b
 
 
 def _factory_error(spec: str, exc: BaseException, pretrained: bool) -> str:
-    msg = _first_line(exc)
+    msg = one_line(exc, with_type=True)
     if pretrained and any(w in msg.lower() for w in ("connect", "resolve", "download", "hub", "http",
                                                       "offline", "network")):
         return f"{spec}: could not download pretrained weights ({msg}); try without --pretrained"
     return f"{spec}: could not build the model: {msg}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 # --- user files and importable callables -------------------------------------------------------
@@ -228,7 +223,8 @@ def import_file(path: str | Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - anything the user's code raises at import
         _restore(name, previous)
         raise CubesearchError(
-            f"{_user_frame(exc, str(file))}: {_first_line(exc)} (while importing {shown})") from exc
+            f"{_user_frame(exc, str(file))}: {one_line(exc, with_type=True)} "
+            f"(while importing {shown})") from exc
     finally:
         if added:
             with contextlib.suppress(ValueError):
@@ -284,7 +280,7 @@ def _call_factory(obj: Any, where: str, num_classes: int, in_channels: int, pret
         raise
     except Exception as exc:  # noqa: BLE001
         loc = _user_frame(exc, filename) if filename else where
-        raise CubesearchError(f"{loc}: {_first_line(exc)} (while building {where})") from exc
+        raise CubesearchError(f"{loc}: {one_line(exc, with_type=True)} (while building {where})") from exc
 
 
 def _load_file(spec: ModelSpec, num_classes: int, in_channels: int, pretrained: bool,
@@ -315,7 +311,8 @@ def _load_import(spec: ModelSpec, num_classes: int, in_channels: int, pretrained
     except ModuleNotFoundError as exc:
         raise CubesearchError(f"{spec.text}: no module named {exc.name!r}") from exc
     except Exception as exc:  # noqa: BLE001
-        raise CubesearchError(f"{spec.text}: {_first_line(exc)} (while importing {spec.name})") from exc
+        raise CubesearchError(f"{spec.text}: {one_line(exc, with_type=True)} "
+                              f"(while importing {spec.name})") from exc
     if not hasattr(module, spec.attr or ""):
         raise CubesearchError(
             f"module {spec.name} has no {spec.attr!r}{_close(spec.attr or '', _defined_names(module))}")

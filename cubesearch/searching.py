@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
 from cubesearch.space import SearchSpace, parse_budget
 
@@ -281,7 +281,7 @@ def make_storage(url: str):
             if racing and attempt < attempts - 1:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise CubesearchError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+            raise CubesearchError(f"cannot open storage {url!r}: {one_line(exc)}") from None
     raise AssertionError("unreachable")
 
 

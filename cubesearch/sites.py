@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 
 TRACE_PATHS = ("export", "fx", "hooks")
 ROLES = ("encoder", "decoder")
@@ -527,7 +527,8 @@ def _fx_graph(model: nn.Module, x: torch.Tensor) -> tuple[Any, nn.Module, str]:
                 graph = meta.trace(model, meta_args={params[0]: mode.from_tensor(x)})
         except Exception:  # noqa: BLE001
             raise plain from None
-        return graph, meta.root, f"fx: plain symbolic_trace failed ({_one_line(plain)}); " \
+        why = one_line(plain, with_type=True, limit=300)
+        return graph, meta.root, f"fx: plain symbolic_trace failed ({why}); " \
                                  "traced with fx's MetaTracer (concrete shapes)"
 
 
@@ -575,7 +576,7 @@ def trace_convs(model: nn.Module, input_size: Sequence[int], *, trace: str = "au
                 last = exc
                 label = "hooks (real tensors)" if real else ("hooks (fake tensors)"
                                                             if path == "hooks" else path)
-                notes.append(f"{label} failed: {_one_line(exc)}")
+                notes.append(f"{label} failed: {one_line(exc, with_type=True, limit=300)}")
                 continue
             if path == "hooks":
                 notes.append("shapes from " + ("real zero tensors" if real else "fake tensors"))
@@ -585,14 +586,9 @@ def trace_convs(model: nn.Module, input_size: Sequence[int], *, trace: str = "au
     assert last is not None
     c, h, w = input_size
     if trace != "auto":
-        raise CubesearchError(f"tracing with {trace!r} failed: {_one_line(last)}")
-    raise CubesearchError(f"the model rejects input {batch}×{c}×{h}×{w}: {_one_line(last)}")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {line}"[:300] if line else type(exc).__name__
+        raise CubesearchError(f"tracing with {trace!r} failed: {one_line(last, with_type=True, limit=300)}")
+    raise CubesearchError(f"the model rejects input {batch}×{c}×{h}×{w}: "
+                          f"{one_line(last, with_type=True, limit=300)}")
 
 
 def module_output_shapes(model: nn.Module, names: Iterable[str], input_size: Sequence[int],
@@ -638,7 +634,8 @@ def module_output_shapes(model: nn.Module, names: Iterable[str], input_size: Seq
             except Exception as exc:  # noqa: BLE001
                 c, h, w = input_size
                 raise CubesearchError(
-                    f"the model rejects input {batch}×{c}×{h}×{w}: {_one_line(exc)}") from exc
+                    f"the model rejects input {batch}×{c}×{h}×{w}: "
+                    f"{one_line(exc, with_type=True, limit=300)}") from exc
     return shapes
 
 
@@ -727,7 +724,7 @@ def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512)
         except CubesearchError:
             raise
         except Exception as exc:  # noqa: BLE001
-            notes.append(f"fvcore failed: {_one_line(exc)}")
+            notes.append(f"fvcore failed: {one_line(exc, with_type=True, limit=300)}")
         else:
             sites = [replace(s, flops=by_module.get(s.name, s.macs)) for s in sites]
     output_shapes = module_output_shapes(model, insertions, size) if insertions else {}

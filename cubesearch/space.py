@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 KNOBS = tuple(CubeConfig.model_fields)
@@ -109,7 +109,7 @@ class SearchSpace(BaseModel):
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise CubesearchError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise CubesearchError(f"{path}: not valid YAML: {one_line(exc)}") from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod

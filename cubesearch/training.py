@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cubesearch.data.transforms import IGNORE_INDEX, normalization
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 from cubesearch.metrics import SegmentationMetrics
 
 LOSSES = ("bce", "ce", "dice", "bce+dice", "ce+dice")
@@ -248,7 +248,7 @@ def _state_dict_of(source: Any) -> tuple[dict[str, torch.Tensor], str]:
             return load_file(str(path)), str(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader error is the user's file
-        raise CubesearchError(f"--init {path}: cannot read weights ({str(exc).splitlines()[0]})") from None
+        raise CubesearchError(f"--init {path}: cannot read weights ({one_line(exc)})") from None
     if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(state.get(key), dict):
