@@ -3,17 +3,21 @@
 `save` writes the folder atomically (a temp folder beside it, then a rename), so a reader never
 sees half a checkpoint and a failed save leaves nothing behind. `load` rebuilds the model from
 the plan's model spec + the plan + the weights: safetensors and JSON only, nothing unpickled.
-`manifest.json` records each file's size and SHA-256, so a truncated or altered file is an
-error at load time instead of a silently different model.
+`manifest.json` records each file's size and SHA-256; `load` refuses a folder without one, with
+a file missing, added or altered, so tampering is an error instead of a silently different
+model. Model code named by the plan runs only as `cubesearch.trust` allows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,16 +97,31 @@ def write_manifest(folder: Path) -> None:
 
 
 def verify_manifest(folder: Path) -> None:
-    """Raise if a file listed in the manifest is missing, truncated or altered. Folders written
-    before manifests existed (no manifest file) pass."""
+    """Raise unless `folder` holds a manifest that lists exactly the files in it (none missing,
+    none added) with the size and SHA-256 each has now. cubesearch writes one with every folder
+    it saves or exports; a folder without one is refused (`load(verify=False)` skips the check
+    for a hand-made folder)."""
     manifest = folder / MANIFEST
-    if not manifest.exists():
-        return
+    hint = " (load(verify=False) / --no-verify skips the check for a folder you made by hand)"
+    if not manifest.is_file():
+        raise CubesearchError(f"{folder} has no {MANIFEST}: cubesearch writes one with every "
+                              f"checkpoint, so this folder cannot be verified{hint}")
     try:
         files = json.loads(manifest.read_text())["files"]
         records = [(name, int(rec["bytes"]), str(rec["sha256"])) for name, rec in files.items()]
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CubesearchError(f"{manifest} is not a valid manifest (altered or truncated)") from None
+    if not records:
+        raise CubesearchError(f"{manifest} lists no file (altered){hint}")
+    bad = [name for name, _, _ in records
+           if not isinstance(name, str) or name in ("", ".", "..", MANIFEST) or Path(name).name != name]
+    if bad:
+        raise CubesearchError(f"{manifest} lists {bad[0]!r}, not a file of this folder (altered)")
+    listed = {name for name, _, _ in records}
+    extra = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in listed)
+    if extra:
+        raise CubesearchError(f"{folder / extra[0]} is not listed in {MANIFEST} (added after the "
+                              f"folder was written){hint}")
     for name, size, digest in records:
         path = folder / name
         if not path.is_file():
@@ -129,32 +148,36 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
-def _resolve_spec(spec: str, folder: Path) -> str:
-    """A relative model.py path is tried as given, then relative to the checkpoint folder and
-    its parents (so a checkpoint moved together with its model file still loads)."""
-    from cubesearch.models import parse_spec
-
-    parsed = parse_spec(spec) if not spec.startswith(("timm:", "smp:")) else None
-    if parsed is None or parsed.kind != "file" or Path(parsed.name).exists():
-        return spec
-    path = Path(parsed.name)
-    if path.is_absolute():
-        return spec
-    for base in (folder, *folder.resolve().parents):
-        candidate = base / path
-        if candidate.exists():
-            return str(candidate) + (f":{parsed.attr}" if parsed.attr else "")
-    return spec
+_VERIFY: contextvars.ContextVar[bool] = contextvars.ContextVar("cubesearch_verify", default=True)
 
 
-def load(folder: str | os.PathLike, *, device: str = "cpu", strict: bool = True) -> nn.Module:
-    """Rebuild a saved model: `load_model(plan.model, **plan.model_kwargs)`, `convert(…, plan)`,
-    then the safetensors weights. Returned in eval mode on `device`."""
+@contextlib.contextmanager
+def verification(enabled: bool) -> Iterator[None]:
+    """`load` calls within the block verify the manifest or not (the CLI's --no-verify)."""
+    token = _VERIFY.set(enabled)
+    try:
+        yield
+    finally:
+        _VERIFY.reset(token)
+
+
+def load(folder: str | os.PathLike, *, device: str = "cpu", strict: bool = True,
+         verify: bool | None = None, trust_code: bool = False, model: str | None = None
+         ) -> nn.Module:
+    """Rebuild a saved model: the plan's model spec (`plan.model`, `plan.model_kwargs`),
+    `convert(…, plan)`, then the safetensors weights. Returned in eval mode on `device`.
+
+    The folder must pass `verify_manifest` (`verify=False`, or `with verification(False)`,
+    skips it for a hand-made folder).
+    A plan naming model *code* (a model.py or package.module:callable) is imported only when
+    `cubesearch.trust` allows it: `model=` names that same spec, the file is one your own runs
+    used (same path, same SHA-256), or `trust_code=True`."""
     from safetensors.torch import load_model as load_weights
 
     from cubesearch.conversion import convert
-    from cubesearch.models import load_model
+    from cubesearch.models import load_model_from
     from cubesearch.plan import Plan
+    from cubesearch.trust import trust_model_code
 
     src = Path(folder)
     if not src.exists():
@@ -164,14 +187,15 @@ def load(folder: str | os.PathLike, *, device: str = "cpu", strict: bool = True)
     weights = src / WEIGHTS_FILE
     if not weights.exists():
         raise CubesearchError(f"{src} has no {WEIGHTS_FILE}")
-    verify_manifest(src)
+    if _VERIFY.get() if verify is None else verify:
+        verify_manifest(src)
     plan = Plan.load(src / PLAN_FILE)
-    kwargs = dict(plan.model_kwargs)
-    kwargs.pop("pretrained", None)  # the weights come from the checkpoint
-    model = load_model(_resolve_spec(plan.model, src), **kwargs)
-    model = convert(model, plan)
+    with trust_model_code(trust_code, specs=[model] if model else ()):
+        net = load_model_from(plan.model, source=src / PLAN_FILE, folder=src,
+                              **dict(plan.model_kwargs))
+    net = convert(net, plan)
     try:
-        missing, unexpected = load_weights(model, weights, strict=False, device=device)
+        missing, unexpected = load_weights(net, weights, strict=False, device=device)
     except Exception as exc:  # noqa: BLE001 - shape mismatch, corrupt file…
         raise CubesearchError(f"{weights}: cannot load the weights: "
                               f"{one_line(exc)}") from exc
@@ -180,4 +204,4 @@ def load(folder: str | os.PathLike, *, device: str = "cpu", strict: bool = True)
             ("; " if missing and unexpected else "")
             + (f"unexpected {', '.join(unexpected[:3])}" if unexpected else ""))
         raise CubesearchError(f"{weights} does not match the model its plan builds: {detail}")
-    return model.to(device).eval()
+    return net.to(device).eval()

@@ -85,6 +85,39 @@ def load_model(spec: str, *, num_classes: int = 1, in_channels: int = 3, pretrai
     if in_channels < 1:
         raise CubesearchError(f"in_channels must be ≥ 1, got {in_channels}")
     parsed = parse_spec(spec)
+    model = _build(parsed, num_classes, in_channels, pretrained, kwargs)
+    if parsed.kind == "file":  # the user named this file: later loads of its plans may import it
+        from cubesearch.trust import record_model_file
+
+        record_model_file(parsed.name)
+    return model
+
+
+def load_model_from(spec: str, *, source: str | Path, folder: str | Path | None = None,
+                    trust_code: bool = False, **kwargs: Any) -> nn.Module:
+    """Build the model a spec *read from a file* names (`source`: the plan, checkpoint or study
+    it came from). `timm:` / `smp:` specs build freely; a model file or importable callable only
+    when `cubesearch.trust` says the user trusts it, else one error line and nothing imported.
+    `kwargs` (the file's model_kwargs) must be plain JSON values; `pretrained` is dropped (the
+    weights come from the checkpoint)."""
+    from cubesearch.trust import checked_spec, file_kwargs
+
+    kwargs = file_kwargs(kwargs, source)
+    kwargs.pop("pretrained", None)
+    resolved = checked_spec(spec, source=source, folder=folder, trust_code=trust_code)
+    num_classes, in_channels = kwargs.pop("num_classes", 1), kwargs.pop("in_channels", 3)
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CubesearchError(f"{source}: model_kwargs.{key} must be a positive integer, "
+                                  f"got {value!r}")
+    if num_classes < 1 or in_channels < 1:
+        raise CubesearchError(f"{source}: model_kwargs num_classes and in_channels must be ≥ 1")
+    return _build(parse_spec(resolved), num_classes, in_channels, False, kwargs)
+
+
+def _build(parsed: ModelSpec, num_classes: int, in_channels: int, pretrained: bool,
+           kwargs: dict[str, Any]) -> nn.Module:
+    spec = parsed.text
     if parsed.kind == "timm":
         model = _load_timm(parsed, num_classes, in_channels, pretrained, kwargs)
     elif parsed.kind == "smp":

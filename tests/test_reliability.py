@@ -1,0 +1,217 @@
+"""Issue 14: folders, plans and studies from someone else. No model code runs unasked
+(`cubesearch.trust`), the manifest is mandatory, knob values are bounded, writes are atomic,
+and every message names the option or file and what would be accepted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import cubesearch
+import cubesearch.trust as trust
+from cubesearch.checkpoint import MANIFEST, save
+from cubesearch.cli import main
+from cubesearch.errors import CubesearchError
+from cubesearch.models import load_model
+from cubesearch.plan import Plan
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_SRC = ASSETS / "tiny_seg.py"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+@pytest.fixture
+def fresh_trust(tmp_path, monkeypatch):
+    """An empty store of trusted model files, and a process that has built no model from a file."""
+    monkeypatch.setenv(trust.STORE_ENV, str(tmp_path / "store" / "trusted.json"))
+    monkeypatch.setattr(trust, "_SEEN", {})
+
+
+def tiny_copy(folder: Path, marker: Path | None = None) -> Path:
+    """A copy of the tiny test model at a new path; with `marker`, importing it touches that file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / "model.py"
+    text = TINY_SRC.read_text()
+    if marker is not None:
+        text += f"\nfrom pathlib import Path as _P\n_P({str(marker)!r}).touch()\n"
+    file.write_text(text)
+    return file
+
+
+def checkpoint_of(folder: Path, spec: str, model_kwargs: dict | None = None) -> Path:
+    """A checkpoint folder (written by cubesearch, with its manifest) whose plan names `spec`."""
+    net = load_model(str(TINY_SRC))
+    plan = Plan(model=spec, model_kwargs=model_kwargs or {"num_classes": 1, "in_channels": 3},
+                input_size=(3, 32, 32))
+    return save(folder, net, plan)
+
+
+# --- trust of model code ------------------------------------------------------------------------
+
+
+def test_plan_naming_os_system_runs_nothing(tmp_path, fresh_trust, capsys):
+    marker = tmp_path / "pwned"
+    ck = checkpoint_of(tmp_path / "ck", "os:system", {"command": f"touch {marker}"})
+    with pytest.raises(CubesearchError, match=r"'os:system'.*--trust-model-code"):
+        cubesearch.load(ck)
+    assert not marker.exists()
+    code, _, err = run(capsys, "train", str(ck), "--steps", "1", "-o", str(tmp_path / "t"))
+    assert code == 1 and not marker.exists()
+    assert "os:system" in error_line(err) and "--trust-model-code" in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_model_py_shipped_in_a_folder_is_not_imported(tmp_path, fresh_trust, capsys):
+    marker = tmp_path / "imported"
+    ck = tmp_path / "ck"
+    checkpoint_of(ck, "model.py")
+    tiny_copy(tmp_path / "elsewhere", marker)
+    shutil.copy(tmp_path / "elsewhere" / "model.py", tmp_path / "model.py")  # above the folder
+    with pytest.raises(CubesearchError, match=r"'model.py' \(a Python file\).*--trust-model-code"):
+        cubesearch.load(ck)
+    assert not marker.exists()
+    # convert --plan reads the same plan: refused too, one line, nothing imported
+    code, _, err = run(capsys, "convert", "--plan", str(ck / "plan.json"))
+    assert code == 1 and not marker.exists()
+    assert "--trust-model-code" in error_line(err) and "model.py" in error_line(err)
+    # the user's explicit say-so imports it
+    model = cubesearch.load(ck, trust_code=True)
+    assert marker.exists() and isinstance(model, torch.nn.Module)
+
+
+def test_own_model_file_round_trip_needs_no_flag_until_it_changes(tmp_path, fresh_trust, capsys):
+    file = tiny_copy(tmp_path / "proj")
+    out = tmp_path / "conv"
+    code, _, err = run(capsys, "convert", str(file), "--input-size", "3x32x32", "-o", str(out))
+    assert code == 0, err
+    assert json.loads(Path(trust.store_path()).read_text())["files"] == {
+        str(file.resolve()): trust.file_sha256(file)}
+    trust._SEEN.clear()  # as a later process would: only the store on disk remembers
+    cubesearch.load(out)
+    code, _, err = run(capsys, "train", str(out), "--steps", "1", "--train-tiles", "4", "--val-tiles",
+                       "2", "--input-size", "3x32x32", "--batch-size", "2", "-o", str(tmp_path / "t"))
+    assert code == 0, err
+    file.write_text(file.read_text() + "\n# edited after the run\n")
+    with pytest.raises(CubesearchError, match="changed since"):
+        cubesearch.load(out)
+    cubesearch.load(out, model=str(file))  # naming the same spec is the user's say-so
+    cubesearch.load(out, trust_code=True)
+
+
+def test_importable_callable_from_a_file_needs_the_user(tmp_path, fresh_trust, monkeypatch):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    shutil.copy(TINY_SRC, pkg / "cs_test_models.py")
+    monkeypatch.syspath_prepend(str(pkg))
+    load_model("cs_test_models:build_model")  # the user's own run: never recorded for import specs
+    ck = checkpoint_of(tmp_path / "ck", "cs_test_models:build_model")
+    with pytest.raises(CubesearchError, match="an importable callable.*--trust-model-code"):
+        cubesearch.load(ck)
+    cubesearch.load(ck, model="cs_test_models:build_model")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_classes": 1, "width": {"nested": 1}}, r"model_kwargs.width must be a plain JSON value"),
+    ({"num_classes": 1, "checkpoint_path": "/tmp/evil.pth"}, r"model_kwargs.checkpoint_path is refused"),
+    ({"num_classes": True}, r"model_kwargs.num_classes must be a positive integer"),
+])
+def test_model_kwargs_from_a_file_are_plain_values(tmp_path, kwargs, message):
+    ck = checkpoint_of(tmp_path / "ck", str(TINY_SRC), kwargs)
+    with pytest.raises(CubesearchError, match=message):
+        cubesearch.load(ck)
+
+
+# --- the manifest is mandatory ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tampered(tmp_path):
+    """A good checkpoint with one flipped weight byte: only the manifest can tell."""
+    ck = checkpoint_of(tmp_path / "ck", str(TINY_SRC))
+    weights = ck / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return ck
+
+
+def test_deleted_manifest_is_refused(tampered):
+    (tampered / MANIFEST).unlink()
+    with pytest.raises(CubesearchError, match=r"has no manifest.json.*verify=False"):
+        cubesearch.load(tampered)
+    cubesearch.load(tampered, verify=False)  # the explicit escape hatch
+
+
+def test_empty_manifest_is_refused(tampered):
+    (tampered / MANIFEST).write_text(json.dumps({"version": 1, "files": {}}))
+    with pytest.raises(CubesearchError, match="lists no file"):
+        cubesearch.load(tampered)
+
+
+def test_partial_manifest_is_refused(tampered):
+    manifest = json.loads((tampered / MANIFEST).read_text())
+    del manifest["files"]["model.safetensors"]
+    (tampered / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CubesearchError, match=r"model.safetensors is not listed in manifest.json"):
+        cubesearch.load(tampered)
+
+
+def test_file_added_after_writing_is_refused(tmp_path):
+    ck = checkpoint_of(tmp_path / "ck", str(TINY_SRC))
+    (ck / "model.py").write_text("print('hi')\n")
+    with pytest.raises(CubesearchError, match=r"model.py is not listed in manifest.json"):
+        cubesearch.load(ck)
+
+
+def test_train_no_verify_loads_a_hand_made_folder(tmp_path, capsys):
+    ck = checkpoint_of(tmp_path / "ck", str(TINY_SRC))
+    (ck / MANIFEST).unlink()
+    args = ["train", str(ck), "--steps", "1", "--train-tiles", "4", "--val-tiles", "2",
+            "--input-size", "3x32x32", "--batch-size", "2", "-o", str(tmp_path / "t")]
+    code, _, err = run(capsys, *args)
+    assert code == 1 and "--no-verify" in error_line(err)
+    code, _, err = run(capsys, *args, "--no-verify")
+    assert code == 0, err
+
+
+# --- knob values --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"lattice_stride": True}, r"lattice_stride: expected 1 or 2, not a boolean"),
+    ({"fusion_kernel": True}, r"fusion_kernel: expected 1 or 3, not a boolean"),
+    ({"depth": 100000}, r"depth: Input should be less than or equal to 8"),
+    ({"groups": 0}, r"groups: Input should be greater than or equal to 1"),
+])
+def test_plan_knobs_are_validated_strictly(tmp_path, knobs, message):
+    data = {"version": 1, "model": "timm:resnet18", "sites": {"layer1.0.conv1": knobs}}
+    file = tmp_path / "plan.json"
+    file.write_text(json.dumps(data))
+    with pytest.raises(CubesearchError, match=message):
+        Plan.load(file)
+
+
+def test_groups_that_do_not_divide_are_reported_as_used(capsys):
+    code, out, err = run(capsys, "convert", str(TINY_SRC), "--input-size", "3x32x32", "--groups", "3",
+                         "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {r["groups_used"] for r in result["sites"]} == {1}
+    assert all("g1 (of 3)" in r["config_short"] for r in result["sites"])
+    assert any("groups 3 does not divide" in n for n in result["notes"])
