@@ -42,30 +42,49 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def search_api() -> Any:
-    """The search module exposing SearchSettings, build_context, ensure_datasets, ensure_baseline,
-    evaluate_plan and plan_cost (cubesearch.search after the package split, else .searching)."""
+    """The per-trial code path, wherever the search code keeps it: a namespace with
+    SearchSettings, build_context, ensure_datasets, ensure_baseline and evaluate_plan
+    (cubesearch.search and .search.context after the package split, else cubesearch.searching)."""
     import importlib
+    import types
 
-    names = ("SearchSettings", "build_context", "ensure_datasets", "ensure_baseline",
-             "evaluate_plan", "plan_cost")
-    for mod in ("cubesearch.search", "cubesearch.searching"):
+    names = ("SearchSettings", "build_context", "ensure_datasets", "ensure_baseline", "evaluate_plan")
+    found: dict[str, Any] = {}
+    for mod in ("cubesearch.search", "cubesearch.search.context", "cubesearch.searching"):
         try:
             m = importlib.import_module(mod)
         except ImportError:
             continue
-        if all(hasattr(m, n) for n in names):
-            return m
-    raise SystemExit("cannot find the per-trial evaluation (evaluate_plan) in cubesearch.search "
-                     "or cubesearch.searching")
+        for n in names:
+            if n not in found and hasattr(m, n):
+                found[n] = getattr(m, n)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SystemExit(f"cannot find the per-trial evaluation ({', '.join(missing)}) in "
+                         "cubesearch.search or cubesearch.searching")
+    return types.SimpleNamespace(**found)
+
+
+def outcome(out: Any) -> dict[str, Any]:
+    """evaluate_plan's result as a dict (a dict before the search package split, a TrialOutcome
+    after it)."""
+    if isinstance(out, dict):
+        return out
+    costs = dict(getattr(out, "costs", {}) or {})
+    return {"iou": float(out.iou), "gflops": costs.get("gflops"), "params": costs.get("params"),
+            "seconds": float(out.seconds), "checkpoint": out.checkpoint}
 
 
 def make_context(args: argparse.Namespace, baseline: bool = True) -> Any:
+    import inspect
+
     from cubesearch.cli.demo import DEMO_TRAINING
 
     api = search_api()
     settings = api.SearchSettings(model=args.model, budget=args.budget, out=str(args.work),
                                   seed=args.seed, **DEMO_TRAINING)
-    ctx = api.build_context(settings, progress=False)
+    kwargs = {"progress": False} if "progress" in inspect.signature(api.build_context).parameters else {}
+    ctx = api.build_context(settings, **kwargs)
     if baseline:
         api.ensure_datasets(ctx)
         api.ensure_baseline(ctx, progress=False, log=lambda m: print(m, flush=True))
@@ -158,7 +177,7 @@ def standalone(args: argparse.Namespace) -> None:
                 continue
             number = i + SEED_STRIDE * seed
             load0 = os.getloadavg()[0]
-            out = api.evaluate_plan(ctx, plan, number)
+            out = outcome(api.evaluate_plan(ctx, plan, number))
             result = {"plan": i, "label": label, "seed": seed, "trial_number": number,
                       "iou": out["iou"], "gflops": out["gflops"], "params": out["params"],
                       "gflops_estimate": ctx.cost.flops(plan) / 1e9, "sites_replaced": len(plan),
