@@ -43,6 +43,31 @@ def _replaceable(folder: Path) -> bool:
     return not names or PLAN_FILE in names or names <= _OURS
 
 
+def check_destination(folder: str | os.PathLike, *, option: str = "--out",
+                      replaceable: bool = True) -> Path:
+    """Refuse, before any work, a destination a command could not write: a file, a folder
+    holding something else (unless `replaceable` is False: any folder will do), or a place
+    under a file or in a folder the user cannot write to. Creates nothing."""
+    dest = Path(folder)
+    accepted = ("a new folder, an empty one, or a cubesearch checkpoint to replace" if replaceable
+                else "a new or existing folder")
+    if dest.exists() and not dest.is_dir():
+        raise CubesearchError(f"{option} {dest} is a file; give {accepted}")
+    if replaceable and not _replaceable(dest):
+        raise CubesearchError(f"{option} {dest} exists and is not a cubesearch checkpoint; "
+                              f"give {accepted}")
+    where = dest.absolute() if dest.exists() else dest.absolute().parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise CubesearchError(f"{option} {dest}: {where} is a file, so no folder can be made "
+                              f"there; give {accepted}")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise CubesearchError(f"{option} {dest}: cannot write in {where} (permission denied); "
+                              "give a folder you can write to")
+    return dest
+
+
 def save(folder: str | os.PathLike, model: nn.Module, plan: Any,
          metrics: dict[str, Any] | None = None) -> Path:
     """Write `plan.json`, `model.safetensors` (the full state dict: weights and BatchNorm
