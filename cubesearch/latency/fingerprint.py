@@ -1,0 +1,128 @@
+"""The device a latency table was measured on, as a comparable fingerprint.
+
+A latency figure is only meaningful on the device, thread count, torch build, batch size and
+dtype it was measured with: `Fingerprint` is those, and a table is reused only when its
+fingerprint equals the current one (`cubesearch.latency.table`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from cubesearch.errors import CubesearchError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a latency depends on besides the model: device, threads, torch, batch, dtype."""
+
+    device: str  # "cpu" or "cuda"
+    name: str  # CPU model (e.g. "AMD EPYC 7B13") or GPU name (e.g. "NVIDIA H200")
+    threads: int  # torch intra-op threads (CPU); 0 on a GPU
+    torch: str
+    batch: int
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
+        try:
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as exc:
+            raise CubesearchError(f"latency table: bad device fingerprint ({exc})") from None
+
+    def label(self) -> str:
+        where = (f"{self.name}, {self.threads} thread{'s' if self.threads != 1 else ''}"
+                 if self.device == "cpu" else self.name)
+        return f"{self.device} ({where}), torch {self.torch}, batch {self.batch}, {self.dtype}"
+
+    def differences(self, other: Fingerprint) -> list[str]:
+        """`field: mine → other` for every field that differs."""
+        return [f"{k}: {getattr(self, k)!r} → {getattr(other, k)!r}"
+                for k in self.__dataclass_fields__ if getattr(self, k) != getattr(other, k)]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` says."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def resolve_device(name: str) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N` → a device this process can run on (one `error:` line if not)."""
+    text = str(name).strip().lower()
+    if text == "gpu":
+        text = "cuda"
+    if text != "cpu" and not text.startswith("cuda"):
+        raise CubesearchError(f"--device {name!r}: choose cpu or cuda (cuda:N for another GPU)")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise CubesearchError(f"--device {name!r} is not a device (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not cuda_available():
+            raise CubesearchError(
+                f"--device {name}: no CUDA GPU is visible here (torch {torch.__version__}, "
+                f"torch.cuda.is_available() is False); profile with --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CubesearchError(f"--device {name}: only {count} CUDA device(s) here")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    key = DTYPE_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if key not in DTYPES:
+        raise CubesearchError(f"--dtype {name!r}: choose {', '.join(DTYPES)}")
+    if device.type == "cpu" and key == "float16":
+        raise CubesearchError("--dtype float16 is for --device cuda (CPU convs in float16 are not "
+                              "a deployment form); use float32 or bfloat16 on a CPU")
+    return DTYPES[key]
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The intra-op thread count to measure with (default: torch's current one)."""
+    if threads is None:
+        return torch.get_num_threads()
+    if threads < 1:
+        raise CubesearchError(f"--threads {threads}: must be at least 1")
+    cores = os.cpu_count() or threads
+    if threads > cores:
+        raise CubesearchError(f"--threads {threads}: this machine has {cores} CPU cores")
+    return threads
+
+
+def device_fingerprint(device: torch.device | str = "cpu", *, threads: int | None = None,
+                       batch: int = 1, dtype: torch.dtype | str = torch.float32) -> Fingerprint:
+    """The fingerprint of measuring on `device` now (`threads` default: torch's current count)."""
+    dev = torch.device(device) if isinstance(device, str) else device
+    dt = dtype if isinstance(dtype, torch.dtype) else DTYPES[DTYPE_ALIASES.get(dtype, dtype)]
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        n_threads = 0
+    else:
+        name = cpu_name()
+        n_threads = resolve_threads(threads)
+    return Fingerprint(device=dev.type, name=name, threads=n_threads,
+                       torch=str(torch.__version__), batch=int(batch),
+                       dtype=str(dt).removeprefix("torch."))
