@@ -21,6 +21,7 @@ from cubesearch.cli import convert as _convert  # noqa: E402,F401  isort: skip
 from cubesearch.cli import train as _train  # noqa: E402,F401  isort: skip
 from cubesearch.cli import search as _search  # noqa: E402,F401  isort: skip
 from cubesearch.cli import export as _export  # noqa: E402,F401  isort: skip
+from cubesearch.cli import profile as _profile  # noqa: E402,F401  isort: skip
 
 __all__ = ["app", "main"]
 
