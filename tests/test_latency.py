@@ -1,0 +1,355 @@
+"""Latency as a cost (issue 18): table keying and reuse, the latency model against a
+hand-computed table, budget forms, the CUDA paths (mocked) and the errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cubesearch.blocks import CubeConfig
+from cubesearch.errors import CubesearchError
+from cubesearch.latency import (
+    Correction,
+    LatencyModel,
+    LatencyTable,
+    device_fingerprint,
+    fit_correction,
+    measure,
+    model_key,
+    profile,
+    profile_latency,
+)
+from cubesearch.latency import fingerprint as fpmod
+from cubesearch.latency.budget import Budget, budget_objective, parse_time, resolve_budget
+from cubesearch.latency.fingerprint import Fingerprint, resolve_device, resolve_dtype
+from cubesearch.latency.table import block_key, conv_key
+from cubesearch.space import SearchSpace
+
+TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
+SMALL_SPACE = {"name": "small", "sites": "all", "mode": "per_site",
+               "knobs": {"lattice_stride": [2], "groups": [1, 4], "router": ["pre"],
+                         "attention": [True], "depth": [1], "fusion_kernel": [3], "act": ["gelu"]}}
+A = CubeConfig(groups=1)
+B = CubeConfig(groups=4)
+
+
+def fp(**kw) -> Fingerprint:
+    base = dict(device="cpu", name="Test CPU", threads=1, torch="2.x", batch=1, dtype="float32")
+    return Fingerprint(**{**base, **kw})
+
+
+class FakeTimer:
+    """Deterministic 'seconds' per call: no real timing in these tests."""
+
+    kind = "fake"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, fn) -> float:
+        self.calls += 1
+        return 1e-3
+
+
+@pytest.fixture
+def fake_timer(monkeypatch):
+    timer = FakeTimer()
+    monkeypatch.setattr(profile, "make_timer", lambda device: timer)
+    return timer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from cubesearch.models import load_model
+    from cubesearch.sites import find_sites
+
+    model = load_model(TINY)
+    return model, find_sites(model, (3, 32, 32), flops=False)
+
+
+# --- table keying and reuse -------------------------------------------------------------------
+
+
+def test_table_reused_on_same_fingerprint_remeasured_on_another(tmp_path, tiny, fake_timer):
+    model, report = tiny
+    space = SearchSpace.from_dict(SMALL_SPACE)
+    path = tmp_path / "latency.json"
+    table, status = LatencyTable.open(path, fp())
+    assert status == "new"
+    stats = profile_latency(model, report, space, spec="tiny", table=table,
+                            device=torch.device("cpu"), dtype=torch.float32, repeats=1, warmup=0)
+    table.save(path)
+    # 5 sites (the 1x1 head is not one): a conv and 2 blocks each, all distinct shapes
+    assert stats.sites == 5 and stats.configs == 2
+    assert stats.ops_measured == stats.ops_needed == 15 and stats.ops_reused == 0
+    calls = fake_timer.calls
+
+    again, status = LatencyTable.open(path, fp())
+    assert status == "reused" and again.ops == table.ops
+    stats2 = profile_latency(model, report, space, spec="tiny", table=again,
+                             device=torch.device("cpu"), dtype=torch.float32, repeats=1, warmup=0)
+    assert stats2.ops_measured == 0 and stats2.ops_reused == 15
+    assert fake_timer.calls == calls  # nothing timed again
+
+    other, status = LatencyTable.open(path, fp(name="Another CPU", threads=2))
+    assert status.startswith("re-measuring") and "Another CPU" in status and "threads" in status
+    assert other.ops == {} and other.models == {}
+    stats3 = profile_latency(model, report, space, spec="tiny", table=other,
+                             device=torch.device("cpu"), dtype=torch.float32, repeats=1, warmup=0)
+    assert stats3.ops_measured == 15
+
+    _, status = LatencyTable.open(path, fp(), reprofile=True)
+    assert status == "re-measuring (--reprofile)"
+
+
+def test_table_json_round_trip_and_keys(tmp_path):
+    t = LatencyTable(fingerprint=fp(), ops={"k": 1.5})
+    t.models["m"] = {"layout": "contiguous", "base_us": 10.0, "sites": {}}
+    path = t.save(tmp_path / "t.json")
+    back = LatencyTable.load(path)
+    assert back.fingerprint == t.fingerprint and back.ops == t.ops and back.models == t.models
+    assert conv_key("contiguous", 8, 16, 1, 1, False, (32, 32)) == "contiguous|conv|8->16|s1|g1|b0|32x32"
+    assert block_key("channels_last", 8, 16, 2, (32, 32), B).startswith("channels_last|block|8->16|s2|32x32|")
+    assert model_key("smp:Unet:resnet18", (3, 512, 512)) == "smp:Unet:resnet18|3x512x512|classes=1"
+
+
+def test_table_from_another_device_is_one_error(tmp_path):
+    t = LatencyTable(fingerprint=fp(name="GPU X", device="cuda", threads=0))
+    with pytest.raises(CubesearchError, match="another device.*device: 'cuda' → 'cpu'"):
+        t.check_device(fp())
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(CubesearchError, match="not a cubesearch latency table"):
+        LatencyTable.load(tmp_path / "bad.json")
+    with pytest.raises(CubesearchError, match="not found"):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+# --- the latency model against a hand-computed table ------------------------------------------
+
+
+def hand_table() -> LatencyTable:
+    """Base 1000 µs; site a (8→8, called twice at 16×16 and 8×8), site b (8→16 at 16×16)."""
+    t = LatencyTable(fingerprint=fp())
+    L = "contiguous"
+    t.ops = {
+        conv_key(L, 8, 8, 1, 1, False, (16, 16)): 100.0,
+        conv_key(L, 8, 8, 1, 1, False, (8, 8)): 30.0,
+        conv_key(L, 8, 16, 1, 1, True, (16, 16)): 200.0,
+        block_key(L, 8, 8, 1, (16, 16), A): 60.0,
+        block_key(L, 8, 8, 1, (8, 8), A): 20.0,
+        block_key(L, 8, 8, 1, (16, 16), B): 150.0,
+        block_key(L, 8, 8, 1, (8, 8), B): 40.0,
+        block_key(L, 8, 16, 1, (16, 16), A): 50.0,
+        block_key(L, 8, 16, 1, (16, 16), B): 250.0,
+    }
+    t.models["m"] = {"layout": L, "base_us": 1000.0, "sites": {
+        "a": {"in": 8, "out": 8, "stride": 1, "groups": 1, "bias": False, "calls": [[16, 16], [8, 8]]},
+        "b": {"in": 8, "out": 16, "stride": 1, "groups": 1, "bias": True, "calls": [[16, 16]]}}}
+    return t
+
+
+def test_latency_model_matches_hand_computed_sums():
+    lat = LatencyModel(hand_table(), "m")
+    assert lat.predict_us({}) == 1000.0
+    assert lat.conv_us("a") == 130.0 and lat.block_us("a", A) == 80.0
+    assert lat.predict_us({"a": A}) == 1000 - 130 + 80
+    assert lat.predict_us({"a": B}) == 1000 - 130 + 190
+    assert lat.predict_us({"b": A}) == 1000 - 200 + 50
+    assert lat.predict_us({"a": A, "b": B}) == 1000 - 130 + 80 - 200 + 250
+    assert lat.latency_ms({"a": A, "b": A}) == pytest.approx((1000 - 130 + 80 - 200 + 50) / 1e3)
+    # with a correction: base − a·removed + b·added + c·sites
+    lat.correction = Correction(a=1.0, b=2.0, c=5.0)
+    assert lat.predict_us({"a": A}) == 1000 - 130 + 2 * 80 + 5
+    assert lat.raw_us({"a": A}) == 1000 - 130 + 80
+
+
+def test_fastest_plan_keeps_sites_where_blocks_are_slower():
+    lat = LatencyModel(hand_table(), "m")
+    space = SearchSpace.from_dict(SMALL_SPACE)
+
+    class S:
+        def __init__(self, name, cin, cout):
+            self.name, self.in_channels, self.out_channels, self.role = name, cin, cout, "decoder"
+
+    plan = lat.fastest_plan(space, [S("a", 8, 8), S("b", 8, 16)])
+    assert plan == {"a": A, "b": A}
+    lat.table.ops[block_key("contiguous", 8, 16, 1, (16, 16), A)] = 500.0  # now slower than the conv
+    lat2 = LatencyModel(lat.table, "m")
+    assert lat2.fastest_plan(space, [S("a", 8, 8), S("b", 8, 16)]) == {"a": A}
+
+
+def test_missing_op_and_unknown_site_are_clear_errors():
+    t = hand_table()
+    del t.ops[block_key("contiguous", 8, 16, 1, (16, 16), B)]
+    lat = LatencyModel(t, "m")
+    with pytest.raises(CubesearchError, match="not in the latency table.*--space"):
+        lat.predict_us({"b": B})
+    with pytest.raises(CubesearchError, match="was not profiled"):
+        lat.predict_us({"zz": A})
+    with pytest.raises(CubesearchError, match="no profile of other"):
+        LatencyModel(t, "other")
+
+
+def test_fit_correction_recovers_a_known_law():
+    base = 1000.0
+    truth = Correction(a=0.8, b=1.3, c=4.0)
+    samples = [(r, ad, n, truth.apply(base, r, ad, n))
+               for r, ad, n in [(100, 50, 1), (300, 120, 3), (200, 300, 2), (400, 100, 5), (50, 90, 1)]]
+    fit = fit_correction(samples, base)
+    assert (fit.a, fit.b, fit.c) == pytest.approx((0.8, 1.3, 4.0), rel=1e-6)
+    assert fit.n == 5 and fit.rms_pct == pytest.approx(0, abs=1e-6)
+    # too few samples for three terms: one common scale
+    one = fit_correction(samples[:2], base)
+    assert one.a == one.b and one.c == 0
+
+
+# --- budget forms -------------------------------------------------------------------------------
+
+
+def test_budget_forms():
+    assert parse_time("25ms") == 25_000 and parse_time("25 ms") == 25_000
+    assert parse_time("0.5s") == 500_000 and parse_time("2500us") == 2500 and parse_time("7µs") == 7
+    assert resolve_budget("25ms", ("iou", "latency")) == Budget("latency", 25_000, "25ms")
+    assert resolve_budget("20ms", ("iou", "gflops", "latency")).objective == "latency"
+    # relative: the first cost objective named
+    b = resolve_budget("60%", ("iou", "latency"), base_flops=1e10, base_latency_us=50_000)
+    assert b == Budget("latency", 30_000, "60%") and b.label() == "30.000 ms"
+    b = resolve_budget("60%", ("iou", "gflops", "latency"), base_flops=1e10, base_latency_us=50_000)
+    assert b.objective == "gflops" and b.value == pytest.approx(6e9)
+    b = resolve_budget("60%", ("iou", "latency", "gflops"), base_flops=1e10, base_latency_us=50_000)
+    assert b.objective == "latency"
+    # a FLOPs budget stays a FLOPs budget whatever the objectives
+    assert resolve_budget("5GFLOPs", ("iou", "latency")) == Budget("gflops", 5e9, "5GFLOPs")
+    assert budget_objective("60%", ("iou", "params")) == "gflops"
+
+
+def test_latency_budget_errors():
+    with pytest.raises(CubesearchError, match="latency budget.*no latency"):
+        resolve_budget("25ms", ("iou", "gflops"))
+    with pytest.raises(CubesearchError, match="must be positive"):
+        parse_time("0ms")
+    with pytest.raises(CubesearchError, match="latency, which is unknown"):
+        resolve_budget("50%", ("iou", "latency"), base_flops=1e9)
+
+
+# --- device, dtype and the CUDA paths (mocked: CI has no GPU) -----------------------------------
+
+
+def test_cuda_without_gpu_is_one_error(monkeypatch):
+    monkeypatch.setattr(fpmod, "cuda_available", lambda: False)
+    with pytest.raises(CubesearchError, match="--device cuda: no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(CubesearchError, match="choose cpu or cuda"):
+        resolve_device("tpu")
+    with pytest.raises(CubesearchError, match="float16 is for --device cuda"):
+        resolve_dtype("fp16", torch.device("cpu"))
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_cuda_fingerprint_and_timer_selection_with_a_mocked_gpu(monkeypatch):
+    monkeypatch.setattr(fpmod, "cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Mock 100")
+    dev = resolve_device("cuda")
+    assert dev.type == "cuda"
+    f = device_fingerprint(dev, batch=4, dtype="bf16")
+    assert (f.device, f.name, f.threads, f.batch, f.dtype) == ("cuda", "NVIDIA Mock 100", 0, 4, "bfloat16")
+    assert "NVIDIA Mock 100" in f.label()
+    with pytest.raises(CubesearchError, match="only 1 CUDA device"):
+        resolve_device("cuda:3")
+
+    assert isinstance(measure.make_timer(torch.device("cpu")), measure.CpuTimer)
+    timer = measure.make_timer(dev)
+    assert isinstance(timer, measure.CudaTimer) and timer.kind == "cuda_events"
+
+    events, syncs = [], []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            events.append(self)
+
+        def record(self):
+            self.at = len(syncs)
+
+        def elapsed_time(self, end):
+            return 2.5  # ms
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    seconds = timer(lambda: None)
+    assert seconds == pytest.approx(2.5e-3) and len(events) == 2 and len(syncs) == 2
+
+
+def test_cpu_fingerprint():
+    f = device_fingerprint("cpu", threads=1)
+    assert f.device == "cpu" and f.threads == 1 and f.name and f.torch == torch.__version__
+    assert Fingerprint.from_dict(json.loads(json.dumps(f.to_dict()))) == f
+    with pytest.raises(CubesearchError, match="--threads 0"):
+        device_fingerprint("cpu", threads=0)
+
+
+def test_time_interleaved_is_median_of_round_robin():
+    order = []
+    values = iter([5, 1, 3, 100, 2, 4])  # a: 5, 3, 2 → 3; b: 1, 100, 4 → 4
+
+    def timer(fn):
+        fn()
+        return next(values)
+
+    out = measure.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                   timer, repeats=3, warmup=1)
+    assert out == {"a": 3e6, "b": 4e6}
+    assert order == ["a", "b"] * 4  # warm-up round, then alternating
+
+
+def test_deploy_form_folds_blocks_and_keeps_outputs(tiny):
+    from cubesearch.blocks import CubeBlock, FoldedCubeBlock
+    from cubesearch.conversion import convert
+    from cubesearch.plan import Plan
+
+    model, report = tiny
+    plan = Plan(model="tiny", input_size=(3, 32, 32), sites={report.sites[1].name: B})
+    converted = convert(model, plan).eval()
+    deployed = measure.deploy_form(converted)
+    assert not any(isinstance(m, CubeBlock) for m in deployed.modules())
+    assert any(isinstance(m, FoldedCubeBlock) for m in deployed.modules())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(converted(x), deployed(x), atol=1e-4)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def test_profile_command_and_its_errors(tmp_path, capsys, monkeypatch):
+    from cubesearch.cli import main
+
+    timer = FakeTimer()
+    monkeypatch.setattr(profile, "make_timer", lambda device: timer)
+    space = tmp_path / "small.yaml"
+    import yaml
+
+    space.write_text(yaml.safe_dump(SMALL_SPACE))
+    out = tmp_path / "lat.json"
+    args = ["profile", TINY, "--input-size", "3x32x32", "--threads", "1", "--space", str(space),
+            "-o", str(out), "--repeats", "1", "--warmup", "0", "--calibrate", "2", "--json"]
+    assert main(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["status"] == "new" and payload["ops_measured"] == 15
+    assert payload["fingerprint"]["threads"] == 1 and payload["correction"]["n"] >= 1
+    saved = LatencyTable.load(out)
+    assert saved.timer == "fake" and len(saved.ops) == 15
+    assert main(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["status"] == "reused" and payload["ops_measured"] == 0
+
+    monkeypatch.setattr(fpmod, "cuda_available", lambda: False)
+    assert main(["profile", TINY, "--device", "cuda", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --device cuda: no CUDA GPU") and len(err) == 1
+    assert main(["profile", TINY, "--threads", "1", "--dtype", "int8", "-o", str(out)]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: --dtype 'int8'")
