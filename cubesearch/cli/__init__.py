@@ -19,6 +19,7 @@ from cubesearch.errors import one_line
 from cubesearch.cli import demo as _demo  # noqa: E402,F401  isort: skip
 from cubesearch.cli import convert as _convert  # noqa: E402,F401  isort: skip
 from cubesearch.cli import train as _train  # noqa: E402,F401  isort: skip
+from cubesearch.cli import data as _data  # noqa: E402,F401  isort: skip
 from cubesearch.cli import search as _search  # noqa: E402,F401  isort: skip
 from cubesearch.cli import export as _export  # noqa: E402,F401  isort: skip
 from cubesearch.cli import profile as _profile  # noqa: E402,F401  isort: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +51,6 @@ def _load(model: str, size: tuple[int, int, int], classes: int, pretrained: bool
 
     return load_model(model, num_classes=classes, in_channels=size[0], pretrained=pretrained,
                       **model_args)
-
-
-def _skipped_summary(skipped: dict[str, str]) -> str:
-    counts = Counter(skipped.values())
-    return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
 
 
 def _g(value: float | None, digits: int = 3) -> str:
@@ -133,6 +127,8 @@ def sites(
 
 
 def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, console: Any) -> None:
+    from cubesearch.conversion_report import skipped_summary
+
     base = report.base_flops
     strided = any(s.stride != 1 for s in report.sites)
     twice = any(s.calls > 1 for s in report.sites)
@@ -162,7 +158,7 @@ def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, con
         console.print(f"[bold]No eligible 3×3 conv[/bold] in {report.model} at "
                       f"{_size_text(report.input_size)}"
                       + (f" ({len(report.skipped)} convs not eligible: "
-                         f"{_skipped_summary(report.skipped)})" if report.skipped else "")
+                         f"{skipped_summary(report.skipped)})" if report.skipped else "")
                       + ". A block can still be inserted with `cubesearch convert --insert "
                         "after:MODULE`.")
     else:
@@ -180,7 +176,7 @@ def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, con
             console.print(f"{logits[0]} computes the logits: search spaces leave it alone unless "
                           "they set `prediction_conv: true`.")
         if report.skipped and not show_all:
-            console.print(f"Not eligible: {_skipped_summary(report.skipped)} (--all lists them).")
+            console.print(f"Not eligible: {skipped_summary(report.skipped)} (--all lists them).")
     flops = (f"{_g(base)} GFLOPs (fvcore, eval, batch 1, counted in {report.flops_seconds:.2f} s)"
              if base is not None else "GFLOPs not counted")
     console.print(f"Model: {flops}, {report.base_params:,} params. "
@@ -225,131 +221,21 @@ def convert(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Replace eligible 3×3 convs by Cube blocks (or insert blocks), report before/after."""
-    from cubesearch.checkpoint import _replaceable
-    from cubesearch.checkpoint import save as save_checkpoint
-    from cubesearch.conversion import convert as convert_model
-    from cubesearch.cost import CostModel, reference_flops
-    from cubesearch.plan import PRESETS, Plan, make_plan, parse_insertion
-    from cubesearch.sites import find_sites, module_output_shapes, parse_input_size
-    from cubesearch.trust import checked_spec, file_kwargs
+    from cubesearch.conversion_report import convert_spec  # torch loads here, not at --help
 
-    t0 = time.perf_counter()
-    if preset not in PRESETS:
-        raise CubesearchError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    if out is not None and not _replaceable(out):
-        raise CubesearchError(f"{out} exists and is not a cubesearch checkpoint; "
-                              "choose a new or empty folder")
-    config = _config(lattice_stride, groups, router, attention, depth, fusion_kernel, act)
-    file_plan = Plan.load(plan_file) if plan_file is not None else None
-    if model is None:
-        if file_plan is None:
-            raise CubesearchError("missing MODEL (a model spec, or --plan plan.json)")
-        model = checked_spec(file_plan.model, source=plan_file, folder=Path(plan_file).parent,
-                             trust_code=trust_model_code)  # code a file names runs only if trusted
-    extra = file_kwargs(file_plan.model_kwargs, plan_file) if file_plan is not None else {}
-    plan_classes = extra.pop("num_classes", None)
-    extra.pop("in_channels", None)
-    extra.update(_model_args(model_arg))
-    num_classes = int(classes if classes is not None else plan_classes or 1)
-    if input_size is not None:
-        size = parse_input_size(input_size)
-    elif file_plan is not None:
-        size = tuple(file_plan.input_size)
-    else:
-        size = (3, 512, 512)
-    insert_names = [parse_insertion(t) for t in insert or []]
-    if file_plan is not None:
-        insert_names += [n for n in file_plan.insertions if n not in insert_names]
-
-    net = _load(model, size, num_classes, pretrained, extra)
-    model_kwargs = {"num_classes": num_classes, "in_channels": size[0], **extra}
-    t_load = time.perf_counter() - t0
-    report = find_sites(net, size, depthwise=depthwise or file_plan is not None,
-                        strided=strided or file_plan is not None, trace=trace,
-                        insertions=insert_names, name=model)
-    notes: list[str] = []
-    if file_plan is not None:
-        plan = Plan(model=model, model_kwargs=model_kwargs, input_size=size,
-                    sites=dict(file_plan.sites),
-                    insertions={**file_plan.insertions, **{n: config for n in insert_names
-                                                           if n not in file_plan.insertions}})
-        plan.check(report)
-    else:
-        plan, notes = make_plan(report, model, preset=preset, config=config,
-                                include=include or (), exclude=exclude or (),
-                                insertions=insert_names, model_kwargs=model_kwargs)
-    cost = CostModel.from_report(report)
-    t1 = time.perf_counter()
-    estimate = cost.flops(plan)
-    cost_us = (time.perf_counter() - t1) * 1e6
-    converted = convert_model(net, plan)
-    after_flops = reference_flops(converted, size)
-    after_params = sum(p.numel() for p in converted.parameters())
-    expected_shape = report.output_shape
-    got = module_output_shapes(converted, [""], size)[""]
-    if expected_shape is not None and got and tuple(got[0]) != tuple(expected_shape):
-        raise CubesearchError(f"the converted model's output shape {tuple(got[0])} differs from "
-                              f"the original's {tuple(expected_shape)}")
-    if not report.sites:
-        notes.insert(0, f"no eligible 3×3 conv in {model}"
-                     + (f" ({_skipped_summary(report.skipped)})" if report.skipped else "")
-                     + "; the plan is empty")
-    elif not plan.sites and file_plan is None and preset != "none":
-        roles = Counter(s.role for s in report.sites)
-        notes.append(f"the {preset!r} preset picks no site ({dict(roles)} eligible); try "
-                     "--preset fullcube or --include REGEX")
-    saved = None
-    if out is not None:
-        saved = save_checkpoint(out, converted, plan)
-    rows = _site_rows(report, plan, cost)
-    fallback = [r for r in rows if r.get("groups_used", r["config"]["groups"]) != r["config"]["groups"]]
-    if fallback:
-        notes.append(f"groups {fallback[0]['config']['groups']} does not divide the fusion conv's "
-                     f"channels at {len(fallback)} site(s); their blocks use the gcd "
-                     f"(groups_used, e.g. g{fallback[0]['groups_used']} at {fallback[0]['site']})")
-    result = {
-        "model": model, "input_size": list(size), "trace_path": report.trace_path,
-        "before": {"gflops": report.base_flops / 1e9 if report.base_flops is not None else None,
-                   "params": report.base_params},
-        "after": {"gflops": after_flops / 1e9, "params": after_params,
-                  "gflops_cost_model": estimate / 1e9},
-        "cost_model_error": (estimate - after_flops) / after_flops if after_flops else 0.0,
-        "cost_model_microseconds": round(cost_us, 1),
-        "sites_eligible": len(report.sites), "sites_replaced": len(plan.sites),
-        "insertions": len(plan.insertions), "sites": rows, "plan": plan.to_dict(),
-        "output_shape": list(got[0]) if got else None, "out": str(saved) if saved else None,
-        "notes": notes, "seconds": {"load": round(t_load, 3), "trace": round(report.seconds, 3),
-                                    "total": round(time.perf_counter() - t0, 3)},
-    }
-    console = out_console(as_json)
+    report = convert_spec(
+        model, plan=plan_file, preset=preset,
+        config=_config(lattice_stride, groups, router, attention, depth, fusion_kernel, act),
+        include=include or (), exclude=exclude or (), insert=insert or (), depthwise=depthwise,
+        strided=strided, input_size=input_size, num_classes=classes, pretrained=pretrained,
+        model_kwargs=_model_args(model_arg), trace=trace, out=out, trust_model_code=trust_model_code)
+    result = report.to_dict()
     if as_json:
         print_json(result)
-    _print_convert(result, report, console)
+    _print_convert(result, out_console(as_json))
 
 
-def _site_rows(report: Any, plan: Any, cost: Any) -> list[dict[str, Any]]:
-    rows = []
-    for name, cfg in plan.sites.items():
-        s = report.site(name)
-        dflops, dparams = cost.site_delta(name, cfg)
-        conv = s.macs if s.flops is None else s.flops  # fvcore's count of the conv module
-        used = cfg.groups_used(s.in_channels, s.out_channels)  # the gcd where groups do not divide
-        rows.append({"site": name, "role": s.role, "in": s.in_channels, "out": s.out_channels,
-                     "stride": s.stride, "input_hw": list(s.input_hw), "calls": s.calls,
-                     "conv_gmacs": conv / 1e9, "block_gflops": (conv + dflops) / 1e9,
-                     "conv_params": s.params, "block_params": s.params + dparams,
-                     "config": cfg.to_dict(), "groups_used": used, "config_short": cfg.short(used)})
-    for name, cfg in plan.insertions.items():
-        dflops, dparams = cost.insertion_delta(name, cfg)
-        shape = report.output_shapes[name][0]
-        rows.append({"site": f"after:{name}", "role": "insertion", "in": shape[1], "out": shape[1],
-                     "stride": 1, "input_hw": list(shape[2:]), "calls": len(report.output_shapes[name]),
-                     "conv_gmacs": 0.0, "block_gflops": dflops / 1e9, "conv_params": 0,
-                     "block_params": dparams, "config": cfg.to_dict(), "config_short": cfg.short()})
-    return rows
-
-
-def _print_convert(result: dict[str, Any], report: Any, console: Any) -> None:
+def _print_convert(result: dict[str, Any], console: Any) -> None:
     before, after = result["before"], result["after"]
     summary = _table(f"{result['model']} at 1×{_size_text(tuple(result['input_size']))}",
                      [("", "left"), ("before", "right"), ("after", "right"), ("change", "right")])

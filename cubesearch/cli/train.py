@@ -1,17 +1,11 @@
-"""`cubesearch train MODEL`, and `cubesearch data preview|check` for the datasets."""
+"""`cubesearch train MODEL`: the options become a `TrainConfig`, the metrics a table."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from cubesearch.cli.app import app, out_console, print_json
-
-data_app = typer.Typer(help="Datasets: preview tiles and masks, check a dataset folder.",
-                       no_args_is_help=True, add_completion=False)
-app.add_typer(data_app, name="data")
 
 METRIC_ROWS = (("oa", "OA"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
                ("iou", "IoU"), ("miou", "mIoU"), ("loss", "Loss"))
@@ -51,6 +45,7 @@ def train(
     optimizer: str = typer.Option("adam", help="adam (the paper's), adamw or sgd."),
     weight_decay: float = typer.Option(0.0, help="Weight decay (AdamW uses 0.01 when 0)."),
     warmup: float = typer.Option(0.05, help="Linear warmup: a fraction of the steps (< 1) or a count."),
+    scheduler: str = typer.Option("cosine", help="Decay after the warmup: cosine, linear or constant."),
     init: str = typer.Option(None, "--init",
                              help="Warm start from a checkpoint folder or weights file (tensors whose "
                                   "names and shapes match)."),
@@ -84,23 +79,22 @@ def train(
     metrics) loads with `cubesearch.load`."""
     from cubesearch.checkpoint import verification
     from cubesearch.sites import parse_input_size
-    from cubesearch.training import DEFAULT_BATCH, DEFAULT_LR
+    from cubesearch.training import TrainConfig
     from cubesearch.training import train as run_training
     from cubesearch.trust import trust_model_code as trust_model_code_for
 
     console = out_console(as_json)
-    size = parse_input_size(input_size)
+    options = dict(epochs=epochs, steps=steps, input_size=parse_input_size(input_size), seed=seed,
+                   lr=lr, batch_size=batch_size, num_classes=classes, loss=loss, optimizer=optimizer,
+                   weight_decay=weight_decay, warmup=warmup, scheduler=scheduler,
+                   distill_steps=distill_steps, new_lr=new_lr,
+                   train_tiles=train_tiles, val_tiles=val_tiles, val_split=val_split,
+                   crops_per_image=crops_per_image, eval_every=eval_every, device=device, amp=amp,
+                   channels_last=channels_last, pretrained=pretrained, workers=workers)
+    config = TrainConfig.build(**{k: v for k, v in options.items() if v is not None})  # unset: defaults
     with trust_model_code_for(trust_model_code, specs=[model]), verification(not no_verify):
-        result = run_training(
-            model, plan=plan, data=data, epochs=epochs, steps=steps, input_size=size, out=out or None,
-            seed=seed, lr=DEFAULT_LR if lr is None else lr,
-            batch_size=DEFAULT_BATCH if batch_size is None else batch_size,
-            init_from=init, num_classes=classes, loss=loss, optimizer=optimizer, weight_decay=weight_decay,
-            warmup=warmup, distill_steps=distill_steps, new_lr=new_lr, train_tiles=train_tiles,
-            val_tiles=val_tiles,
-            val_split=val_split, crops_per_image=crops_per_image, eval_every=eval_every, device=device,
-            amp=amp, channels_last=channels_last, pretrained=pretrained, workers=workers,
-            console=console, log=console.print, progress=True)
+        result = run_training(model, config=config, plan=plan, data=data, init_from=init,
+                              out=out or None, console=console, log=console.print)
     m = result.metrics
     if as_json:
         print_json({"model": model, "plan": plan, "data": data,
@@ -112,112 +106,3 @@ def train(
         f"{m['steps']} steps ({m['epochs']:g} epochs) of batch {m['batch_size']} in "
         f"{m['seconds']:.1f} s ({m['images_per_second'] or 0:.1f} images/s training, {m['device']})"
         + (f"; checkpoint: {result.out_dir}" if result.out_dir else ""))
-
-
-# --- data -------------------------------------------------------------------------------------
-
-_COLOURS = ((0, 0, 0), (255, 255, 255), (110, 110, 110), (40, 150, 40))
-
-
-def colour_mask(mask, num_classes: int):
-    """(H, W) classes → (H, W, 3) uint8: background black, building white, road grey,
-    vegetation green (other classes hashed), ignore red."""
-    import numpy as np
-
-    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
-    for c in range(max(2, num_classes)):
-        colour = _COLOURS[c] if c < len(_COLOURS) else ((c * 97) % 256, (c * 57) % 256, (c * 31) % 256)
-        out[mask == c] = colour
-    out[mask == 255] = (220, 40, 40)
-    return out
-
-
-def preview_grid(dataset, n: int, columns: int, pad: int = 4):
-    """An RGB uint8 grid: each sample's image above its colour-coded mask."""
-    import numpy as np
-
-    n = min(n, len(dataset))
-    columns = max(1, min(columns, n))
-    rows = -(-n // columns)
-    cells = []
-    for i in range(n):
-        image, mask = dataset[i]
-        img = image.numpy()
-        if img.dtype != np.uint8:
-            img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-        img = img[:3].transpose(1, 2, 0) if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0).transpose(1, 2, 0)
-        cells.append(np.concatenate([img, np.full((pad, img.shape[1], 3), 255, np.uint8),
-                                     colour_mask(mask.numpy(), getattr(dataset, "num_classes", 1))], 0))
-    h, w = cells[0].shape[:2]
-    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, np.uint8)
-    for i, cell in enumerate(cells):
-        r, c = divmod(i, columns)
-        y, x = pad + r * (h + pad), pad + c * (w + pad)
-        grid[y:y + cell.shape[0], x:x + cell.shape[1]] = cell
-    return grid
-
-
-@data_app.command("preview")
-def preview(
-    data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
-    out: str = typer.Option("preview.png", "--out", "-o", help="PNG file to write."),
-    n: int = typer.Option(8, "-n", help="Number of tiles."),
-    columns: int = typer.Option(4, help="Tiles per row."),
-    size: int = typer.Option(256, help="Tile size."),
-    seed: int = typer.Option(0),
-    split: str = typer.Option("val", help="train (augmented) or val."),
-    classes: int = typer.Option(1, "--classes", help="Classes of the masks (synthetic: up to 4)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Write a PNG grid of tiles, each above its mask (building white; with --classes 4 road
-    grey and vegetation green)."""
-    from PIL import Image
-
-    from cubesearch.data import make_datasets
-    from cubesearch.errors import CubesearchError
-
-    if split not in ("train", "val"):
-        raise CubesearchError(f"--split must be train or val, not {split!r}")
-    if n < 1:
-        raise CubesearchError(f"-n must be at least 1, not {n}")
-    train_ds, val_ds = make_datasets(data, size, train_tiles=n, val_tiles=n, seed=seed,
-                                     num_classes=classes)
-    ds = train_ds if split == "train" else val_ds
-    grid = preview_grid(ds, n, columns)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
-    info = {"out": str(path), "tiles": min(n, len(ds)), "width": grid.shape[1], "height": grid.shape[0],
-            "data": data, "split": split}
-    if as_json:
-        print_json(info)
-    else:
-        out_console(False).print(f"wrote {path}: {info['tiles']} tiles of {size}×{size} with masks "
-                                 f"({grid.shape[1]}×{grid.shape[0]} px)")
-
-
-@data_app.command("check")
-def check(
-    folder: str = typer.Argument(..., help="Dataset folder (images/+masks/, Inria, WHU)."),
-    classes: int = typer.Option(1, "--classes", help="Classes of the masks."),
-    channels: int = typer.Option(3, help="Image channels the model takes."),
-    val_split: float = typer.Option(None, help="Fraction held out (folders without val/)."),
-    seed: int = typer.Option(0),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Read and check every image and mask of a dataset folder (sizes, mask values, channels)."""
-    from cubesearch.data.folder import check_folder
-
-    stats = check_folder(folder, num_classes=classes, in_channels=channels, val_split=val_split, seed=seed)
-    if as_json:
-        print_json(stats)
-        return
-    table = Table(title=f"{folder}: OK")
-    table.add_column("")
-    table.add_column("", justify="right")
-    table.add_row("layout", stats["layout"])
-    table.add_row("training images", str(stats["train_images"]))
-    table.add_row("validation images", str(stats["val_images"]))
-    table.add_row("pixels", f"{stats['pixels']:,}")
-    table.add_row("building pixels", f"{stats['building_fraction']:.2%}")
-    out_console(False).print(table)
