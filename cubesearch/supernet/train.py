@@ -240,7 +240,7 @@ class SupernetTrainer:
                 raise CubesearchError(f"supernet loss is {float(loss)} at step {step + 1}; lower lr")
             loss.backward()
             target = logits.detach()
-            sums["loss_unconverted"] += float(loss)
+            sums["loss_unconverted"] += float(loss.detach())
             paths = self._paths(rng)
             for plan in paths:
                 sn.set_plan(plan)
@@ -252,7 +252,7 @@ class SupernetTrainer:
                     raise CubesearchError(f"supernet loss is {float(loss)} at step {step + 1} "
                                           "(a sampled path); lower lr")
                 loss.backward()
-                sums["loss_paths"] += float(loss) / max(1, len(paths))
+                sums["loss_paths"] += float(loss.detach()) / max(1, len(paths))
             self.opt.step()
             self.result.passes += 1 + len(paths)
         sn.set_plan({})
