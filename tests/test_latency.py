@@ -58,6 +58,7 @@ class FakeTimer:
 def fake_timer(monkeypatch):
     timer = FakeTimer()
     monkeypatch.setattr(profile, "make_timer", lambda device: timer)
+    monkeypatch.setattr(measure, "make_timer", lambda device: timer)
     return timer
 
 
@@ -353,3 +354,87 @@ def test_profile_command_and_its_errors(tmp_path, capsys, monkeypatch):
     assert err[-1].startswith("error: --device cuda: no CUDA GPU") and len(err) == 1
     assert main(["profile", TINY, "--threads", "1", "--dtype", "int8", "-o", str(out)]) == 1
     assert capsys.readouterr().err.strip().startswith("error: --dtype 'int8'")
+
+
+# --- the search hooks (cubesearch.latency.search) -------------------------------------------------
+
+
+def settings_stub(tmp_path, **kw):
+    from types import SimpleNamespace
+
+    base = dict(model=TINY, input_size=(3, 32, 32), num_classes=1, objectives=("iou", "latency"),
+                budget="1000s", out=str(tmp_path), latency_table=None, reprofile=False)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_search_setup_profiles_once_and_checks_budget_and_device(tmp_path, tiny, fake_timer):
+    from cubesearch.cost import CostModel
+    from cubesearch.latency import search as lsearch
+    from cubesearch.models import load_model
+    from cubesearch.sites import find_sites
+
+    model = load_model(TINY)
+    report = find_sites(model, (3, 32, 32))
+    cost = CostModel(report)
+    space = SearchSpace.from_dict(SMALL_SPACE)
+    searchable = space.searchable(report.sites)
+    logs = []
+    lat, budget = lsearch.setup(settings_stub(tmp_path), model, report, space, searchable, cost,
+                                log=logs.append)
+    assert budget.objective == "latency" and budget.value == 1e9
+    assert (tmp_path / "latency.json").exists() and "profiling" in logs[0]
+    assert lat.predict_us({}) == pytest.approx(1000.0)  # the fake timer's 1 ms
+    table = LatencyTable.load(tmp_path / "latency.json")  # blocks 10 % faster than their convs
+    table.ops = {k: v * 0.9 if "|block|" in k else v for k, v in table.ops.items()}
+    table.save(tmp_path / "latency.json")
+    calls = fake_timer.calls
+    logs.clear()
+    lsearch.setup(settings_stub(tmp_path), model, report, space, searchable, cost, log=logs.append)
+    assert fake_timer.calls == calls and not logs  # reused: nothing measured
+    # relative budgets: the first cost objective named
+    _, b = lsearch.setup(settings_stub(tmp_path, budget="80%"), model, report, space, searchable, cost)
+    assert b.objective == "latency" and b.value == pytest.approx(800.0)
+    _, b = lsearch.setup(settings_stub(tmp_path, budget="80%", objectives=("iou", "gflops", "latency")),
+                         model, report, space, searchable, cost)
+    assert b.objective == "gflops" and b.value == pytest.approx(0.8 * cost.flops({}))
+    # a FLOPs-only study never touches the table
+    none, b = lsearch.setup(settings_stub(tmp_path, budget="90%", objectives=("iou", "gflops"),
+                                          latency_table=str(tmp_path / "absent.json")),
+                            model, report, space, searchable, cost)
+    assert none is None and b.objective == "gflops"
+
+    with pytest.raises(CubesearchError, match="below the fastest plan"):
+        lsearch.setup(settings_stub(tmp_path, budget="0.01ms"), model, report, space, searchable, cost)
+    with pytest.raises(CubesearchError, match="latency budget.*no latency"):
+        lsearch.setup(settings_stub(tmp_path, budget="25ms", objectives=("iou", "gflops")), model,
+                      report, space, searchable, cost)
+
+    data = json.loads((tmp_path / "latency.json").read_text())
+    data["fingerprint"]["name"] = "Some Other CPU"
+    (tmp_path / "latency.json").write_text(json.dumps(data))
+    with pytest.raises(CubesearchError, match="another device.*--reprofile"):
+        lsearch.setup(settings_stub(tmp_path), model, report, space, searchable, cost)
+    lat, _ = lsearch.setup(settings_stub(tmp_path, reprofile=True), model, report, space, searchable,
+                           cost)
+    assert LatencyTable.load(tmp_path / "latency.json").fingerprint == lat.fingerprint != fp()
+
+    class Study:
+        study_name = "s"
+
+        def __init__(self):
+            self.user_attrs = {}
+
+        def set_user_attr(self, k, v):
+            self.user_attrs[k] = v
+
+    class Ctx:
+        latency, settings = lat, settings_stub(tmp_path)
+
+    study = Study()
+    lsearch.check_study_device(study, Ctx)
+    assert study.user_attrs["device"] == lat.fingerprint.to_dict()
+    lsearch.check_study_device(study, Ctx)  # same device: fine
+    study.user_attrs["device"] = {**lat.fingerprint.to_dict(), "name": "GPU elsewhere"}
+    with pytest.raises(CubesearchError, match="another device.*--reprofile"):
+        lsearch.check_study_device(study, Ctx)
+    assert lsearch.measure_ms(Ctx, model) == pytest.approx(1.0)  # deploy form, fake timer
