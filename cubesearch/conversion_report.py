@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.checkpoint import _replaceable
+from cubesearch.checkpoint import check_destination
 from cubesearch.checkpoint import save as save_checkpoint
 from cubesearch.conversion import convert
 from cubesearch.cost import CostModel, count_params, reference_flops
@@ -203,9 +203,8 @@ def convert_spec(model: str | None = None, *, plan: str | Path | None = None,
     t0 = time.perf_counter()
     if preset not in PRESETS:
         raise CubesearchError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    if out is not None and not _replaceable(Path(out)):
-        raise CubesearchError(f"{out} exists and is not a cubesearch checkpoint; "
-                              "choose a new or empty folder")
+    if out is not None:
+        check_destination(out, option="--out")  # a file, a foreign folder, an unwritable parent
     req = _request(model, plan, input_size, num_classes, model_kwargs, insert, trust_model_code)
     extra = {k: v for k, v in req.kwargs.items() if k not in ("num_classes", "in_channels")}
     net = load_model(req.model, num_classes=req.kwargs["num_classes"], in_channels=req.size[0],

@@ -215,3 +215,62 @@ def test_groups_that_do_not_divide_are_reported_as_used(capsys):
     assert {r["groups_used"] for r in result["sites"]} == {1}
     assert all("g1 (of 3)" in r["config_short"] for r in result["sites"])
     assert any("groups 3 does not divide" in n for n in result["notes"])
+
+
+# --- destinations are checked first, written aside, renamed at the end ---------------------------
+
+
+def test_train_out_is_checked_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    # the data folder does not exist either: the destination must be the first thing checked
+    for out, message in [(tmp_path / "file", "is a file"),
+                         (foreign, "is not a cubesearch checkpoint"),
+                         (tmp_path / "file" / "sub", "is a file, so no folder can be made")]:
+        code, _, err = run(capsys, "train", str(TINY_SRC), "--data", str(tmp_path / "no-data"),
+                           "-o", str(out))
+        line = error_line(err)
+        assert code == 1 and line.startswith(f"error: --out {out}") and message in line, line
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+# --- messages name the option or file and what would be accepted --------------------------------
+
+
+def test_preview_out_names_the_accepted_extensions(tmp_path, capsys):
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    code, _, err = run(capsys, "data", "preview", "-o", str(folder), "-n", "1", "--size", "32")
+    assert code == 1 and ".png" in error_line(err) and "-o" in error_line(err)
+    code, _, err = run(capsys, "data", "preview", "-o", str(tmp_path / "x.gif"), "-n", "1")
+    assert code == 1 and "unknown image extension '.gif'" in error_line(err)
+    code, _, err = run(capsys, "data", "preview", "-o", str(tmp_path / "ok.png"), "-n", "1",
+                       "--size", "32")
+    assert code == 0, err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_classes_zero_says_what_is_accepted(tmp_path, capsys):
+    code, _, err = run(capsys, "train", str(TINY_SRC), "--classes", "0", "--steps", "1",
+                       "-o", str(tmp_path / "t"))
+    line = error_line(err)
+    assert code == 1 and "--classes" in line and "K ≥ 2" in line and "1 (binary" in line
+
+
+def test_os_errors_name_the_path_not_the_errno(tmp_path, capsys, monkeypatch):
+    import cubesearch.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    Path("out").write_text("x")
+
+    def app(**kwargs):
+        Path("out").mkdir(parents=True, exist_ok=True)  # what used to print "[Errno 17] File exists"
+
+    monkeypatch.setattr(cli, "app", app)
+    code, _, err = run(capsys, "anything")
+    line = error_line(err)
+    assert code == 1 and "[Errno" not in line
+    assert line == ("error: out already exists (a file) where cubesearch needed to create it; "
+                    "choose a new path")

@@ -13,7 +13,7 @@ import warnings
 import click
 
 from cubesearch.cli.app import app
-from cubesearch.errors import one_line
+from cubesearch.errors import one_line, os_error_line
 
 # Each module adds its commands to `app` on import (one module per step of the data flow).
 from cubesearch.cli import demo as _demo  # noqa: E402,F401  isort: skip
@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a path problem no command foresaw: name the path, not the errno
+        if debug:
+            traceback.print_exc()
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - one line for the user, traceback on request
         if debug:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from enum import Enum
 from pathlib import Path
 
@@ -18,6 +20,33 @@ app.add_typer(data_app, name="data")
 class Split(str, Enum):
     train = "train"
     val = "val"
+
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF", ".webp": "WEBP"}
+
+
+def _image_destination(out: str) -> Path:
+    """-o must name an image file PIL can write, somewhere a file can be made."""
+    from cubesearch.errors import CubesearchError
+
+    path = Path(out)
+    accepted = ", ".join(IMAGE_FORMATS)
+    if path.is_dir():
+        raise CubesearchError(f"-o {out} is a folder; give an image file name ending in {accepted} "
+                              f"(e.g. {path / 'preview.png'})")
+    if path.suffix.lower() not in IMAGE_FORMATS:
+        raise CubesearchError(f"-o {out}: unknown image extension {path.suffix or '(none)'!r}; "
+                              f"give a file name ending in {accepted}")
+    where = path.absolute().parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise CubesearchError(f"-o {out}: {where} is a file, so the image cannot go there; give a "
+                              "file name in a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise CubesearchError(f"-o {out}: cannot write in {where} (permission denied)")
+    return path
 
 
 @data_app.command("preview")
@@ -39,13 +68,20 @@ def preview(
     from cubesearch.data import make_datasets
     from cubesearch.data.preview import preview_grid
 
+    path = _image_destination(out)  # before any work
     train_ds, val_ds = make_datasets(data, size, train_tiles=n, val_tiles=n, seed=seed,
                                      num_classes=classes)
     ds = train_ds if split is Split.train else val_ds
     grid = preview_grid(ds, n, columns)
-    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:  # written aside, then renamed: never a half-written image under the name
+        Image.fromarray(grid).save(tmp, format=IMAGE_FORMATS[path.suffix.lower()])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     info = {"out": str(path), "tiles": min(n, len(ds)), "width": grid.shape[1], "height": grid.shape[0],
             "data": data, "split": split.value}
     if as_json:
