@@ -78,7 +78,7 @@ def outcome(out: Any) -> dict[str, Any]:
 def make_context(args: argparse.Namespace, baseline: bool = True) -> Any:
     import inspect
 
-    from cubesearch.cli.demo import DEMO_TRAINING
+    from cubesearch.demo import DEMO_TRAINING
 
     api = search_api()
     settings = api.SearchSettings(model=args.model, budget=args.budget, out=str(args.work),

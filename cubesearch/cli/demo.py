@@ -13,37 +13,7 @@ import typer
 from rich.table import Table
 
 from cubesearch.cli.app import app, out_console, print_json
-
-DEMO_MODEL = "smp:Unet:resnet18"
-# How the demo trains (SearchSettings fields): small enough for about 10 minutes on 2 CPU cores.
-DEMO_TRAINING = dict(epochs_per_trial=2.0, baseline_epochs=12.0, tile_size=64, train_tiles=384,
-                     val_tiles=48, distill_steps=100)
-
-
-def cost_table_rows(channels: int = 96, size: int = 128) -> list[dict]:
-    """Params and FLOPs of CubeBlock(C, C) against nn.Conv2d(C, C, 3) at C×size×size."""
-    import torch
-
-    from cubesearch.blocks import CubeBlock, block_cost
-    from cubesearch.blocks.cost import conv_cost
-    from cubesearch.cost import fvcore_flops
-
-    x = torch.zeros(1, channels, size, size)
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
-    block = CubeBlock(channels, channels)
-    rows = []
-    for name, module, analytic in (
-        ("Conv2d 3×3", conv, conv_cost(channels, channels, 3, 1, size)),
-        ("CubeBlock", block, block_cost(channels, channels, None, 1, size)),
-    ):
-        rows.append({
-            "module": name,
-            "params": sum(p.numel() for p in module.parameters()),
-            "params_formula": analytic.params,
-            "conv_gmacs_formula": analytic.conv_macs_spec / 1e9,
-            "gflops_fvcore": fvcore_flops(module.train(), (x,)) / 1e9,
-        })
-    return rows
+from cubesearch.demo import DEMO_BUDGET, DEMO_MODEL, DEMO_TRAINING, DEMO_TRIALS, cost_table_rows
 
 
 def cost_table(rows: list[dict], channels: int, size: int) -> Table:
@@ -59,9 +29,9 @@ def cost_table(rows: list[dict], channels: int, size: int) -> Table:
 @app.command()
 def demo(
     model: str = typer.Option(DEMO_MODEL, help="Model spec to search."),
-    budget: str = typer.Option("70%", help="FLOPs budget (of the unconverted model at 3×512×512)."),
-    trials: int = typer.Option(10, help="Trained trials (the baseline and FullCube references included; "
-                                        "plans over budget are rejected free and not counted)."),
+    budget: str = typer.Option(DEMO_BUDGET, help="FLOPs budget (of the unconverted model at 3×512×512)."),
+    trials: int = typer.Option(DEMO_TRIALS, help="Trained trials (the baseline and FullCube references "
+                               "included; plans over budget are rejected free and not counted)."),
     out: str = typer.Option("runs/demo", "--out", "-o", help="Folder for the study and exports."),
     epochs_per_trial: float = typer.Option(DEMO_TRAINING["epochs_per_trial"],
                                            help="Training epochs per trial."),
