@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import re
 import statistics
 import sys
@@ -38,6 +36,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import machine  # noqa: E402  benchmarks/ is on sys.path when run as a script
 
 from cubesearch.conversion import convert, cube_blocks  # noqa: E402
 from cubesearch.cost import CostModel, reference_flops  # noqa: E402
@@ -196,11 +196,9 @@ def markdown(rows: list[Row], size: tuple[int, int, int], args: argparse.Namespa
     lines = [
         "# Convert benchmark",
         "",
-        f"`python benchmarks/convert.py --input-size {'x'.join(map(str, size))}` on "
-        f"{platform.machine()} ({os.cpu_count()} CPUs) with {torch.get_num_threads()} torch threads "
-        f"(torch {torch.__version__}), {time.strftime('%Y-%m-%d %H:%M')}; load average "
-        f"{os.getloadavg()[0]:.1f} at the end (above 0 when other jobs shared the machine: the "
-        "times are then upper bounds).",
+        f"`python benchmarks/convert.py --input-size {'x'.join(map(str, size))}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}. Machine: {machine()} (times are upper bounds when "
+        "other jobs shared the cores).",
         "",
         f"- **Success: {len(ok)}/{len(rows)} ({100 * len(ok) / max(len(rows), 1):.0f}%)** — "
         "load, trace, find sites, plan (fullcube: every eligible site), convert, output shape "

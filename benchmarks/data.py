@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -27,37 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _common import machine, md_table  # benchmarks/ is on sys.path when run as a script
 from rich.console import Console
 from rich.markdown import Markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = 200.0
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{cpu}, {cores} cores (shared with other developers' jobs; load average {load} at "
-            f"the end), numpy {np.__version__}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def interleaved(cases: dict[str, Callable[[int], int]], rounds: int) -> dict[str, list[float]]:
@@ -77,9 +52,8 @@ def interleaved(cases: dict[str, Callable[[int], int]], rounds: int) -> dict[str
 def write_folder(root: Path, n: int, size: int, big: int) -> None:
     """A generic dataset folder: `n` image/mask PNG pairs of big×big (big = k·size: tiles of
     `size` are cut from them), with train/ and val/ subfolders."""
-    from PIL import Image
-
     from cubesearch.data.synthetic import render_tile
+    from PIL import Image
 
     for split, count in (("train", n), ("val", max(1, n // 4))):
         (root / split / "images").mkdir(parents=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -39,6 +38,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import machine  # noqa: E402  benchmarks/ is on sys.path when run as a script
 
 from cubesearch.cost import CostModel  # noqa: E402
 from cubesearch.latency import (  # noqa: E402
@@ -65,13 +66,6 @@ SPACES = {"smp:Unet:resnet18": "default", "examples/unet.py": "bench"}
 
 def load() -> float:
     return os.getloadavg()[0]
-
-
-def machine(threads: int) -> str:
-    from cubesearch.latency.fingerprint import cpu_name
-
-    return (f"{cpu_name()}, {os.cpu_count()} cores, {threads} torch thread(s), torch "
-            f"{torch.__version__}, Python {platform.python_version()}")
 
 
 def errors(pred: list[float], meas: list[float]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -29,7 +28,7 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+from _common import machine, md_table  # benchmarks/ is on sys.path when run as a script
 from rich.console import Console
 from rich.markdown import Markdown
 
@@ -37,29 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TINY = "tests/assets/tiny_seg.py"
 DEFAULT_OUT = RESULTS / "search.md"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{cpu}, {cores} cores (load average {load} at the end: above about 0.5 means other "
-            f"jobs shared the cores), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-            f"Python {platform.python_version()}")
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 # --- (a) cost model vs fvcore -----------------------------------------------------------------
@@ -137,9 +113,8 @@ def cost_model_speed(spec: str, size: tuple[int, int, int], n_plans: int, n_fvco
 def first_n_points(study, n: int):
     """The points of the first `n` trained trials (by trial number), with the over-budget plans
     the sampler proposed before the n-th: `--trials` counts trained trials."""
-    from optuna.trial import TrialState
-
     from cubesearch.searching import study_points
+    from optuna.trial import TrialState
 
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: t.number)

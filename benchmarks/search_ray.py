@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import machine  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -95,8 +96,7 @@ def main() -> None:
         f"`python benchmarks/search_ray.py --trials {args.trials}`: model `{args.model}`, space "
         f"`shared`, budget 100% (every plan trained), random sampler, seed 0, input "
         f"{args.input_size}, {args.train_tiles} training tiles of {args.tile_size}², "
-        f"{args.epochs:g} epoch per trial. Machine: {os.cpu_count()} CPUs "
-        f"({platform.processor() or platform.machine()}), shared with other work; Ray: a local "
+        f"{args.epochs:g} epoch per trial. Machine: {machine()}; Ray: a local "
         "instance started by the command, 1 CPU per trial; every run trains on one thread per "
         f"trial (`OMP_NUM_THREADS=1`). Load average during the runs: about {load:.1f}.",
         "",

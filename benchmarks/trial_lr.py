@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from search import machine, md_table  # noqa: E402
+from _common import machine, md_table  # noqa: E402
 
 RECIPES = {  # name → (trial_lr, lr of the new blocks) as multiples of the baseline's lr
     "baseline lr": (1.0, 1.0),
@@ -38,7 +38,6 @@ RECIPES = {  # name → (trial_lr, lr of the new blocks) as multiples of the bas
 
 def random_plans(ctx, n: int, seed: int) -> list[dict]:
     import optuna
-
     from cubesearch.searching import plan_cost
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
