@@ -52,8 +52,9 @@ def interleaved(cases: dict[str, Callable[[int], int]], rounds: int) -> dict[str
 def write_folder(root: Path, n: int, size: int, big: int) -> None:
     """A generic dataset folder: `n` image/mask PNG pairs of big×big (big = k·size: tiles of
     `size` are cut from them), with train/ and val/ subfolders."""
-    from cubesearch.data.synthetic import render_tile
     from PIL import Image
+
+    from cubesearch.data.synthetic import render_tile
 
     for split, count in (("train", n), ("val", max(1, n // 4))):
         (root / split / "images").mkdir(parents=True)

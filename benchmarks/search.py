@@ -145,8 +145,9 @@ def trial_stats(study) -> dict:
 
 
 def run_samplers(args) -> tuple[str, dict]:
-    from cubesearch.pareto import hypervolume
     from cubesearch.searching import search
+
+    from cubesearch.pareto import hypervolume
 
     space = Path(args.work) / "space-all.yaml"
     space.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial-lr.md"))
     args = ap.parse_args()
 
-    from cubesearch.demo import DEMO_TRAINING
     from cubesearch.searching import (
         SearchSettings,
         build_context,
@@ -71,6 +70,8 @@ def main() -> None:
         ensure_datasets,
         evaluate_plan,
     )
+
+    from cubesearch.demo import DEMO_TRAINING
 
     t0 = time.perf_counter()
     settings = SearchSettings(model=args.model, budget=args.budget, out=args.work, seed=args.seed,
