@@ -113,8 +113,9 @@ def cost_model_speed(spec: str, size: tuple[int, int, int], n_plans: int, n_fvco
 def first_n_points(study, n: int):
     """The points of the first `n` trained trials (by trial number), with the over-budget plans
     the sampler proposed before the n-th: `--trials` counts trained trials."""
-    from cubesearch.searching import study_points
     from optuna.trial import TrialState
+
+    from cubesearch.searching import study_points
 
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: t.number)
@@ -145,9 +146,8 @@ def trial_stats(study) -> dict:
 
 
 def run_samplers(args) -> tuple[str, dict]:
-    from cubesearch.searching import search
-
     from cubesearch.pareto import hypervolume
+    from cubesearch.searching import search
 
     space = Path(args.work) / "space-all.yaml"
     space.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ RECIPES = {  # name → (trial_lr, lr of the new blocks) as multiples of the bas
 
 def random_plans(ctx, n: int, seed: int) -> list[dict]:
     import optuna
+
     from cubesearch.searching import plan_cost
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial-lr.md"))
     args = ap.parse_args()
 
+    from cubesearch.demo import DEMO_TRAINING
     from cubesearch.searching import (
         SearchSettings,
         build_context,
@@ -70,8 +72,6 @@ def main() -> None:
         ensure_datasets,
         evaluate_plan,
     )
-
-    from cubesearch.demo import DEMO_TRAINING
 
     t0 = time.perf_counter()
     settings = SearchSettings(model=args.model, budget=args.budget, out=args.work, seed=args.seed,
