@@ -114,7 +114,8 @@ def run_model(spec: str, args: argparse.Namespace, log) -> dict[str, Any]:
     fp = device_fingerprint(device, threads=args.threads, batch=1, dtype=torch.float32)
     table = LatencyTable(fingerprint=fp)
     out: dict[str, Any] = {"model": spec, "space": space.name, "sites": len(searchable),
-                           "load_start": load()}
+                           "load_start": load(), "repeats": args.repeats, "warmup": args.warmup,
+                           "calibrate": args.calibrate}
     log(f"{spec}: profiling {len(searchable)} sites, space {space.name} (load {load():.1f})")
     stats = profile_latency(model, report, space, spec=spec, table=table, device=device,
                             dtype=torch.float32, repeats=args.repeats, warmup=args.warmup)
@@ -207,19 +208,23 @@ def write_md(results: dict[str, Any], path: Path) -> None:
     lines = ["# Latency model and latency front (issue 18)", "",
              f"Machine: {results['machine']}. Load average (1 min) at start {results['load_start']:.1f}, "
              f"at end {results['load_end']:.1f} (other jobs shared the 2 cores: the figures are "
-             f"noisier than on an idle machine). Input {results['input_size']}, batch 1, float32, "
-             "deploy form (eval, blocks folded, the faster layout of the unconverted model). Medians of "
-             f"{results['repeats']} timed runs after {results['warmup']} warm-up run(s), plans "
+             f"noisier than on an idle machine). Input {results.get('input_size', '3×512×512')}, "
+             "batch 1, float32, deploy form (eval, blocks folded, the faster layout of the "
+             "unconverted model). Medians of the timed runs after warm-up (per model below), plans "
              "timed round-robin with the unconverted model; a plan's time is scaled by the table's "
              "base over the base measured alongside it (load drift).", ""]
-    lines += ["| model | space | sites | profile (ops, s) | base ms | within ±10 % raw | "
-              "within ±10 % corrected | median abs err raw | corrected | correction a, b, c (µs) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["| model | space | sites | runs (warm-up + timed) | load during | profile (ops, s) | "
+              "base ms | within ±10 % raw | within ±10 % corrected | median abs err raw | corrected | "
+              "correction a, b, c (µs) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results["models"]:
         v, p = r["validation"], r["profile"]
         c = v["correction"]
         lines.append(
-            f"| {r['model']} | {r['space']} | {r['sites']} | {p['ops_measured']}, {p['seconds']:.0f} | "
+            f"| {r['model']} | {r['space']} | {r['sites']} | "
+            f"{r.get('warmup', results.get('warmup'))} + {r.get('repeats', results.get('repeats'))} | "
+            f"{r['load_start']:.1f}–{r.get('load_end', r['load_start']):.1f} | "
+            f"{p['ops_measured']}, {p['seconds']:.0f} | "
             f"{p['base_us'] / 1e3:.1f} | {v['raw']['within_10pct_share']:.0%} | "
             f"{v['corrected']['within_10pct_share']:.0%} | {v['raw']['median_abs_error_pct']:.1f} % | "
             f"{v['corrected']['median_abs_error_pct']:.1f} % | {c['a']:.2f}, {c['b']:.2f}, {c['c']:.0f} |")
@@ -271,6 +276,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tables", default=str(ROOT / "runs" / "latency-bench"))
+    ap.add_argument("--append", action="store_true",
+                    help="keep the other models' results already in latency.json")
     ap.add_argument("--md-only", action="store_true",
                     help="rewrite latency.md from latency.json without measuring")
     args = ap.parse_args()
@@ -280,6 +287,8 @@ def main() -> None:
         write_md(json.loads((out / "latency.json").read_text()), out / "latency.md")
         return
     out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "latency.json").read_text()) if args.append and (
+        out / "latency.json").exists() else None
     results: dict[str, Any] = {"machine": machine(args.threads), "load_start": load(),
                                "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
                                "input_size": args.input_size.replace("x", "×"),
@@ -288,7 +297,11 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    for spec in [s for s in args.models.split(",") if s]:
+    specs = [s for s in args.models.split(",") if s]
+    if previous:  # keep the other models' figures (and the earliest start's load)
+        results["models"] = [m for m in previous["models"] if m["model"] not in specs]
+        results["load_start"] = previous.get("load_start", results["load_start"])
+    for spec in specs:
         results["models"].append(run_model(spec, args, log))
         results["load_end"] = load()
         (out / "latency.json").write_text(json.dumps(results, indent=1) + "\n")
