@@ -35,7 +35,7 @@ def train(
     input_size: str = typer.Option("3x256x256", help="Training tiles, CxHxW (square)."),
     out: str = typer.Option("runs/train", "--out", "-o",
                             help="Checkpoint folder: model.safetensors, plan.json, metrics.json."),
-    classes: int = typer.Option(None, "--classes",
+    num_classes: int = typer.Option(None, "--classes",
                                 help="1 = binary buildings (sigmoid, default); K ≥ 2 = softmax "
                                      "over K classes."),
     loss: str = typer.Option("bce", help="bce, dice or bce+dice (bce = cross-entropy when K ≥ 2)."),
@@ -83,15 +83,10 @@ def train(
     from cubesearch.training import train as run_training
     from cubesearch.trust import trust_model_code as trust_model_code_for
 
+    # every option named like a TrainConfig field is one; unset (None) ones keep its defaults
+    given = {k: v for k, v in locals().items() if k in TrainConfig.model_fields and v is not None}
+    config = TrainConfig.build(**{**given, "input_size": parse_input_size(input_size)})
     console = out_console(as_json)
-    options = dict(epochs=epochs, steps=steps, input_size=parse_input_size(input_size), seed=seed,
-                   lr=lr, batch_size=batch_size, num_classes=classes, loss=loss, optimizer=optimizer,
-                   weight_decay=weight_decay, warmup=warmup, scheduler=scheduler,
-                   distill_steps=distill_steps, new_lr=new_lr,
-                   train_tiles=train_tiles, val_tiles=val_tiles, val_split=val_split,
-                   crops_per_image=crops_per_image, eval_every=eval_every, device=device, amp=amp,
-                   channels_last=channels_last, pretrained=pretrained, workers=workers)
-    config = TrainConfig.build(**{k: v for k, v in options.items() if v is not None})  # unset: defaults
     with trust_model_code_for(trust_model_code, specs=[model]), verification(not no_verify):
         result = run_training(model, config=config, plan=plan, data=data, init_from=init,
                               out=out or None, console=console, log=console.print)
