@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import machine, md_table  # benchmarks/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 CACHE = ROOT / "benchmarks" / ".oneshot-cache"
@@ -81,8 +83,12 @@ def make_context(args: argparse.Namespace, baseline: bool = True) -> Any:
     from cubesearch.demo import DEMO_TRAINING
 
     api = search_api()
+    training = dict(DEMO_TRAINING)
+    if args.smoke:  # a minute-long end-to-end check of the benchmark itself, not a measurement
+        training.update(epochs_per_trial=0.25, baseline_epochs=0.5, tile_size=32, train_tiles=32,
+                        val_tiles=8, distill_steps=5)
     settings = api.SearchSettings(model=args.model, budget=args.budget, out=str(args.work),
-                                  seed=args.seed, **DEMO_TRAINING)
+                                  seed=args.seed, **training)
     kwargs = {"progress": False} if "progress" in inspect.signature(api.build_context).parameters else {}
     ctx = api.build_context(settings, **kwargs)
     if baseline:
@@ -203,9 +209,323 @@ def standalone_results(args: argparse.Namespace, plans: list[tuple[str, dict]]) 
     return out
 
 
+# --- phase 2: the supernet ---------------------------------------------------------------------
+
+
+VARIANTS = {  # name → SupernetTrainConfig overrides (the ablation trains the cheap ones only)
+    "main": {},
+    "no-kd": {"kd_weight": 0.0},
+}
+
+
+def build_trained_supernet(ctx: Any, args: argparse.Namespace, variant: str) -> tuple[Any, dict]:
+    import torch
+    from safetensors.torch import load_file
+
+    from cubesearch.models import load_model
+    from cubesearch.supernet import Supernet
+    from cubesearch.supernet.train import SupernetTrainConfig, SupernetTrainer
+
+    s = ctx.settings
+    cfg = SupernetTrainConfig(epochs=args.sn_epochs, distill_steps=args.sn_distill,
+                              random_paths=args.sn_paths, lr=s.lr, base_lr=s.fine_tune_lr(True),
+                              batch_size=s.batch_size, budget_flops=ctx.budget_flops, seed=args.seed,
+                              **VARIANTS[variant])
+    tag = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(args.work) / f"supernet-{variant}-{tag}"
+    with torch.random.fork_rng():
+        torch.manual_seed(args.seed)  # the blocks' initial weights
+        model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
+        sn = Supernet.build(model, ctx.searchable, ctx.space, input_size=s.input_size,
+                            model_kwargs={"num_classes": s.num_classes, "in_channels": s.input_size[0]})
+    sn.model_spec, sn.cost = s.model, ctx.cost
+    sn.load_baseline(load_file(str(Path(ctx.baseline_dir) / "model.safetensors")))
+    load0 = os.getloadavg()[0]
+    result = SupernetTrainer(sn, ctx.datasets[0], cfg, out=folder, log=lambda m: print(
+        f"[{time.strftime('%H:%M:%S')}] {variant}: {m}", flush=True)).run()
+    if not (folder / "final" / "supernet.json").exists():
+        sn.save(folder / "final")
+    info = {"variant": variant, "config": cfg.identity(), "folder": str(folder),
+            "seconds": result.seconds, "passes": result.passes,
+            "baseline_epochs": result.baseline_epochs, "history": result.history,
+            "load_start": load0, "load_end": os.getloadavg()[0],
+            "block_params": sum(p.numel() for p in sn.block_parameters()),
+            "base_params": sum(p.numel() for p in sn.base_parameters())}
+    return sn, info
+
+
+def score_all(sn: Any, ctx: Any, plans: list[tuple[str, dict]], recalibrate: bool,
+              calib: int) -> list[dict]:
+    from cubesearch.supernet.score import Scorer
+
+    train_ds, val_ds = ctx.datasets
+    scorer = Scorer(sn, train_ds, val_ds, calib_batches=calib, batch_size=ctx.settings.batch_size,
+                    seed=ctx.settings.seed, recalibrate=recalibrate)
+    scorer(plans[1][1])  # warm-up (first-call allocations), untimed
+    out = []
+    for i, (label, plan) in enumerate(plans):
+        m = scorer(plan)
+        out.append({"plan": i, "label": label, "iou": m["iou"], "loss": m["loss"],
+                    "seconds": m["seconds"], "bn_reestimated": m["bn_reestimated"]})
+    return out
+
+
+def supernet_phase(args: argparse.Namespace) -> None:
+    ctx = make_context(args)
+    plans = load_plans(ctx, args)
+    key = plans_key(plans)
+    for variant in args.variants.split(","):
+        file = Path(args.cache) / f"supernet-{key}-{variant}-e{args.sn_epochs:g}.json"
+        if file.exists():
+            print(f"{variant}: cached in {file}")
+            continue
+        sn, info = build_trained_supernet(ctx, args, variant)
+        info["scores"] = score_all(sn, ctx, plans, True, args.calib)
+        info["scores_no_bn"] = score_all(sn, ctx, plans, False, args.calib)
+        for row in info["scores"]:
+            print(f"{variant}: plan {row['plan']:2d} ({row['label']}): supernet IoU {row['iou']:.4f} "
+                  f"({row['seconds']:.2f} s)", flush=True)
+        write_json(file, info)
+
+
+def speed_phase(args: argparse.Namespace) -> None:
+    """Side by side in one process, same threads: one per-trial evaluation vs supernet scores."""
+    import torch
+
+    from cubesearch.supernet import Supernet
+    from cubesearch.supernet.score import Scorer
+
+    ctx = make_context(args)
+    plans = load_plans(ctx, args)
+    key = plans_key(plans)
+    file = Path(args.cache) / f"speed-{key}.json"
+    main_file = Path(args.cache) / f"supernet-{key}-main-e{args.sn_epochs:g}.json"
+    if not main_file.exists():
+        raise SystemExit("run --phase supernet first")
+    info = json.loads(main_file.read_text())
+    from cubesearch.models import load_model
+
+    s = ctx.settings
+    model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
+    sn = Supernet.load(Path(info["folder"]) / "final", model, report=ctx.searchable)
+    sn.cost = ctx.cost
+    api = search_api()
+    label, plan = plans[len(plans) // 2]
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    out = outcome(api.evaluate_plan(ctx, plan, 9999))
+    trial_seconds = time.perf_counter() - t0
+    shutil.rmtree(out["checkpoint"], ignore_errors=True)
+    train_ds, val_ds = ctx.datasets
+    t1 = time.perf_counter()
+    scorer = Scorer(sn, train_ds, val_ds, calib_batches=args.calib, batch_size=s.batch_size,
+                    seed=s.seed)
+    setup = time.perf_counter() - t1
+    times = []
+    for _ in range(2):
+        for _, p in plans:
+            t = time.perf_counter()
+            scorer(p)
+            times.append(time.perf_counter() - t)
+    score_seconds = sum(times) / len(times)
+    result = {"trial_plan": label, "trial_seconds": trial_seconds, "score_seconds": score_seconds,
+              "score_seconds_median": sorted(times)[len(times) // 2], "scorer_setup_seconds": setup,
+              "scores_timed": len(times), "plans_per_hour_trial": 3600 / trial_seconds,
+              "plans_per_hour_supernet": 3600 / score_seconds,
+              "plans_per_hour_ratio": trial_seconds / score_seconds,
+              "threads": torch.get_num_threads(), "load_start": load0,
+              "load_end": os.getloadavg()[0]}
+    write_json(file, result)
+    print(json.dumps(result, indent=1))
+
+
+# --- phase 3: the figures ------------------------------------------------------------------
+
+
+def _rank_figures(score: list[float], truth: list[float]) -> dict[str, float]:
+    from cubesearch.supernet.ranking import kendall_tau, spearman_rho, top_k_overlap
+
+    return {"kendall_tau": kendall_tau(score, truth), "spearman_rho": spearman_rho(score, truth),
+            "top3_overlap": top_k_overlap(score, truth, 3)}
+
+
+def report(args: argparse.Namespace) -> None:
+    ctx = make_context(args, baseline=False)
+    plans = load_plans(ctx, args)
+    key = plans_key(plans)
+    cache = Path(args.cache)
+    truth = standalone_results(args, plans)
+    done = [i for i in range(len(plans)) if len(truth[i]) == args.seeds]
+    variants = {}
+    for v in VARIANTS:
+        f = cache / f"supernet-{key}-{v}-e{args.sn_epochs:g}.json"
+        if f.exists():
+            variants[v] = json.loads(f.read_text())
+    if "main" not in variants or len(done) < 3:
+        raise SystemExit(f"not enough results yet: {len(done)} plans with {args.seeds} seeds, "
+                         f"supernet variants {sorted(variants)}")
+    speed_file = cache / f"speed-{key}.json"
+    speed = json.loads(speed_file.read_text()) if speed_file.exists() else None
+    main_v = variants["main"]
+    seeds = {k: [truth[i][k]["iou"] for i in done] for k in range(args.seeds)}
+    mean = [sum(truth[i][k]["iou"] for k in range(args.seeds)) / args.seeds for i in done]
+    sn_score = [main_v["scores"][i]["iou"] for i in done]
+    figures = {"n_plans": len(done), "plans_total": len(plans), "seeds": args.seeds,
+               **_rank_figures(sn_score, mean)}
+    seed_fig = _rank_figures(seeds[0], seeds[1])
+    figures.update(seed_kendall_tau=seed_fig["kendall_tau"], seed_spearman_rho=seed_fig["spearman_rho"],
+                   seed_top3_overlap=seed_fig["top3_overlap"])
+    figures["tau_ratio_to_seed"] = (figures["kendall_tau"] / figures["seed_kendall_tau"]
+                                    if figures["seed_kendall_tau"] > 0 else None)
+    # against each seed alone (how far the supernet is from one fine-tuning run)
+    for k in range(args.seeds):
+        figures[f"kendall_tau_vs_seed{k}"] = _rank_figures(sn_score, seeds[k])["kendall_tau"]
+    # ablations
+    ablation = {"with BN re-estimation (main)": figures["kendall_tau"]}
+    nobn = [main_v["scores_no_bn"][i]["iou"] for i in done]
+    ablation["without BN re-estimation"] = _rank_figures(nobn, mean)["kendall_tau"]
+    if "no-kd" in variants:
+        nokd = [variants["no-kd"]["scores"][i]["iou"] for i in done]
+        ablation["without in-place distillation"] = _rank_figures(nokd, mean)["kendall_tau"]
+    converted = [j for j, i in enumerate(done) if plans[i][0] != "unconverted"]
+    ablation["converted plans only (unconverted left out)"] = _rank_figures(
+        [sn_score[j] for j in converted], [mean[j] for j in converted])["kendall_tau"]
+    gfl = {i: ctx.cost.flops(plans[i][1]) / 1e9 for i in done}
+    order = sorted(converted, key=lambda j: gfl[done[j]])
+    thirds = [order[: len(order) // 3], order[len(order) // 3: 2 * len(order) // 3],
+              order[2 * len(order) // 3:]]
+    buckets = []
+    for name, js in zip(("low", "mid", "high"), thirds, strict=True):
+        if len(js) >= 2:
+            r = _rank_figures([sn_score[j] for j in js], [mean[j] for j in js])
+            rs = _rank_figures([seeds[0][j] for j in js], [seeds[1][j] for j in js])
+            buckets.append({"bucket": name, "gflops": [gfl[done[js[0]]], gfl[done[js[-1]]]],
+                            "n": len(js), "kendall_tau": r["kendall_tau"],
+                            "seed_kendall_tau": rs["kendall_tau"]})
+    figures["ablation_kendall_tau"] = ablation
+    figures["by_flops_bucket"] = buckets
+    # speed and cost
+    trial_secs = [truth[i][k]["seconds"] for i in done for k in range(args.seeds)]
+    figures["standalone_seconds_mean"] = sum(trial_secs) / len(trial_secs)
+    figures["score_seconds_mean"] = sum(main_v["scores"][i]["seconds"] for i in done) / len(done)
+    if speed:
+        figures["plans_per_hour_ratio"] = speed["plans_per_hour_ratio"]
+        figures["speed"] = speed
+    else:
+        figures["plans_per_hour_ratio"] = figures["standalone_seconds_mean"] / figures["score_seconds_mean"]
+    base = ctx.baseline_metrics if ctx.baseline_metrics else {}
+    bdir = Path(args.work) / "baselines"
+    for f in bdir.glob("*/metrics.json"):
+        base = json.loads(f.read_text())
+    base_epoch_s = (base.get("train_seconds") or 0) / max(1e-9, float(base.get("epochs") or 1))
+    figures["supernet_training"] = {
+        "baseline_epochs_equivalent": main_v["baseline_epochs"], "passes": main_v["passes"],
+        "wall_seconds": main_v["seconds"], "epochs": args.sn_epochs,
+        "distill_steps": args.sn_distill, "random_paths": args.sn_paths,
+        "baseline_epoch_seconds": base_epoch_s,
+        "wall_in_baseline_epochs": main_v["seconds"] / base_epoch_s if base_epoch_s else None,
+        "block_params": main_v["block_params"], "base_params": main_v["base_params"],
+        "load": [main_v["load_start"], main_v["load_end"]]}
+    per_trial_epochs = float(ctx.settings.epochs_per_trial) + ctx.settings.distill_steps / 3 / (
+        ctx.settings.train_tiles // ctx.settings.batch_size)
+    figures["per_trial_baseline_epochs"] = per_trial_epochs
+    figures["baseline_iou"] = base.get("iou")
+    figures["targets"] = {
+        "kendall_tau >= 0.6": figures["kendall_tau"] >= 0.6,
+        "tau >= 0.8 x seed tau": bool(figures["tau_ratio_to_seed"] is not None
+                                      and figures["tau_ratio_to_seed"] >= 0.8),
+        "plans_per_hour_ratio >= 50": figures["plans_per_hour_ratio"] >= 50}
+    figures["machine"] = machine()
+    figures["plans"] = [{"plan": i, "label": plans[i][0], "sites": len(plans[i][1]),
+                         "gflops": gfl.get(i, ctx.cost.flops(plans[i][1]) / 1e9),
+                         **{f"standalone_seed{k}": truth[i][k]["iou"] for k in truth[i]},
+                         "supernet": main_v["scores"][i]["iou"],
+                         "supernet_no_bn": main_v["scores_no_bn"][i]["iou"],
+                         **({"supernet_no_kd": variants["no-kd"]["scores"][i]["iou"]}
+                            if "no-kd" in variants else {})} for i in range(len(plans))]
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(results / "oneshot.json", figures)
+    (results / "oneshot.md").write_text(render(figures, args, md_table))
+    print((results / "oneshot.md").read_text())
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def render(fig: dict, args: argparse.Namespace, md_table: Any) -> str:
+    t = fig["supernet_training"]
+    rows = []
+    for p in fig["plans"]:
+        s0, s1 = p.get("standalone_seed0"), p.get("standalone_seed1")
+        mean = (s0 + s1) / 2 if s0 is not None and s1 is not None else None
+        rows.append([str(p["plan"]), p["label"], str(p["sites"]), f"{p['gflops']:.3f}", _f(s0, 4),
+                     _f(s1, 4), _f(mean, 4), _f(p["supernet"], 4), _f(p["supernet_no_bn"], 4),
+                     _f(p.get("supernet_no_kd"), 4)])
+    plan_table = md_table(["#", "plan", "sites", "GFLOPs", "IoU seed 0", "IoU seed 1", "mean",
+                           "supernet", "no BN re-est.", "no in-place KD"], rows)
+    abl = md_table(["variant", "Kendall τ vs mean standalone IoU"],
+                   [[k, _f(v)] for k, v in fig["ablation_kendall_tau"].items()])
+    buckets = md_table(["FLOPs bucket", "GFLOPs", "plans", "τ supernet vs mean", "τ seed 0 vs seed 1"],
+                       [[b["bucket"], f"{b['gflops'][0]:.2f}–{b['gflops'][1]:.2f}", str(b["n"]),
+                         _f(b["kendall_tau"]), _f(b["seed_kendall_tau"])] for b in fig["by_flops_bucket"]])
+    sp = fig.get("speed") or {}
+    targets = "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in fig["targets"].items())
+    return "\n".join([
+        "# One-shot evaluation: supernet vs per-trial fine-tuning (`benchmarks/oneshot.py`)",
+        "",
+        f"Machine: {fig['machine']}. Command: `python benchmarks/oneshot.py --plans {args.plans} "
+        f"--seeds {args.seeds} --sn-epochs {args.sn_epochs:g} --sn-distill {args.sn_distill} "
+        f"--sn-paths {args.sn_paths}` (phases standalone, supernet, speed, report; other helpers' "
+        "jobs shared the 2 cores throughout, so wall times are inflated and noisy).",
+        "",
+        f"Setting: the demo's (`{args.model}`, space `default`, budget {args.budget}, synthetic "
+        "64×64 tiles, 384 training / 48 validation, baseline 12 epochs, "
+        f"baseline IoU {_f(fig.get('baseline_iou'), 4)}). Ground truth: each plan trained standalone "
+        "with today's per-trial recipe (`evaluate_plan`: warm start, 100 distillation batches, "
+        "2 epochs at lr/4, blocks at lr) under two trial seeds. Supernet: built from the same "
+        f"baseline, {t['distill_steps']} local-distillation batches, {t['epochs']:g} sandwich epochs "
+        f"(unconverted + cheapest + {t['random_paths']} random feasible paths per step, in-place "
+        "distillation from the unconverted logits), BatchNorm re-estimated per plan on "
+        f"{args.calib} training batches.",
+        "",
+        f"**Result** ({fig['n_plans']} plans): Kendall τ = **{_f(fig['kendall_tau'])}**, "
+        f"Spearman ρ = **{_f(fig['spearman_rho'])}** (supernet score vs mean standalone IoU); "
+        f"noise ceiling, standalone seed 0 vs seed 1: τ = **{_f(fig['seed_kendall_tau'])}**, "
+        f"ρ = {_f(fig['seed_spearman_rho'])}; ratio τ / seed τ = {_f(fig['tau_ratio_to_seed'], 2)}. "
+        f"Top-3 overlap {_f(fig['top3_overlap'], 2)} (seeds between themselves "
+        f"{_f(fig['seed_top3_overlap'], 2)}). Plans per hour: **{fig['plans_per_hour_ratio']:.0f}×** "
+        f"the per-trial evaluation (side by side in one process: one trial "
+        f"{_f(sp.get('trial_seconds'), 0)} s, one supernet score {_f(sp.get('score_seconds'), 2)} s "
+        f"mean over {sp.get('scores_timed', 0)}, load {_f(sp.get('load_start'), 1)}). Targets: {targets}.",
+        "",
+        f"Supernet training cost: {t['baseline_epochs_equivalent']:.1f} baseline-epoch equivalents "
+        f"(full-model forward+backward passes / steps per epoch; a distillation batch counts 1/3), "
+        f"{t['wall_seconds'] / 60:.1f} min wall (load {_f(t['load'][0], 1)}–{_f(t['load'][1], 1)}); "
+        f"one standalone trial is {fig['per_trial_baseline_epochs']:.1f} baseline epochs, so the "
+        f"supernet costs as much as {t['baseline_epochs_equivalent'] / fig['per_trial_baseline_epochs']:.1f} "
+        f"trials and then scores a plan in {_f(fig['score_seconds_mean'], 2)} s. Block weights: "
+        f"{t['block_params'] / 1e6:.1f} M (dense fusion weights of every lattice stride) on "
+        f"{t['base_params'] / 1e6:.1f} M of the model.",
+        "",
+        plan_table,
+        "",
+        "Ablation (cheap ones first; Kendall τ against the mean standalone IoU):",
+        "",
+        abl,
+        "",
+        "By FLOPs bucket (converted plans in thirds of their GFLOPs):",
+        "",
+        buckets,
+        "",
+    ])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phase", choices=("standalone", "supernet", "report", "all"), default="all")
+    ap.add_argument("--phase", choices=("standalone", "supernet", "speed", "report", "all"),
+                    default="all")
     ap.add_argument("--model", default="smp:Unet:resnet18")
     ap.add_argument("--budget", default="70%")
     ap.add_argument("--plans", type=int, default=16)
@@ -213,6 +533,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/cubesearch-oneshot")
     ap.add_argument("--cache", default=str(CACHE))
+    ap.add_argument("--sn-epochs", type=float, default=3.0, help="supernet end-to-end epochs")
+    ap.add_argument("--sn-distill", type=int, default=100, help="supernet distillation batches")
+    ap.add_argument("--sn-paths", type=int, default=2, help="random paths per step (sandwich)")
+    ap.add_argument("--calib", type=int, default=8, help="BatchNorm re-estimation batches")
+    ap.add_argument("--variants", default="main", help="comma-separated: main, no-kd")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline only")
     ap.add_argument("--list-plans", action="store_true", help="print the chosen plans and stop")
     args = ap.parse_args()
     if args.list_plans:
@@ -222,6 +549,12 @@ def main() -> None:
         return
     if args.phase in ("standalone", "all"):
         standalone(args)
+    if args.phase in ("supernet", "all"):
+        supernet_phase(args)
+    if args.phase in ("speed", "all"):
+        speed_phase(args)
+    if args.phase in ("report", "all"):
+        report(args)
 
 
 if __name__ == "__main__":

@@ -293,3 +293,22 @@ def test_supernet_builds_and_scores_real_models(spec):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), sn.using(plan):
         assert torch.allclose(sn(x), sn.extract().eval()(x), atol=1e-4)
+
+
+# --- rank agreement (the benchmark's figures) ---------------------------------------------------
+
+
+def test_rank_correlations_match_hand_computed_examples():
+    from cubesearch.supernet.ranking import kendall_tau, ranks, spearman_rho, top_k_overlap
+
+    # 7 concordant, 3 discordant pairs; Σd² = 8 → ρ = 1 − 6·8 / (5·24)
+    assert kendall_tau([1, 2, 3, 4, 5], [3, 1, 2, 5, 4]) == pytest.approx(0.4)
+    assert spearman_rho([1, 2, 3, 4, 5], [3, 1, 2, 5, 4]) == pytest.approx(0.6)
+    # a tie in x: τ-b = 5 / sqrt(5·6); ρ on average ranks [1, 2.5, 2.5, 4] = 4.5 / sqrt(4.5·5)
+    assert ranks([1, 2, 2, 3]) == [1, 2.5, 2.5, 4]
+    assert kendall_tau([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(5 / 30 ** 0.5)
+    assert spearman_rho([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / 22.5 ** 0.5)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert top_k_overlap([5, 4, 3, 2, 1], [5, 1, 4, 3, 2], k=3) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        kendall_tau([1, 2], [1])

@@ -194,6 +194,9 @@ class SupernetTrainer:
                 opt.step()
                 last = float(total.detach())
                 first = last if step == 0 else first
+                if (step + 1) % 25 == 0:
+                    self.log(f"supernet distillation: step {step + 1}/{cfg.distill_steps}, "
+                             f"normalised MSE {last:.4f}")
                 self.result.passes += 1 / 3  # the teacher's forward; the blocks are local
         finally:
             for h in handles:

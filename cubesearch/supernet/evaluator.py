@@ -1,0 +1,130 @@
+"""`SupernetEvaluator`: the search's second evaluator (`--evaluator supernet`).
+
+`prepare` (once per search, under the `--out` lock) trains a supernet from the search's trained
+baseline, or resumes / reuses the one in `OUT/supernet/MODEL-HASH` (the hash covers the
+baseline's settings and the supernet's training settings). `evaluate` scores a plan in it
+(about a second: set the path, re-estimate the BatchNorms it changes, evaluate IoU on the
+validation tiles); the costs are the cost model's, not measured on a built model, and no
+checkpoint is written unless `checkpoints=True` (then the extracted model is saved like a
+fine-tuned trial's). The supernet is loaded once per process, so the evaluator pickles small
+for Ray workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUPERNET_DIR = "supernet"
+
+
+@dataclass
+class SupernetEvaluator:
+    """Score each plan in a supernet trained once per search (see the module docstring)."""
+
+    name: str = "supernet"
+    epochs: float = 3.0
+    distill_steps: int = 100
+    random_paths: int = 2
+    kd_weight: float = 1.0
+    calib_batches: int = 8
+    recalibrate: bool = True
+    checkpoints: bool = False
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:  # the loaded supernet stays behind
+        return {**self.__dict__, "_cache": {}}
+
+    def train_config(self, ctx: Any) -> Any:
+        from cubesearch.supernet.train import SupernetTrainConfig
+
+        s = ctx.settings
+        return SupernetTrainConfig(epochs=self.epochs, distill_steps=self.distill_steps,
+                                   random_paths=self.random_paths, kd_weight=self.kd_weight,
+                                   lr=s.lr, base_lr=s.fine_tune_lr(True), batch_size=s.batch_size,
+                                   budget_flops=ctx.budget_flops, seed=s.seed)
+
+    def folder(self, ctx: Any) -> Path:
+        base = Path(ctx.baseline_dir).name if ctx.baseline_dir else "scratch"
+        key = json.dumps({"baseline": base, "space": ctx.space.model_dump(mode="json"),
+                          "train": asdict(self.train_config(ctx))}, sort_keys=True, default=str)
+        return Path(ctx.out) / SUPERNET_DIR / f"{base}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+    def _build(self, ctx: Any) -> Any:
+        from cubesearch.models import load_model
+        from cubesearch.supernet.supernet import Supernet
+
+        s = ctx.settings
+        model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
+        sn = Supernet.build(model, ctx.searchable, ctx.space,
+                            model_kwargs={"num_classes": s.num_classes, "in_channels": s.input_size[0]},
+                            input_size=s.input_size)
+        sn.model_spec, sn.cost = s.model, ctx.cost
+        return sn
+
+    def prepare(self, ctx: Any, *, progress: bool, log: Callable[[str], None]) -> None:
+        from safetensors.torch import load_file
+
+        from cubesearch.search.context import ensure_baseline, ensure_datasets
+        from cubesearch.supernet.train import SupernetTrainer
+
+        ensure_datasets(ctx)
+        ensure_baseline(ctx, progress=progress, log=log)
+        folder = self.folder(ctx)
+        if (folder / "final" / "supernet.json").is_file():
+            log(f"supernet: reusing {folder}")
+            return
+        sn = self._build(ctx)
+        sn.load_baseline(load_file(str(Path(ctx.baseline_dir) / "model.safetensors")))
+        log(f"supernet: training in {folder} ({len(sn.sites)} sites, {self.epochs:g} epochs)")
+        result = SupernetTrainer(sn, ctx.datasets[0], self.train_config(ctx), out=folder / "train",
+                                 log=log).run()
+        sn.save(folder / "final", extra={"training": asdict(result)})
+        self._cache.clear()
+
+    def _scorer(self, ctx: Any) -> Any:
+        if "scorer" not in self._cache:
+            from cubesearch.models import load_model
+            from cubesearch.search.context import ensure_datasets
+            from cubesearch.supernet.score import Scorer
+            from cubesearch.supernet.supernet import Supernet
+
+            ensure_datasets(ctx)
+            folder = self.folder(ctx) / "final"
+            s = ctx.settings
+            model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
+            sn = Supernet.load(folder, model, report=ctx.searchable)
+            sn.cost = ctx.cost
+            train_ds, val_ds = ctx.datasets
+            self._cache["scorer"] = Scorer(sn, train_ds, val_ds, calib_batches=self.calib_batches,
+                                           batch_size=ctx.settings.batch_size,
+                                           seed=ctx.settings.seed, recalibrate=self.recalibrate)
+        return self._cache["scorer"]
+
+    def evaluate(self, ctx: Any, trial: Any) -> Any:
+        from cubesearch.search.objectives import COST_OBJECTIVES, recorded_costs
+        from cubesearch.search.record import TrialOutcome
+
+        t0 = time.perf_counter()
+        scorer = self._scorer(ctx)
+        sites_cfg = dict(trial.plan.sites)
+        metrics = scorer(sites_cfg)
+        costs = {name: COST_OBJECTIVES[name].estimate(ctx, sites_cfg)
+                 for name in recorded_costs(ctx.settings.objectives)}
+        checkpoint = None
+        if self.checkpoints:
+            from cubesearch.checkpoint import save
+
+            model = scorer.supernet.extract(sites_cfg).eval()
+            save(trial.folder, model, trial.plan, {**metrics, **costs, "evaluator": self.name})
+            checkpoint = str(trial.folder)
+        recorded = {k: float(metrics[k]) for k in ("f1", "precision", "recall", "oa", "loss")
+                    if k in metrics}
+        return TrialOutcome(iou=float(metrics["iou"]), costs=costs,
+                            seconds=time.perf_counter() - t0, checkpoint=checkpoint,
+                            metrics=recorded)
