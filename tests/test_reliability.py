@@ -274,3 +274,24 @@ def test_os_errors_name_the_path_not_the_errno(tmp_path, capsys, monkeypatch):
     assert code == 1 and "[Errno" not in line
     assert line == ("error: out already exists (a file) where cubesearch needed to create it; "
                     "choose a new path")
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+def test_mask_url():
+    from cubesearch.redact import mask_secrets, mask_url
+
+    assert mask_url("postgresql+psycopg2://user:PW@host/db") == "postgresql+psycopg2://user:***@host/db"
+    assert mask_url("postgresql://u:p@ss@host:5432/db") == "postgresql://u:***@host:5432/db"
+    assert mask_url("postgresql://host/db?user=u&password=pw") == "postgresql://host/db?user=u&password=***"
+    assert mask_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+    masked = mask_secrets("cannot open 'mysql://a:b@h/x': refused")
+    assert masked == "cannot open 'mysql://a:***@h/x': refused"
+
+
+def test_storage_password_is_not_shown_in_errors(tmp_path, capsys):
+    url = "postgresql+psycopg2://user:hunter2@127.0.0.1:1/db"
+    code, out, err = run(capsys, "export", url, "-o", str(tmp_path / "e"))
+    assert code == 1 and "hunter2" not in out + err and "user:***@" in error_line(err)
+    assert not (tmp_path / "e").exists()  # a storage error leaves no empty --out

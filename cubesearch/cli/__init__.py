@@ -14,6 +14,7 @@ import click
 
 from cubesearch.cli.app import app
 from cubesearch.errors import one_line, os_error_line
+from cubesearch.redact import mask_secrets
 
 # Each module adds its commands to `app` on import (one module per step of the data flow).
 from cubesearch.cli import demo as _demo  # noqa: E402,F401  isort: skip
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: aborted", file=sys.stderr)
         return 1
     except click.ClickException as exc:  # usage errors: bad option, missing argument…
-        print(f"error: {exc.format_message()}", file=sys.stderr)
+        print(f"error: {mask_secrets(exc.format_message())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -49,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path problem no command foresaw: name the path, not the errno
         if debug:
             traceback.print_exc()
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"error: {mask_secrets(os_error_line(exc))}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - one line for the user, traceback on request
         if debug:
             traceback.print_exc()
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"error: {mask_secrets(one_line(exc))}", file=sys.stderr)  # no password shown
         return 1
     return result if isinstance(result, int) else 0
 
