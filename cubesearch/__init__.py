@@ -1,6 +1,6 @@
 """cubesearch: put Cube Kernel blocks into any model and search the IoU-vs-FLOPs trade-off.
 
-The public API mirrors the CLI (DESIGN.md §3). Heavy modules (timm, smp, fvcore, optuna) load
+The public API mirrors the CLI (docs/design.md §3). Heavy modules (timm, smp, fvcore, optuna) load
 lazily, on first use of the name that needs them, so `import cubesearch` stays fast.
 """
 
@@ -14,7 +14,7 @@ from cubesearch.errors import CubesearchError
 
 __version__ = "0.1.0"
 
-# name -> module that defines it; one module per step of DESIGN.md §2's data flow.
+# name -> module that defines it; one module per step of docs/design.md §2's data flow.
 _LAZY = {
     "load_model": "cubesearch.models",
     "find_sites": "cubesearch.sites",

@@ -1,4 +1,4 @@
-"""Model specs: one string names a model everywhere (DESIGN.md §2).
+"""Model specs: one string names a model everywhere (docs/design.md §2).
 
 - `timm:NAME`                 → `timm.create_model(NAME, num_classes=…, in_chans=…)`
 - `smp:ARCH:ENCODER`          → `segmentation_models_pytorch.create_model(ARCH, ENCODER, …)`

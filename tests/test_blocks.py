@@ -1,4 +1,4 @@
-"""The Cube Kernel block against DESIGN.md §1: shapes, counts, index maps, folds, exports."""
+"""The Cube Kernel block against docs/design.md §1: shapes, counts, index maps, folds, exports."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_fusion_groups_fall_back_to_gcd():
 
 
 def params_formula(c_in: int, c_out: int, g: int, k: int) -> int:
-    """DESIGN.md §1, lattice_stride=2, router=pre."""
+    """docs/design.md §1, lattice_stride=2, router=pre."""
     c = 4 * math.ceil(c_in / 4)
     q = c // 4
     return c_in * c + 2 * c + 9 * q + 2 * q + c_out * (q // g) * k * k + c_out + 99
@@ -233,7 +233,7 @@ def test_spatial_attention_pools_mean_and_max():
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_lattice_conv_fold_matches_definition_in_training(stride):
-    """The grouped-conv form gives the definition's values *and* gradients (DESIGN.md §4)."""
+    """The grouped-conv form gives the definition's values *and* gradients (docs/design.md §4)."""
     fast = LatticeConv(16, stride)
     ref = LatticeConv(16, stride, impl="reference")
     ref.load_state_dict(fast.state_dict())

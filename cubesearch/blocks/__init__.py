@@ -1,4 +1,4 @@
-"""The Cube Kernel block (DESIGN.md §1) and its pieces."""
+"""The Cube Kernel block (docs/design.md §1) and its pieces."""
 
 from cubesearch.blocks.config import CubeConfig
 from cubesearch.blocks.cost import BlockCost, block_cost

@@ -1,4 +1,4 @@
-"""`CubeConfig`: the block's knobs as frozen, validated data (DESIGN.md §1 table)."""
+"""`CubeConfig`: the block's knobs as frozen, validated data (docs/design.md §1 table)."""
 
 from __future__ import annotations
 

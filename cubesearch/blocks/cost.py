@@ -2,9 +2,9 @@
 
 fvcore counts one multiply-accumulate as one FLOP for convs (no bias term), BatchNorm as
 5·numel in training and 2·numel in eval, and ignores elementwise ops, pooling along channels and
-the sigmoid gate. The folded lattice conv it sees is the grouped 2×2 conv of DESIGN.md "Exact
+the sigmoid gate. The folded lattice conv it sees is the grouped 2×2 conv of docs/design.md "Exact
 folds", so it also counts that kernel's 7 zero taps per channel; `lattice_macs_spec` is the
-DESIGN.md formula's 9·q·HW, for comparison.
+docs/design.md formula's 9·q·HW, for comparison.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cubesearch.blocks.cube import fusion_groups, lattice_channels
 class BlockCost:
     params: int
     flops: int  # what fvcore counts for the block as implemented (per batch of `batch`)
-    conv_macs_spec: int  # DESIGN.md formula's conv terms: router, 9q lattice, fusion, gate conv
+    conv_macs_spec: int  # docs/design.md formula's conv terms: router, 9q lattice, fusion, gate conv
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:

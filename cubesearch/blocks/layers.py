@@ -1,4 +1,4 @@
-"""The pieces of a Cube Kernel block, each usable and testable alone (DESIGN.md §1).
+"""The pieces of a Cube Kernel block, each usable and testable alone (docs/design.md §1).
 
 Channel order. The reconstruction ℛ puts channel `g·q + k` (group g ∈ 0..3, k < q) on cell g of
 the k-th 2×2 lattice. Inside the block we keep tensors that feed ℛ in *lattice order*, where
