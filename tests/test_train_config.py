@@ -52,6 +52,8 @@ def test_config_defaults_overrides_and_names():
     again = TrainConfig.build(cfg, lr=1e-3)  # a config with options on top
     assert again.lr == 1e-3 and again.optimizer == "adamw" and cfg.lr == 2e-3
     assert TrainConfig.build(device="auto").device is None
+    with pytest.raises(CubesearchError, match="--steps must be at least 1, not 0"):
+        TrainConfig(steps=0)  # made directly: the same one-line error
 
 
 def test_optimizer_table_builds_torch_optimizers():

@@ -1,9 +1,9 @@
 """`TrainConfig`: how a model trains, as validated data (pydantic, like `SearchSettings`).
 
 `train(model, **options)` builds one from its keyword arguments; `train(model, config=cfg)`
-takes one, and `train(model, config=cfg, lr=…)` overrides fields of it. A bad value is one
-`CubesearchError` naming the option as the CLI spells it and what it accepts
-(`--lr must be a positive number, not -1.0`).
+takes one, and `train(model, config=cfg, lr=…)` overrides fields of it. A bad value, however
+the config is made, is one `CubesearchError` naming the option as the CLI spells it and what it
+accepts (`--lr must be a positive number, not -1.0`).
 """
 
 from __future__ import annotations
@@ -97,6 +97,12 @@ class TrainConfig(BaseModel):
     deterministic: bool = False
     progress: bool = True
 
+    def __init__(self, **options: Any) -> None:
+        try:
+            super().__init__(**options)
+        except ValidationError as exc:
+            raise CubesearchError(validation_message(exc, type(self))) from None
+
     @field_validator(*_RULES)
     @classmethod
     def _in_range(cls, value: Any, info: Any) -> Any:
@@ -144,11 +150,7 @@ class TrainConfig(BaseModel):
     def build(cls, config: TrainConfig | None = None, **options: Any) -> TrainConfig:
         """`config` (or the defaults) with `options` on top, validated; a bad value raises one
         `CubesearchError` naming the option."""
-        values = {**(config.model_dump() if config is not None else {}), **options}
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise CubesearchError(validation_message(exc, cls)) from None
+        return cls(**{**(config.model_dump() if config is not None else {}), **options})
 
 
 def validation_message(exc: ValidationError, model: type[BaseModel]) -> str:
