@@ -387,9 +387,11 @@ class Supernet(nn.Module):
             if not info.get("model"):
                 raise CubesearchError(f"{src}: the supernet was built from a module, not a model "
                                       "spec; pass the model: Supernet.load(folder, model)")
-            from cubesearch.models import load_model
+            from cubesearch.models import load_model_from
 
-            model = load_model(info["model"], **info.get("model_kwargs", {}))
+            # a spec read from a file: model code runs only as cubesearch.trust allows
+            model = load_model_from(info["model"], source=src / MANIFEST, folder=src,
+                                    **info.get("model_kwargs", {}))
         sup = cls.build(model, report, space, model_kwargs=info.get("model_kwargs"),
                         input_size=info.get("input_size"))
         if info.get("model"):
