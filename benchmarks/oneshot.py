@@ -168,6 +168,21 @@ def write_json(path: Path, data: Any) -> None:
 SEED_STRIDE = 1000  # trial number = plan index + SEED_STRIDE * seed: same baseline, other trial seed
 
 
+def spread_order(n: int) -> list[int]:
+    """0, 1 (the references), then the random plans (sorted by FLOPs) farthest-first, so that any
+    prefix of the run covers the FLOPs range."""
+    order = [i for i in (0, 1) if i < n]
+    rest = list(range(2, n))
+    while rest:
+        if len(order) <= 2:
+            pick = rest[0]
+        else:
+            pick = max(rest, key=lambda i: min(abs(i - j) for j in order if j >= 2))
+        order.append(pick)
+        rest.remove(pick)
+    return order
+
+
 def standalone(args: argparse.Namespace) -> None:
     ctx = make_context(args)
     api = search_api()
@@ -176,8 +191,12 @@ def standalone(args: argparse.Namespace) -> None:
     cache = Path(args.cache) / f"standalone-{key}"
     cache.mkdir(parents=True, exist_ok=True)
     print(f"{len(plans)} plans (key {key}), {args.seeds} seeds; cache {cache}", flush=True)
-    for seed in range(args.seeds):
-        for i, (label, plan) in enumerate(plans):
+    k, n = (int(v) for v in args.worker.split("/"))
+    for pos, i in enumerate(spread_order(len(plans))):  # plan by plan, both seeds: a cut run has pairs
+        if pos % n != k:
+            continue
+        label, plan = plans[i]
+        for seed in range(args.seeds):
             file = cache / f"plan{i:02d}-seed{seed}.json"
             if file.exists():
                 continue
@@ -539,6 +558,7 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=8, help="BatchNorm re-estimation batches")
     ap.add_argument("--variants", default="main", help="comma-separated: main, no-kd")
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--worker", default="0/1", help="K/N: this process trains every N-th plan from K")
     ap.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline only")
     ap.add_argument("--list-plans", action="store_true", help="print the chosen plans and stop")
     args = ap.parse_args()
