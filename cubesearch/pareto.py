@@ -29,6 +29,12 @@ class ParetoPoint:
         return asdict(self)
 
 
+def objective_value(p: ParetoPoint, name: str) -> float:
+    """A cost objective's value: a field (gflops, params) or a recorded extra (latency, in ms)."""
+    value = getattr(p, name, None) if name in ParetoPoint.__dataclass_fields__ else p.extra.get(name)
+    return float("inf") if value is None else float(value)
+
+
 def non_dominated(points: Sequence[ParetoPoint], objectives: Sequence[str] = ("iou", "gflops")
                   ) -> list[ParetoPoint]:
     """Feasible points no other feasible point beats on every objective (IoU up, others down).
@@ -38,7 +44,7 @@ def non_dominated(points: Sequence[ParetoPoint], objectives: Sequence[str] = ("i
     pts = [p for p in points if p.feasible]
 
     def key(p: ParetoPoint) -> tuple[float, ...]:  # all objectives as "lower is better"
-        return tuple(-p.iou if o == "iou" else float(getattr(p, o)) for o in objectives)
+        return tuple(-p.iou if o == "iou" else objective_value(p, o) for o in objectives)
 
     front = []
     for p in pts:
