@@ -79,8 +79,24 @@ def hypervolume(points: Sequence[ParetoPoint], ref_gflops: float, ref_iou: float
 
 def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png: Path | None,
                 html: Path | None, *, title: str = "IoU vs GFLOPs",
-                budget_gflops: float | None = None) -> None:
-    """Every trial as a dot, the front as a line, baseline and FullCube marked, front labelled."""
+                budget_gflops: float | None = None, axis: str = "gflops",
+                budget: float | None = None) -> None:
+    """Every trial as a dot, the front as a line, baseline and FullCube marked, front labelled.
+
+    `axis`: the cost on x, `gflops` (the default) or another recorded cost such as `latency`
+    (ms, measured); `budget` is the budget line in that cost (`budget_gflops` for GFLOPs)."""
+    import math
+
+    if axis != "gflops":
+        budget_gflops = budget
+        points = [p for p in points if math.isfinite(objective_value(p, axis))]
+        front = sorted((p for p in front if math.isfinite(objective_value(p, axis))),
+                       key=lambda p: objective_value(p, axis))
+    unit = {"gflops": "GFLOPs", "latency": "ms", "params": "parameters"}.get(axis, axis)
+
+    def X(pts: Sequence[ParetoPoint]) -> list[float]:
+        return [objective_value(p, axis) for p in pts]
+
     refs = {p.label: p for p in points if p.label in ("baseline", "fullcube")}
     others = [p for p in points if p.label not in refs]
     front_ids = {p.trial for p in front}
@@ -94,25 +110,26 @@ def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png
         feas = [p for p in others if p.feasible]
         infeas = [p for p in others if not p.feasible]
         if feas:
-            ax.scatter([p.gflops for p in feas], [p.iou for p in feas], s=18, c="#9ab",
+            ax.scatter(X(feas), [p.iou for p in feas], s=18, c="#9ab",
                        label="trials")
         if infeas:
-            ax.scatter([p.gflops for p in infeas], [p.iou for p in infeas], s=14, marker="x",
+            ax.scatter(X(infeas), [p.iou for p in infeas], s=14, marker="x",
                        c="#ccc", label="over budget")
         if front:
-            ax.plot([p.gflops for p in front], [p.iou for p in front], "-o", c="#d62728", ms=6,
+            ax.plot(X(front), [p.iou for p in front], "-o", c="#d62728", ms=6,
                     label="Pareto front", drawstyle="steps-post")
             for p in front:
-                ax.annotate(f"#{p.trial}", (p.gflops, p.iou), textcoords="offset points",
+                ax.annotate(f"#{p.trial}", (objective_value(p, axis), p.iou), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
         styles = {"baseline": ("s", "#1f77b4"), "fullcube": ("D", "#2ca02c")}
         for label, p in refs.items():
             marker, colour = styles[label]
-            ax.scatter([p.gflops], [p.iou], marker=marker, s=70, c=colour, zorder=5,
+            ax.scatter(X([p]), [p.iou], marker=marker, s=70, c=colour, zorder=5,
                        label=f"{label} (#{p.trial})", edgecolors="black")
         if budget_gflops is not None:
             ax.axvline(budget_gflops, ls="--", c="#888", lw=1, label="budget")
-        ax.set_xlabel("GFLOPs (fvcore, 1 MAC = 1 FLOP)")
+        ax.set_xlabel("GFLOPs (fvcore, 1 MAC = 1 FLOP)" if axis == "gflops" else
+                      "latency, ms (measured on the profiled device)" if axis == "latency" else unit)
         ax.set_ylabel("IoU (building)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -128,14 +145,14 @@ def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png
 
         def trace(pts, name, **kw):
             fig.add_trace(go.Scatter(
-                x=[p.gflops for p in pts], y=[p.iou for p in pts], name=name,
+                x=X(pts), y=[p.iou for p in pts], name=name,
                 text=[f"trial {p.trial}<br>{p.sites_replaced} sites replaced<br>{p.params:,} params"
-                      for p in pts], hovertemplate="%{text}<br>%{x:.3f} GFLOPs, IoU %{y:.4f}", **kw))
+                      for p in pts], hovertemplate="%{text}<br>%{x:.3f} " + unit + ", IoU %{y:.4f}", **kw))
 
         trace([p for p in others if p.trial not in front_ids], "trials", mode="markers")
         trace(list(front), "Pareto front", mode="lines+markers", line={"shape": "hv"})
         for label, p in refs.items():
             trace([p], label, mode="markers", marker={"size": 12, "symbol": "diamond"})
-        fig.update_layout(title=title, xaxis_title="GFLOPs", yaxis_title="IoU (building)")
+        fig.update_layout(title=title, xaxis_title=unit, yaxis_title="IoU (building)")
         html.parent.mkdir(parents=True, exist_ok=True)
         fig.write_html(str(html), include_plotlyjs=True)
