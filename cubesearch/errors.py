@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
-__all__ = ["CubesearchError", "one_line", "os_error_line"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only for annotations: pydantic loads with the settings models
+    from pydantic import ValidationError
+
+__all__ = ["ConfigError", "CubesearchError", "one_line", "option_name", "os_error_line",
+           "validation_message"]
 
 
 class CubesearchError(Exception):
     """A problem with what the user asked for (bad path, bad spec, bad plan…), not a bug."""
+
+
+class ConfigError(CubesearchError, ValueError):
+    """A bad setting of a validated settings model (`TrainConfig`, `SearchSettings`…): one line
+    naming the option as the CLI spells it and what it accepts."""
+
+
+def option_name(field: str) -> str:
+    """The CLI's spelling of a settings field: `batch_size` → `--batch-size`."""
+    return "--" + field.replace("_", "-")
+
+
+def validation_message(exc: ValidationError, known: Any = ()) -> str:
+    """One line for the first problem pydantic found, in the CLI's words: a validator's own
+    message as it is, an unknown option with the `known` ones, else `--option: what (got …)`."""
+    errors = exc.errors()
+    err = errors[0]
+    field = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        text = f"unknown option {field!r} (known: {', '.join(known)})"
+    elif err["type"] == "value_error":
+        text = str(err["msg"]).removeprefix("Value error, ")
+    else:
+        text = f"{option_name(field)}: {err['msg']} (got {err.get('input')!r})"
+    more = len(errors) - 1
+    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
 def one_line(exc: BaseException, *, with_type: bool = False, limit: int | None = None) -> str:

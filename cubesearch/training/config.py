@@ -2,8 +2,8 @@
 
 `train(model, **options)` builds one from its keyword arguments; `train(model, config=cfg)`
 takes one, and `train(model, config=cfg, lr=…)` overrides fields of it. A bad value, however
-the config is made, is one `CubesearchError` naming the option as the CLI spells it and what it
-accepts (`--lr must be a positive number, not -1.0`).
+the config is made, is one `ConfigError` (a `CubesearchError`) naming the option as the CLI
+spells it and what it accepts (`--lr must be a positive number, not -1.0`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import ConfigError, option_name, validation_message
 from cubesearch.training.losses import LOSSES
 from cubesearch.training.optim import OPTIMIZERS, SCHEDULERS
 
@@ -101,14 +101,14 @@ class TrainConfig(BaseModel):
         try:
             super().__init__(**options)
         except ValidationError as exc:
-            raise CubesearchError(validation_message(exc, type(self))) from None
+            raise ConfigError(validation_message(exc, type(self).model_fields)) from None
 
     @field_validator(*_RULES)
     @classmethod
     def _in_range(cls, value: Any, info: Any) -> Any:
         test, accepts = _RULES[info.field_name]
         if value is not None and not test(value):
-            raise ValueError(f"{option(info.field_name)} {accepts}, not {value}")
+            raise ValueError(f"{option_name(info.field_name)} {accepts}, not {value}")
         return value
 
     @field_validator("input_size")
@@ -151,18 +151,3 @@ class TrainConfig(BaseModel):
         """`config` (or the defaults) with `options` on top, validated; a bad value raises one
         `CubesearchError` naming the option."""
         return cls(**{**(config.model_dump() if config is not None else {}), **options})
-
-
-def validation_message(exc: ValidationError, model: type[BaseModel]) -> str:
-    """One line for the first problem pydantic found, in the CLI's words."""
-    errors = exc.errors()
-    err = errors[0]
-    field = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        text = f"unknown option {field!r} (known: {', '.join(model.model_fields)})"
-    elif err["type"] == "value_error":
-        text = str(err["msg"]).removeprefix("Value error, ")
-    else:
-        text = f"{option(field)}: {err['msg']} (got {err.get('input')!r})"
-    more = len(errors) - 1
-    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
