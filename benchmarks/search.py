@@ -3,7 +3,7 @@
 (a) Cost model: plans/s of `CostModel.flops` (tables cold, then warm) against fvcore counting a
     converted model, for `smp:Unet:resnet18` at 3×512×512, on random plans of the default space
     (every eligible site); the two counts are checked equal on the fvcore plans.
-(b) Samplers: `cubesearch.searching.search` (the real search: baseline, references, budget,
+(b) Samplers: `cubesearch.search` (the real search: baseline, references, budget,
     warm start, training, fvcore) on a small model with synthetic data, once per sampler and seed,
     each its own study in one --out per seed under /tmp; hypervolume of the Pareto front after
     N completed trials (`cubesearch.pareto.hypervolume`, reference point (baseline GFLOPs × 1.1,
@@ -115,7 +115,7 @@ def first_n_points(study, n: int):
     the sampler proposed before the n-th: `--trials` counts trained trials."""
     from optuna.trial import TrialState
 
-    from cubesearch.searching import study_points
+    from cubesearch.search import study_points
 
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: t.number)
@@ -147,7 +147,7 @@ def trial_stats(study) -> dict:
 
 def run_samplers(args) -> tuple[str, dict]:
     from cubesearch.pareto import hypervolume
-    from cubesearch.searching import search
+    from cubesearch.search import search
 
     space = Path(args.work) / "space-all.yaml"
     space.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 A trial starts from the trained baseline's weights, its Cube blocks fitted to the convs they
 replace by local distillation, and trains for a couple of epochs. This runs the real trial code
-(`cubesearch.searching.evaluate_plan`) on the same plans with three learning-rate recipes:
+(`cubesearch.search.evaluate_plan`) on the same plans with three learning-rate recipes:
 
 - `baseline lr`: everything peaks at the baseline's lr (2e-3), the search's old recipe;
 - `lr / 4`: everything peaks at a quarter of it;
@@ -39,7 +39,7 @@ RECIPES = {  # name → (trial_lr, lr of the new blocks) as multiples of the bas
 def random_plans(ctx, n: int, seed: int) -> list[dict]:
     import optuna
 
-    from cubesearch.searching import plan_cost
+    from cubesearch.search import plan_cost
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -65,18 +65,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from cubesearch.demo import DEMO_TRAINING
-    from cubesearch.searching import (
-        SearchSettings,
-        build_context,
-        ensure_baseline,
-        ensure_datasets,
-        evaluate_plan,
-    )
+    from cubesearch.search import SearchSettings, build_context, evaluate_plan
+    from cubesearch.search.context import ensure_baseline, ensure_datasets
 
     t0 = time.perf_counter()
     settings = SearchSettings(model=args.model, budget=args.budget, out=args.work, seed=args.seed,
                               **DEMO_TRAINING)
-    ctx = build_context(settings, progress=False)
+    ctx = build_context(settings)
     ensure_datasets(ctx)
     ensure_baseline(ctx, progress=False)
     plans = [("unconverted", {}),
@@ -95,11 +90,11 @@ def main() -> None:
             rctx = dataclasses.replace(ctx, settings=s, out=Path(args.work) / recipe.replace(" ", "_")
                                        .replace("/", "div").replace(",", ""))
             out = evaluate_plan(rctx, plan, number)
-            gflops = out["gflops"]
+            gflops = out.costs["gflops"]
             if plan:
-                results.setdefault(recipe, []).append(out["iou"])
-            row.append(f"{out['iou']:.4f}")
-            print(f"{label}: {recipe}: IoU {out['iou']:.4f} ({out['seconds']:.0f} s)", flush=True)
+                results.setdefault(recipe, []).append(out.iou)
+            row.append(f"{out.iou:.4f}")
+            print(f"{label}: {recipe}: IoU {out.iou:.4f} ({out.seconds:.0f} s)", flush=True)
         rows.append([label, str(len(plan)), f"{gflops:.3f}", *row])
     means = []
     for recipe in RECIPES:

@@ -7,7 +7,7 @@ lazily, on first use of the name that needs them, so `import cubesearch` stays f
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cubesearch.blocks import CubeBlock, CubeConfig, FoldedCubeBlock
 from cubesearch.errors import CubesearchError
@@ -26,7 +26,7 @@ _LAZY = {
     "load": "cubesearch.checkpoint",
     "save": "cubesearch.checkpoint",
     "train": "cubesearch.training",
-    "search": "cubesearch.searching",
+    "search": "cubesearch.search",  # the package, callable as its `search`
     "export": "cubesearch.exporting",
 }
 
@@ -35,11 +35,8 @@ __all__ = ["CubeBlock", "CubeConfig", "CubesearchError", "FoldedCubeBlock", "__v
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'cubesearch' has no attribute {name!r}")
-
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from cubesearch.checkpoint import write_manifest
-from cubesearch.errors import CubesearchError, one_line
+from cubesearch.errors import CubesearchError
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
+from cubesearch.search.record import open_storage, study_points
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 
@@ -48,10 +49,8 @@ def open_study_source(source: str | Path, study_name: str | None = None):
             raise CubesearchError(f"{folder} holds no study.db (give a search --out folder or a "
                                   "storage URL)")
         url = f"sqlite:///{db.resolve()}"
-    try:
-        names = optuna.get_all_study_names(storage=url)
-    except Exception as exc:
-        raise CubesearchError(f"cannot open storage {url!r}: {one_line(exc)}") from None
+    storage = open_storage(url, heartbeat_=False, create=False)
+    names = optuna.get_all_study_names(storage=storage)
     if study_name is None:
         if len(names) != 1:
             raise CubesearchError(f"{url} holds {len(names)} studies ({', '.join(names) or 'none'}); "
@@ -59,7 +58,7 @@ def open_study_source(source: str | Path, study_name: str | None = None):
         study_name = names[0]
     elif study_name not in names:
         raise CubesearchError(f"no study {study_name!r} in {url} (it has: {', '.join(names)})")
-    return optuna.load_study(study_name=study_name, storage=url)
+    return optuna.load_study(study_name=study_name, storage=storage)
 
 
 # --- choosing models ------------------------------------------------------------------------
@@ -215,8 +214,6 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
            select: str = "pareto", formats: Sequence[str] = ("safetensors", "onnx"),
            finetune_epochs: float = 0.0, progress: bool = True, console=None) -> ExportResult:
     """Export the selected trained models of a study, and write the Pareto index."""
-    from cubesearch.searching import study_points
-
     bad = [f for f in formats if f not in FORMATS]
     if bad or "safetensors" not in formats:
         raise CubesearchError(f"--formats {','.join(formats)!r}: choose from {', '.join(FORMATS)} "

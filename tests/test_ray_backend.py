@@ -340,8 +340,8 @@ def test_missing_ray_names_the_extra(tmp_path):
 
 
 def _searcher(tmp_path, trials: int, budget: str = "90%"):
-    from cubesearch.distributed import CubeOptunaSearch
-    from cubesearch.searching import SearchSettings, build_context, open_study
+    from cubesearch.search import SearchSettings, build_context, open_study
+    from cubesearch.search.ray import CubeOptunaSearch
 
     settings = SearchSettings(model=TINY, budget=budget, space="shared", trials=trials,
                               sampler="random", input_size=(3, 64, 64), tile_size=32,
@@ -353,7 +353,7 @@ def _searcher(tmp_path, trials: int, budget: str = "90%"):
 
 def test_searcher_prices_plans_and_starts_only_those_within_budget(tmp_path):
     from cubesearch.blocks import CubeConfig
-    from cubesearch.searching import plan_cost
+    from cubesearch.search import plan_cost
 
     searcher, study, ctx = _searcher(tmp_path, trials=12)
     configs = []

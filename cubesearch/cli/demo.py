@@ -58,7 +58,7 @@ def demo(
         return
 
     from cubesearch.exporting import export
-    from cubesearch.searching import front_table, search
+    from cubesearch.search import front_table, search
 
     folder = Path(out)
     console.rule(f"search: {model}, budget {budget}, {trials} trials")

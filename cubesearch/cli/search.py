@@ -41,7 +41,7 @@ def search(
     study: str = typer.Option(None, help="Study name (default: from model and space)."),
     out: str = typer.Option("runs/search", "--out", "-o", help="Folder for the study, checkpoints, plots."),
     seed: int = typer.Option(0),
-    objectives: str = typer.Option("iou,gflops", help="iou,gflops or iou,gflops,params."),
+    objectives: str = typer.Option("iou,gflops", help="iou and costs: iou,gflops or iou,gflops,params."),
     input_size: str = typer.Option("3x512x512", help="Reference input for FLOPs, CxHxW."),
     tile_size: int = typer.Option(128, help="Training tile size."),
     train_tiles: int = typer.Option(192, help="Synthetic training tiles."),
@@ -51,6 +51,9 @@ def search(
     trial_lr: float = typer.Option(None, help="Peak learning rate of the weights a trial takes from the "
                                    "trained baseline (default: --lr / 4)."),
     sampler: str = typer.Option("nsga2", help="nsga2, tpe or random."),
+    evaluator: str = typer.Option("finetune", help="How a plan becomes an IoU: finetune (cubesearch's "
+                                  "trainer) or path/to/eval.py:fn, your function fn(model, trial) -> "
+                                  "{'iou': ...} given the converted, warm-started model."),
     classes: int = typer.Option(1, help="Output classes (1: binary buildings)."),
     pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
     backend: str = typer.Option("local", help="local (Optuna in this process) or ray (Ray Tune)."),
@@ -64,14 +67,14 @@ def search(
 ) -> None:
     """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
     from cubesearch.errors import CubesearchError
-    from cubesearch.searching import SAMPLERS, front_table, parse_objectives
-    from cubesearch.searching import search as run_search
+    from cubesearch.search import BACKENDS, SAMPLERS, front_table, parse_objectives
+    from cubesearch.search import search as run_search
     from cubesearch.sites import parse_input_size
 
     if sampler not in SAMPLERS:
         raise CubesearchError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
-    if backend not in ("local", "ray"):
-        raise CubesearchError(f"unknown backend {backend!r} (choose local or ray)")
+    if backend not in BACKENDS:
+        raise CubesearchError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if address is not None:
         backend = "ray"
     console = out_console(as_json)
@@ -82,7 +85,7 @@ def search(
         study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
         input_size=parse_input_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
         val_tiles=val_tiles, batch_size=batch_size, lr=lr, trial_lr=trial_lr, sampler=sampler,
-        num_classes=classes,
+        evaluator=evaluator, num_classes=classes,
         pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console)
     if as_json:

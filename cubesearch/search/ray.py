@@ -1,7 +1,8 @@
 """The Ray Tune backend: the same search, with trials run by Ray on one machine's cores or a cluster.
 
-`cubesearch search ... --backend ray` lands in `search_ray(settings)`. It differs from the local
-backend only in who schedules a trial; everything else is shared with `cubesearch.searching`:
+`cubesearch search ... --backend ray` runs `RayBackend.run` between the set-up and wrap-up that
+every backend shares (`cubesearch.search.driver`); it differs from the local backend only in who
+schedules a trial:
 
 - The study is the record, as for the local backend: the same Optuna storage (SQLite in `--out`
   by default, or `--storage URL`), the same user attributes, so `collect_result`, the Pareto table
@@ -12,11 +13,11 @@ backend only in who schedules a trial; everything else is shared with `cubesearc
   with the cost model. An over-budget plan is told to the study at once, as infeasible, inside
   `suggest` — it never becomes a Tune trial, so it never occupies a worker. A plan within budget
   becomes a Tune trial whose config carries the trial number and the plan.
-- `run_trial` (the Tune trainable, on a worker) calls the same `evaluate_plan` as the local
-  backend and reports its figures. Exceptions there (NaN loss, out of memory…) are reported as a
-  failed result, recorded in the study with their reason; a worker that dies (killed, node lost)
-  is retried by Tune's `FailureConfig`.
-- Back in the driver, `on_trial_complete` stores the figures with `record_trial_result` and tells
+- `tune_trial` (the Tune trainable, on a worker) calls the same `evaluate_trial` (the search's
+  evaluator) as the local backend and reports its `TrialOutcome`. Exceptions there (NaN loss,
+  out of memory…) are reported as a failed result, recorded in the study with their reason; a
+  worker that dies (killed, node lost) is retried by Tune's `FailureConfig`.
+- Back in the driver, `on_trial_complete` stores the outcome with `record_outcome` and tells
   the study: one Optuna trial per plan, whichever process trained it.
 - The context every trial shares (datasets and the baseline's checkpoint folder) reaches workers
   through the Ray object store (`tune.with_parameters`): workers never regenerate data nor retrain
@@ -42,34 +43,30 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState, create_trial
+
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError, one_line
-from cubesearch.searching import (
-    OBJECTIVE_DIRECTIONS,
-    SearchContext,
-    SearchProgress,
-    SearchResult,
-    SearchSettings,
+from cubesearch.plan import Plan
+from cubesearch.search.context import SearchContext
+from cubesearch.search.objectives import direction, recorded_costs
+from cubesearch.search.progress import SearchProgress
+from cubesearch.search.record import (
+    RECORDED_METRICS,
     TrialCounts,
-    build_context,
-    collect_result,
-    enqueue_references,
-    ensure_baseline,
-    ensure_datasets,
-    evaluate_plan,
+    TrialOutcome,
     fail_reason,
-    folder_lock,
-    make_sampler,
-    open_study,
-    price_trial,
-    record_trial_result,
-    write_summary,
+    open_storage,
 )
+from cubesearch.search.settings import SearchSettings
+from cubesearch.search.study import make_sampler, stored_trials
+from cubesearch.search.trial import evaluate_trial, price_trial, record_outcome
 
 INSTALL_HINT = "pip install 'cubesearch[ray]'"
 MAX_FAILURES = 2  # retries of a trial whose worker died (Tune's FailureConfig)
@@ -143,13 +140,6 @@ class PlanSpace:
                 "infeasible_values": list(values) if values is not None else None}
 
 
-def _storage_for(url: str):
-    """The searcher's own connection to the study (no heartbeat: Ray tracks liveness)."""
-    from optuna.storages import RDBStorage
-
-    return RDBStorage(url, engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
-
-
 class CubeOptunaSearch(_OptunaSearch):
     """`OptunaSearch` on the cubesearch study, with the cost-model pre-check in `suggest`.
 
@@ -158,8 +148,6 @@ class CubeOptunaSearch(_OptunaSearch):
     """
 
     def __init__(self, ctx: SearchContext, experiment: str) -> None:
-        import optuna
-
         s = ctx.settings
         self._ctx = replace(ctx, datasets=None)  # the driver needs no data: sites, costs, budget
         self._experiment = experiment
@@ -167,12 +155,10 @@ class CubeOptunaSearch(_OptunaSearch):
         self._retries: dict[str, int] = {}
         self._count_cache: tuple[float, int, int, bool] | None = None
         self._orphans_checked = False
-        storage = _storage_for(s.storage_url())
-        sampler = self._new_sampler(len(optuna.load_study(study_name=s.study_name(),
-                                                          storage=storage).trials))
+        storage = open_storage(s.storage_url(), heartbeat_=False)  # Ray tracks liveness
+        sampler = self._new_sampler(stored_trials(storage, s.study_name()))
         super().__init__(space=PlanSpace(self._ctx), metric=list(s.objectives),
-                         mode=["max" if OBJECTIVE_DIRECTIONS[o] == "maximize" else "min"
-                               for o in s.objectives],
+                         mode=["max" if direction(o) == "maximize" else "min" for o in s.objectives],
                          sampler=sampler, study_name=s.study_name(), storage=storage)
         _SEARCHERS[experiment] = self
 
@@ -203,14 +189,11 @@ class CubeOptunaSearch(_OptunaSearch):
         # a resumed search must not replay the first run's random stream (as the local backend)
         return make_sampler(s.sampler, s.seed + offset, s.trials)
 
-    def _study(self):
-        import optuna
-
+    def _study(self) -> optuna.Study:
         if self._ot_study is None:
             s = self._ctx.settings
-            storage = _storage_for(s.storage_url())
-            n = len(optuna.load_study(study_name=s.study_name(), storage=storage).trials)
-            self._sampler = self._new_sampler(n)
+            storage = open_storage(s.storage_url(), heartbeat_=False)
+            self._sampler = self._new_sampler(stored_trials(storage, s.study_name()))
             self._ot_study = optuna.load_study(study_name=s.study_name(), storage=storage,
                                                sampler=self._sampler)
             self._storage = storage
@@ -227,8 +210,6 @@ class CubeOptunaSearch(_OptunaSearch):
     def _fail_orphans(self, study) -> None:
         """Optuna trials this `--out`'s Ray runs started but Tune no longer knows (the driver died
         before Tune saved them): failed, so the study has no trial left running for ever."""
-        from optuna.trial import TrialState
-
         root = str(Path(self._experiment).parent)
         live = set(self._live.values())
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -270,8 +251,6 @@ class CubeOptunaSearch(_OptunaSearch):
     # -- Tune's Searcher interface --
 
     def suggest(self, trial_id: str) -> dict | None:
-        from optuna.trial import TrialState
-
         study = self._study()
         while True:
             counts = self._counts()
@@ -298,9 +277,6 @@ class CubeOptunaSearch(_OptunaSearch):
     def _ask(self, study):
         """`study.ask()`, with the trial marked as this experiment's from its creation on, so that
         a driver killed at any moment leaves no trial it cannot recognise as its own."""
-        import optuna
-        from optuna.trial import TrialState, create_trial
-
         tags = {"backend": "ray", "ray_experiment": self._experiment}
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             trial = study.ask()  # a queued reference (or someone's enqueued plan) first
@@ -321,8 +297,6 @@ class CubeOptunaSearch(_OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False
                           ) -> None:
-        from optuna.trial import TrialState
-
         study = self._study()
         ot_trial = self._ot_trials.pop(trial_id, None)
         self._live.pop(trial_id, None)
@@ -335,10 +309,8 @@ class CubeOptunaSearch(_OptunaSearch):
         if retries:
             ot_trial.set_user_attr("ray_retries", retries)
         if result and result.get("ok"):
-            values = record_trial_result(self._ctx, ot_trial, {
-                "iou": float(result["iou"]), "gflops": float(result["gflops"]),
-                "params": int(result["params"]), "seconds": float(result["seconds"]),
-                "checkpoint": result["checkpoint"], "metrics": _nested(result, "metrics")})
+            values = record_outcome(self._ctx, ot_trial, TrialOutcome.from_report(
+                result, recorded_costs(self._ctx.settings.objectives)))
             for key, attr in (("node_ip", "ray_node"), ("pid", "ray_pid")):
                 if key in result:
                     ot_trial.set_user_attr(attr, result[key])
@@ -400,13 +372,6 @@ class RetryRecorder(_Callback):
             searcher.note_retry(trial.trial_id)
 
 
-def _nested(result: dict[str, Any], key: str) -> dict[str, Any]:
-    """`result[key]`, also when Tune handed the result over flattened (`key/name` entries)."""
-    if isinstance(result.get(key), dict):
-        return result[key]
-    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(f"{key}/")}
-
-
 def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.config.get('trial_number', 0):04d}_{trial.trial_id}"
 
@@ -414,9 +379,9 @@ def trial_dirname(trial: Any) -> str:
 # --- the trainable: one trial on a worker ---------------------------------------------------
 
 
-def run_trial(config: dict[str, Any], ctx: SearchContext | None = None, cwd: str | None = None
-              ) -> None:
-    """Tune's trainable: `evaluate_plan` on the plan in `config`; reports one result."""
+def tune_trial(config: dict[str, Any], ctx: SearchContext | None = None, cwd: str | None = None
+               ) -> None:
+    """Tune's trainable: `evaluate_trial` on the plan in `config`; reports one result."""
     import torch
     from ray import tune
 
@@ -426,43 +391,39 @@ def run_trial(config: dict[str, Any], ctx: SearchContext | None = None, cwd: str
     torch.set_num_threads(max(1, int(ctx.settings.cpus_per_trial)))
     number = int(config["trial_number"])
     sites_cfg = {name: CubeConfig.from_dict(d) for name, d in config["plan"].items()}
-    failed = {o: math.nan for o in ("iou", "gflops", "params")}
+    failed = {o: math.nan for o in ctx.settings.objectives}
     if ctx.baseline_dir is not None and not (Path(ctx.baseline_dir) / "model.safetensors").exists():
         tune.report({**failed, "ok": False, "fail_reason": (
             f"the baseline checkpoint {ctx.baseline_dir} is not visible on {socket.gethostname()}: "
             "--out must be a folder every node of the cluster sees at the same path")})
         return
     try:
-        out = saved_result(ctx, sites_cfg, number) or evaluate_plan(ctx, sites_cfg, number)
+        outcome = saved_result(ctx, sites_cfg, number) or evaluate_trial(ctx, sites_cfg, number)
     except Exception as exc:  # recorded in the study as a failed trial; the search goes on
         tune.report({**failed, "ok": False, "fail_reason": fail_reason(exc)})
         return
-    metrics = {k: float(v) for k, v in out["metrics"].items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tune.report({"ok": True, "iou": out["iou"], "gflops": out["gflops"], "params": out["params"],
-                 "seconds": out["seconds"], "checkpoint": out["checkpoint"], "metrics": metrics})
+    tune.report(outcome.to_report())
 
 
 def saved_result(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: int
-                 ) -> dict[str, Any] | None:
-    """`evaluate_plan`'s figures from the trial's checkpoint, if that plan was already trained
-    and saved (checkpoints are written atomically): a trial that Ray runs again after the driver
+                 ) -> TrialOutcome | None:
+    """The outcome from the trial's checkpoint, if that plan was already evaluated and saved
+    (checkpoints are written atomically): a trial that Ray runs again after the driver
     restarted, or whose worker died after saving, is not trained twice."""
-    from cubesearch.plan import Plan
-    from cubesearch.searching import trial_dir
-
-    folder = trial_dir(ctx, number)
+    folder = ctx.trial_dir(number)
     try:
         plan = Plan.load(folder / "plan.json")
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError, CubesearchError):
         return None
+    costs = recorded_costs(ctx.settings.objectives)
     if plan.model != ctx.settings.model or dict(plan.sites) != sites_cfg or not (
-            folder / "model.safetensors").exists() or "iou" not in metrics:
+            folder / "model.safetensors").exists() or not {"iou", *costs} <= metrics.keys():
         return None
-    return {"iou": float(metrics["iou"]), "gflops": float(metrics["gflops"]),
-            "params": int(metrics["params"]), "seconds": float(metrics.get("seconds", 0.0)),
-            "checkpoint": str(folder), "metrics": metrics}
+    recorded = metrics.get("recorded_metrics", RECORDED_METRICS)
+    return TrialOutcome(iou=float(metrics["iou"]), costs={k: metrics[k] for k in costs},
+                        seconds=float(metrics.get("seconds", 0.0)), checkpoint=str(folder),
+                        metrics={k: float(metrics[k]) for k in recorded if k in metrics})
 
 
 # --- connecting to Ray ----------------------------------------------------------------------
@@ -568,91 +529,84 @@ def _experiment_to_resume(out: Path, study_name: str) -> tuple[Path, bool]:
 # --- the search -----------------------------------------------------------------------------
 
 
-def search_ray(settings: SearchSettings, *, progress: bool = True, console=None) -> SearchResult:
-    """Run (or resume) the search with Ray Tune scheduling the trials; returns the same result
-    as the local backend, read from the same study."""
-    require_ray()
-    # Tune's console output would interleave with ours: ours says what matters, Ray's experiment
-    # folder keeps the rest. What Ray still prints (worker errors from the raylet…) goes to stderr:
-    # stdout carries only the result (one JSON object with --json).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune saves its experiment state (and our searcher's) at most this often; small state, so
-    # often: a driver restart then loses few trials' bookkeeping.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    # OptunaSearch warns when the define-by-run space takes over a second: ours writes the plan
-    # and its cost to the study (one database write per parameter), which a busy disk makes slow
-    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`")
-    with contextlib.redirect_stdout(sys.stderr):
-        return _search_ray(settings, progress=progress, console=console)
+class RayBackend:
+    """Ray Tune schedules the trials: `session` connects to Ray, `run` runs the Tuner."""
+
+    name = "ray"
+    label = "search (ray)"
+
+    def __init__(self) -> None:
+        self.resources: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def session(self, settings: SearchSettings) -> Iterator[SearchSettings]:
+        """Ray connected (cluster problems first: they take seconds to find) for the search."""
+        ray = require_ray()
+        # Tune's console output would interleave with ours: ours says what matters, Ray's
+        # experiment folder keeps the rest. What Ray still prints (worker errors from the raylet…)
+        # goes to stderr: stdout carries only the result (one JSON object with --json).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # Tune saves its experiment state (and our searcher's) at most this often; small state,
+        # so often: a driver restart then loses few trials' bookkeeping.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+        # OptunaSearch warns when the define-by-run space takes over a second: ours writes the
+        # plan and its cost to the study (a database write per parameter), slow on a busy disk
+        warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`")
+        settings = settings.model_copy(update={"out": str(Path(settings.out).resolve())})
+        with contextlib.redirect_stdout(sys.stderr):
+            started = connect(settings)
+            try:
+                self.resources = check_resources(settings)
+                yield settings
+            finally:
+                if started:
+                    ray.shutdown()
+
+    def run(self, ctx: SearchContext, study: optuna.Study, view: SearchProgress) -> None:
+        settings = ctx.settings
+        exp_dir, restoring = _experiment_to_resume(ctx.out, settings.study_name())
+        if TrialCounts.of(study).trained >= settings.trials and not restoring:
+            return
+        concurrent = settings.max_concurrent or default_concurrency(settings, self.resources)
+        r = self.resources
+        view.log(f"ray: {int(r['nodes'])} node(s), {r['CPU']:g} CPUs, {r['GPU']:g} GPUs; "
+                 f"{concurrent} trial(s) at once, {settings.cpus_per_trial:g} CPU + "
+                 f"{settings.gpus_per_trial:g} GPU each; experiment {exp_dir}"
+                 + (" (restored)" if restoring else ""))
+        with contextlib.redirect_stdout(sys.stderr):
+            grid = _fit(ctx, exp_dir, restoring, concurrent, view)
+        if len(grid) - grid.num_terminated - grid.num_errors:  # trials left unfinished
+            raise CubesearchError(
+                f"search interrupted with {TrialCounts.of(study).trained} of {settings.trials} "
+                f"trials trained; run the same command again to resume ({exp_dir})")
+        (exp_dir / DONE_FILE).write_text(json.dumps({"trials_complete": TrialCounts.of(study).trained}))
 
 
-def _search_ray(settings: SearchSettings, *, progress: bool, console) -> SearchResult:
-    from rich.console import Console
-
-    console = console or Console(stderr=True)
-    log = console.print
-    settings = settings.model_copy(update={"out": str(Path(settings.out).resolve())})
-    started = connect(settings)  # cluster problems first: they take seconds to find
-    try:
-        resources = check_resources(settings)
-        ctx = build_context(settings)  # then the model, space and budget, before the study
-        ctx.out.mkdir(parents=True, exist_ok=True)
-        study = open_study(settings)
-        done = TrialCounts.of(study).trained
-        name = settings.study_name()
-        exp_dir, restoring = _experiment_to_resume(ctx.out, name)
-        if done >= settings.trials and not restoring:
-            log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials "
-                "trained")
-            result = collect_result(study, ctx)
-            write_summary(result, ctx)
-            return result
-        concurrent = settings.max_concurrent or default_concurrency(settings, resources)
-        log(f"study {name!r} in {settings.storage_url()}: {done} of {settings.trials} trials trained; "
-            f"budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
-            f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
-        log(f"ray: {int(resources['nodes'])} node(s), {resources['CPU']:g} CPUs, "
-            f"{resources['GPU']:g} GPUs; {concurrent} trial(s) at once, "
-            f"{settings.cpus_per_trial:g} CPU + {settings.gpus_per_trial:g} GPU each; "
-            f"experiment {exp_dir}" + (" (restored)" if restoring else ""))
-        ensure_datasets(ctx)
-        with folder_lock(ctx.out / ".baseline.lock"):  # trained once, in the driver
-            ensure_baseline(ctx, progress=progress, log=log)
-            enqueue_references(study, ctx)
-        return _run_tuner(settings, ctx, study, exp_dir, restoring, concurrent, progress, console)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-
-
-def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Path, restoring: bool,
-               concurrent: int, progress: bool, console) -> SearchResult:
-    from optuna.trial import TrialState
+def _fit(ctx: SearchContext, exp_dir: Path, restoring: bool, concurrent: int,
+         view: SearchProgress) -> Any:
+    """Run (or restore) the Tuner of experiment `exp_dir`; its ResultGrid."""
     from ray import tune
-    done = TrialCounts.of(study).trained
-    view = SearchProgress(ctx, console, done=done, enabled=progress, label="search (ray)")
+
+    settings = ctx.settings
     lock = threading.Lock()
 
-    def update(st, trial) -> None:
+    def update(study: optuna.Study, trial: Any) -> None:
         with lock:
-            view.trial_finished(st, trial)
+            view.trial_finished(study, trial)
 
-    _HOOKS[str(exp_dir)] = DriverHooks(trials=settings.trials, log=console.print, update=update)
+    _HOOKS[str(exp_dir)] = DriverHooks(trials=settings.trials, log=view.log, update=update)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx, cwd=os.getcwd()),
+        tune.with_parameters(tune_trial, ctx=ctx, cwd=os.getcwd()),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     try:
         if restoring:
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
-            searcher = CubeOptunaSearch(ctx, str(exp_dir))
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
-                                            max_concurrent_trials=concurrent,
+                tune_config=tune.TuneConfig(search_alg=CubeOptunaSearch(ctx, str(exp_dir)),
+                                            num_samples=-1, max_concurrent_trials=concurrent,
                                             time_budget_s=settings.timeout, reuse_actors=True,
                                             trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
@@ -660,25 +614,7 @@ def _run_tuner(settings: SearchSettings, ctx: SearchContext, study, exp_dir: Pat
                     stop=TargetStopper(str(exp_dir)), callbacks=[RetryRecorder(str(exp_dir))],
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
         with view:
-            grid = tuner.fit()
+            return tuner.fit()
     finally:
         _HOOKS.pop(str(exp_dir), None)
         _SEARCHERS.pop(str(exp_dir), None)
-
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    note = TrialCounts.of(study).tight_budget_note(settings.trials)
-    if note:
-        console.print(f"[yellow]{note}[/yellow]")
-    result = collect_result(study, ctx)
-    if unfinished:
-        raise CubesearchError(
-            f"search interrupted with {result.n_complete} of {settings.trials} trials trained; "
-            f"run the same command again to resume ({exp_dir})")
-    (exp_dir / DONE_FILE).write_text(json.dumps({"trials_complete": result.n_complete}))
-    if result.n_complete == 0 and result.n_failed:
-        first = min(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)),
-                    key=lambda t: t.number)
-        raise CubesearchError(f"every trial failed; the first: trial {first.number}: "
-                              f"{first.user_attrs.get('fail_reason', 'unknown error')}")
-    write_summary(result, ctx)
-    return result

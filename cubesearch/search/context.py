@@ -1,0 +1,193 @@
+"""What every trial of a search shares: sites, cost model, budget, datasets, trained baseline.
+
+`build_context` loads the model once, finds its sites, and checks that the budget is reachable;
+`ensure_datasets` and `ensure_baseline` fill in the data and the baseline's checkpoint (trained
+once per `--out` and set of training settings, then reused). The context is picklable: the Ray
+backend ships it to its workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from cubesearch import training
+from cubesearch.blocks import CubeConfig
+from cubesearch.checkpoint import save
+from cubesearch.cost import CostModel
+from cubesearch.data import make_datasets
+from cubesearch.errors import CubesearchError
+from cubesearch.models import load_model
+from cubesearch.plan import Plan
+from cubesearch.search.record import TrialOutcome
+from cubesearch.search.settings import BASELINE_IDENTITY, SearchSettings, safe_name
+from cubesearch.sites import Site, find_sites
+from cubesearch.space import SearchSpace, parse_budget
+
+
+@dataclass
+class SearchContext:
+    settings: SearchSettings
+    space: SearchSpace
+    sites: list[Site]  # every eligible site
+    searchable: list[Site]  # those the space searches
+    cost: CostModel
+    base_flops: int
+    base_params: int
+    budget_flops: float
+    out: Path
+    baseline_dir: Path | None = None
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    datasets: Any = None  # (train, val), built once
+    evaluator: Evaluator | None = None  # how a plan becomes an IoU; set by the search's set-up
+
+    def plan_for(self, sites_cfg: dict[str, CubeConfig]) -> Plan:
+        s = self.settings
+        return Plan(model=s.model, model_kwargs={"num_classes": s.num_classes,
+                                                 "in_channels": s.input_size[0]},
+                    input_size=s.input_size, sites=dict(sites_cfg))
+
+    def trial_dir(self, number: int) -> Path:
+        """OUT/trials/STUDY/trial_NNNN: several studies may share one --out (and one storage)."""
+        return self.out / "trials" / self.settings.study_name() / f"trial_{number:04d}"
+
+    def trial_info(self, number: int, sites_cfg: dict[str, CubeConfig], *, progress: bool = False
+                   ) -> TrialInfo:
+        return TrialInfo(number=number, plan=self.plan_for(sites_cfg), folder=self.trial_dir(number),
+                         seed=self.settings.seed + number, settings=self.settings,
+                         datasets=self.datasets, baseline_dir=self.baseline_dir,
+                         baseline_metrics=dict(self.baseline_metrics), progress=progress)
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """What an evaluator is told about the trial it scores."""
+
+    number: int  # the Optuna trial number
+    plan: Plan  # the plan (`plan.sites`: site name → CubeConfig)
+    folder: Path  # where the trial's checkpoint goes (OUT/trials/STUDY/trial_NNNN)
+    seed: int  # settings.seed + number: the trial's random state
+    settings: SearchSettings
+    datasets: Any = None  # (train, val) as built from --data; None if the evaluator built none
+    baseline_dir: Path | None = None  # the trained baseline's checkpoint, if there is one
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    progress: bool = False
+
+
+class Evaluator(Protocol):
+    """How a plan becomes an IoU, whichever backend schedules the trials.
+
+    `prepare` runs once per search in the driver, under the `--out` lock, before any trial: it may
+    fill in the context (datasets, a trained baseline, a supernet…), which then travels with the
+    context to Ray workers. `evaluate` runs once per plan within budget (a worker process under
+    Ray): it returns the plan's `TrialOutcome` (IoU, measured costs, checkpoint) or raises, which
+    records a failed trial with the exception as its reason. Evaluators must be picklable.
+    """
+
+    name: str
+
+    def prepare(self, ctx: SearchContext, *, progress: bool, log: Callable[[str], None]) -> None: ...
+
+    def evaluate(self, ctx: SearchContext, trial: TrialInfo) -> TrialOutcome: ...
+
+
+def build_context(settings: SearchSettings) -> SearchContext:
+    """Load the model once, find its sites, price plans, check the budget is reachable."""
+    space = SearchSpace.load(settings.space)
+    model = load_model(settings.model, num_classes=settings.num_classes,
+                       in_channels=settings.input_size[0], pretrained=settings.pretrained)
+    report = find_sites(model, input_size=settings.input_size)
+    sites = list(report.sites)
+    searchable = space.searchable(sites)
+    if not searchable:
+        raise CubesearchError(
+            f"{settings.model}: no eligible 3×3 conv matches the space's sites ({space.sites!r}); "
+            f"{len(sites)} eligible in the whole model")
+    cost = CostModel(report)
+    base_flops, base_params = cost.flops({}), cost.params({})
+    budget = parse_budget(settings.budget, base_flops)
+    cheapest_flops = cost.flops(cheapest_plan(space, searchable, cost))
+    if cheapest_flops > budget:
+        raise CubesearchError(
+            f"budget {settings.budget} ({budget / 1e9:.3f} GFLOPs) is below the cheapest plan in "
+            f"space {space.name!r}: {cheapest_flops / 1e9:.3f} GFLOPs "
+            f"(the model is {base_flops / 1e9:.3f} GFLOPs)")
+    return SearchContext(settings=settings, space=space, sites=sites, searchable=searchable,
+                         cost=cost, base_flops=base_flops, base_params=base_params,
+                         budget_flops=budget, out=Path(settings.out))
+
+
+def cheapest_plan(space: SearchSpace, sites: Sequence[Site], cost: CostModel) -> dict[str, CubeConfig]:
+    """The lowest-FLOPs plan the space can produce (sites are priced independently)."""
+    if space.mode == "per_site":
+        plan = {}
+        for s in sites:
+            best = min(space.site_combos(s), key=lambda c, s=s: cost.flops({s.name: c}))
+            if cost.flops({s.name: best}) < cost.flops({}):
+                plan[s.name] = best
+        return plan
+    combos = space.shared_combos(sites)
+    best = min(combos, key=lambda c: cost.flops({s.name: c for s in sites}))
+    plan = {s.name: best for s in sites}
+    if space.mode == "shared":  # replacing a site may cost more than keeping it
+        plan = {n: c for n, c in plan.items() if cost.flops({n: c}) < cost.flops({})}
+    return plan
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl) held for the block; released if the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_datasets(ctx: SearchContext) -> None:
+    if ctx.datasets is None:
+        s = ctx.settings
+        ctx.datasets = make_datasets(s.data, size=s.tile_size, train_tiles=s.train_tiles,
+                                     val_tiles=s.val_tiles, seed=s.seed)
+
+
+def baseline_dir(settings: SearchSettings, out: Path) -> Path:
+    """OUT/baselines/MODEL-HASH: one trained baseline per distinct set of training settings."""
+    fields = settings.model_dump(mode="json", include=set(BASELINE_IDENTITY))
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    return out / "baselines" / f"{safe_name(Path(settings.model).name)}-{key}"
+
+
+def ensure_baseline(ctx: SearchContext, *, progress: bool = True, log: Callable[[str], None] = print
+                    ) -> None:
+    """Train the unconverted model once per study; later runs and every trial reuse it."""
+    folder = baseline_dir(ctx.settings, ctx.out)
+    metrics_file = folder / "metrics.json"
+    if metrics_file.exists() and (folder / "model.safetensors").exists():
+        ctx.baseline_dir = folder
+        ctx.baseline_metrics = json.loads(metrics_file.read_text())
+        log(f"baseline: reusing {folder} (IoU {ctx.baseline_metrics.get('iou', float('nan')):.4f})")
+        return
+    s = ctx.settings
+    log(f"baseline: training {s.model} for {s.baseline_epochs or s.epochs_per_trial:g} epochs")
+    with torch.random.fork_rng():  # its initial weights depend on the seed, not on what ran before
+        torch.manual_seed(s.seed)
+        model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0],
+                           pretrained=s.pretrained)
+    plan = ctx.plan_for({})
+    result = training.train(model, data=ctx.datasets, epochs=s.baseline_epochs or s.epochs_per_trial,
+                   plan=plan, input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=s.seed,
+                   lr=s.lr, batch_size=s.batch_size, progress=progress)
+    metrics = dict(result.metrics, gflops=ctx.base_flops / 1e9, params=ctx.base_params)
+    save(folder, result.model.eval(), plan, metrics)
+    ctx.baseline_dir, ctx.baseline_metrics = folder, metrics

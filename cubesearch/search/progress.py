@@ -1,0 +1,86 @@
+"""What a running search shows, whichever backend schedules its trials."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cubesearch.search.context import SearchContext
+from cubesearch.search.record import TrialCounts
+from cubesearch.search.result import SearchResult, collect_result
+
+
+def front_table(result: SearchResult, title: str = "Pareto front") -> Table:
+    table = Table(title=title)
+    for col in ("trial", "IoU", "ΔIoU", "GFLOPs", "saving", "params", "sites", "note"):
+        # numbers never wrap; a long note does when the console is narrow
+        table.add_column(col, justify="left" if col == "note" else "right", no_wrap=col != "note")
+    base = result.baseline
+    rows = list(result.front)
+    if base is not None and base not in rows:
+        rows = [*rows, base]
+    for p in rows:
+        d_iou = f"{p.iou - base.iou:+.4f}" if base else ""
+        saving = f"{1 - p.gflops / base.gflops:.1%}" if base and base.gflops else ""
+        note = p.label + ("" if p.feasible else " (over budget)")
+        table.add_row(str(p.trial), f"{p.iou:.4f}", d_iou, f"{p.gflops:.3f}", saving, f"{p.params:,}",
+                      str(p.sites_replaced), note.strip())
+    return table
+
+
+def describe_trial(trial: FrozenTrial) -> str:
+    """`#12: IoU 0.4512, 7.665 GFLOPs`, `#13: over budget` or `#14: failed`."""
+    a = trial.user_attrs
+    if trial.state != TrialState.COMPLETE:
+        return f"#{trial.number}: failed"
+    if a.get("infeasible"):
+        return f"#{trial.number}: over budget"
+    return (f"#{trial.number}: IoU {a.get('iou', float('nan')):.4f}, "
+            f"{a.get('gflops', float('nan')):.3f} GFLOPs")
+
+
+class SearchProgress:
+    """On a terminal a bar with the current Pareto front under it (the front is dropped when the
+    search ends: the caller prints the final one); elsewhere (a log file, CI) one line per
+    finished trial. `console` is where the search's log lines go too."""
+
+    def __init__(self, ctx: SearchContext, console: Console, *, done: int, enabled: bool,
+                 label: str = "search") -> None:
+        self.ctx, self.console, self.label, self.enabled = ctx, console, label, enabled
+        self.total = ctx.settings.trials
+        live_view = enabled and console.is_terminal
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.description}"), console=console, disable=not live_view)
+        self.task = self.bar.add_task("", total=self.total, completed=done)
+        self.live = (Live(Group(self.bar), console=console, refresh_per_second=4, transient=False)
+                     if live_view else None)
+
+    def log(self, text: str) -> None:
+        self.console.print(text)
+
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        counts = TrialCounts.of(study)
+        n = counts.trained
+        what = describe_trial(trial)
+        if counts.rejected:
+            what += f" ({counts.rejected} over budget so far)"
+        self.bar.update(self.task, completed=n, description=f"last {what}")
+        if self.live is not None:
+            front = front_table(collect_result(study, self.ctx), "current Pareto front")
+            self.live.update(Group(self.bar, front))
+        elif self.enabled and not trial.user_attrs.get("infeasible"):  # rejections: next line's count
+            self.console.print(f"{self.label}: {n}/{self.total} trained, {what}")
+
+    def __enter__(self) -> SearchProgress:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(Group(self.bar))
+            self.live.stop()

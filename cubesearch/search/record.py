@@ -1,0 +1,219 @@
+"""The study as the record: storage, what a trial leaves in it, and what is read back.
+
+- `open_storage(url)`: the one way to open an Optuna storage (search, Ray searcher, export).
+- `TrialOutcome`: what evaluating a plan gives (IoU, measured costs, checkpoint, figures), written
+  to and read from a trial's user attributes, and passed from a Ray worker to the driver.
+- `TrialCounts`: trained / rejected over budget / failed, and when a search is finished.
+- `study_points`: every completed trial as a `ParetoPoint`, whichever backend ran it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from cubesearch.errors import CubesearchError, one_line
+from cubesearch.pareto import ParetoPoint
+
+# A plan over budget is rejected by the cost model in microseconds, so `--trials` counts trained
+# trials only; this many rejections per wanted trial end a search whose budget the space can
+# hardly meet (with a message) instead of letting it sample forever.
+MAX_REJECTIONS_PER_TRIAL = 25
+# Figures of the trainer's evaluation recorded with a fine-tuned trial (all are in metrics.json)
+RECORDED_METRICS = ("f1", "precision", "recall", "oa", "loss")
+# User attributes a trial's record sets itself; an evaluator's figures may not overwrite them
+RESERVED_ATTRS = frozenset({"iou", "seconds", "checkpoint", "plan", "sites_replaced", "gflops_estimate",
+                            "constraint", "feasible", "infeasible", "reference", "fail_reason",
+                            "trial", "backend", "ray_experiment", "ray_trial_id"})
+
+
+# --- storage ----------------------------------------------------------------------------------
+
+
+def heartbeat() -> tuple[int, int]:
+    """(interval, grace) seconds for Optuna's heartbeat; env CUBESEARCH_HEARTBEAT="1,3" for tests."""
+    raw = os.environ.get("CUBESEARCH_HEARTBEAT", "10,30")
+    interval, grace = (int(v) for v in raw.split(","))
+    return interval, grace
+
+
+def open_storage(url: str, *, heartbeat_: bool = True, create: bool = True) -> RDBStorage:
+    """An Optuna RDB storage at `url`; a `CubesearchError` saying why not.
+
+    With `heartbeat_`, trials of a process that died are failed after a grace period and retried
+    (twice). `create`: make a SQLite file's folder. Several processes creating one fresh shared
+    database race to create Optuna's schema; the loser opens it again once the winner is done.
+    """
+    if create and url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {
+        "engine_kwargs": None if url.startswith("sqlite") else {"pool_pre_ping": True}}
+    if heartbeat_:
+        interval, grace = heartbeat()
+        options.update(heartbeat_interval=interval, grace_period=grace)
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = RetryFailedTrialCallback(max_retry=2) if heartbeat_ else None
+                return RDBStorage(url, failed_trial_callback=retry, **options)
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise CubesearchError(f"storage {url!r} needs a database driver: {exc}") from None
+        except Exception as exc:  # sqlalchemy OperationalError and friends
+            racing = "duplicate key" in str(exc) or "already exists" in str(exc)
+            if racing and attempt < attempts - 1:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise CubesearchError(f"cannot open storage {url!r}: {one_line(exc)}") from None
+    raise AssertionError("unreachable")
+
+
+# --- one trial's outcome ----------------------------------------------------------------------
+
+
+def fail_reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class TrialOutcome:
+    """What evaluating one plan gives: its IoU, its measured costs, where its checkpoint is."""
+
+    iou: float
+    costs: dict[str, float]  # cost objective → measured value (gflops, params, …)
+    seconds: float = 0.0
+    checkpoint: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # more figures to record (f1, loss…)
+
+    def __post_init__(self) -> None:
+        if not _number(self.iou) or not math.isfinite(float(self.iou)):
+            raise CubesearchError(f"the trial's IoU is not a finite number: {self.iou!r}")
+
+    @property
+    def gflops(self) -> float:
+        return float(self.costs["gflops"])
+
+    @property
+    def params(self) -> int:
+        return int(self.costs["params"])
+
+    def values(self, objectives: Sequence[str]) -> tuple[float, ...]:
+        """The objective values Optuna is told, in the study's order."""
+        return tuple(float(self.iou) if o == "iou" else float(self.costs[o]) for o in objectives)
+
+    def to_user_attrs(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {k: float(v) for k, v in self.metrics.items()
+                                 if _number(v) and k not in RESERVED_ATTRS}
+        attrs.update(self.costs)
+        attrs.update(iou=float(self.iou), seconds=float(self.seconds))
+        if self.checkpoint is not None:
+            attrs["checkpoint"] = self.checkpoint
+        return attrs
+
+    @classmethod
+    def from_user_attrs(cls, attrs: Mapping[str, Any], cost_names: Sequence[str] = ("gflops", "params")
+                        ) -> TrialOutcome:
+        costs = {k: attrs[k] for k in cost_names if k in attrs}
+        metrics = {k: float(v) for k, v in attrs.items()
+                   if _number(v) and k not in RESERVED_ATTRS and k not in costs}
+        return cls(iou=float(attrs["iou"]), costs=costs, seconds=float(attrs.get("seconds", 0.0)),
+                   checkpoint=attrs.get("checkpoint"), metrics=metrics)
+
+    def to_report(self) -> dict[str, Any]:
+        """A dict for Ray Tune's `report`: IoU and costs at the top (Tune checks the objectives
+        are there), the other figures under `metrics`."""
+        return {"ok": True, "iou": float(self.iou), **self.costs, "seconds": float(self.seconds),
+                "checkpoint": self.checkpoint, "metrics": dict(self.metrics)}
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any], cost_names: Sequence[str]) -> TrialOutcome:
+        return cls(iou=float(report["iou"]), costs={k: report[k] for k in cost_names if k in report},
+                   seconds=float(report.get("seconds", 0.0)), checkpoint=report.get("checkpoint"),
+                   metrics=_nested(report, "metrics"))
+
+
+def _nested(report: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """`report[key]`, also when Tune handed the result over flattened (`key/name` entries)."""
+    if isinstance(report.get(key), dict):
+        return dict(report[key])
+    return {k.split("/", 1)[1]: v for k, v in report.items() if k.startswith(f"{key}/")}
+
+
+# --- the study's trials -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """The study's finished trials: trained (and evaluated), rejected over budget, failed."""
+
+    trained: int
+    rejected: int
+    failed: int
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> TrialCounts:
+        trained = rejected = failed = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if t.state == TrialState.FAIL:
+                failed += 1
+            elif t.user_attrs.get("infeasible"):
+                rejected += 1
+            else:
+                trained += 1
+        return cls(trained, rejected, failed)
+
+    def gave_up(self, wanted: int) -> bool:
+        """Short of its trained trials after so many rejected plans that the search stops."""
+        return self.trained < wanted and self.rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
+
+    def finished(self, wanted: int) -> bool:
+        """The search has its trained trials, or has given up."""
+        return self.trained >= wanted or self.gave_up(wanted)
+
+    def all_failed(self) -> bool:
+        return self.failed >= 3 and self.trained + self.rejected == 0
+
+    def tight_budget_note(self, wanted: int) -> str | None:
+        if not self.gave_up(wanted):
+            return None
+        return (f"stopped after {self.rejected} plans over budget with {self.trained} of {wanted} "
+                "trials trained: the budget is tight for this space; raise --budget or narrow the "
+                "space (fewer sites kept, cheaper knobs)")
+
+
+def first_failure(study: optuna.Study) -> FrozenTrial | None:
+    """The study's failed trial with the lowest number, if any."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return min(failed, key=lambda t: t.number) if failed else None
+
+
+def study_points(study: optuna.Study) -> list[ParetoPoint]:
+    """Every completed trial as a point (user attributes are the record, whichever backend ran it)."""
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "iou" not in a:
+            continue
+        points.append(ParetoPoint(
+            trial=t.number, iou=float(a["iou"]), gflops=float(a["gflops"]), params=int(a["params"]),
+            sites_replaced=int(a.get("sites_replaced", 0)), label=a.get("reference", ""),
+            feasible=bool(a.get("feasible", True)) and not a.get("infeasible", False),
+            plan_path=a.get("checkpoint") and str(Path(a["checkpoint"]) / "plan.json"),
+            checkpoint=a.get("checkpoint"),
+            extra={k: a[k] for k in ("seconds", *RECORDED_METRICS[:-1]) if k in a}))
+    return points

@@ -1,0 +1,60 @@
+"""What a search leaves: `SearchResult` (read from the study), `search.json` and the plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
+from cubesearch.search.context import SearchContext
+from cubesearch.search.record import TrialCounts, study_points
+
+
+@dataclass
+class SearchResult:
+    """What a search leaves: where the study is, every point, and the Pareto front."""
+
+    study_name: str
+    storage: str
+    out: Path
+    budget_gflops: float
+    baseline: ParetoPoint | None
+    points: list[ParetoPoint]
+    front: list[ParetoPoint]
+    n_complete: int  # trained and evaluated (`--trials` counts these)
+    n_failed: int
+    n_rejected: int = 0  # over budget, rejected by the cost model without training
+    study: optuna.Study | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study_name, "storage": self.storage, "out": str(self.out),
+            "budget_gflops": self.budget_gflops, "trials_complete": self.n_complete,
+            "trials_rejected": self.n_rejected, "trials_failed": self.n_failed,
+            "baseline": self.baseline.to_dict() if self.baseline else None,
+            "pareto": [p.to_dict() for p in self.front],
+        }
+
+
+def collect_result(study: optuna.Study, ctx: SearchContext) -> SearchResult:
+    points = study_points(study)
+    baseline = next((p for p in points if p.label == "baseline"), None)
+    counts = TrialCounts.of(study)
+    return SearchResult(study_name=study.study_name, storage=ctx.settings.storage_url(), out=ctx.out,
+                        budget_gflops=ctx.budget_flops / 1e9, baseline=baseline, points=points,
+                        front=non_dominated(points, ctx.settings.objectives), n_complete=counts.trained,
+                        n_failed=counts.failed, n_rejected=counts.rejected, study=study)
+
+
+def write_summary(result: SearchResult, ctx: SearchContext) -> None:
+    """`search.json` and the plot next to the study, written atomically."""
+    summary = ctx.out / "search.json"
+    tmp = summary.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    tmp.replace(summary)
+    plot_pareto(result.points, result.front, ctx.out / "pareto.png", None,
+                title=f"{ctx.settings.model}: IoU vs GFLOPs", budget_gflops=result.budget_gflops)

@@ -1,0 +1,88 @@
+"""`SearchSettings`: a search as validated data (the CLI's options), stored with its study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SAMPLERS = ("nsga2", "tpe", "random")
+TRIAL_LR_DIVISOR = 4
+DEFAULT_EVALUATOR = "finetune"
+
+# Settings that define a study: resuming with different values would mix incomparable trials.
+STUDY_IDENTITY = ("model", "space", "budget", "objectives", "input_size", "data", "num_classes",
+                  "tile_size", "evaluator")
+# Settings the trained baseline depends on: studies in one --out that agree on them share it.
+BASELINE_IDENTITY = ("model", "num_classes", "input_size", "data", "tile_size", "train_tiles",
+                     "val_tiles", "batch_size", "lr", "seed", "epochs_per_trial", "baseline_epochs",
+                     "pretrained")
+
+
+def safe_name(text: str) -> str:
+    """`text` with every character but letters, digits and `-_.` replaced by `_`."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+class SearchSettings(BaseModel):
+    """A search as data: the CLI's options, stored with the study so a resume can check them."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    budget: str
+    space: str = "default"
+    trials: int = Field(20, ge=1)
+    timeout: float | None = None  # seconds
+    data: str = "synthetic"
+    epochs_per_trial: float = Field(1.0, gt=0)
+    # Before a trial trains end to end, each Cube block is fitted to the conv it replaces
+    # (local distillation from the baseline) for this many batches: cheap, and it starts the
+    # trial from near the baseline's accuracy instead of from random blocks.
+    distill_steps: int = Field(100, ge=0)
+    baseline_epochs: float | None = None  # defaults to epochs_per_trial
+    storage: str | None = None
+    study: str | None = None
+    out: str = "runs/search"
+    seed: int = 0
+    objectives: tuple[str, ...] = ("iou", "gflops")
+    input_size: tuple[int, int, int] = (3, 512, 512)  # the FLOPs reference input
+    tile_size: int = 128  # training tiles
+    train_tiles: int = 192
+    val_tiles: int = 64
+    batch_size: int = 8
+    lr: float = 2e-3  # the baseline's peak learning rate, and that of a trial's new blocks
+    # A trial fine-tunes the weights it takes from the trained baseline at a lower peak: at the
+    # baseline's own lr, two epochs cost the unchanged model 0.1 of its IoU (0.49 → 0.39 at
+    # lr / 4); its Cube blocks are new and train at `lr` (benchmarks/results/trial-lr.md).
+    trial_lr: float | None = Field(None, gt=0)  # None: lr / TRIAL_LR_DIVISOR
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    # How a plan becomes an IoU: "finetune" (cubesearch's trainer), or a user function given as
+    # `path/to/eval.py:fn` (cubesearch.search.evaluators)
+    evaluator: str = DEFAULT_EVALUATOR
+    num_classes: int = 1
+    pretrained: bool = False
+    backend: str = "local"  # a name in cubesearch.search.driver.BACKENDS
+    # Ray backend (cubesearch.search.ray); ignored by the local one
+    address: str | None = None  # auto, HOST:PORT or ray://HOST:PORT; None: a local Ray instance
+    max_concurrent: int | None = Field(None, ge=1)  # None: as many as the cluster's CPUs/GPUs fit
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+
+    def fine_tune_lr(self, warm_started: bool = True) -> float:
+        """Peak learning rate of a trial's warm-started weights (`lr` with nothing to start from)."""
+        if self.trial_lr is not None:
+            return self.trial_lr
+        return self.lr / TRIAL_LR_DIVISOR if warm_started else self.lr
+
+    def study_name(self) -> str:
+        if self.study:
+            return self.study
+        spec = self.model
+        if spec.split(":")[0].endswith(".py"):  # a model file: its stem (and picked name)
+            path, _, name = spec.partition(".py")
+            spec = Path(path).name + name
+        return f"{safe_name(spec)}-{Path(self.space).stem}"
+
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"

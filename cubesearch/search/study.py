@@ -1,0 +1,85 @@
+"""The Optuna study of a search: sampler, settings check on resume, reference trials."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import optuna
+
+from cubesearch.errors import CubesearchError
+from cubesearch.search.context import SearchContext
+from cubesearch.search.objectives import direction
+from cubesearch.search.record import open_storage
+from cubesearch.search.settings import SAMPLERS, STUDY_IDENTITY, SearchSettings
+
+
+def constraints_of(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna constraint: ≤ 0 is feasible. Relative FLOPs over budget."""
+    return [float(trial.user_attrs.get("constraint", 0.0))]
+
+
+def make_sampler(name: str, seed: int, n_trials: int, constrained: bool = True
+                 ) -> optuna.samplers.BaseSampler:
+    constraints = constraints_of if constrained else None
+    if name == "nsga2":
+        population = max(4, min(50, n_trials // 4))
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
+                                             constraints_func=constraints)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints,
+                                          n_startup_trials=max(4, min(10, n_trials // 4)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise CubesearchError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+
+
+def check_identity(study: optuna.Study, settings: SearchSettings) -> None:
+    """Store the settings with a new study; refuse to resume one started with other settings
+    (a setting the stored record lacks counts as its default: it is older than that setting)."""
+    stored = study.user_attrs.get("settings")
+    mine = json.loads(settings.model_dump_json())
+    if stored is None:
+        study.set_user_attr("settings", mine)
+        return
+    defaults = {k: f.default for k, f in SearchSettings.model_fields.items()}
+    changed = [k for k in STUDY_IDENTITY
+               if json.dumps(stored.get(k, defaults.get(k))) != json.dumps(mine.get(k))]
+    if changed:
+        diffs = ", ".join(f"{k}: {stored.get(k, defaults.get(k))!r} → {mine.get(k)!r}" for k in changed)
+        raise CubesearchError(f"study {study.study_name!r} in {settings.storage_url()} was started with "
+                              f"other settings ({diffs}); resume with the same ones or pick --study NAME")
+
+
+def stored_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """How many trials the study `name` has in `storage` (0 if there is no such study)."""
+    try:
+        return storage.get_n_trials(storage.get_study_id_from_name(name))
+    except KeyError:
+        return 0
+
+
+def open_study(settings: SearchSettings) -> optuna.Study:
+    """Create or load the settings' study. A resumed search, or a second process on a shared
+    storage, must not replay the first one's random stream: the sampler's seed is offset by the
+    trials already in the study (and by the process id with a shared `--storage`)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(settings.storage_url())
+    name = settings.study_name()
+    offset = stored_trials(storage, name) + (os.getpid() if settings.storage else 0)
+    sampler = make_sampler(settings.sampler, settings.seed + offset, settings.trials)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
+                                directions=[direction(o) for o in settings.objectives])
+    check_identity(study, settings)
+    return study
+
+
+def enqueue_references(study: optuna.Study, ctx: SearchContext) -> None:
+    """The unconverted model and the FullCube plan go first: the front always has them to beat."""
+    if study.trials:
+        return
+    fullcube = {s.name: ctx.space.default_config() for s in ctx.searchable}
+    study.enqueue_trial(ctx.space.params_for({}, ctx.searchable) if ctx.space.mode != "fullcube"
+                        else {}, user_attrs={"reference": "baseline"}, skip_if_exists=False)
+    study.enqueue_trial(ctx.space.params_for(fullcube, ctx.searchable),
+                        user_attrs={"reference": "fullcube"}, skip_if_exists=False)
