@@ -26,6 +26,9 @@ _LAZY = {
     "load": "cubesearch.checkpoint",
     "save": "cubesearch.checkpoint",
     "train": "cubesearch.training",
+    "TrainConfig": "cubesearch.training",
+    "convert_spec": "cubesearch.conversion_report",
+    "ConvertReport": "cubesearch.conversion_report",
     "search": "cubesearch.search",  # the package, callable as its `search`
     "export": "cubesearch.exporting",
 }
