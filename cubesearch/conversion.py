@@ -11,7 +11,7 @@ into the converted model by name. The input model is never modified.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +19,9 @@ from torch import nn
 
 from cubesearch.blocks import CubeBlock, CubeConfig
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import close_names
+from cubesearch.plan import Plan
+from cubesearch.sites import module_output_shapes, replaceable
 
 BLOCK_KEY = "cube_block"  # the inserted block's attribute in a CubeInsertion
 _INNER = "module"
@@ -86,8 +89,6 @@ def _like(new: nn.Module, old: nn.Module) -> nn.Module:
 
 
 def _block_for(name: str, conv: nn.Module, cfg: CubeConfig) -> CubeBlock:
-    from cubesearch.sites import replaceable
-
     reason = replaceable(conv)
     if reason is not None:
         raise CubesearchError(f"site {name!r} cannot take a Cube block: {reason}")
@@ -101,15 +102,13 @@ def _block_for(name: str, conv: nn.Module, cfg: CubeConfig) -> CubeBlock:
 def _module(root: nn.Module, name: str, modules: Mapping[str, nn.Module], what: str) -> nn.Module:
     if name in modules:
         return modules[name]
-    from cubesearch.sites import close_names
-
     pool = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)] if what == "site" else list(
         modules)
     raise CubesearchError(f"plan names a {what} that does not exist: {name!r}"
                           f"{close_names(name, pool)}")
 
 
-def convert(model: nn.Module, plan: Any, *, input_size: Any = None) -> nn.Module:
+def convert(model: nn.Module, plan: Plan, *, input_size: Sequence[int] | None = None) -> nn.Module:
     """A new model with `plan`'s blocks in place; `model` itself is left untouched.
 
     `plan` is a `Plan` (or anything with `sites`, `insertions` and `input_size`). Insertion
@@ -133,8 +132,6 @@ def convert(model: nn.Module, plan: Any, *, input_size: Any = None) -> nn.Module
         raise CubesearchError(f"{sorted(overlap)[0]!r} is both replaced and an insertion point")
     channels: dict[str, int] = {}
     if inserts:
-        from cubesearch.sites import module_output_shapes
-
         size = input_size or getattr(plan, "input_size", None) or (3, 512, 512)
         for name, shapes in module_output_shapes(model, inserts, size).items():
             if not shapes:

@@ -1,102 +1,35 @@
-"""FLOPs: fvcore is the truth (one multiply-accumulate = one FLOP, the paper's unit).
+"""`CostModel`: any plan's FLOPs and parameters from the Sites alone (docs/design.md),
+`base − Σ site MACs + Σ block MACs(cfg, shape)`, equal to fvcore's eval-mode count of the
+converted model; microseconds per plan (per-site tables, filled on first use).
 
-- `fvcore_flops(model, inputs)`: fvcore's total, its warnings collected instead of printed.
-- `count_flops(model, input_size)`: the same at a zero input of that size, in whatever mode
-  (train / eval) the model is in. fvcore counts BatchNorm as 5·numel in train mode and 2·numel
-  in eval, so compare counts taken in the same mode. Eval is the reference everywhere here:
-  it is how a model is deployed, and train-mode BatchNorm cannot run a batch of 1 through
-  layers that pool to 1×1 (PSPNet, DeepLabV3's image pooling).
-- `reference_flops(model, input_size)`: `count_flops` in eval mode, the model's own mode kept.
-- `CostModel`: any plan's FLOPs and parameters from the Sites alone (DESIGN.md §2),
-  `base − Σ site MACs + Σ block MACs(cfg, shape)`, equal to fvcore's eval-mode count of the
-  converted model; microseconds per plan (per-site tables, filled on first use).
+fvcore's own counts (`count_flops`, `reference_flops`, …) live in `cubesearch.flops` and are
+re-exported here, where the public API has always had them.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
-from torch import nn
-
 from cubesearch.blocks import CubeConfig, block_cost
-from cubesearch.errors import CubesearchError, one_line
+from cubesearch.errors import CubesearchError
+from cubesearch.flops import (
+    count_flops,
+    count_flops_by_module,
+    count_params,
+    fvcore_counts,
+    fvcore_flops,
+    reference_flops,
+    reference_flops_by_module,
+)
+from cubesearch.helpers import close_names
+from cubesearch.plan import Plan
+from cubesearch.sites import Site, SiteReport
 
+__all__ = ["CostModel", "count_flops", "count_flops_by_module", "count_params", "fvcore_counts",
+           "fvcore_flops", "reference_flops", "reference_flops_by_module"]
 
-def fvcore_flops(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
-    """fvcore's total for `model(*inputs)`; its warnings about unsupported ops are collected, not
-    printed (they are about elementwise ops, which fvcore deliberately does not count)."""
-    return fvcore_counts(model, inputs)[0]
-
-
-def fvcore_counts(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[int, dict[str, int]]:
-    """fvcore's total and its count per module (qualified name → FLOPs of everything that ran
-    inside that module, summed over its calls), from one analysis."""
-    from fvcore.nn import FlopCountAnalysis
-
-    analysis = FlopCountAnalysis(model, tuple(inputs))
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    analysis.tracer_warnings("none")
-    logger = logging.getLogger("fvcore")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            total = int(analysis.total())
-            return total, {name: int(n) for name, n in analysis.by_module().items()}
-    finally:
-        logger.setLevel(level)
-
-
-def count_flops(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512), batch: int = 1
-                ) -> int:
-    """fvcore FLOPs of `model` on a zero input `(batch, *input_size)`, in the model's current
-    train/eval mode (see the module docstring; `reference_flops` for the eval-mode count)."""
-    return count_flops_by_module(model, input_size, batch)[0]
-
-
-def count_flops_by_module(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512),
-                          batch: int = 1) -> tuple[int, dict[str, int]]:
-    """`count_flops` and fvcore's count per module, from one analysis."""
-    from cubesearch.sites import model_device, model_dtype, parse_input_size
-
-    size = parse_input_size(input_size)
-    x = torch.zeros(batch, *size, device=model_device(model), dtype=model_dtype(model))
-    try:
-        return fvcore_counts(model, (x,))
-    except Exception as exc:  # noqa: BLE001 - one clear line
-        text = one_line(exc)
-        hint = ""
-        if "more than 1 value per channel" in text:
-            hint = " (train-mode BatchNorm needs batch > 1 here: count in eval mode or batch=2)"
-        c, h, w = size
-        raise CubesearchError(
-            f"fvcore could not count FLOPs at {batch}×{c}×{h}×{w}: {type(exc).__name__}: {text}{hint}"
-        ) from exc
-
-
-def reference_flops(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512),
-                    batch: int = 1) -> int:
-    """`count_flops` in eval mode; every submodule's own train/eval flag is restored after."""
-    return reference_flops_by_module(model, input_size, batch)[0]
-
-
-def reference_flops_by_module(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512),
-                              batch: int = 1) -> tuple[int, dict[str, int]]:
-    """`reference_flops` and fvcore's eval-mode count per module."""
-    from cubesearch.sites import eval_mode
-
-    with eval_mode(model):
-        return count_flops_by_module(model, input_size, batch)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+PlanLike = Plan | Mapping[str, CubeConfig] | None
 
 
 class CostModel:
@@ -111,11 +44,9 @@ class CostModel:
     `plan` may be a `Plan`, or a mapping site name → `CubeConfig` (with `insertions` apart).
     """
 
-    def __init__(self, sites: Iterable[Any], base_flops: int | None = None,
+    def __init__(self, sites: SiteReport | Iterable[Site], base_flops: int | None = None,
                  base_params: int | None = None, *, output_shapes: Mapping[str, Any] | None = None,
                  training: bool = False) -> None:
-        from cubesearch.sites import SiteReport
-
         if isinstance(sites, SiteReport):
             report = sites
             base_flops = report.base_flops if base_flops is None else base_flops
@@ -134,7 +65,7 @@ class CostModel:
         self._inserts: dict[str, dict[CubeConfig, tuple[int, int]]] = {}
 
     @classmethod
-    def from_report(cls, report: Any, *, training: bool = False) -> CostModel:
+    def from_report(cls, report: SiteReport, *, training: bool = False) -> CostModel:
         return cls(report, training=training)
 
     # --- per-site tables ---------------------------------------------------------------------
@@ -144,8 +75,6 @@ class CostModel:
         try:
             table = self._tables[name]
         except KeyError:
-            from cubesearch.sites import close_names
-
             raise CubesearchError(f"unknown site {name!r}{close_names(name, list(self.sites))}"
                                   ) from None
         hit = table.get(config)
@@ -198,13 +127,13 @@ class CostModel:
     # --- plans -------------------------------------------------------------------------------
 
     @staticmethod
-    def _split(plan: Any, insertions: Mapping[str, CubeConfig] | None
+    def _split(plan: PlanLike, insertions: Mapping[str, CubeConfig] | None
                ) -> tuple[Mapping[str, CubeConfig], Mapping[str, CubeConfig]]:
         if hasattr(plan, "sites") and hasattr(plan, "insertions"):
             return plan.sites, plan.insertions if insertions is None else insertions
         return plan or {}, insertions or {}
 
-    def cost(self, plan: Any = None, insertions: Mapping[str, CubeConfig] | None = None
+    def cost(self, plan: PlanLike = None, insertions: Mapping[str, CubeConfig] | None = None
              ) -> tuple[int, int]:
         """(FLOPs, params) of the converted model."""
         sites, inserts = self._split(plan, insertions)
@@ -219,7 +148,7 @@ class CostModel:
             params += dp
         return flops, params
 
-    def flops(self, plan: Any = None, insertions: Mapping[str, CubeConfig] | None = None) -> int:
+    def flops(self, plan: PlanLike = None, insertions: Mapping[str, CubeConfig] | None = None) -> int:
         sites, inserts = self._split(plan, insertions)
         total = self.base_flops
         tables = self._tables
@@ -231,8 +160,8 @@ class CostModel:
             total += self.insertion_delta(name, cfg)[0]
         return total
 
-    def params(self, plan: Any = None, insertions: Mapping[str, CubeConfig] | None = None) -> int:
+    def params(self, plan: PlanLike = None, insertions: Mapping[str, CubeConfig] | None = None) -> int:
         return self.cost(plan, insertions)[1]
 
-    def gflops(self, plan: Any = None, insertions: Mapping[str, CubeConfig] | None = None) -> float:
+    def gflops(self, plan: PlanLike = None, insertions: Mapping[str, CubeConfig] | None = None) -> float:
         return self.flops(plan, insertions) / 1e9

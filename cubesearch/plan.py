@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import close_names
+from cubesearch.sites.records import Site, SiteReport
 
 PLAN_VERSION = 1
 PRESETS = ("fullcube", "decoder", "encoder", "none")
@@ -148,10 +150,8 @@ class Plan(BaseModel):
 
     # --- checks ------------------------------------------------------------------------------
 
-    def check(self, report: Any) -> Plan:
-        """Every site must be an eligible conv of the traced model (`SiteReport`)."""
-        from cubesearch.sites import close_names
-
+    def check(self, report: SiteReport) -> Plan:
+        """Every site must be an eligible conv of the traced model."""
         known = set(report.names)
         bad = [n for n in self.sites if n not in known]
         if bad:
@@ -201,8 +201,8 @@ def _one_line(exc: ValidationError) -> str:
 # --- building plans ----------------------------------------------------------------------------
 
 
-def select_sites(sites: Iterable[Any], preset: str = DEFAULT_PRESET, *,
-                 include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Any]:
+def select_sites(sites: Iterable[Site], preset: str = DEFAULT_PRESET, *,
+                 include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Site]:
     """The sites a preset picks. `include` regexes (if any) pick sites by name instead of by
     role, overriding the encoder/decoder heuristic; `exclude` regexes then drop sites."""
     if preset not in PRESETS:
@@ -241,7 +241,7 @@ def parse_insertion(text: str) -> str:
     return name
 
 
-def make_plan(report: Any, model: str, *, preset: str = DEFAULT_PRESET,
+def make_plan(report: SiteReport, model: str, *, preset: str = DEFAULT_PRESET,
               config: CubeConfig | None = None, include: Sequence[str] = (),
               exclude: Sequence[str] = (), insertions: Sequence[str] = (),
               model_kwargs: dict[str, Any] | None = None) -> tuple[Plan, list[str]]:

@@ -10,12 +10,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cubesearch import sites as sites_mod
 from cubesearch.cost import count_flops
 from cubesearch.errors import CubesearchError
 from cubesearch.models import load_model
 from cubesearch.plan import select_sites
-from cubesearch.sites import conv_eligibility, find_sites, parse_input_size, role_of
+from cubesearch.sites import conv_eligibility, find_sites, fx_trace, parse_input_size, role_of, tracing
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = str(ROOT / "examples" / "unet.py")
@@ -286,11 +285,11 @@ def test_auto_falls_back_in_order(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("export is down")
 
-    monkeypatch.setattr(sites_mod, "_trace_export", broken)
+    monkeypatch.setattr(tracing, "trace_export", broken)
     r = find_sites(Hand(), (3, 64, 64), flops=False)
     assert r.trace_path == "fx"
     assert r.trace_notes == ["export failed: RuntimeError: export is down"]
-    monkeypatch.setattr(sites_mod, "_trace_fx", broken)
+    monkeypatch.setattr(tracing, "trace_fx", broken)
     r = find_sites(Hand(), (3, 64, 64), flops=False)
     assert r.trace_path == "hooks"
     assert r.trace_notes[-1] == "shapes from fake tensors"
@@ -307,7 +306,7 @@ class Leafy(nn.Module):
 
 
 def test_fx_sees_convs_inside_leaf_modules(monkeypatch):
-    monkeypatch.setattr(sites_mod, "_timm_leaves", lambda: ((Leafy,), ()))
+    monkeypatch.setattr(fx_trace, "_timm_leaves", lambda: ((Leafy,), ()))
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Leafy(), nn.MaxPool2d(2), Leafy())
     r = find_sites(model, (3, 32, 32), trace="fx", flops=False)
     assert r.names == ["0", "1.conv", "3.conv"]

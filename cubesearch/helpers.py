@@ -1,0 +1,119 @@
+"""Small torch and text helpers every layer uses; imports nothing else of cubesearch but errors."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from cubesearch.errors import CubesearchError
+
+# torch's loggers mostly inherit their level from `torch`; some (fake tensors) log whole graphs
+# at ERROR level when an op fails, which is a path failing, not a user problem.
+_NOISY_LOGGERS = ("torch", "torch._export", "torch.export", "torch._dynamo", "torch.fx",
+                  "torch._subclasses", "torch._subclasses.fake_tensor", "torch.fx.experimental",
+                  "torch.fx.experimental.symbolic_shapes", "torch.fx.experimental.proxy_tensor",
+                  "torch.fx.passes.utils.matcher_utils", "torch._functorch", "fvcore", "timm")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence library warnings and log chatter (torch.export, fx, timm, fvcore) for the block."""
+    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=False):
+            lg.setLevel(lv)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode, then restore each one's own flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first parameter (or buffer) lives; CPU for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def zero_input(model: nn.Module, input_size: Sequence[int], batch: int = 1) -> torch.Tensor:
+    """A zero batch `(batch, *input_size)` on the model's device, in its dtype."""
+    return torch.zeros(batch, *input_size, device=model_device(model), dtype=model_dtype(model))
+
+
+def parse_input_size(value: str | Sequence[int]) -> tuple[int, int, int]:
+    """`3x512x512`, `512` (3 channels, square) or a sequence → (C, H, W)."""
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[x×,\s]+", value.strip().lower()) if p]
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise CubesearchError(
+                f"input size {value!r} is not understood (expected CxHxW, e.g. 3x512x512)") from None
+    else:
+        nums = [int(v) for v in value]
+    if len(nums) == 1:
+        nums = [3, nums[0], nums[0]]
+    if len(nums) != 3 or any(n < 1 for n in nums):
+        raise CubesearchError(f"input size {value!r} must be three positive numbers CxHxW")
+    return nums[0], nums[1], nums[2]
+
+
+def shape_of(t: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in t.shape)
+
+
+def first_tensor(out: Any) -> torch.Tensor | None:
+    """The first tensor in a model's output (a tensor, or nested lists, tuples and dicts)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            t = first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+def pair(v: Any) -> tuple[int, int]:
+    """A conv attribute (kernel, stride, …) as a pair."""
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def close_names(name: str, names: Sequence[str], n: int = 3) -> str:
+    """` (did you mean a, b?)` for the names close to `name`, or "" when none is."""
+    hits = difflib.get_close_matches(name, list(names), n=n, cutoff=0.5)
+    return f" (did you mean {', '.join(hits)}?)" if hits else ""

@@ -1,0 +1,59 @@
+"""Tracing without real compute: fake tensors, kept out of the blocks' caches; call recorders."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+from torch.utils.hooks import RemovableHandle
+
+from cubesearch.blocks import layers
+from cubesearch.helpers import shape_of
+from cubesearch.sites.records import Call
+
+
+@contextlib.contextmanager
+def block_caches_safe() -> Iterator[None]:
+    """Keep fake tensors out of process-wide tensor caches while tracing.
+
+    `cubesearch.blocks.layers` caches its fold index tensors with `functools.cache`. Their first
+    call, if it happens inside a fake-tensor mode (torch.export, our shape runs), would cache a
+    FakeTensor, and every later real forward of a Cube block would then fail. Fill the caches
+    with real tensors before tracing, and drop anything fake that got in anyway afterwards.
+    """
+    fns = [getattr(layers, n) for n in ("_stride2_fold_index", "_stride1_fold_index")
+           if hasattr(getattr(layers, n, None), "cache_clear")]
+
+    def repair() -> None:
+        for fn in fns:
+            if is_fake(fn()) or fn().device.type == "meta":
+                fn.cache_clear()
+                fn()
+
+    repair()
+    try:
+        yield
+    finally:
+        repair()
+
+
+@contextlib.contextmanager
+def fake_mode() -> Iterator[Any]:
+    """A fake-tensor mode (real tensors allowed in), with the blocks' caches kept real."""
+    with block_caches_safe(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        yield mode
+
+
+def record_calls(convs: dict[str, nn.Conv2d], calls: list[Call]) -> list[RemovableHandle]:
+    """Forward hooks appending each call of `convs` to `calls`; remove them when done."""
+    handles = []
+    for name, conv in convs.items():
+        def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                calls.append(Call(name, shape_of(args[0]), shape_of(out)))
+        handles.append(conv.register_forward_hook(hook))
+    return handles

@@ -1,0 +1,81 @@
+"""Trace path 3: forward hooks on every conv while the model runs on fake tensors (real zero
+tensors as the last resort); also the output shapes of named modules (insertion points)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from cubesearch.errors import CubesearchError, one_line
+from cubesearch.helpers import close_names, eval_mode, first_tensor, quiet, shape_of, zero_input
+from cubesearch.sites.fake import fake_mode, record_calls
+from cubesearch.sites.records import Call
+
+
+def trace_hooks(model: nn.Module, x: torch.Tensor, convs: dict[str, nn.Conv2d], *, fake: bool
+                 ) -> tuple[list[Call], tuple[int, ...] | None, str]:
+    calls: list[Call] = []
+    handles = record_calls(convs, calls)
+    try:
+        with torch.no_grad():
+            if fake:
+                with fake_mode():
+                    out = model(x)
+            else:
+                out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    t = first_tensor(out)
+    return calls, (shape_of(t) if t is not None else None), ""
+
+
+def module_output_shapes(model: nn.Module, names: Iterable[str], input_size: Sequence[int],
+                         batch: int = 1) -> dict[str, list[tuple[int, ...]]]:
+    """Output shape of every call of the named modules (fake tensors, real ones as fallback)."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        return {}
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise CubesearchError(f"no module named {missing[0]!r} in the model"
+                              f"{close_names(missing[0], list(modules))}")
+    shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}
+    x = zero_input(model, input_size, batch)
+
+    def run(fake: bool) -> None:
+        for v in shapes.values():
+            v.clear()
+        handles = []
+        for n in names:
+            def hook(mod: nn.Module, args: tuple, out: Any, n: str = n) -> None:
+                t = out if isinstance(out, torch.Tensor) else None
+                shapes[n].append(shape_of(t) if t is not None else ())
+            handles.append(modules[n].register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                if fake:
+                    with fake_mode():
+                        model(x)
+                else:
+                    model(x)
+        finally:
+            for h in handles:
+                h.remove()
+
+    with eval_mode(model), quiet():
+        try:
+            run(fake=True)
+        except Exception:  # noqa: BLE001
+            try:
+                run(fake=False)
+            except Exception as exc:  # noqa: BLE001
+                c, h, w = input_size
+                raise CubesearchError(
+                    f"the model rejects input {batch}×{c}×{h}×{w}: "
+                    f"{one_line(exc, with_type=True, limit=300)}") from exc
+    return shapes
