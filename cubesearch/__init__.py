@@ -31,6 +31,7 @@ _LAZY = {
     "ConvertReport": "cubesearch.conversion_report",
     "search": "cubesearch.search",  # the package, callable as its `search`
     "export": "cubesearch.exporting",
+    "Supernet": "cubesearch.supernet",
 }
 
 __all__ = ["CubeBlock", "CubeConfig", "CubesearchError", "FoldedCubeBlock", "__version__", *_LAZY]

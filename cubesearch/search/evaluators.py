@@ -230,6 +230,16 @@ class UserEvaluator:
 EVALUATORS: dict[str, Callable[[], Evaluator]] = {DEFAULT_EVALUATOR: FineTuneEvaluator}
 
 
+def _supernet_evaluator() -> Evaluator:
+    """The "supernet" evaluator: plans scored in a supernet trained once per search."""
+    from cubesearch.supernet.evaluator import SupernetEvaluator
+
+    return SupernetEvaluator()
+
+
+EVALUATORS["supernet"] = _supernet_evaluator
+
+
 def callable_name(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
 

@@ -129,10 +129,6 @@ class Supernet(nn.Module):
         if not searchable:
             raise CubesearchError("no searchable site: the space's sites match none of the model's "
                                   "eligible convs")
-        if space.mode != "per_site":
-            raise CubesearchError(f"the supernet supports per_site spaces (this one is "
-                                  f"{space.mode!r}): a shared config is a per-site plan too, so use "
-                                  "a per_site space with the same knobs")
         cost = None
         if getattr(report, "base_flops", None) is not None:
             from cubesearch.cost import CostModel
@@ -210,12 +206,29 @@ class Supernet(nn.Module):
         sparse plans both come up), its config uniform over the space there; within
         `budget_flops` when given (rejection, then the cheapest plan)."""
         for _ in range(tries):
-            p = rng.random()
-            plan = {name: rng.choice(site.config_list)
-                    for name, site in self.sites.items() if rng.random() < p}
+            plan = self._random_plan(rng)
             if budget_flops is None or self.cost is None or self.cost.flops(plan) <= budget_flops:
                 return plan
         return self.cheapest_plan()
+
+    def shared_configs(self) -> list[CubeConfig]:
+        """Configs every site allows (the choices of a `shared` or `fullcube` space)."""
+        sites = list(self.sites.values())
+        common = set.intersection(*(set(s.configs) for s in sites)) if sites else set()
+        return sorted(common, key=lambda c: c.to_json())
+
+    def _random_plan(self, rng: random.Random) -> dict[str, CubeConfig]:
+        p = rng.random()
+        mode = getattr(self.space, "mode", "per_site")
+        if mode == "per_site":
+            return {name: rng.choice(site.config_list)
+                    for name, site in self.sites.items() if rng.random() < p}
+        names = list(self.sites) if mode == "fullcube" else [n for n in self.sites if rng.random() < p]
+        common = self.shared_configs()
+        if not names or not common:
+            return {}
+        cfg = rng.choice(common)
+        return {n: cfg for n in names}
 
     def cheapest_plan(self) -> dict[str, CubeConfig]:
         """The lowest-FLOPs plan (sites priced independently; a site stays a conv when no block
@@ -224,6 +237,14 @@ class Supernet(nn.Module):
             raise CubesearchError("the cheapest plan needs FLOPs: build the supernet from "
                                   "find_sites(..., flops=True)")
         base = self.cost.flops({})
+        mode = getattr(self.space, "mode", "per_site")
+        if mode != "per_site":  # one config for every site (shared: only where it saves FLOPs)
+            best = min(self.shared_configs(), key=lambda c: self.cost.flops(
+                {n: c for n in self.sites}))
+            plan = {n: best for n in self.sites}
+            if mode == "shared":
+                plan = {n: c for n, c in plan.items() if self.cost.flops({n: c}) < base}
+            return plan
         plan = {}
         for name, site in self.sites.items():
             best = min(site.config_list, key=lambda c, n=name: self.cost.flops({n: c}))
@@ -338,6 +359,40 @@ class Supernet(nn.Module):
                 raise CubesearchError(f"convert put {type(block).__name__} at {name!r}")
             sites[name].copy_into(block, cfg)
         return model.train(self.net.training)
+
+    # --- training and scoring (cubesearch.supernet.train / .score) --------------------------------
+
+    def train(self, data: Any = True, config: Any = None, **kwargs: Any) -> Any:
+        """`train(data, ...)` trains the supernet (`fit`); `train(True/False)` is nn.Module's
+        mode switch, as everywhere in PyTorch."""
+        if isinstance(data, bool):
+            return super().train(data)
+        return self.fit(data, config, **kwargs)
+
+    def fit(self, data: Any, config: Any = None, *, out: str | os.PathLike | None = None,
+            log: Any = None, **overrides: Any) -> Any:
+        """Train from the baseline the conv paths hold (`load_baseline`): `data` is the training
+        set or a (train, val) pair; `out` a folder for resumable checkpoints; `overrides` are
+        `SupernetTrainConfig` fields (epochs, distill_steps, random_paths, kd_weight, …)."""
+        from cubesearch.supernet.train import train_supernet
+
+        train_ds, val_ds = (data[0], data[1]) if isinstance(data, (tuple, list)) else (data, None)
+        self._data = (train_ds, val_ds if val_ds is not None else getattr(self, "_data", (None, None))[1])
+        self._scorer = None
+        return train_supernet(self, train_ds, config, out=out, log=log, **overrides)
+
+    def score(self, plan: Any, data: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """Validation metrics of `plan` in the supernet (IoU, F1, …, seconds): BatchNorms it
+        changes re-estimated on fixed training batches, restored afterwards. `data`: a (train,
+        val) pair (default: the one given to `fit`); `kwargs` go to `Scorer`."""
+        from cubesearch.supernet.score import Scorer
+
+        if data is not None or kwargs or getattr(self, "_scorer", None) is None:
+            train_ds, val_ds = data if data is not None else getattr(self, "_data", (None, None))
+            if train_ds is None or val_ds is None:
+                raise CubesearchError("score() needs data: a (train, val) pair of datasets")
+            self._scorer = Scorer(self, train_ds, val_ds, **kwargs)
+        return self._scorer(plan)
 
     # --- save / load ----------------------------------------------------------------------------
 
