@@ -183,6 +183,23 @@ def spread_order(n: int) -> list[int]:
     return order
 
 
+def claim(file: Path) -> bool:
+    """Take (plan, seed) for this process: an exclusive claim file, stale once its process died."""
+    lock = file.with_suffix(".claim")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False  # another live worker has it
+        except (ProcessLookupError, ValueError):
+            lock.unlink(missing_ok=True)
+            return claim(file)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    return True
+
+
 def standalone(args: argparse.Namespace) -> None:
     ctx = make_context(args)
     api = search_api()
@@ -191,14 +208,17 @@ def standalone(args: argparse.Namespace) -> None:
     cache = Path(args.cache) / f"standalone-{key}"
     cache.mkdir(parents=True, exist_ok=True)
     print(f"{len(plans)} plans (key {key}), {args.seeds} seeds; cache {cache}", flush=True)
-    k, n = (int(v) for v in args.worker.split("/"))
-    for pos, i in enumerate(spread_order(len(plans))):  # plan by plan, both seeds: a cut run has pairs
-        if pos % n != k:
-            continue
+    order = spread_order(len(plans))  # plan by plan, both seeds: a cut run still has pairs
+    if args.worker == "reverse":  # a late helper worker: from the other end of the order
+        order = order[::-1]
+    else:
+        k, n = (int(v) for v in args.worker.split("/"))
+        order = [i for pos, i in enumerate(order) if pos % n == k]
+    for i in order:
         label, plan = plans[i]
         for seed in range(args.seeds):
             file = cache / f"plan{i:02d}-seed{seed}.json"
-            if file.exists():
+            if file.exists() or not claim(file):
                 continue
             number = i + SEED_STRIDE * seed
             load0 = os.getloadavg()[0]
@@ -209,6 +229,7 @@ def standalone(args: argparse.Namespace) -> None:
                       "seconds": out["seconds"], "load_start": load0, "load_end": os.getloadavg()[0],
                       "threads": __import__("torch").get_num_threads()}
             write_json(file, result)
+            file.with_suffix(".claim").unlink(missing_ok=True)
             shutil.rmtree(out["checkpoint"], ignore_errors=True)  # 50 MB each; the IoU is the result
             print(f"[{time.strftime('%H:%M:%S')}] plan {i:2d} ({label}, {len(plan)} sites, "
                   f"{out['gflops']:.3f} GFLOPs) seed {seed}: IoU {out['iou']:.4f} in "
@@ -331,10 +352,19 @@ def speed_phase(args: argparse.Namespace) -> None:
     api = search_api()
     label, plan = plans[len(plans) // 2]
     load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    out = outcome(api.evaluate_plan(ctx, plan, 9999))
-    trial_seconds = time.perf_counter() - t0
-    shutil.rmtree(out["checkpoint"], ignore_errors=True)
+    if args.speed_trial:  # one more trial, in this process, right before the scores
+        t0 = time.perf_counter()
+        out = outcome(api.evaluate_plan(ctx, plan, 9999))
+        trial_seconds = time.perf_counter() - t0
+        shutil.rmtree(out["checkpoint"], ignore_errors=True)
+        trial_source = f"one trial ({label}) in this process"
+    else:  # the standalone trials, which ran alongside this process under the same load
+        secs = sorted(r["seconds"] for seeds in standalone_results(args, plans).values()
+                      for r in seeds.values() if r["label"] != "unconverted")
+        if not secs:
+            raise SystemExit("no standalone trial yet: run --phase standalone (or --speed-trial)")
+        trial_seconds = secs[len(secs) // 2]
+        trial_source = f"median of {len(secs)} converted standalone trials running alongside"
     train_ds, val_ds = ctx.datasets
     t1 = time.perf_counter()
     scorer = Scorer(sn, train_ds, val_ds, calib_batches=args.calib, batch_size=s.batch_size,
@@ -347,7 +377,7 @@ def speed_phase(args: argparse.Namespace) -> None:
             scorer(p)
             times.append(time.perf_counter() - t)
     score_seconds = sum(times) / len(times)
-    result = {"trial_plan": label, "trial_seconds": trial_seconds, "score_seconds": score_seconds,
+    result = {"trial_source": trial_source, "trial_seconds": trial_seconds, "score_seconds": score_seconds,
               "score_seconds_median": sorted(times)[len(times) // 2], "scorer_setup_seconds": setup,
               "scores_timed": len(times), "plans_per_hour_trial": 3600 / trial_seconds,
               "plans_per_hour_supernet": 3600 / score_seconds,
@@ -515,9 +545,10 @@ def render(fig: dict, args: argparse.Namespace, md_table: Any) -> str:
         f"ρ = {_f(fig['seed_spearman_rho'])}; ratio τ / seed τ = {_f(fig['tau_ratio_to_seed'], 2)}. "
         f"Top-3 overlap {_f(fig['top3_overlap'], 2)} (seeds between themselves "
         f"{_f(fig['seed_top3_overlap'], 2)}). Plans per hour: **{fig['plans_per_hour_ratio']:.0f}×** "
-        f"the per-trial evaluation (side by side in one process: one trial "
-        f"{_f(sp.get('trial_seconds'), 0)} s, one supernet score {_f(sp.get('score_seconds'), 2)} s "
-        f"mean over {sp.get('scores_timed', 0)}, load {_f(sp.get('load_start'), 1)}). Targets: {targets}.",
+        f"the per-trial evaluation (side by side, same threads and load: a trial "
+        f"{_f(sp.get('trial_seconds'), 0)} s ({sp.get('trial_source', '')}), a supernet score "
+        f"{_f(sp.get('score_seconds'), 2)} s, mean over {sp.get('scores_timed', 0)}, load "
+        f"{_f(sp.get('load_start'), 1)}). Targets: {targets}.",
         "",
         f"Supernet training cost: {t['baseline_epochs_equivalent']:.1f} baseline-epoch equivalents "
         f"(full-model forward+backward passes / steps per epoch; a distillation batch counts 1/3), "
@@ -558,6 +589,8 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=8, help="BatchNorm re-estimation batches")
     ap.add_argument("--variants", default="main", help="comma-separated: main, no-kd")
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--speed-trial", action="store_true",
+                    help="speed phase: time one more trial in the same process (else the standalone ones)")
     ap.add_argument("--worker", default="0/1", help="K/N: this process trains every N-th plan from K")
     ap.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline only")
     ap.add_argument("--list-plans", action="store_true", help="print the chosen plans and stop")
