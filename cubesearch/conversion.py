@@ -19,7 +19,7 @@ from torch import nn
 
 from cubesearch.blocks import CubeBlock, CubeConfig
 from cubesearch.errors import CubesearchError
-from cubesearch.helpers import close_names
+from cubesearch.helpers import close_names, model_device, model_dtype
 from cubesearch.plan import Plan
 from cubesearch.sites import module_output_shapes, replaceable
 
@@ -80,12 +80,7 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 def _like(new: nn.Module, old: nn.Module) -> nn.Module:
     """Same device, float dtype and train/eval mode as the module it stands for."""
-    ref = next(iter(old.parameters()), None)
-    if ref is None:
-        ref = next(iter(old.buffers()), None)
-    if ref is not None:
-        new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
-    return new.train(old.training)
+    return new.to(device=model_device(old), dtype=model_dtype(old)).train(old.training)
 
 
 def _block_for(name: str, conv: nn.Module, cfg: CubeConfig) -> CubeBlock:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from cubesearch import training
 from cubesearch.checkpoint import load, save
@@ -137,7 +137,7 @@ def warm_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:
     return model
 
 
-def _input_batches(dataset: Any, batch_size: int, channels: int, seed: int) -> Callable[[], torch.Tensor]:
+def _input_batches(dataset: Dataset, batch_size: int, channels: int, seed: int) -> Callable[[], torch.Tensor]:
     """Normalised input batches of `dataset`, shuffled, for ever (as the trainer feeds them)."""
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalization(channels))
     gen = torch.Generator().manual_seed(seed)

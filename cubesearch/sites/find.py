@@ -9,19 +9,12 @@ from dataclasses import replace
 from torch import nn
 
 from cubesearch.errors import CubesearchError, one_line
-from cubesearch.flops import reference_flops_by_module
+from cubesearch.flops import count_params, reference_flops_by_module
 from cubesearch.helpers import pair, parse_input_size
 from cubesearch.models import is_smp_model
+from cubesearch.sites import records
 from cubesearch.sites.hook_trace import module_output_shapes
-from cubesearch.sites.records import (
-    Call,
-    Site,
-    SiteReport,
-    conv_eligibility,
-    conv_macs,
-    prediction_conv,
-    role_of,
-)
+from cubesearch.sites.records import Site, SiteReport
 from cubesearch.sites.tracing import trace_convs
 
 
@@ -40,7 +33,7 @@ def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512)
     calls, path, notes, out_shape = trace_convs(model, size, trace=trace)
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     smp = is_smp_model(model)
-    grouped: dict[str, list[Call]] = {}
+    grouped: dict[str, list[records.Call]] = {}
     for call in calls:
         grouped.setdefault(call.name, []).append(call)
     sites: list[Site] = []
@@ -48,9 +41,9 @@ def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512)
     total = 0
     for conv_name, conv_calls in grouped.items():
         conv = convs[conv_name]
-        macs = sum(conv_macs(conv, c.out_shape) for c in conv_calls)
+        macs = sum(records.conv_macs(conv, c.out_shape) for c in conv_calls)
         total += macs
-        reason = conv_eligibility(conv, depthwise=depthwise, strided=strided)
+        reason = records.conv_eligibility(conv, depthwise=depthwise, strided=strided)
         if reason is None and any(len(c.in_shape) != 4 for c in conv_calls):
             reason = "unbatched input"
         if reason is not None:
@@ -65,8 +58,8 @@ def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512)
             output_hw=(first.out_shape[2], first.out_shape[3]), calls=len(conv_calls),
             call_shapes=tuple((c.in_shape[2], c.in_shape[3]) for c in conv_calls), macs=macs,
             params=sum(p.numel() for p in conv.parameters(recurse=False)),
-            role=role_of(conv_name, smp=smp)))
-    prediction = prediction_conv(calls, out_shape)
+            role=records.role_of(conv_name, smp=smp)))
+    prediction = records.prediction_conv(calls, out_shape)
     sites = [replace(s, prediction=True) if s.name == prediction else s for s in sites]
     uncalled = [n for n in convs if n not in grouped]
     seconds = time.perf_counter() - t0
@@ -85,7 +78,7 @@ def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512)
     return SiteReport(
         model=name or type(model).__name__, input_size=size, sites=sites, skipped=skipped,
         trace_path=path, trace_notes=notes, base_flops=base_flops,
-        base_params=sum(p.numel() for p in model.parameters()), conv_macs=total,
+        base_params=count_params(model), conv_macs=total,
         seconds=seconds, flops_seconds=time.perf_counter() - t1, depthwise=depthwise,
         strided=strided, smp=smp,
         uncalled=uncalled, output_shapes=output_shapes,
