@@ -340,3 +340,45 @@ def test_search_with_the_supernet_evaluator(tmp_path):
                    evaluator=SupernetEvaluator(epochs=0.5, distill_steps=2, calib_batches=1),
                    **{**opts, "trials": 6})
     assert again.n_complete == 6
+
+
+_KILL_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {assets!r})
+sys.path.insert(0, {tests!r})
+from test_supernet import _tiny_training
+from cubesearch.supernet.train import SupernetTrainer
+sn, train_ds, _, cfg = _tiny_training(None)
+cfg.epochs = 6
+SupernetTrainer(sn, train_ds, cfg, out={out!r}).run()
+"""
+
+
+@pytest.mark.slow
+def test_training_resumes_after_kill_9(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "sn"
+    script = _KILL_SCRIPT.format(assets=str(ASSETS), tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    state = out / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["stage"] == "epoch-2":
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sn, train_ds, _, cfg = _tiny_training(tmp_path)
+    cfg.epochs = 6
+    result = SupernetTrainer(sn, train_ds, cfg, out=out).run()
+    assert result.done and result.resumed_from.startswith("epoch-")
+    straight, *_ = _tiny_training(tmp_path)
+    SupernetTrainer(straight, train_ds, cfg, out=tmp_path / "straight").run()
+    a, b = sn.net.state_dict(), straight.net.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
