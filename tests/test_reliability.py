@@ -295,3 +295,31 @@ def test_storage_password_is_not_shown_in_errors(tmp_path, capsys):
     code, out, err = run(capsys, "export", url, "-o", str(tmp_path / "e"))
     assert code == 1 and "hunter2" not in out + err and "user:***@" in error_line(err)
     assert not (tmp_path / "e").exists()  # a storage error leaves no empty --out
+
+
+# --- analysis memory does not grow with the input size -----------------------------------------
+
+
+def test_sites_at_a_huge_input_allocates_nothing_and_refuses_what_would_not_fit(tmp_path):
+    """3×20000×20000 (a 4.8 GB input): traced on fake tensors at the memory of a small one;
+    fvcore's real count is refused in one line instead of the OS killing the process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys\n"
+        "from cubesearch.cli import main\n"
+        f"args = ['sites', {str(TINY_SRC)!r}, '--input-size', '3x20000x20000', '--json']\n"
+        "codes = [main(args + ['--no-flops']), main(args)]\n"
+        "print('CODES', *codes, 'PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
+        "      file=sys.stderr)\n")
+    env = {**__import__("os").environ, "CUBESEARCH_MEMORY_LIMIT": str(16 * 2**30)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=tmp_path)
+    codes, peak = done.stderr.split("CODES")[-1].split("PEAK_KB")
+    assert codes.split() == ["0", "1"], done.stderr[-3000:]
+    sites = json.loads(done.stdout)
+    assert len(sites["sites"]) == 5 and sites["sites"][0]["input_hw"] == [20000, 20000]
+    assert int(peak) < 2.5 * 2**20, f"peak {int(peak) / 2**20:.1f} GB"  # the input alone is 4.8 GB
+    line = [x for x in done.stderr.splitlines() if x.startswith("error: ")][-1]
+    assert "counting FLOPs with fvcore at 1×3×20000×20000" in line and "--input-size" in line

@@ -42,10 +42,35 @@ def block_caches_safe() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def fake_mode() -> Iterator[Any]:
-    """A fake-tensor mode (real tensors allowed in), with the blocks' caches kept real."""
-    with block_caches_safe(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+def fake_mode(x: torch.Tensor | None = None) -> Iterator[Any]:
+    """A fake-tensor mode (real tensors allowed in), with the blocks' caches kept real. Given
+    a fake `x` (`fake_input`), its own mode, so that the input and the run agree."""
+    mode = x.fake_mode if x is not None and is_fake(x) else FakeTensorMode(allow_non_fake_inputs=True)
+    with block_caches_safe(), mode:
         yield mode
+
+
+def fake_input(model: nn.Module, input_size: Any, batch: int = 1) -> torch.Tensor:
+    """A fake zero batch `(batch, *input_size)` on the model's device and dtype: shapes and no
+    memory, whatever the size (`torch.export` and the fake runs take it as it is)."""
+    from cubesearch.helpers import model_device, model_dtype
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        return torch.zeros(batch, *input_size, device=model_device(model), dtype=model_dtype(model))
+
+
+def real_input(model: nn.Module, input_size: Any, batch: int = 1, *, what: str) -> torch.Tensor:
+    """A real zero batch for a step that must run the model for real, refused in one line when
+    even a rough estimate of that run (32 activations of the input's size) would not fit."""
+    import math
+
+    from cubesearch.helpers import zero_input
+    from cubesearch.resources import check_real_forward
+
+    need = 32 * 4 * batch * math.prod(input_size)
+    check_real_forward(what, need, size_text="×".join(map(str, (batch, *input_size))),
+                       hint="give a smaller --input-size")
+    return zero_input(model, input_size, batch)
 
 
 def record_calls(convs: dict[str, nn.Conv2d], calls: list[Call]) -> list[RemovableHandle]:

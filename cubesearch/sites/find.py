@@ -12,6 +12,7 @@ from cubesearch.errors import CubesearchError, one_line
 from cubesearch.flops import count_params, reference_flops_by_module
 from cubesearch.helpers import pair, parse_input_size
 from cubesearch.models import is_smp_model
+from cubesearch.resources import check_real_forward, forward_bytes
 from cubesearch.sites import records
 from cubesearch.sites.hook_trace import module_output_shapes
 from cubesearch.sites.records import Site, SiteReport
@@ -65,7 +66,13 @@ def find_sites(model: nn.Module, input_size: Sequence[int] | str = (3, 512, 512)
     seconds = time.perf_counter() - t0
     base_flops = None
     t1 = time.perf_counter()
-    if flops:
+    if flops:  # fvcore runs the model for real: refused in one line if that would not fit
+        check_real_forward("counting FLOPs with fvcore",
+                           forward_bytes((1, *size), (c.out_shape for c in calls)),
+                           size_text="×".join(map(str, (1, *size))),
+                           hint="give a smaller --input-size (FLOPs scale with H×W), or list the "
+                                "sites alone with `cubesearch sites --no-flops`, which traces on "
+                                "fake tensors at any size")
         try:
             base_flops, by_module = reference_flops_by_module(model, size)
         except CubesearchError:

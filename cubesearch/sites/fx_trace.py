@@ -39,7 +39,7 @@ def trace_fx(model: nn.Module, x: torch.Tensor, convs: dict[str, nn.Conv2d]
     try:
         # ShapeProp prints a traceback of its own when a node fails: the failure is reported
         # (and the next path tried) by the caller, so keep the terminal clean.
-        with fake_mode(), contextlib.redirect_stderr(io.StringIO()):
+        with fake_mode(x), contextlib.redirect_stderr(io.StringIO()):
             out = ShapeProp(gm).propagate(x)
     finally:
         for h in handles:
@@ -120,7 +120,7 @@ def _fx_graph(model: nn.Module, x: torch.Tensor) -> tuple[Any, nn.Module, str]:
         try:
             # The proxies' values are fake tensors on the model's device (meta tensors would
             # clash with the real parameters and BatchNorm statistics of the model).
-            with fake_mode() as mode:
+            with fake_mode(x) as mode:
                 graph = meta.trace(model, meta_args={params[0]: mode.from_tensor(x)})
         except Exception:  # noqa: BLE001
             raise plain from None

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from cubesearch.errors import CubesearchError, one_line
-from cubesearch.helpers import close_names, eval_mode, first_tensor, quiet, shape_of, zero_input
-from cubesearch.sites.fake import fake_mode, record_calls
+from cubesearch.helpers import close_names, eval_mode, first_tensor, quiet, shape_of
+from cubesearch.sites.fake import fake_input, fake_mode, is_fake, real_input, record_calls
 from cubesearch.sites.records import Call
 
 
@@ -22,9 +22,12 @@ def trace_hooks(model: nn.Module, x: torch.Tensor, convs: dict[str, nn.Conv2d], 
     try:
         with torch.no_grad():
             if fake:
-                with fake_mode():
+                with fake_mode(x):
                     out = model(x)
-            else:
+            else:  # the last resort: a real run (after a memory check)
+                if is_fake(x):
+                    x = real_input(model, tuple(x.shape[1:]), x.shape[0],
+                                   what="tracing on real tensors (the fake-tensor paths failed)")
                 out = model(x)
     finally:
         for h in handles:
@@ -45,9 +48,10 @@ def module_output_shapes(model: nn.Module, names: Iterable[str], input_size: Seq
         raise CubesearchError(f"no module named {missing[0]!r} in the model"
                               f"{close_names(missing[0], list(modules))}")
     shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}
-    x = zero_input(model, input_size, batch)
+    x = fake_input(model, input_size, batch)
 
     def run(fake: bool) -> None:
+        nonlocal x
         for v in shapes.values():
             v.clear()
         handles = []
@@ -59,9 +63,11 @@ def module_output_shapes(model: nn.Module, names: Iterable[str], input_size: Seq
         try:
             with torch.no_grad():
                 if fake:
-                    with fake_mode():
+                    with fake_mode(x):
                         model(x)
                 else:
+                    x = real_input(model, input_size, batch, what="recording module output shapes "
+                                   "on real tensors (the fake run failed)")
                     model(x)
         finally:
             for h in handles:

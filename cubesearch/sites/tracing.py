@@ -8,9 +8,9 @@ from typing import Any
 from torch import nn
 
 from cubesearch.errors import CubesearchError, one_line
-from cubesearch.helpers import eval_mode, quiet, zero_input
+from cubesearch.helpers import eval_mode, quiet
 from cubesearch.sites.export_trace import trace_export
-from cubesearch.sites.fake import block_caches_safe
+from cubesearch.sites.fake import block_caches_safe, fake_input
 from cubesearch.sites.fx_trace import trace_fx
 from cubesearch.sites.hook_trace import trace_hooks
 from cubesearch.sites.records import Call
@@ -24,7 +24,7 @@ def trace_convs(model: nn.Module, input_size: Sequence[int], *, trace: str = "au
     if trace not in ("auto", *TRACE_PATHS):
         raise CubesearchError(f"unknown trace path {trace!r} (choose auto, {', '.join(TRACE_PATHS)})")
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    x = zero_input(model, input_size, batch)
+    x = fake_input(model, input_size, batch)  # shapes only: no memory, whatever the size
     notes: list[str] = []
     attempts: list[tuple[str, Any]] = []
     if trace in ("auto", "export"):
