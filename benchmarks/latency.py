@@ -115,10 +115,20 @@ def run_model(spec: str, args: argparse.Namespace, log) -> dict[str, Any]:
     table = LatencyTable(fingerprint=fp)
     out: dict[str, Any] = {"model": spec, "space": space.name, "sites": len(searchable),
                            "load_start": load(), "repeats": args.repeats, "warmup": args.warmup,
-                           "calibrate": args.calibrate}
+                           "profile_repeats": args.profile_repeats, "calibrate": args.calibrate,
+                           "threads": args.threads}
     log(f"{spec}: profiling {len(searchable)} sites, space {space.name} (load {load():.1f})")
+    done = [0, 0]
+
+    def progress(n: int, what: str) -> None:
+        done[0] += n
+        if done[0] >= done[1] + 100:  # a line every 100 ops
+            done[1] = done[0]
+            log(f"    {done[0]} ops measured ({what}; load {load():.1f})")
+
     stats = profile_latency(model, report, space, spec=spec, table=table, device=device,
-                            dtype=torch.float32, repeats=args.repeats, warmup=args.warmup)
+                            dtype=torch.float32, repeats=args.profile_repeats, warmup=args.warmup,
+                            progress=progress)
     table.save(Path(args.tables) / f"latency-table-{Path(spec).stem.replace(':', '_')}.json")
     out["profile"] = {**stats.to_dict(), "load_end": load()}
     log(f"  profile: {stats.ops_measured} ops in {stats.seconds:.0f} s, layout {stats.layout}, "
@@ -129,9 +139,11 @@ def run_model(spec: str, args: argparse.Namespace, log) -> dict[str, Any]:
     calib = [random_plan(space, searchable, rng, share=(i + 0.5) / k) for i in range(k)]
     valid = [random_plan(space, searchable, rng, share=(i + 0.5) / n) for i in range(n)]
     t0 = time.perf_counter()
+    log(f"  measuring {k + n} whole models (load {load():.1f})")
     meas = measure_plans(model, calib + valid, layout=stats.layout, device=device,
                          dtype=torch.float32, batch=1, input_size=size, repeats=args.repeats,
-                         warmup=args.warmup, threads=args.threads, seed=args.seed)
+                         warmup=args.warmup, threads=args.threads, seed=args.seed,
+                         progress=lambda n, what: log(f"    +{n} {what} (load {load():.1f})"))
     out["measure_seconds"] = time.perf_counter() - t0
     base = lat.base_us
     norm = [m * base / b for m, b in meas]
@@ -270,8 +282,10 @@ def main() -> None:
                     "benchmark's narrow one); default: default for smp, bench for the U-Net")
     ap.add_argument("--plans", type=int, default=20)
     ap.add_argument("--calibrate", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="torch threads (default: torch's count here)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per whole model")
+    ap.add_argument("--profile-repeats", type=int, default=3, help="timed runs per op")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

@@ -205,6 +205,9 @@ def test_fit_correction_recovers_a_known_law():
     # too few samples for three terms: one common scale
     one = fit_correction(samples[:2], base)
     assert one.a == one.b and one.c == 0
+    # implausible scales (load noise, not a law of the device): the plain sum is kept
+    wild = [(r, ad, n, base - 10 * r + 10 * ad) for r, ad, n, _ in samples]
+    assert (fit_correction(wild, base).a, fit_correction(wild, base).b) == (1.0, 1.0)
 
 
 # --- budget forms -------------------------------------------------------------------------------

@@ -52,34 +52,48 @@ class Correction:
                    n=int(data.get("n", 0)), rms_pct=data.get("rms_pct"))
 
 
+SCALE_BOUNDS = (1 / 3, 3.0)  # a fitted a or b outside this is noise, not a device's law
+
+
 def fit_correction(samples: Sequence[tuple[float, float, int, float]], base: float,
                    *, per_site: bool = True) -> Correction:
     """Least squares of `measured − base` on (−removed, added[, sites]) over the samples
     `(removed_us, added_us, n_sites, measured_us)`, weighted by 1/measured so every plan's
-    *relative* error counts alike. Falls back to one common scale when the samples cannot
-    determine more (too few, or collinear)."""
+    *relative* error counts alike. Tries the three terms, then (−removed, added), then one
+    common scale; a fit is kept only if its scales are plausible (within `SCALE_BOUNDS`) and it
+    beats the plain sum on the samples, else the plain sum (a = b = 1, c = 0) is returned."""
     import numpy as np
 
     rows = [(r, a, n, m) for r, a, n, m in samples if m > 0]
     if not rows:
         return Correction()
+
+    def rms(corr: Correction) -> float:
+        errs = [(corr.apply(base, r, a, n) - m) / m for r, a, n, m in rows]
+        return math.sqrt(sum(e * e for e in errs) / len(errs)) * 100
+
     w = np.array([1.0 / m for *_, m in rows])
     y = np.array([m - base for *_, m in rows]) * w
-    feats = [[-r, a, n] if per_site else [-r, a] for r, a, n, _ in rows]
-    x = np.array(feats, dtype=float) * w[:, None]
-    coef: list[float] | None = None
-    if len(rows) > x.shape[1] and np.linalg.matrix_rank(x) == x.shape[1]:
-        sol, *_ = np.linalg.lstsq(x, y, rcond=None)
-        if all(math.isfinite(v) for v in sol) and sol[0] > 0 and sol[1] > 0:
-            coef = [float(v) for v in sol] + ([0.0] if not per_site else [])
-    if coef is None:  # one scale s on (added − removed)
-        d = np.array([a - r for r, a, _, _ in rows]) * w
-        s = float(d @ y / (d @ d)) if float(d @ d) > 0 else 1.0
-        coef = [s, s, 0.0]
-    corr = Correction(a=coef[0], b=coef[1], c=coef[2], n=len(rows))
-    errs = [(corr.apply(base, r, a, n) - m) / m for r, a, n, m in rows]
-    rms = math.sqrt(sum(e * e for e in errs) / len(errs)) * 100
-    return Correction(a=corr.a, b=corr.b, c=corr.c, n=corr.n, rms_pct=rms)
+    candidates: list[Correction] = []
+    for terms in ((3, 2) if per_site else (2,)):
+        x = np.array([[-r, a, n][:terms] for r, a, n, _ in rows], dtype=float) * w[:, None]
+        if len(rows) > terms and np.linalg.matrix_rank(x) == terms:
+            sol, *_ = np.linalg.lstsq(x, y, rcond=None)
+            coef = [float(v) for v in sol] + [0.0] * (3 - terms)
+            candidates.append(Correction(a=coef[0], b=coef[1], c=coef[2], n=len(rows)))
+    d = np.array([a - r for r, a, _, _ in rows]) * w
+    if float(d @ d) > 0:
+        scale = float(d @ y / (d @ d))
+        candidates.append(Correction(a=scale, b=scale, c=0.0, n=len(rows)))
+    plain = Correction(n=len(rows))
+    lo, hi = SCALE_BOUNDS
+    best = plain
+    for corr in candidates:
+        if all(math.isfinite(v) for v in (corr.a, corr.b, corr.c)) and lo <= corr.a <= hi \
+                and lo <= corr.b <= hi and rms(corr) < rms(plain):
+            best = corr
+            break
+    return Correction(a=best.a, b=best.b, c=best.c, n=len(rows), rms_pct=rms(best))
 
 
 @dataclass(frozen=True)
