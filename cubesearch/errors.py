@@ -20,9 +20,14 @@ class ConfigError(CubesearchError, ValueError):
     naming the option as the CLI spells it and what it accepts."""
 
 
+# Fields whose command-line option is not simply the field's name.
+CLI_NAMES = {"num_classes": "--classes"}
+
+
 def option_name(field: str) -> str:
-    """The CLI's spelling of a settings field: `batch_size` → `--batch-size`."""
-    return "--" + field.replace("_", "-")
+    """The CLI's spelling of a settings field: `batch_size` → `--batch-size`, `num_classes` →
+    `--classes`."""
+    return CLI_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 def validation_message(exc: ValidationError, known: Any = ()) -> str:

@@ -222,8 +222,11 @@ def test_interrupted_export_leaves_no_model_folder(searched, tmp_path, monkeypat
     dest = tmp_path / "e"
     with pytest.raises(KeyboardInterrupt):
         exporting.export(out, out=dest, select="trial:0", progress=False)
-    assert not any(p.name.startswith("trial_") for p in dest.iterdir())
-    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+    assert not dest.exists()  # nothing half-written, and no empty export folder either
+    dest.mkdir()  # an existing folder is kept, and stays as it was
+    with pytest.raises(KeyboardInterrupt):
+        exporting.export(out, out=dest, select="trial:0", progress=False)
+    assert dest.is_dir() and not list(dest.iterdir())
 
 
 def test_re_export_replaces_a_model_folder_whole(searched, tmp_path):
@@ -269,3 +272,21 @@ def test_finetune_trains_further_on_the_search_data(searched, tmp_path):
     after = cubesearch.load(folder).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # weights moved
     assert metrics["iou"] == pytest.approx(res.models[0]["iou"])
+
+
+def test_export_refuses_untrusted_model_code_and_a_file_as_out(searched, tmp_path, monkeypatch):
+    import cubesearch.trust as trust
+
+    out, _ = searched
+    monkeypatch.setenv(trust.STORE_ENV, str(tmp_path / "store.json"))  # another user's machine
+    monkeypatch.setattr(trust, "_SEEN", {})
+    dest = tmp_path / "e"
+    with pytest.raises(CubesearchError, match=r"tiny_seg.py.*--trust-model-code"):
+        exporting.export(out, out=dest, select="trial:0", formats=("safetensors",), progress=False)
+    assert not dest.exists()  # a failed export leaves no empty folder
+    exporting.export(out, out=dest, select="trial:0", formats=("safetensors",), progress=False,
+                     trust_code=True)
+    assert (dest / "trial_0000" / "model.safetensors").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CubesearchError, match=r"--out .*file is a file"):
+        exporting.export(out, out=tmp_path / "file", select="trial:0", progress=False)

@@ -323,3 +323,37 @@ def test_sites_at_a_huge_input_allocates_nothing_and_refuses_what_would_not_fit(
     assert int(peak) < 2.5 * 2**20, f"peak {int(peak) / 2**20:.1f} GB"  # the input alone is 4.8 GB
     line = [x for x in done.stderr.splitlines() if x.startswith("error: ")][-1]
     assert "counting FLOPs with fvcore at 1×3×20000×20000" in line and "--input-size" in line
+
+
+# --- the Ray searcher's state is JSON: restoring never unpickles --------------------------------
+
+
+def test_ray_searcher_state_is_json_and_a_pickle_is_not_loaded(tmp_path):
+    import pickle
+
+    pytest.importorskip("ray")
+    from cubesearch.search.ray import CubeOptunaSearch
+
+    def bare() -> CubeOptunaSearch:
+        searcher = CubeOptunaSearch.__new__(CubeOptunaSearch)  # no Ray, no study: only save/restore
+        searcher._experiment = str(tmp_path / "exp")
+        return searcher
+
+    first = bare()
+    first._live, first._completed_trials, first._retries = {"t1": 3}, {"t0"}, {"t1": 1}
+    first.save(str(tmp_path / "state"))
+    assert json.loads((tmp_path / "state").read_text())["live"] == {"t1": 3}
+    again = bare()
+    again.restore(str(tmp_path / "state"))
+    assert (again._live, again._completed_trials, again._retries) == ({"t1": 3}, {"t0"}, {"t1": 1})
+
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    (tmp_path / "evil").write_bytes(pickle.dumps(Payload()))
+    evil = bare()
+    evil.restore(str(tmp_path / "evil"))
+    assert not marker.exists() and evil._live == {}

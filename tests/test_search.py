@@ -193,9 +193,12 @@ def test_kill_9_loses_no_completed_trial(tmp_path):
     assert 2 <= done < trials, "the search did not get going"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    kept = {t.number for t in optuna.load_study(study_name=None, storage=storage).get_trials(
-        states=(TrialState.COMPLETE,))}
-    time.sleep(2.5)  # past the heartbeat grace period: the interrupted trial is stale
+    killed = optuna.load_study(study_name=None, storage=storage)
+    kept = {t.number for t in killed.get_trials(states=(TrialState.COMPLETE,))}
+    # Wherever the kill landed, also leave the worst case: a trial Optuna created but whose first
+    # heartbeat never came (Optuna's stale check skips such trials; resume must fail and retry it).
+    killed._storage.create_new_trial(killed._study_id)
+    time.sleep(2.5)  # past the heartbeat grace period: the interrupted trials are stale
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout)
@@ -204,6 +207,60 @@ def test_kill_9_loses_no_completed_trial(tmp_path):
     final = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert kept <= final
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_resume_fails_a_trial_killed_before_its_first_heartbeat(tmp_path, monkeypatch):
+    from cubesearch.search.study import open_study
+
+    monkeypatch.setenv("CUBESEARCH_HEARTBEAT", "1,1")
+    settings = searching.SearchSettings(model=TINY, budget="100%", out=str(tmp_path / "s"))
+    study = open_study(settings)
+    study._storage.create_new_trial(study._study_id)  # RUNNING, no heartbeat: the process died
+    assert open_study(settings).get_trials()[0].state == TrialState.RUNNING  # within the grace
+    time.sleep(1.2)
+    trials = open_study(settings).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # failed, retried
+
+
+def test_study_names_cannot_leave_out_and_bad_options_are_named(tmp_path, capsys):
+    from cubesearch.cli import main
+
+    for name in ("../../escaped", "a/b", "..", ""):
+        with pytest.raises(CubesearchError, match="--study"):
+            run(tmp_path, study=name)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "search").exists()
+    assert main(["search", TINY, "--budget", "50%", "--trials", "0", "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "'--trials'" in err and "greater than or equal to 1" in err
+    (tmp_path / "file").write_text("x")
+    assert main(["search", TINY, "--budget", "50%", "-o", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file" in err and "[Errno" not in err
+
+
+def test_budget_above_every_plan_is_a_warning(tmp_path):
+    from cubesearch.search.context import budget_warning, build_context
+
+    settings = searching.SearchSettings(model=TINY, budget="150%", out=str(tmp_path), space="shared",
+                                        input_size=(3, 64, 64))
+    assert "every plan is within budget" in budget_warning(build_context(settings))
+    settings = settings.model_copy(update={"budget": "60%"})
+    assert budget_warning(build_context(settings)) is None
+
+
+def test_checkpoints_are_recorded_relative_to_the_study_folder(tmp_path):
+    from cubesearch.search.record import resolve_checkpoint, stored_checkpoint
+
+    out = tmp_path / "out"
+    assert stored_checkpoint(out / "trials" / "s" / "trial_0001", out) == "trials/s/trial_0001"
+    moved = tmp_path / "moved"
+    folder = moved / "trials" / "s" / "trial_0001"
+    folder.mkdir(parents=True)
+    (folder / "plan.json").write_text("{}")
+    assert resolve_checkpoint("trials/s/trial_0001", moved) == str(folder)  # new studies
+    # older studies recorded the path relative to where the search ran, or absolute
+    assert resolve_checkpoint("runs/x/trials/s/trial_0001", moved, "runs/x") == str(folder)
+    assert resolve_checkpoint(str(out / "trials/s/trial_0001"), moved) == str(folder)
 
 
 def test_trial_counts_count_trained_trials_and_give_up_on_a_tight_budget():

@@ -27,6 +27,13 @@ from cubesearch.cli import profile as _profile  # noqa: E402,F401  isort: skip
 
 __all__ = ["app", "main"]
 
+try:  # Typer ≥ 0.20 raises its own copy of click's usage errors
+    from typer._click.exceptions import ClickException as _TyperClickException
+
+    USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException, _TyperClickException)
+except ImportError:  # pragma: no cover - older Typer: click's own
+    USAGE_ERRORS = (click.ClickException,)
+
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -41,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         print("error: aborted", file=sys.stderr)
         return 1
-    except click.ClickException as exc:  # usage errors: bad option, missing argument…
+    except USAGE_ERRORS as exc:  # usage errors: bad option, missing argument…
+        # (format_message names the option: "Invalid value for '--trials': …")
         print(f"error: {mask_secrets(exc.format_message())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -15,6 +15,9 @@ def export(
     select: str = typer.Option("pareto", help="pareto, best-iou, under:30GFLOPs or trial:N."),
     formats: str = typer.Option("safetensors,onnx", help="safetensors,onnx[,torchscript]."),
     finetune_epochs: float = typer.Option(0.0, help="Train each model further before export."),
+    trust_model_code: bool = typer.Option(False, "--trust-model-code",
+                                          help="Import the model.py / package.module:callable the "
+                                               "study names (only for code you trust)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Export the Pareto-optimal (or selected) models of a search, with a Pareto plot."""
@@ -25,7 +28,8 @@ def export(
     console = out_console(as_json)
     result = run_export(source, study=study, out=out, select=select,
                         formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                        finetune_epochs=finetune_epochs, console=console)
+                        finetune_epochs=finetune_epochs, console=console,
+                        trust_code=trust_model_code)
     if as_json:
         print_json(result.to_dict())
         return

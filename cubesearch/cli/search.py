@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cubesearch.cli.app import app, out_console, print_json
+from cubesearch.redact import mask_url
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -95,4 +96,4 @@ def search(
                                       f"(budget {result.budget_gflops:.3f} GFLOPs)"))
     console.print(f"{result.n_complete} trials trained, {result.n_rejected} plans rejected over "
                   f"budget (not trained), {result.n_failed} failed; study: "
-                  f"{result.storage}; plot: {result.out / 'pareto.png'}")
+                  f"{mask_url(result.storage)}; plot: {result.out / 'pareto.png'}")

@@ -16,9 +16,17 @@ from typing import Any, Protocol
 import optuna
 from rich.console import Console
 
+from cubesearch.checkpoint import check_destination
 from cubesearch.errors import CubesearchError
 from cubesearch.logging import progress_enabled
-from cubesearch.search.context import Evaluator, SearchContext, build_context, folder_lock
+from cubesearch.redact import mask_url
+from cubesearch.search.context import (
+    Evaluator,
+    SearchContext,
+    budget_warning,
+    build_context,
+    folder_lock,
+)
 from cubesearch.search.evaluators import UserFunction, callable_name, make_evaluator
 from cubesearch.search.progress import SearchProgress
 from cubesearch.search.record import TrialCounts, first_failure
@@ -65,6 +73,7 @@ def search(model: str, budget: str, *, progress: bool = True, console: Console |
     elif given is not None:
         options["evaluator"] = getattr(given, "name", None) or callable_name(given)
     settings = SearchSettings(model=model, budget=budget, **options)
+    check_destination(settings.out, option="--out", replaceable=False)  # before any work
     chosen = make_evaluator(settings.evaluator, given)  # a bad evaluator is found before any work
     console = console or Console(stderr=True)
     backend = make_backend(settings.backend)
@@ -80,12 +89,21 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, backend: Backend, con
     log: Callable[[str], None] = console.print
     ctx = build_context(settings)
     ctx.evaluator = evaluator
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    study = open_study(settings)
+    created = not ctx.out.exists()
+    try:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        study = open_study(settings)
+    except BaseException:
+        if created and ctx.out.is_dir() and not any(ctx.out.iterdir()):
+            ctx.out.rmdir()  # a storage error leaves no empty --out behind
+        raise
     done = TrialCounts.of(study).trained
-    log(f"study {study.study_name!r} in {settings.storage_url()}: {done} of {settings.trials} trials "
-        f"trained; budget {ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f} "
-        f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
+    log(f"study {study.study_name!r} in {mask_url(settings.storage_url())}: {done} of "
+        f"{settings.trials} trials trained; budget {ctx.budget_flops / 1e9:.3f} GFLOPs of "
+        f"{ctx.base_flops / 1e9:.3f} ({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
+    warning = budget_warning(ctx)
+    if warning:
+        log(warning)
     with folder_lock(ctx.out / ".baseline.lock"):  # processes sharing --out prepare once
         evaluator.prepare(ctx, progress=progress, log=log)
         enqueue_references(study, ctx)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -24,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cubesearch.errors import CubesearchError, one_line
 from cubesearch.pareto import ParetoPoint
+from cubesearch.redact import mask_secrets, mask_url
 
 # A plan over budget is rejected by the cost model in microseconds, so `--trials` counts trained
 # trials only; this many rejections per wanted trial end a search whose budget the space can
@@ -69,13 +71,14 @@ def open_storage(url: str, *, heartbeat_: bool = True, create: bool = True) -> R
                 retry = RetryFailedTrialCallback(max_retry=2) if heartbeat_ else None
                 return RDBStorage(url, failed_trial_callback=retry, **options)
         except (ImportError, ModuleNotFoundError) as exc:
-            raise CubesearchError(f"storage {url!r} needs a database driver: {exc}") from None
+            raise CubesearchError(f"storage {mask_url(url)!r} needs a database driver: {exc}") from None
         except Exception as exc:  # sqlalchemy OperationalError and friends
             racing = "duplicate key" in str(exc) or "already exists" in str(exc)
             if racing and attempt < attempts - 1:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise CubesearchError(f"cannot open storage {url!r}: {one_line(exc)}") from None
+            raise CubesearchError(f"cannot open storage {mask_url(url)!r}: "
+                                  f"{mask_secrets(one_line(exc))}") from None
     raise AssertionError("unreachable")
 
 
@@ -202,13 +205,49 @@ def first_failure(study: optuna.Study) -> FrozenTrial | None:
     return min(failed, key=lambda t: t.number) if failed else None
 
 
-def study_points(study: optuna.Study) -> list[ParetoPoint]:
-    """Every completed trial as a point (user attributes are the record, whichever backend ran it)."""
+def stored_checkpoint(folder: str | os.PathLike, root: str | os.PathLike) -> str:
+    """How a trial's checkpoint folder is recorded in the study: relative to the study's folder
+    (the search's --out), so that folder can be moved, copied or exported from anywhere; a
+    folder outside it stays absolute."""
+    path, base = Path(folder).absolute(), Path(root).absolute()
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_checkpoint(stored: str | None, root: str | os.PathLike | None,
+                       recorded_out: str | None = None) -> str | None:
+    """The folder a recorded checkpoint is in now. New studies record it relative to the
+    study's folder `root`; older ones recorded it relative to the directory the search ran in
+    (`recorded_out/trials/…`) or absolute: those are re-rooted at `root` when the folder moved,
+    and still found where they were written when it did not."""
+    if not stored:
+        return stored
+    path = Path(stored)
+    candidates = [] if path.is_absolute() or root is None else [Path(root) / path]
+    if root is not None:
+        if recorded_out and not path.is_absolute():
+            with contextlib.suppress(ValueError):
+                candidates.append(Path(root) / path.relative_to(Path(recorded_out)))
+        if "trials" in path.parts:  # OUT/trials/STUDY/trial_NNNN wherever OUT was
+            candidates.append(Path(root) / Path(*path.parts[path.parts.index("trials"):]))
+    candidates.append(path)  # absolute, or relative to where this process runs (old studies)
+    found = next((c for c in candidates if (c / "plan.json").is_file()), candidates[0])
+    return str(found)
+
+
+def study_points(study: optuna.Study, root: str | os.PathLike | None = None) -> list[ParetoPoint]:
+    """Every completed trial as a point (user attributes are the record, whichever backend ran it).
+    `root`: the study's folder (the search's --out), which checkpoint paths are relative to."""
     points = []
+    recorded_out = (study.user_attrs.get("settings") or {}).get("out")
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = t.user_attrs
+        a = dict(t.user_attrs)
         if "iou" not in a:
             continue
+        if a.get("checkpoint"):
+            a["checkpoint"] = resolve_checkpoint(a["checkpoint"], root, recorded_out)
         points.append(ParetoPoint(
             trial=t.number, iou=float(a["iou"]), gflops=float(a["gflops"]), params=int(a["params"]),
             sites_replaced=int(a.get("sites_replaced", 0)), label=a.get("reference", ""),

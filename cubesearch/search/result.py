@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
+from cubesearch.redact import mask_url
 from cubesearch.search.context import SearchContext
 from cubesearch.search.record import TrialCounts, study_points
 
@@ -32,7 +33,7 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "study": self.study_name, "storage": self.storage, "out": str(self.out),
+            "study": self.study_name, "storage": mask_url(self.storage), "out": str(self.out),
             "budget_gflops": self.budget_gflops, "trials_complete": self.n_complete,
             "trials_rejected": self.n_rejected, "trials_failed": self.n_failed,
             "baseline": self.baseline.to_dict() if self.baseline else None,
@@ -41,7 +42,7 @@ class SearchResult:
 
 
 def collect_result(study: optuna.Study, ctx: SearchContext) -> SearchResult:
-    points = study_points(study)
+    points = study_points(study, ctx.out)
     baseline = next((p for p in points if p.label == "baseline"), None)
     counts = TrialCounts.of(study)
     return SearchResult(study_name=study.study_name, storage=ctx.settings.storage_url(), out=ctx.out,

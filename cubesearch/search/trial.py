@@ -7,14 +7,12 @@ untrained. `evaluate_trial` (driver or worker) asks the evaluator for its `Trial
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import plan_cost, recorded_costs
-from cubesearch.search.record import TrialOutcome, fail_reason
+from cubesearch.search.record import TrialOutcome, fail_reason, stored_checkpoint
 
 
 def price_trial(ctx: SearchContext, trial: optuna.Trial
@@ -52,9 +50,12 @@ def evaluate_trial(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number:
     return ctx.evaluator.evaluate(ctx, ctx.trial_info(number, sites_cfg))
 
 
-def record_outcome(ctx: SearchContext, trial: Any, outcome: TrialOutcome) -> tuple[float, ...]:
+def record_outcome(ctx: SearchContext, trial: optuna.Trial, outcome: TrialOutcome) -> tuple[float, ...]:
     """Store an outcome as the trial's user attributes; return its objective values."""
-    for key, value in outcome.to_user_attrs().items():
+    attrs = outcome.to_user_attrs()
+    if attrs.get("checkpoint"):  # relative to --out: the study folder can be moved
+        attrs["checkpoint"] = stored_checkpoint(attrs["checkpoint"], ctx.out)
+    for key, value in attrs.items():
         trial.set_user_attr(key, value)
     return outcome.values(ctx.settings.objectives)
 
