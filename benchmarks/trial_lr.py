@@ -85,8 +85,9 @@ def main() -> None:
             if not plan and recipe.endswith("blocks at lr"):
                 row.append("= lr / 4")  # nothing new to train
                 continue
-            s = settings.model_copy(update={"trial_lr": settings.lr * trial_mult,
-                                            "lr": settings.lr * new_mult})
+            s = settings.model_copy(update={"trial_lr": settings.lr * trial_mult, "training":
+                                            settings.training.model_copy(
+                                                update={"lr": settings.lr * new_mult})})
             rctx = dataclasses.replace(ctx, settings=s, out=Path(args.work) / recipe.replace(" ", "_")
                                        .replace("/", "div").replace(",", ""))
             out = evaluate_plan(rctx, plan, number)

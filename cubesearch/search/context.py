@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from cubesearch.checkpoint import save
 from cubesearch.cost import CostModel
 from cubesearch.data import make_datasets
 from cubesearch.errors import CubesearchError
+from cubesearch.logging import get_logger
 from cubesearch.models import load_model
 from cubesearch.plan import Plan
 from cubesearch.search.record import TrialOutcome
@@ -58,8 +58,7 @@ class SearchContext:
 
     def trial_dir(self, number: int) -> Path:
         """OUT/trials/STUDY/trial_NNNN: several studies may share one --out (and one storage)."""
-        # the name only through safe_name (and --study refuses '.', '..', '/'): never outside --out
-        return self.out / "trials" / self.settings.study_folder() / f"trial_{number:04d}"
+        return self.out / "trials" / self.settings.study_name() / f"trial_{number:04d}"
 
     def trial_info(self, number: int, sites_cfg: dict[str, CubeConfig], *, progress: bool = False
                    ) -> TrialInfo:
@@ -144,39 +143,6 @@ def cheapest_plan(space: SearchSpace, sites: Sequence[Site], cost: CostModel) ->
     return plan
 
 
-def costliest_flops(space: SearchSpace, sites: Sequence[Site], cost: CostModel) -> float:
-    """FLOPs of the costliest plan the space can produce (sites are priced independently; a
-    site the space may leave alone costs at least its conv)."""
-    base = cost.flops({})
-
-    def delta(name: str, cfg: CubeConfig) -> float:
-        return cost.flops({name: cfg}) - base
-
-    if space.mode == "per_site":
-        return base + sum(max(0.0, *(delta(s.name, c) for c in space.site_combos(s))) for s in sites)
-    keep = 0.0 if space.mode != "fullcube" else -math.inf
-    return base + max(sum(max(keep, delta(s.name, c)) for s in sites)
-                      for c in space.shared_combos(sites))
-
-
-def budget_warning(ctx: SearchContext) -> str | None:
-    """A line when the budget does not constrain the search: at or above the costliest plan
-    (every plan is within it), or above the unconverted model's own cost."""
-    s, budget, base = ctx.settings, ctx.budget_flops, ctx.base_flops
-    top = costliest_flops(ctx.space, ctx.searchable, ctx.cost)
-    shown = f"budget {s.budget} ({budget / 1e9:.3f} GFLOPs)"
-    if budget >= top:
-        return (f"warning: {shown} is at or above the costliest plan in space {ctx.space.name!r} "
-                f"({top / 1e9:.3f} GFLOPs; the unconverted model is {base / 1e9:.3f}): every plan "
-                "is within budget, so it does not steer the search; a budget below 100% (e.g. "
-                "60%) asks for savings")
-    if budget > base:
-        return (f"warning: {shown} is above the unconverted model's {base / 1e9:.3f} GFLOPs: it "
-                "only rules out plans costing more than the model itself; a budget below 100% "
-                "(e.g. 60%) asks for savings")
-    return None
-
-
 @contextlib.contextmanager
 def folder_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (fcntl) held for the block; released if the process dies."""
@@ -198,14 +164,16 @@ def ensure_datasets(ctx: SearchContext) -> None:
 
 def baseline_dir(settings: SearchSettings, out: Path) -> Path:
     """OUT/baselines/MODEL-HASH: one trained baseline per distinct set of training settings."""
-    fields = settings.model_dump(mode="json", include=set(BASELINE_IDENTITY))
+    fields = settings.identity(BASELINE_IDENTITY)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     return out / "baselines" / f"{safe_name(Path(settings.model).name)}-{key}"
 
 
-def ensure_baseline(ctx: SearchContext, *, progress: bool = True, log: Callable[[str], None] = print
-                    ) -> None:
-    """Train the unconverted model once per study; later runs and every trial reuse it."""
+def ensure_baseline(ctx: SearchContext, *, progress: bool = True,
+                    log: Callable[[str], None] | None = None) -> None:
+    """Train the unconverted model once per study; later runs and every trial reuse it.
+    `log` (default: the `cubesearch` logger) gets a line saying which."""
+    log = log or get_logger(__name__).info
     folder = baseline_dir(ctx.settings, ctx.out)
     metrics_file = folder / "metrics.json"
     if metrics_file.exists() and (folder / "model.safetensors").exists():
@@ -220,9 +188,10 @@ def ensure_baseline(ctx: SearchContext, *, progress: bool = True, log: Callable[
         model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0],
                            pretrained=s.pretrained)
     plan = ctx.plan_for({})
-    result = training.train(model, data=ctx.datasets, epochs=s.baseline_epochs or s.epochs_per_trial,
-                   plan=plan, input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=s.seed,
-                   lr=s.lr, batch_size=s.batch_size, progress=progress)
+    result = training.train(model, config=s.training, data=ctx.datasets, plan=plan,
+                            epochs=s.baseline_epochs or s.epochs_per_trial, seed=s.seed,
+                            input_size=(s.input_size[0], s.tile_size, s.tile_size), progress=progress,
+                            distill_steps=0)  # the baseline has no blocks; trials distil
     metrics = dict(result.metrics, gflops=ctx.base_flops / 1e9, params=ctx.base_params)
     save(folder, result.model.eval(), plan, metrics)
     ctx.baseline_dir, ctx.baseline_metrics = folder, metrics

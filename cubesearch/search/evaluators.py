@@ -90,9 +90,9 @@ def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, Any], number: int,
                         plan)
     warm = ctx.baseline_dir is not None
     result = training.train(
-        model, data=ctx.datasets, epochs=s.epochs_per_trial, plan=plan,
+        model, config=s.training, data=ctx.datasets, epochs=s.epochs_per_trial, plan=plan,
         input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=trial.seed,
-        lr=s.fine_tune_lr(warm), new_lr=s.lr, batch_size=s.batch_size, init_from=ctx.baseline_dir,
+        lr=s.fine_tune_lr(warm), new_lr=s.lr, init_from=ctx.baseline_dir,
         progress=progress, distill_steps=s.distill_steps if warm and (plan.sites or plan.insertions) else 0)
     metrics = dict(result.metrics)
     if not all(math.isfinite(float(metrics.get(k, 0.0))) for k in ("loss", "iou")):

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -52,6 +53,7 @@ from optuna.trial import TrialState, create_trial
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError, one_line
+from cubesearch.logging import get_logger
 from cubesearch.plan import Plan
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import direction, recorded_costs
@@ -116,7 +118,7 @@ _SEARCHERS: dict[str, CubeOptunaSearch] = {}
 
 
 def _stderr_log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    get_logger(__name__).info(text)
 
 
 # --- the searcher -------------------------------------------------------------------------------
@@ -168,31 +170,17 @@ class CubeOptunaSearch(_OptunaSearch):
         state.update(_ot_study=None, _sampler=None, _storage=None, _ot_trials={})
         return state
 
-    # The searcher's own state is JSON: restoring it never unpickles what the experiment folder
-    # holds. (Ray Tune's own experiment state, which `Tuner.restore` reads, is pickled by Ray:
-    # a search resumes only experiments under its own --out, which this user's runs wrote.)
-
     def save(self, checkpoint_path: str) -> None:
-        state = {"version": 1, "live": {str(k): int(v) for k, v in self._live.items()},
-                 "completed": sorted(str(t) for t in self._completed_trials),
-                 "retries": {str(k): int(v) for k, v in self._retries.items()}}
-        with open(checkpoint_path, "w") as f:
-            json.dump(state, f)
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"live": self._live, "completed": self._completed_trials,
+                         "retries": self._retries}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        try:
-            with open(checkpoint_path) as f:
-                state = json.load(f)
-            live = {str(k): int(v) for k, v in state["live"].items()}
-            completed = {str(t) for t in state["completed"]}
-            retries = {str(k): int(v) for k, v in state["retries"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            # not this format (an older, pickled state is not read): start from the study; its
-            # running trials that Tune no longer knows are failed and queued again (_fail_orphans)
-            live, completed, retries = {}, set(), {}
-        self._live = live
-        self._completed_trials = completed
-        self._retries = retries
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self._live = dict(state["live"])
+        self._completed_trials = set(state["completed"])
+        self._retries = dict(state["retries"])
         self._ot_trials = {}
         self._orphans_checked = False
         _SEARCHERS[self._experiment] = self  # the one Tune restored and uses from now on
@@ -577,7 +565,7 @@ class RayBackend:
 
     def run(self, ctx: SearchContext, study: optuna.Study, view: SearchProgress) -> None:
         settings = ctx.settings
-        exp_dir, restoring = _experiment_to_resume(ctx.out, settings.study_folder())
+        exp_dir, restoring = _experiment_to_resume(ctx.out, settings.study_name())
         if TrialCounts.of(study).trained >= settings.trials and not restoring:
             return
         concurrent = settings.max_concurrent or default_concurrency(settings, self.resources)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cubesearch.errors import ConfigError, validation_message
+from cubesearch.training import TrainConfig
 
 SAMPLERS = ("nsga2", "tpe", "random")
 TRIAL_LR_DIVISOR = 4
@@ -20,6 +22,26 @@ STUDY_IDENTITY = ("model", "space", "budget", "objectives", "input_size", "data"
 BASELINE_IDENTITY = ("model", "num_classes", "input_size", "data", "tile_size", "train_tiles",
                      "val_tiles", "batch_size", "lr", "seed", "epochs_per_trial", "baseline_epochs",
                      "pretrained")
+
+
+# Training options a search spells at the top level (the CLI's flags, `search(lr=…)`, records
+# older than `training`): they live in `SearchSettings.training`, read back as properties.
+TRAINING_OPTIONS = ("lr", "batch_size", "train_tiles", "val_tiles", "distill_steps", "num_classes",
+                    "pretrained")
+# The search's own defaults for them; every other training option keeps TrainConfig's.
+SEARCH_TRAINING: dict[str, Any] = dict(train_tiles=192, val_tiles=64, distill_steps=100, num_classes=1)
+
+
+def flat(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored settings record with its training options at the top level, as older records
+    have them: what resume checks and exports read."""
+    training = record.get("training") or {}
+    return {**{k: training[k] for k in TRAINING_OPTIONS if k in training},
+            **{k: v for k, v in record.items() if k != "training"}}
+
+
+def _from_training(name: str) -> property:
+    return property(lambda self: getattr(self.training, name), doc=f"`training.{name}`")
 
 
 def safe_name(text: str) -> str:
@@ -38,10 +60,6 @@ class SearchSettings(BaseModel):
     timeout: float | None = None  # seconds
     data: str = "synthetic"
     epochs_per_trial: float = Field(1.0, gt=0)
-    # Before a trial trains end to end, each Cube block is fitted to the conv it replaces
-    # (local distillation from the baseline) for this many batches: cheap, and it starts the
-    # trial from near the baseline's accuracy instead of from random blocks.
-    distill_steps: int = Field(100, ge=0)
     baseline_epochs: float | None = None  # defaults to epochs_per_trial
     storage: str | None = None
     study: str | None = None
@@ -50,10 +68,12 @@ class SearchSettings(BaseModel):
     objectives: tuple[str, ...] = ("iou", "gflops")
     input_size: tuple[int, int, int] = (3, 512, 512)  # the FLOPs reference input
     tile_size: int = 128  # training tiles
-    train_tiles: int = 192
-    val_tiles: int = 64
-    batch_size: int = 8
-    lr: float = 2e-3  # the baseline's peak learning rate, and that of a trial's new blocks
+    # How the baseline and every trial train (TrainConfig): lr (the baseline's peak, and that of a
+    # trial's new blocks), batch size, synthetic tiles, classes, loss, optimiser, schedule… and
+    # distill_steps: before a trial trains end to end, each Cube block is fitted to the conv it
+    # replaces (local distillation from the baseline) for this many batches: cheap, and it starts
+    # the trial from near the baseline's accuracy instead of from random blocks.
+    training: TrainConfig = Field(default_factory=lambda: TrainConfig(**SEARCH_TRAINING))
     # A trial fine-tunes the weights it takes from the trained baseline at a lower peak: at the
     # baseline's own lr, two epochs cost the unchanged model 0.1 of its IoU (0.49 → 0.39 at
     # lr / 4); its Cube blocks are new and train at `lr` (benchmarks/results/trial-lr.md).
@@ -62,8 +82,6 @@ class SearchSettings(BaseModel):
     # How a plan becomes an IoU: "finetune" (cubesearch's trainer), or a user function given as
     # `path/to/eval.py:fn` (cubesearch.search.evaluators)
     evaluator: str = DEFAULT_EVALUATOR
-    num_classes: int = 1
-    pretrained: bool = False
     backend: str = "local"  # a name in cubesearch.search.driver.BACKENDS
     # Ray backend (cubesearch.search.ray); ignored by the local one
     address: str | None = None  # auto, HOST:PORT or ray://HOST:PORT; None: a local Ray instance
@@ -71,24 +89,35 @@ class SearchSettings(BaseModel):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:  # one line naming the option (`--trials: …`)
-            raise ConfigError(validation_message(exc, known=type(self).model_fields)) from None
+    lr = _from_training("lr")
+    batch_size = _from_training("batch_size")
+    train_tiles = _from_training("train_tiles")
+    val_tiles = _from_training("val_tiles")
+    distill_steps = _from_training("distill_steps")
+    num_classes = _from_training("num_classes")
+    pretrained = _from_training("pretrained")
 
-    @field_validator("study")
+    @model_validator(mode="before")
     @classmethod
-    def _study(cls, v: str | None) -> str | None:
-        """A study name becomes a folder under --out: nothing that could leave it."""
-        if v is None:
-            return v
-        if (not v.strip() or v.strip() in (".", "..") or any(c in v for c in "/\\\0")
-                or len(v) > 200):
-            raise ValueError(f"--study {v!r}: a study name becomes a folder under --out, so it "
-                             "may not be empty, '.' or '..', or hold / or \\ (use letters, digits "
-                             "and -_.)")
-        return v
+    def _gather_training(cls, data: Any) -> Any:
+        """`lr=…`, `batch_size=…` (TRAINING_OPTIONS) given at the top level go into `training`,
+        over the search's defaults (SEARCH_TRAINING) and what `training` itself sets."""
+        if not isinstance(data, dict) or not ("training" in data or set(TRAINING_OPTIONS) & set(data)):
+            return data
+        given = data.get("training") or {}
+        given = given.model_dump(exclude_unset=True) if isinstance(given, TrainConfig) else dict(given)
+        rest = {k: v for k, v in data.items() if k not in TRAINING_OPTIONS}
+        return {**rest, "training": {**SEARCH_TRAINING, **given,
+                                     **{k: data[k] for k in TRAINING_OPTIONS if k in data}}}
+
+    def identity(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The settings named by `keys` (training options included), as JSON values; training
+        options outside TRAINING_OPTIONS that differ from TrainConfig's defaults come along
+        under "training" (a baseline trained with another loss or optimiser is another one)."""
+        values = {k: getattr(self, k) for k in keys}
+        extra = self.training.model_dump(mode="json", exclude_defaults=True,
+                                         exclude={*TRAINING_OPTIONS, "progress"})
+        return json.loads(json.dumps({**values, **({"training": extra} if extra else {})}))
 
     def fine_tune_lr(self, warm_started: bool = True) -> float:
         """Peak learning rate of a trial's warm-started weights (`lr` with nothing to start from)."""
@@ -97,13 +126,8 @@ class SearchSettings(BaseModel):
         return self.lr / TRIAL_LR_DIVISOR if warm_started else self.lr
 
     def study_name(self) -> str:
-        return self.study or self._default_study_name()
-
-    def study_folder(self) -> str:
-        """The study's name as a folder name (`safe_name`): trials go to OUT/trials/<this>."""
-        return safe_name(self.study_name())
-
-    def _default_study_name(self) -> str:
+        if self.study:
+            return self.study
         spec = self.model
         if spec.split(":")[0].endswith(".py"):  # a model file: its stem (and picked name)
             path, _, name = spec.partition(".py")
