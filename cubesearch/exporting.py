@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -21,9 +22,10 @@ from typing import Any
 
 import torch
 
-from cubesearch.checkpoint import write_manifest
+from cubesearch.checkpoint import check_destination, write_manifest
 from cubesearch.errors import CubesearchError
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
+from cubesearch.redact import mask_url
 from cubesearch.search.record import open_storage, study_points
 from cubesearch.search.settings import flat
 
@@ -54,12 +56,23 @@ def open_study_source(source: str | Path, study_name: str | None = None):
     names = optuna.get_all_study_names(storage=storage)
     if study_name is None:
         if len(names) != 1:
-            raise CubesearchError(f"{url} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                                  "pick one with --study NAME")
+            raise CubesearchError(f"{mask_url(url)} holds {len(names)} studies "
+                                  f"({', '.join(names) or 'none'}); pick one with --study NAME")
         study_name = names[0]
     elif study_name not in names:
-        raise CubesearchError(f"no study {study_name!r} in {url} (it has: {', '.join(names)})")
+        raise CubesearchError(f"no study {study_name!r} in {mask_url(url)} (it has: {', '.join(names)})")
     return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def study_root(source: str | Path, settings: dict[str, Any]) -> Path | None:
+    """The folder a study's checkpoint paths are relative to: the folder holding its study.db
+    (wherever it was moved), or for a storage URL the search's --out as recorded."""
+    text = str(source)
+    if "://" not in text:
+        folder = Path(text)
+        return (folder if folder.is_dir() else folder.parent).absolute()
+    out = settings.get("out")
+    return Path(out).absolute() if out else None
 
 
 # --- choosing models ------------------------------------------------------------------------
@@ -148,14 +161,14 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
 
 def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetune_epochs: float,
                baseline: ParetoPoint | None, settings: dict[str, Any] | None = None,
-               progress: bool = False) -> dict:
+               progress: bool = False, trust_code: bool = False) -> dict:
     from cubesearch.checkpoint import load, save
     from cubesearch.cost import count_flops
     from cubesearch.plan import Plan
 
     src = Path(point.checkpoint)
     plan = Plan.load(src / "plan.json")
-    model = load(src)
+    model = load(src, trust_code=trust_code)
     metrics = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").exists() else {}
     if finetune_epochs > 0:
         from cubesearch.training import train
@@ -213,35 +226,59 @@ class ExportResult:
 
 def export(source: str | Path, *, study: str | None = None, out: str | Path = "exported",
            select: str = "pareto", formats: Sequence[str] = ("safetensors", "onnx"),
-           finetune_epochs: float = 0.0, progress: bool = True, console=None) -> ExportResult:
-    """Export the selected trained models of a study, and write the Pareto index."""
+           finetune_epochs: float = 0.0, progress: bool = True, console=None,
+           trust_code: bool = False) -> ExportResult:
+    """Export the selected trained models of a study, and write the Pareto index.
+
+    A study whose model is a model.py or package.module:callable is exported only when that
+    file is one your own runs used (same path and SHA-256) or `trust_code=True`
+    (`cubesearch.trust`)."""
     bad = [f for f in formats if f not in FORMATS]
     if bad or "safetensors" not in formats:
         raise CubesearchError(f"--formats {','.join(formats)!r}: choose from {', '.join(FORMATS)} "
                               "(safetensors is always written)")
+    check_destination(out, option="--out", replaceable=False)
     st = open_study_source(source, study)
     settings = st.user_attrs.get("settings", {})
     objectives = tuple(settings.get("objectives", ("iou", "gflops")))
-    points = study_points(st)
+    points = study_points(st, study_root(source, settings))
     if not points:
         raise CubesearchError(f"study {st.study_name!r} has no completed trial")
     chosen = select_points(points, select, objectives)
     baseline = next((p for p in points if p.label == "baseline"), None)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    for p in chosen:  # every destination is checked before any work
+        check_destination(out / f"trial_{p.trial:04d}", option="--out")
+    created = not out.exists()
     result = ExportResult(out=out)
-    for p in chosen:
-        dest = out / f"trial_{p.trial:04d}"
-        m = export_one(p, dest, formats=formats, finetune_epochs=finetune_epochs, baseline=baseline,
-                       settings=settings, progress=progress)
-        if console is not None:
-            console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}, "
-                          f"{m['gflops']:.3f} GFLOPs)")
-        result.models.append({"trial": p.trial, "folder": str(dest), "iou": m["iou"],
-                              "gflops": m["gflops"], "params": m["params"],
-                              "onnx_max_abs_error": m.get("onnx_max_abs_error")})
-    result.index = write_index(out, points, chosen, baseline, st.study_name,
-                               settings.get("budget"), objectives)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for p in chosen:
+            dest = out / f"trial_{p.trial:04d}"
+            m = export_one(p, dest, formats=formats, finetune_epochs=finetune_epochs,
+                           baseline=baseline, settings=settings, progress=progress,
+                           trust_code=trust_code)
+            if console is not None:
+                console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}, "
+                              f"{m['gflops']:.3f} GFLOPs)")
+            result.models.append({"trial": p.trial, "folder": str(dest), "iou": m["iou"],
+                                  "gflops": m["gflops"], "params": m["params"],
+                                  "onnx_max_abs_error": m.get("onnx_max_abs_error")})
+        staging = Path(tempfile.mkdtemp(prefix=".index.", dir=out))
+        try:  # the index is written aside, then each file renamed into place
+            staged = write_index(staging, points, chosen, baseline, st.study_name,
+                                 settings.get("budget"), objectives)
+            result.index = {}
+            for key, path in staged.items():
+                if Path(path).exists():
+                    os.replace(path, out / Path(path).name)
+                result.index[key] = str(out / Path(path).name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed export leaves no empty folder behind
+        raise
     return result
 
 

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,8 @@ class SearchContext:
 
     def trial_dir(self, number: int) -> Path:
         """OUT/trials/STUDY/trial_NNNN: several studies may share one --out (and one storage)."""
-        return self.out / "trials" / self.settings.study_name() / f"trial_{number:04d}"
+        # the name only through safe_name (and --study refuses '.', '..', '/'): never outside --out
+        return self.out / "trials" / self.settings.study_folder() / f"trial_{number:04d}"
 
     def trial_info(self, number: int, sites_cfg: dict[str, CubeConfig], *, progress: bool = False
                    ) -> TrialInfo:
@@ -141,6 +143,39 @@ def cheapest_plan(space: SearchSpace, sites: Sequence[Site], cost: CostModel) ->
     if space.mode == "shared":  # replacing a site may cost more than keeping it
         plan = {n: c for n, c in plan.items() if cost.flops({n: c}) < cost.flops({})}
     return plan
+
+
+def costliest_flops(space: SearchSpace, sites: Sequence[Site], cost: CostModel) -> float:
+    """FLOPs of the costliest plan the space can produce (sites are priced independently; a
+    site the space may leave alone costs at least its conv)."""
+    base = cost.flops({})
+
+    def delta(name: str, cfg: CubeConfig) -> float:
+        return cost.flops({name: cfg}) - base
+
+    if space.mode == "per_site":
+        return base + sum(max(0.0, *(delta(s.name, c) for c in space.site_combos(s))) for s in sites)
+    keep = 0.0 if space.mode != "fullcube" else -math.inf
+    return base + max(sum(max(keep, delta(s.name, c)) for s in sites)
+                      for c in space.shared_combos(sites))
+
+
+def budget_warning(ctx: SearchContext) -> str | None:
+    """A line when the budget does not constrain the search: at or above the costliest plan
+    (every plan is within it), or above the unconverted model's own cost."""
+    s, budget, base = ctx.settings, ctx.budget_flops, ctx.base_flops
+    top = costliest_flops(ctx.space, ctx.searchable, ctx.cost)
+    shown = f"budget {s.budget} ({budget / 1e9:.3f} GFLOPs)"
+    if budget >= top:
+        return (f"warning: {shown} is at or above the costliest plan in space {ctx.space.name!r} "
+                f"({top / 1e9:.3f} GFLOPs; the unconverted model is {base / 1e9:.3f}): every plan "
+                "is within budget, so it does not steer the search; a budget below 100% (e.g. "
+                "60%) asks for savings")
+    if budget > base:
+        return (f"warning: {shown} is above the unconverted model's {base / 1e9:.3f} GFLOPs: it "
+                "only rules out plans costing more than the model itself; a budget below 100% "
+                "(e.g. 60%) asks for savings")
+    return None
 
 
 @contextlib.contextmanager

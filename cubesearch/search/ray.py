@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import socket
 import sys
 import threading
@@ -170,17 +169,31 @@ class CubeOptunaSearch(_OptunaSearch):
         state.update(_ot_study=None, _sampler=None, _storage=None, _ot_trials={})
         return state
 
+    # The searcher's own state is JSON: restoring it never unpickles what the experiment folder
+    # holds. (Ray Tune's own experiment state, which `Tuner.restore` reads, is pickled by Ray:
+    # a search resumes only experiments under its own --out, which this user's runs wrote.)
+
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"live": self._live, "completed": self._completed_trials,
-                         "retries": self._retries}, f)
+        state = {"version": 1, "live": {str(k): int(v) for k, v in self._live.items()},
+                 "completed": sorted(str(t) for t in self._completed_trials),
+                 "retries": {str(k): int(v) for k, v in self._retries.items()}}
+        with open(checkpoint_path, "w") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self._live = dict(state["live"])
-        self._completed_trials = set(state["completed"])
-        self._retries = dict(state["retries"])
+        try:
+            with open(checkpoint_path) as f:
+                state = json.load(f)
+            live = {str(k): int(v) for k, v in state["live"].items()}
+            completed = {str(t) for t in state["completed"]}
+            retries = {str(k): int(v) for k, v in state["retries"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            # not this format (an older, pickled state is not read): start from the study; its
+            # running trials that Tune no longer knows are failed and queued again (_fail_orphans)
+            live, completed, retries = {}, set(), {}
+        self._live = live
+        self._completed_trials = completed
+        self._retries = retries
         self._ot_trials = {}
         self._orphans_checked = False
         _SEARCHERS[self._experiment] = self  # the one Tune restored and uses from now on
@@ -565,7 +578,7 @@ class RayBackend:
 
     def run(self, ctx: SearchContext, study: optuna.Study, view: SearchProgress) -> None:
         settings = ctx.settings
-        exp_dir, restoring = _experiment_to_resume(ctx.out, settings.study_name())
+        exp_dir, restoring = _experiment_to_resume(ctx.out, settings.study_folder())
         if TrialCounts.of(study).trained >= settings.trials and not restoring:
             return
         concurrent = settings.max_concurrent or default_concurrency(settings, self.resources)

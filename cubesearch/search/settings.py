@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cubesearch.errors import ConfigError, validation_message
 from cubesearch.training import TrainConfig
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -119,6 +120,25 @@ class SearchSettings(BaseModel):
                                          exclude={*TRAINING_OPTIONS, "progress"})
         return json.loads(json.dumps({**values, **({"training": extra} if extra else {})}))
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:  # one line naming the option (`--trials: …`)
+            raise ConfigError(validation_message(exc, known=type(self).model_fields)) from None
+
+    @field_validator("study")
+    @classmethod
+    def _study(cls, v: str | None) -> str | None:
+        """A study name becomes a folder under --out: nothing that could leave it."""
+        if v is None:
+            return v
+        if (not v.strip() or v.strip() in (".", "..") or any(c in v for c in "/\\\0")
+                or len(v) > 200):
+            raise ValueError(f"--study {v!r}: a study name becomes a folder under --out, so it "
+                             "may not be empty, '.' or '..', or hold / or \\ (use letters, digits "
+                             "and -_.)")
+        return v
+
     def fine_tune_lr(self, warm_started: bool = True) -> float:
         """Peak learning rate of a trial's warm-started weights (`lr` with nothing to start from)."""
         if self.trial_lr is not None:
@@ -126,8 +146,13 @@ class SearchSettings(BaseModel):
         return self.lr / TRIAL_LR_DIVISOR if warm_started else self.lr
 
     def study_name(self) -> str:
-        if self.study:
-            return self.study
+        return self.study or self._default_study_name()
+
+    def study_folder(self) -> str:
+        """The study's name as a folder name (`safe_name`): trials go to OUT/trials/<this>."""
+        return safe_name(self.study_name())
+
+    def _default_study_name(self) -> str:
         spec = self.model
         if spec.split(":")[0].endswith(".py"):  # a model file: its stem (and picked name)
             path, _, name = spec.partition(".py")

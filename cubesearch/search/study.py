@@ -8,9 +8,10 @@ import os
 import optuna
 
 from cubesearch.errors import CubesearchError
+from cubesearch.redact import mask_url
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import direction
-from cubesearch.search.record import open_storage
+from cubesearch.search.record import heartbeat, open_storage
 from cubesearch.search.settings import SAMPLERS, STUDY_IDENTITY, SearchSettings, flat
 
 
@@ -39,6 +40,7 @@ def check_identity(study: optuna.Study, settings: SearchSettings) -> None:
     (a setting the stored record lacks counts as its default: it is older than that setting)."""
     stored = study.user_attrs.get("settings")
     mine = json.loads(settings.model_dump_json())
+    mine["storage"] = mask_url(mine.get("storage"))  # no password in the study's own record
     if stored is None:
         study.set_user_attr("settings", mine)
         return
@@ -48,8 +50,9 @@ def check_identity(study: optuna.Study, settings: SearchSettings) -> None:
                if json.dumps(stored.get(k, defaults.get(k))) != json.dumps(mine.get(k))]
     if changed:
         diffs = ", ".join(f"{k}: {stored.get(k, defaults.get(k))!r} → {mine.get(k)!r}" for k in changed)
-        raise CubesearchError(f"study {study.study_name!r} in {settings.storage_url()} was started with "
-                              f"other settings ({diffs}); resume with the same ones or pick --study NAME")
+        raise CubesearchError(f"study {study.study_name!r} in {mask_url(settings.storage_url())} was "
+                              f"started with other settings ({diffs}); resume with the same ones or "
+                              "pick --study NAME")
 
 
 def stored_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
@@ -58,6 +61,50 @@ def stored_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
         return storage.get_n_trials(storage.get_study_id_from_name(name))
     except KeyError:
         return 0
+
+
+def fail_trials_without_heartbeat(study: optuna.Study, grace: float) -> list[int]:
+    """Fail the RUNNING trials that never recorded a heartbeat and started over `grace` seconds
+    ago: a process killed between Optuna creating a trial and its first heartbeat leaves one,
+    and Optuna's stale-trial check skips trials without a heartbeat, so it would stay RUNNING for
+    ever. They are retried like stale ones. Returns their numbers."""
+    from datetime import datetime, timedelta
+
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb import models  # the heartbeat table; no public reader exists
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)  # Optuna wraps the RDB storage in a cache
+    if not isinstance(rdb, RDBStorage) or rdb.heartbeat_interval is None:
+        return []
+    cutoff = datetime.now() - timedelta(seconds=grace)
+    old = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if t.datetime_start is not None and t.datetime_start < cutoff]
+    if not old:
+        return []
+    session = rdb.scoped_session()
+    try:
+        beating = {trial_id for (trial_id,) in session.query(models.TrialHeartbeatModel.trial_id)
+                   .filter(models.TrialHeartbeatModel.trial_id.in_([t._trial_id for t in old]))}
+    finally:
+        rdb.scoped_session.remove()
+    failed = []
+    callback = rdb.get_heartbeat_stale_trial_callback()
+    for t in old:
+        if t._trial_id in beating:
+            continue  # Optuna's own check fails it once its heartbeat is stale
+        try:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted before its first "
+                                        "heartbeat (the process was killed); its plan is retried")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process finished it meanwhile
+        failed.append(t.number)
+        if callback is not None:
+            callback(study, storage.get_trial(t._trial_id))
+    return failed
 
 
 def open_study(settings: SearchSettings) -> optuna.Study:
@@ -72,6 +119,7 @@ def open_study(settings: SearchSettings) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
                                 directions=[direction(o) for o in settings.objectives])
     check_identity(study, settings)
+    fail_trials_without_heartbeat(study, heartbeat()[1])
     return study
 
 
