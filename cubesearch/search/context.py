@@ -16,9 +16,10 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
+from torch.utils.data import Dataset
 
 from cubesearch import training
 from cubesearch.blocks import CubeConfig
@@ -34,6 +35,8 @@ from cubesearch.search.settings import BASELINE_IDENTITY, SearchSettings, safe_n
 from cubesearch.sites import Site, find_sites
 from cubesearch.space import SearchSpace, parse_budget
 
+Datasets = tuple[Dataset, Dataset]  # (train, val)
+
 
 @dataclass
 class SearchContext:
@@ -48,7 +51,7 @@ class SearchContext:
     out: Path
     baseline_dir: Path | None = None
     baseline_metrics: dict[str, float] = field(default_factory=dict)
-    datasets: Any = None  # (train, val), built once
+    datasets: Datasets | None = None  # built once
     evaluator: Evaluator | None = None  # how a plan becomes an IoU; set by the search's set-up
 
     def plan_for(self, sites_cfg: dict[str, CubeConfig]) -> Plan:
@@ -79,7 +82,7 @@ class TrialInfo:
     folder: Path  # where the trial's checkpoint goes (OUT/trials/STUDY/trial_NNNN)
     seed: int  # settings.seed + number: the trial's random state
     settings: SearchSettings
-    datasets: Any = None  # (train, val) as built from --data; None if the evaluator built none
+    datasets: Datasets | None = None  # as built from --data; None if the evaluator built none
     baseline_dir: Path | None = None  # the trained baseline's checkpoint, if there is one
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     progress: bool = False
