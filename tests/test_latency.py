@@ -441,3 +441,68 @@ def test_search_setup_profiles_once_and_checks_budget_and_device(tmp_path, tiny,
     with pytest.raises(CubesearchError, match="another device.*--reprofile"):
         lsearch.check_study_device(study, Ctx)
     assert lsearch.measure_ms(Ctx, model) == pytest.approx(1.0)  # deploy form, fake timer
+
+
+# --- a search with a latency objective (timers mocked: an additive fake device) -----------------
+
+
+class AdditiveTimer:
+    """1 ms per 3×3 conv, 0.5 ms per folded Cube block in the timed module: a device where
+    latency is exactly additive and blocks are faster than the convs they replace."""
+
+    kind = "additive-fake"
+
+    def __call__(self, fn) -> float:
+        from torch import nn
+
+        from cubesearch.blocks import FoldedCubeBlock
+
+        module = next(c.cell_contents for c in fn.__closure__
+                      if isinstance(c.cell_contents, nn.Module))
+        blocks = [m for m in module.modules() if isinstance(m, FoldedCubeBlock)]
+        inside = {id(m) for b in blocks for m in b.modules()}
+        convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)
+                 and m.kernel_size == (3, 3) and id(m) not in inside]
+        return 1e-3 * len(convs) + 0.5e-3 * len(blocks)
+
+
+@pytest.mark.slow  # trains a baseline and a few trials (~20 s idle, ~40 s on a loaded machine)
+def test_search_with_a_latency_objective_and_budget(tmp_path, monkeypatch):
+    import optuna
+
+    import cubesearch.search as searching
+
+    timer = AdditiveTimer()
+    monkeypatch.setattr(profile, "make_timer", lambda device: timer)
+    monkeypatch.setattr(measure, "make_timer", lambda device: timer)
+    opts = dict(input_size=(3, 32, 32), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
+                epochs_per_trial=1.0, progress=False, out=str(tmp_path / "s"), space="shared",
+                trials=3, sampler="random", objectives=("iou", "latency"), distill_steps=0)
+    with pytest.raises(CubesearchError, match="below the fastest plan"):
+        searching.search(TINY, "2ms", **opts)  # 5 convs: at best 5 × 0.5 ms
+    result = searching.search(TINY, "4.2ms", **opts)
+    assert result.budget_ms == pytest.approx(4.2) and result.budget_gflops is None
+    assert result.device["device"] == "cpu"
+    study = result.study
+    done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    for t in done:
+        a = t.user_attrs
+        n = a["sites_replaced"]
+        assert a["latency"] == pytest.approx(5 - 0.5 * n)  # estimate or measured: both exact here
+        assert a["feasible"] == (5 - 0.5 * n <= 4.2)
+        if a.get("infeasible"):
+            assert not a.get("checkpoint")
+    assert all("latency" in p.extra for p in result.points)
+    assert all(p.extra["latency"] <= 4.2 for p in result.front)
+    summary = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert summary["budget_ms"] == pytest.approx(4.2) and summary["device"]["name"]
+    assert (tmp_path / "s" / "pareto-latency.png").exists()
+    assert study.user_attrs["device"] == result.device
+    # resuming on another device is refused unless told to re-profile
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    loaded = optuna.load_study(study_name=study.study_name, storage=storage)
+    loaded.set_user_attr("device", {**result.device, "name": "Another CPU"})
+    with pytest.raises(CubesearchError, match="another device.*--reprofile"):
+        searching.search(TINY, "4.2ms", **opts)
+    again = searching.search(TINY, "4.2ms", reprofile=True, **opts)
+    assert again.n_complete == result.n_complete  # nothing retrained

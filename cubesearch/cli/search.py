@@ -28,7 +28,9 @@ def parse_duration(text: str | None) -> float | None:
 @app.command()
 def search(
     model: str = typer.Argument(..., help="Model spec: timm:NAME, smp:ARCH:ENCODER, model.py[:NAME]."),
-    budget: str = typer.Option(..., "--budget", help="FLOPs budget: 50GFLOPs, 50G, 5e10, 400MFLOPs or 60%."),
+    budget: str = typer.Option(..., "--budget", help="FLOPs (50GFLOPs, 50G, 5e10, 400MFLOPs), latency "
+                               "(25ms, 0.5s; with a latency objective) or 60% of the first cost "
+                               "objective named."),
     space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or a .yaml."),
     trials: int = typer.Option(20, min=1, help="Trained trials in the study (a resume counts earlier "
                                 "ones; plans over budget are rejected free and not counted)."),
@@ -42,7 +44,13 @@ def search(
     study: str = typer.Option(None, help="Study name (default: from model and space)."),
     out: str = typer.Option("runs/search", "--out", "-o", help="Folder for the study, checkpoints, plots."),
     seed: int = typer.Option(0),
-    objectives: str = typer.Option("iou,gflops", help="iou and costs: iou,gflops or iou,gflops,params."),
+    objectives: str = typer.Option("iou,gflops", help="iou and costs: iou,gflops, iou,gflops,params, "
+                                   "iou,latency or iou,gflops,latency (latency: measured on this "
+                                   "device, see `cubesearch profile`)."),
+    latency_table: str = typer.Option(None, help="Latency table (default: OUT/latency.json; "
+                                      "profiled here when it lacks the model)."),
+    reprofile: bool = typer.Option(False, "--reprofile", help="Measure this device's latency "
+                                   "table again (needed to resume a study on another device)."),
     input_size: str = typer.Option("3x512x512", help="Reference input for FLOPs, CxHxW."),
     tile_size: int = typer.Option(128, help="Training tile size."),
     train_tiles: int = typer.Option(192, help="Synthetic training tiles."),
@@ -68,6 +76,7 @@ def search(
 ) -> None:
     """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
     from cubesearch.errors import CubesearchError
+    from cubesearch.latency.search import budget_label
     from cubesearch.search import BACKENDS, SAMPLERS, front_table, parse_objectives
     from cubesearch.search import search as run_search
     from cubesearch.sites import parse_input_size
@@ -88,12 +97,13 @@ def search(
         val_tiles=val_tiles, batch_size=batch_size, lr=lr, trial_lr=trial_lr, sampler=sampler,
         evaluator=evaluator, num_classes=classes,
         pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console)
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console,
+        latency_table=latency_table, reprofile=reprofile)
     if as_json:
         print_json(result.to_dict())
         return
     console.print(front_table(result, f"Pareto front of {result.study_name} "
-                                      f"(budget {result.budget_gflops:.3f} GFLOPs)"))
+                                      f"(budget {budget_label(result)})"))
     console.print(f"{result.n_complete} trials trained, {result.n_rejected} plans rejected over "
                   f"budget (not trained), {result.n_failed} failed; study: "
                   f"{mask_url(result.storage)}; plot: {result.out / 'pareto.png'}")

@@ -103,7 +103,12 @@ def load_latency(settings: Any, model: nn.Module, report: Any, space: Any, *,
 def setup(settings: Any, model: nn.Module, report: Any, space: Any, searchable: Sequence[Any],
           cost: Any, *, log: Callable[[str], None] | None = None
           ) -> tuple[LatencyModel | None, Budget]:
-    """(latency model or None, the budget), every bad combination one clear error."""
+    """(latency model or None, the budget), every bad combination one clear error. `log`
+    (default: the `cubesearch` logger) is told when this device is being profiled."""
+    if log is None:
+        from cubesearch.logging import get_logger
+
+        log = get_logger(__name__).info
     lat = load_latency(settings, model, report, space, log=log) if needs_latency(settings) else None
     base_flops = cost.flops({})
     budget = resolve_budget(settings.budget, settings.objectives, base_flops=base_flops,
@@ -158,3 +163,28 @@ def check_study_device(study: Any, ctx: Any) -> None:
             f"study {study.study_name!r} measured latency on another device ({diffs}); its "
             "trials' latencies would not compare: resume on that device, or add --reprofile to "
             "re-profile here")
+
+
+def budget_line(ctx: Any) -> str:
+    """`15.167 GFLOPs of 21.667`, or `25.000 ms of 31.2 ms on cpu (…)` under a latency budget."""
+    budget = getattr(ctx, "budget", None)
+    if budget is not None and budget.objective == "latency" and ctx.latency is not None:
+        return (f"{budget.value / 1e3:.3f} ms of {ctx.latency.latency_ms({}):.3f} ms on "
+                f"{ctx.latency.fingerprint.label()}")
+    return f"{ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f}"
+
+
+def budget_label(ctx_or_result: Any) -> str:
+    """The budget as a front table's title shows it: `15.167 GFLOPs` or `25.000 ms`."""
+    ms = getattr(ctx_or_result, "budget_ms", None)
+    if ms is not None:
+        return f"{ms:.3f} ms"
+    return f"{ctx_or_result.budget_gflops:.3f} GFLOPs"
+
+
+def result_fields(ctx: Any) -> dict[str, Any]:
+    """What a search result adds for latency: the budget in ms (a latency budget) and the
+    device fingerprint its latencies were measured on."""
+    budget, lat = getattr(ctx, "budget", None), getattr(ctx, "latency", None)
+    return {"budget_ms": budget.value / 1e3 if budget is not None and budget.objective == "latency"
+            else None, "device": lat.fingerprint.to_dict() if lat is not None else None}

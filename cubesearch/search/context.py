@@ -27,13 +27,16 @@ from cubesearch.checkpoint import save
 from cubesearch.cost import CostModel
 from cubesearch.data import make_datasets
 from cubesearch.errors import CubesearchError
+from cubesearch.latency.budget import Budget
+from cubesearch.latency.model import LatencyModel
+from cubesearch.latency.search import setup as latency_setup
 from cubesearch.logging import get_logger
 from cubesearch.models import load_model
 from cubesearch.plan import Plan
 from cubesearch.search.record import TrialOutcome
 from cubesearch.search.settings import BASELINE_IDENTITY, SearchSettings, safe_name
 from cubesearch.sites import Site, find_sites
-from cubesearch.space import SearchSpace, parse_budget
+from cubesearch.space import SearchSpace
 
 Datasets = tuple[Dataset, Dataset]  # (train, val)
 
@@ -53,6 +56,10 @@ class SearchContext:
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     datasets: Datasets | None = None  # built once
     evaluator: Evaluator | None = None  # how a plan becomes an IoU; set by the search's set-up
+    # What --budget bounds (FLOPs, or a latency in µs), and the latency model when latency is an
+    # objective or the budget (cubesearch.latency: measured on this device, from its table)
+    budget: Budget | None = None
+    latency: LatencyModel | None = None
 
     def plan_for(self, sites_cfg: dict[str, CubeConfig]) -> Plan:
         s = self.settings
@@ -119,7 +126,10 @@ def build_context(settings: SearchSettings) -> SearchContext:
             f"{len(sites)} eligible in the whole model")
     cost = CostModel(report)
     base_flops, base_params = cost.flops({}), cost.params({})
-    budget = parse_budget(settings.budget, base_flops)
+    # --budget: FLOPs, a latency (25ms) or a share of the first cost objective named (60%);
+    # latency from this device's table (profiled here first if it lacks this model)
+    latency, limit = latency_setup(settings, model, report, space, searchable, cost)
+    budget = limit.value if limit.objective == "gflops" else float("inf")
     cheapest_flops = cost.flops(cheapest_plan(space, searchable, cost))
     if cheapest_flops > budget:
         raise CubesearchError(
@@ -128,7 +138,7 @@ def build_context(settings: SearchSettings) -> SearchContext:
             f"(the model is {base_flops / 1e9:.3f} GFLOPs)")
     return SearchContext(settings=settings, space=space, sites=sites, searchable=searchable,
                          cost=cost, base_flops=base_flops, base_params=base_params,
-                         budget_flops=budget, out=Path(settings.out))
+                         budget_flops=budget, out=Path(settings.out), budget=limit, latency=latency)
 
 
 def cheapest_plan(space: SearchSpace, sites: Sequence[Site], cost: CostModel) -> dict[str, CubeConfig]:
@@ -166,6 +176,8 @@ def costliest_flops(space: SearchSpace, sites: Sequence[Site], cost: CostModel) 
 def budget_warning(ctx: SearchContext) -> str | None:
     """A line when the budget does not constrain the search: at or above the costliest plan
     (every plan is within it), or above the unconverted model's own cost."""
+    if ctx.budget is not None and ctx.budget.objective != "gflops":
+        return None  # a latency budget: cubesearch.latency checked it against the fastest plan
     s, budget, base = ctx.settings, ctx.budget_flops, ctx.base_flops
     top = costliest_flops(ctx.space, ctx.searchable, ctx.cost)
     shown = f"budget {s.budget} ({budget / 1e9:.3f} GFLOPs)"

@@ -97,10 +97,13 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, backend: Backend, con
         if created and ctx.out.is_dir() and not any(ctx.out.iterdir()):
             ctx.out.rmdir()  # a storage error leaves no empty --out behind
         raise
+    from cubesearch.latency.search import budget_line, check_study_device
+
+    check_study_device(study, ctx)  # a study's latencies are those of one device
     done = TrialCounts.of(study).trained
     log(f"study {study.study_name!r} in {mask_url(settings.storage_url())}: {done} of "
-        f"{settings.trials} trials trained; budget {ctx.budget_flops / 1e9:.3f} GFLOPs of "
-        f"{ctx.base_flops / 1e9:.3f} ({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
+        f"{settings.trials} trials trained; budget {budget_line(ctx)} "
+        f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
     warning = budget_warning(ctx)
     if warning:
         log(warning)

@@ -39,10 +39,23 @@ def _gflops_measure(ctx: SearchContext, model: nn.Module) -> float:
     return count_flops(model, ctx.settings.input_size) / 1e9  # fvcore, eval mode: the truth
 
 
+def _latency_estimate(ctx: SearchContext, sites_cfg: dict[str, CubeConfig]) -> float:
+    from cubesearch.latency.search import estimate_ms
+
+    return estimate_ms(ctx, sites_cfg)  # ms, from this device's latency table
+
+
+def _latency_measure(ctx: SearchContext, model: nn.Module) -> float:
+    from cubesearch.latency.search import measure_ms
+
+    return measure_ms(ctx, model)  # ms, the whole model timed in deploy form on this device
+
+
 COST_OBJECTIVES: dict[str, CostObjective] = {
     "gflops": CostObjective("gflops", _gflops_estimate, _gflops_measure),
     "params": CostObjective("params", lambda ctx, plan: int(ctx.cost.params(plan)),
                             lambda ctx, model: count_params(model)),
+    "latency": CostObjective("latency", _latency_estimate, _latency_measure),
 }
 
 
@@ -75,13 +88,17 @@ def recorded_costs(objectives: Sequence[str]) -> list[str]:
 
 
 def plan_cost(ctx: SearchContext, sites_cfg: dict[str, CubeConfig]) -> dict[str, float]:
-    """Cost-model figures of a plan; microseconds, no model built. The FLOPs budget decides
-    `feasible` and `constraint` (relative FLOPs over budget, ≤ 0 is feasible)."""
+    """Cost-model figures of a plan; microseconds, no model built. The budget decides `feasible`
+    and `constraint` (relative cost over budget, ≤ 0 is feasible): FLOPs, or the latency model's
+    prediction under a latency budget."""
     flops = ctx.cost.flops(sites_cfg)
     figures = {name: COST_OBJECTIVES[name].estimate(ctx, sites_cfg)
                for name in recorded_costs(ctx.settings.objectives)}
-    return {**figures, "flops": flops, "feasible": flops <= ctx.budget_flops,
-            "constraint": (flops - ctx.budget_flops) / ctx.budget_flops}
+    used, bound = float(flops), ctx.budget_flops
+    if ctx.budget is not None and ctx.budget.objective == "latency":
+        used, bound = figures["latency"] * 1e3, ctx.budget.value  # µs
+    return {**figures, "flops": flops, "feasible": used <= bound,
+            "constraint": (used - bound) / bound}
 
 
 def measure_costs(ctx: SearchContext, model: nn.Module) -> dict[str, float]:

@@ -16,19 +16,24 @@ from cubesearch.search.result import SearchResult, collect_result
 
 def front_table(result: SearchResult, title: str = "Pareto front") -> Table:
     table = Table(title=title)
-    for col in ("trial", "IoU", "ΔIoU", "GFLOPs", "saving", "params", "sites", "note"):
-        # numbers never wrap; a long note does when the console is narrow
-        table.add_column(col, justify="left" if col == "note" else "right", no_wrap=col != "note")
     base = result.baseline
     rows = list(result.front)
     if base is not None and base not in rows:
         rows = [*rows, base]
+    # measured latency (ms, on the profiled device) next to GFLOPs when the study records it
+    latency = any("latency" in p.extra for p in rows)
+    columns = ("trial", "IoU", "ΔIoU", "GFLOPs", "saving", *(("ms",) if latency else ()), "params",
+               "sites", "note")
+    for col in columns:
+        # numbers never wrap; a long note does when the console is narrow
+        table.add_column(col, justify="left" if col == "note" else "right", no_wrap=col != "note")
     for p in rows:
         d_iou = f"{p.iou - base.iou:+.4f}" if base else ""
         saving = f"{1 - p.gflops / base.gflops:.1%}" if base and base.gflops else ""
         note = p.label + ("" if p.feasible else " (over budget)")
-        table.add_row(str(p.trial), f"{p.iou:.4f}", d_iou, f"{p.gflops:.3f}", saving, f"{p.params:,}",
-                      str(p.sites_replaced), note.strip())
+        ms = (f"{p.extra['latency']:.2f}" if "latency" in p.extra else "–",) if latency else ()
+        table.add_row(str(p.trial), f"{p.iou:.4f}", d_iou, f"{p.gflops:.3f}", saving, *ms,
+                      f"{p.params:,}", str(p.sites_replaced), note.strip())
     return table
 
 
@@ -40,7 +45,8 @@ def describe_trial(trial: FrozenTrial) -> str:
     if a.get("infeasible"):
         return f"#{trial.number}: over budget"
     return (f"#{trial.number}: IoU {a.get('iou', float('nan')):.4f}, "
-            f"{a.get('gflops', float('nan')):.3f} GFLOPs")
+            f"{a.get('gflops', float('nan')):.3f} GFLOPs"
+            + (f", {a['latency']:.2f} ms" if "latency" in a else ""))
 
 
 class SearchProgress:

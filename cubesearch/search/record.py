@@ -254,5 +254,5 @@ def study_points(study: optuna.Study, root: str | os.PathLike | None = None) -> 
             feasible=bool(a.get("feasible", True)) and not a.get("infeasible", False),
             plan_path=a.get("checkpoint") and str(Path(a["checkpoint"]) / "plan.json"),
             checkpoint=a.get("checkpoint"),
-            extra={k: a[k] for k in ("seconds", *RECORDED_METRICS[:-1]) if k in a}))
+            extra={k: a[k] for k in ("seconds", "latency", *RECORDED_METRICS[:-1]) if k in a}))
     return points

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from cubesearch.latency.search import result_fields
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
 from cubesearch.redact import mask_url
 from cubesearch.search.context import SearchContext
@@ -29,12 +30,15 @@ class SearchResult:
     n_complete: int  # trained and evaluated (`--trials` counts these)
     n_failed: int
     n_rejected: int = 0  # over budget, rejected by the cost model without training
+    budget_ms: float | None = None  # a latency budget (ms on the profiled device), else None
+    device: dict[str, Any] | None = None  # the latency table's device fingerprint, if any
     study: optuna.Study | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "study": self.study_name, "storage": mask_url(self.storage), "out": str(self.out),
-            "budget_gflops": self.budget_gflops, "trials_complete": self.n_complete,
+            "budget_gflops": self.budget_gflops, "budget_ms": self.budget_ms,
+            "device": self.device, "trials_complete": self.n_complete,
             "trials_rejected": self.n_rejected, "trials_failed": self.n_failed,
             "baseline": self.baseline.to_dict() if self.baseline else None,
             "pareto": [p.to_dict() for p in self.front],
@@ -46,7 +50,8 @@ def collect_result(study: optuna.Study, ctx: SearchContext) -> SearchResult:
     baseline = next((p for p in points if p.label == "baseline"), None)
     counts = TrialCounts.of(study)
     return SearchResult(study_name=study.study_name, storage=ctx.settings.storage_url(), out=ctx.out,
-                        budget_gflops=ctx.budget_flops / 1e9, baseline=baseline, points=points,
+                        budget_gflops=ctx.budget_flops / 1e9 if ctx.budget_flops != float("inf") else None,
+                        baseline=baseline, points=points, **result_fields(ctx),
                         front=non_dominated(points, ctx.settings.objectives), n_complete=counts.trained,
                         n_failed=counts.failed, n_rejected=counts.rejected, study=study)
 
@@ -59,3 +64,7 @@ def write_summary(result: SearchResult, ctx: SearchContext) -> None:
     tmp.replace(summary)
     plot_pareto(result.points, result.front, ctx.out / "pareto.png", None,
                 title=f"{ctx.settings.model}: IoU vs GFLOPs", budget_gflops=result.budget_gflops)
+    if result.device is not None and "latency" in ctx.settings.objectives:  # a latency axis
+        plot_pareto(result.points, result.front, ctx.out / "pareto-latency.png", None,
+                    title=f"{ctx.settings.model}: IoU vs latency ({result.device.get('name')})",
+                    axis="latency", budget=result.budget_ms)

@@ -89,6 +89,10 @@ class SearchSettings(BaseModel):
     max_concurrent: int | None = Field(None, ge=1)  # None: as many as the cluster's CPUs/GPUs fit
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
+    # Latency (cubesearch.latency): the table of this device's measured ops (default
+    # OUT/latency.json), and whether to measure this device again (another device, or asked)
+    latency_table: str | None = None
+    reprofile: bool = False
 
     lr = _from_training("lr")
     batch_size = _from_training("batch_size")
