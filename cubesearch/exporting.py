@@ -147,6 +147,9 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
             lines.append(f"| {key.upper() if key == 'oa' else key.capitalize()} | {metrics[key]:.4f} | |")
     lines.append(f"| GFLOPs (fvcore, {'×'.join(map(str, plan.input_size))}) | {metrics['gflops']:.3f} | "
                  + (f"{base_gflops:.3f} |" if base_gflops is not None else "– |"))
+    if "latency" in metrics:  # measured by a search with a latency objective, on its device
+        lines.append(f"| latency, ms (measured, deploy form, on the profiled device) | "
+                     f"{metrics['latency']:.2f} | |")
     lines.append(f"| parameters | {metrics['params']:,} | |")
     lines += ["", "## Plan", "", "| site | block |", "|---|---|"]
     lines += [f"| `{name}` | {cfg.short()} |" for name, cfg in sites.items()] or ["| (none) | |"]
