@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from cubesearch import helpers
 from cubesearch.errors import CubesearchError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -69,25 +70,9 @@ def cuda_available() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`cpu`, `cuda` or `cuda:N` → a device this process can run on (one `error:` line if not)."""
-    text = str(name).strip().lower()
-    if text == "gpu":
-        text = "cuda"
-    if text != "cpu" and not text.startswith("cuda"):
-        raise CubesearchError(f"--device {name!r}: choose cpu or cuda (cuda:N for another GPU)")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise CubesearchError(f"--device {name!r} is not a device (cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not cuda_available():
-            raise CubesearchError(
-                f"--device {name}: no CUDA GPU is visible here (torch {torch.__version__}, "
-                f"torch.cuda.is_available() is False); profile with --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise CubesearchError(f"--device {name}: only {count} CUDA device(s) here")
-    return device
+    """`cpu`, `cuda` or `cuda:N` → a device this process can run on (one `error:` line if not);
+    `cubesearch.helpers.resolve_device`, asking this module's `cuda_available`."""
+    return helpers.resolve_device(name, cuda_available=cuda_available)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

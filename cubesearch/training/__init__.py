@@ -25,11 +25,12 @@ with it, users train the winner with it).
 `trainer.py` ties them: resolve → data → warm start and distil → fit → report.
 """
 
+from cubesearch.helpers import resolve_device as pick_device
 from cubesearch.training.callbacks import Callback, Evaluation, History, ProgressBar
 from cubesearch.training.config import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig
 from cubesearch.training.distillation import distill
 from cubesearch.training.evaluation import evaluate
-from cubesearch.training.inputs import Inputs, pick_device
+from cubesearch.training.inputs import Inputs
 from cubesearch.training.loop import FitState, fit
 from cubesearch.training.losses import LOSSES, TrainingDiverged, logits_of, make_loss
 from cubesearch.training.optim import (

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from cubesearch.helpers import resolve_device
 from cubesearch.metrics import SegmentationMetrics
 from cubesearch.training.config import DEFAULT_BATCH
-from cubesearch.training.inputs import Inputs, autocast, pick_device
+from cubesearch.training.inputs import Inputs, autocast
 from cubesearch.training.losses import TrainingDiverged, check_classes, logits_of, make_loss
 
 
@@ -22,7 +23,7 @@ def evaluate(model: nn.Module, dataset: Any, *, batch_size: int = DEFAULT_BATCH,
     the whole set. The model is put in eval mode and left on the device used."""
     from torch.utils.data import DataLoader  # imported on use: keeps `import cubesearch` light
 
-    dev = pick_device(device) if _inputs is None else _inputs.device
+    dev = resolve_device(device) if _inputs is None else _inputs.device
     k = int(num_classes or getattr(dataset, "num_classes", 1))
     use_amp = dev.type == "cuda" if amp is None else bool(amp)
     cl = True if channels_last is None else bool(channels_last)

@@ -1,4 +1,4 @@
-"""Where a batch goes and in what form: the device, normalised float input, autocast."""
+"""What form a batch takes on the device: normalised float input (`Inputs`), autocast."""
 
 from __future__ import annotations
 
@@ -7,17 +7,6 @@ from typing import Any
 import torch
 
 from cubesearch.data.transforms import normalization
-from cubesearch.errors import CubesearchError
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """`None` / "auto": CUDA when there is one, else the CPU; a named CUDA device must exist."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CubesearchError(f"device {device} asked for, but CUDA is not available here")
-    return dev
 
 
 class Inputs:

@@ -16,12 +16,13 @@ from torch import nn
 from cubesearch.checkpoint import check_destination, save
 from cubesearch.data import make_datasets
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import model_device, resolve_device
 from cubesearch.logging import get_logger, progress_enabled
 from cubesearch.plan import Plan
 from cubesearch.training.callbacks import Evaluation, History, ProgressBar, eval_points
 from cubesearch.training.config import DEFAULT_EPOCHS, TrainConfig
 from cubesearch.training.distillation import distill
-from cubesearch.training.inputs import Inputs, pick_device
+from cubesearch.training.inputs import Inputs
 from cubesearch.training.loop import FitState, fit
 from cubesearch.training.losses import make_loss
 from cubesearch.training.optim import create_optimizer, create_scheduler, param_groups
@@ -227,7 +228,7 @@ def train(model_or_spec: Any, *, config: TrainConfig | None = None,
     if out is not None:
         check_destination(out, option="--out")  # before any work, not after the whole run
     show = progress_enabled(cfg.progress)
-    run = _Run(cfg, pick_device(cfg.device), _log_for(console, show, log))
+    run = _Run(cfg, resolve_device(cfg.device), _log_for(console, show, log))
     console = console or Console(stderr=True)
     run.amp = run.device.type == "cuda" and (cfg.amp is None or cfg.amp)
     run.channels_last = cfg.channels_last is None or cfg.channels_last
@@ -237,7 +238,7 @@ def train(model_or_spec: Any, *, config: TrainConfig | None = None,
             pretrained=cfg.pretrained, log=run.log)
         run.num_classes = _task_classes(cfg, plan_classes, data)
         _data(run, data)
-        home = next(iter(model.parameters()), torch.empty(0)).device
+        home = model_device(model)
         inputs = Inputs(cfg.input_size[0], run.device, run.channels_last, cfg.normalize)
         batch_size = min(cfg.batch_size, len(run.datasets[0]))
         stream = _batches(run, batch_size)
