@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -29,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from cubesearch.errors import CubesearchError, one_line
+from cubesearch.helpers import close_names
 
 SPEC_FORMS = "timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME] or package.module:callable"
 
@@ -135,11 +135,7 @@ def _build(parsed: ModelSpec, num_classes: int, in_channels: int, pretrained: bo
 
 
 def _close(name: str, names: list[str], n: int = 3) -> str:
-    lower = {s.lower(): s for s in names}
-    hits = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.6)
-    if not hits:  # substring matches help for long timm names
-        hits = [s for s in lower if name.lower() in s][:n]
-    return f"; did you mean {', '.join(lower[h] for h in hits)}?" if hits else ""
+    return close_names(name, names, n, cutoff=0.6, loose=True, sep="; ")
 
 
 def _timm_names() -> list[str]:
