@@ -441,6 +441,9 @@ def test_search_setup_profiles_once_and_checks_budget_and_device(tmp_path, tiny,
     with pytest.raises(CubesearchError, match="another device.*--reprofile"):
         lsearch.check_study_device(study, Ctx)
     assert lsearch.measure_ms(Ctx, model) == pytest.approx(1.0)  # deploy form, fake timer
+    lat.fingerprint = fp(name="A CPU elsewhere")  # e.g. a Ray worker on another machine
+    with pytest.raises(CubesearchError, match="another device than the latency table"):
+        lsearch.measure_ms(Ctx, model)
 
 
 # --- a search with a latency objective (timers mocked: an additive fake device) -----------------

@@ -138,6 +138,11 @@ def measure_ms(ctx: Any, model: nn.Module) -> float:
 
     lat: LatencyModel = ctx.latency
     fp = lat.fingerprint
+    here = current_fingerprint(fp)
+    if here != fp:  # e.g. a Ray worker on another machine: its time would not compare
+        diffs = "; ".join(fp.differences(here))
+        raise CubesearchError(f"this trial runs on another device than the latency table's "
+                              f"({diffs}): latency is measured where the table was profiled")
     device = torch.device("cuda" if fp.device == "cuda" else "cpu")
     size = ctx.settings.input_size
     with torch_threads(fp.threads or None):
