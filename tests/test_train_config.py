@@ -119,3 +119,21 @@ def test_a_custom_callback_sees_every_event_and_the_history():
     assert recorder.rows == result.history and [r["step"] for r in recorder.rows] == [2, 3]
     assert recorder.history is result.history
     assert result.metrics["scheduler"] == "cosine" and result.metrics["steps"] == 3
+
+
+def test_search_settings_hold_one_train_config():
+    from cubesearch.search.settings import BASELINE_IDENTITY, SearchSettings, flat
+
+    s = SearchSettings(model="m", budget="50%", lr=1e-3, train_tiles=10)  # flat spellings still work
+    assert isinstance(s.training, TrainConfig) and (s.lr, s.training.lr) == (1e-3, 1e-3)
+    assert (s.train_tiles, s.val_tiles, s.distill_steps, s.num_classes, s.batch_size) == (10, 64, 100, 1, 8)
+    again = SearchSettings(**s.model_dump())  # the stored (nested) record reads back the same
+    assert again == s
+    old = {"model": "m", "budget": "50%", "lr": 1e-3, "train_tiles": 10}  # a record before `training`
+    assert SearchSettings(**old) == s and flat(s.model_dump())["train_tiles"] == 10
+    # the baseline's identity is the flat one it always was; other training options join it
+    assert s.identity(BASELINE_IDENTITY)["lr"] == 1e-3 and "training" not in s.identity(BASELINE_IDENTITY)
+    adamw = SearchSettings(model="m", budget="50%", training=TrainConfig(optimizer="adamw"))
+    assert adamw.train_tiles == 192 and adamw.identity(["lr"])["training"] == {"optimizer": "adamw"}
+    with pytest.raises(CubesearchError, match="--lr must be a positive number"):
+        SearchSettings(model="m", budget="50%", lr=-1)
