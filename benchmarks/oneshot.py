@@ -371,7 +371,7 @@ def speed_phase(args: argparse.Namespace) -> None:
                     seed=s.seed)
     setup = time.perf_counter() - t1
     times = []
-    for _ in range(2):
+    for _ in range(args.speed_repeats):
         for _, p in plans:
             t = time.perf_counter()
             scorer(p)
@@ -597,6 +597,7 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=8, help="BatchNorm re-estimation batches")
     ap.add_argument("--variants", default="main", help="comma-separated: main, no-kd")
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--speed-repeats", type=int, default=1, help="speed phase: scores of each plan")
     ap.add_argument("--speed-trial", action="store_true",
                     help="speed phase: time one more trial in the same process (else the standalone ones)")
     ap.add_argument("--worker", default="0/1", help="K/N: this process trains every N-th plan from K")
