@@ -290,3 +290,22 @@ def test_export_refuses_untrusted_model_code_and_a_file_as_out(searched, tmp_pat
     (tmp_path / "file").write_text("x")
     with pytest.raises(CubesearchError, match=r"--out .*file is a file"):
         exporting.export(out, out=tmp_path / "file", select="trial:0", progress=False)
+
+
+def test_a_moved_study_exports_from_anywhere(searched, tmp_path, monkeypatch):
+    import shutil
+
+    out, _ = searched
+    moved = tmp_path / "copied" / "search"
+    shutil.copytree(out, moved)
+    away = out.parent / (out.name + ".away")
+    (out / "trials").rename(away)  # the original checkpoints are gone: only the copy has them
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        res = exporting.export(moved, out=tmp_path / "e", select="trial:0", formats=("safetensors",),
+                               progress=False)
+        cubesearch.load(res.models[0]["folder"])
+    finally:
+        away.rename(out / "trials")

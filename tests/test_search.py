@@ -248,16 +248,17 @@ def test_budget_above_every_plan_is_a_warning(tmp_path):
     assert budget_warning(build_context(settings)) is None
 
 
-def test_checkpoints_are_recorded_relative_to_the_study_folder(tmp_path):
+def test_checkpoints_are_re_rooted_at_the_study_folder(tmp_path, monkeypatch):
     from cubesearch.search.record import resolve_checkpoint, stored_checkpoint
 
     out = tmp_path / "out"
-    assert stored_checkpoint(out / "trials" / "s" / "trial_0001", out) == "trials/s/trial_0001"
+    monkeypatch.chdir(tmp_path)
+    assert stored_checkpoint(Path("out/trials/s/trial_0001"), "out") == str(out / "trials/s/trial_0001")
     moved = tmp_path / "moved"
     folder = moved / "trials" / "s" / "trial_0001"
     folder.mkdir(parents=True)
     (folder / "plan.json").write_text("{}")
-    assert resolve_checkpoint("trials/s/trial_0001", moved) == str(folder)  # new studies
+    assert resolve_checkpoint("trials/s/trial_0001", moved) == str(folder)  # relative to OUT
     # older studies recorded the path relative to where the search ran, or absolute
     assert resolve_checkpoint("runs/x/trials/s/trial_0001", moved, "runs/x") == str(folder)
     assert resolve_checkpoint(str(out / "trials/s/trial_0001"), moved) == str(folder)

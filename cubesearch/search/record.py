@@ -206,22 +206,19 @@ def first_failure(study: optuna.Study) -> FrozenTrial | None:
 
 
 def stored_checkpoint(folder: str | os.PathLike, root: str | os.PathLike) -> str:
-    """How a trial's checkpoint folder is recorded in the study: relative to the study's folder
-    (the search's --out), so that folder can be moved, copied or exported from anywhere; a
-    folder outside it stays absolute."""
-    path, base = Path(folder).absolute(), Path(root).absolute()
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return str(path)
+    """How a trial's checkpoint folder is recorded in the study: absolute, never relative to
+    the directory the search happened to run in. Readers re-root it at the study's folder
+    (`resolve_checkpoint`: OUT/trials/…), so that folder can be moved, copied or exported from
+    anywhere."""
+    return str(Path(folder).absolute())
 
 
 def resolve_checkpoint(stored: str | None, root: str | os.PathLike | None,
                        recorded_out: str | None = None) -> str | None:
-    """The folder a recorded checkpoint is in now. New studies record it relative to the
-    study's folder `root`; older ones recorded it relative to the directory the search ran in
-    (`recorded_out/trials/…`) or absolute: those are re-rooted at `root` when the folder moved,
-    and still found where they were written when it did not."""
+    """The folder a recorded checkpoint is in now: `stored` re-rooted at the study's folder
+    `root` (OUT/trials/STUDY/trial_N, wherever OUT is now), else as recorded. Studies record it
+    absolute; older ones relative to the directory the search ran in (`recorded_out/trials/…`),
+    and a path relative to `root` is understood too."""
     if not stored:
         return stored
     path = Path(stored)

@@ -53,7 +53,7 @@ def evaluate_trial(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number:
 def record_outcome(ctx: SearchContext, trial: optuna.Trial, outcome: TrialOutcome) -> tuple[float, ...]:
     """Store an outcome as the trial's user attributes; return its objective values."""
     attrs = outcome.to_user_attrs()
-    if attrs.get("checkpoint"):  # relative to --out: the study folder can be moved
+    if attrs.get("checkpoint"):  # absolute; readers re-root it at the study folder if it moved
         attrs["checkpoint"] = stored_checkpoint(attrs["checkpoint"], ctx.out)
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
