@@ -20,14 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 
-from cubesearch.checkpoint import check_destination, write_manifest
+from cubesearch.checkpoint import check_destination, load, save, write_manifest
+from cubesearch.cost import count_flops
 from cubesearch.errors import CubesearchError
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
+from cubesearch.plan import Plan
 from cubesearch.redact import mask_url
 from cubesearch.search.record import open_storage, study_points
 from cubesearch.search.settings import flat
+from cubesearch.space import parse_budget
+from cubesearch.training import train
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 
@@ -37,8 +42,6 @@ FORMATS = ("safetensors", "onnx", "torchscript")
 
 def open_study_source(source: str | Path, study_name: str | None = None):
     """A study from a search's `--out` folder (its study.db) or an Optuna storage URL."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     text = str(source)
     if "://" in text:
@@ -88,8 +91,6 @@ def select_points(points: Sequence[ParetoPoint], select: str, objectives: Sequen
         feasible = [p for p in trained if p.feasible]
         chosen = [max(feasible, key=lambda p: (p.iou, -p.gflops))] if feasible else []
     elif select.startswith("under:"):
-        from cubesearch.space import parse_budget
-
         baseline = next((p for p in points if p.label == "baseline"), None)
         limit = parse_budget(select.removeprefix("under:"),
                              baseline.gflops * 1e9 if baseline else None) / 1e9
@@ -118,7 +119,7 @@ def select_points(points: Sequence[ParetoPoint], select: str, objectives: Sequen
 
 def onnx_check(model: torch.nn.Module, path: Path, input_size: Sequence[int]) -> float:
     """Export to ONNX and return the max abs difference onnxruntime vs PyTorch on a random input."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: only an ONNX export needs it, and it is slow to import
 
     x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
     model = model.eval()
@@ -165,17 +166,11 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
 def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetune_epochs: float,
                baseline: ParetoPoint | None, settings: dict[str, Any] | None = None,
                progress: bool = False, trust_code: bool = False) -> dict:
-    from cubesearch.checkpoint import load, save
-    from cubesearch.cost import count_flops
-    from cubesearch.plan import Plan
-
     src = Path(point.checkpoint)
     plan = Plan.load(src / "plan.json")
     model = load(src, trust_code=trust_code)
     metrics = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").exists() else {}
     if finetune_epochs > 0:
-        from cubesearch.training import train
-
         s = flat(settings or {})  # the search's own data and tile settings
         size = int(s.get("tile_size", 256))
         result = train(model, plan=plan, data=s.get("data", "synthetic"), epochs=finetune_epochs,
@@ -287,8 +282,6 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
 
 def _budget_gflops(budget: str | None, baseline: ParetoPoint | None) -> float | None:
     """The study's budget in GFLOPs (a relative one is of the unconverted model), if known."""
-    from cubesearch.space import parse_budget
-
     if not budget:
         return None
     try:
