@@ -5,13 +5,12 @@ from __future__ import annotations
 import typer
 
 from cubesearch.cli.app import app, out_console, print_json
+from cubesearch.errors import CubesearchError
 from cubesearch.redact import mask_url
 
 
 def parse_duration(text: str | None) -> float | None:
     """`90`, `90s`, `30m`, `2h` → seconds."""
-    from cubesearch.errors import CubesearchError
-
     if text is None:
         return None
     t = text.strip().lower()
@@ -75,7 +74,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
     """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
-    from cubesearch.errors import CubesearchError
+    # imported when the command runs (torch, optuna, rich…): `cubesearch --help` stays fast
     from cubesearch.latency.search import budget_label
     from cubesearch.search import BACKENDS, SAMPLERS, front_table, parse_objectives
     from cubesearch.search import search as run_search
