@@ -23,6 +23,7 @@ _LAZY = {
     "convert": "cubesearch.conversion",
     "count_flops": "cubesearch.cost",
     "CostModel": "cubesearch.cost",
+    "LatencyModel": "cubesearch.latency",
     "load": "cubesearch.checkpoint",
     "save": "cubesearch.checkpoint",
     "train": "cubesearch.training",
