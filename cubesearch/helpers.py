@@ -7,7 +7,7 @@ import difflib
 import logging
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -58,6 +58,31 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def resolve_device(name: str | torch.device | None = "auto", *,
+                   cuda_available: Callable[[], bool] = torch.cuda.is_available) -> torch.device:
+    """`auto` / None: CUDA when there is one, else the CPU; `cpu`, `cuda` (`gpu`), `cuda:N`: that
+    device, if this process can run on it (else one `CubesearchError` line saying why)."""
+    text = "auto" if name is None else str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if cuda_available() else "cpu")
+    text = "cuda" if text == "gpu" else text
+    if text != "cpu" and not text.startswith("cuda"):
+        raise CubesearchError(f"--device {name!r}: choose cpu or cuda (cuda:N for another GPU), or auto")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise CubesearchError(f"--device {name!r} is not a device (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not cuda_available():
+            raise CubesearchError(
+                f"--device {name}: no CUDA GPU is visible here (torch {torch.__version__}, "
+                f"torch.cuda.is_available() is False); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CubesearchError(f"--device {name}: only {count} CUDA device(s) here")
+    return device
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
