@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 import cubesearch
 from cubesearch.errors import CubesearchError
 from cubesearch.exporting import open_study_source
-from cubesearch.search import evaluators
+from cubesearch.search import TrialOutcome, evaluators
 
 ROOT = Path(__file__).parent.parent
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
@@ -95,3 +95,16 @@ def test_a_file_evaluator_pickles_by_its_spec():
     ev = evaluators.make_evaluator(EXAMPLE)
     copy = pickle.loads(pickle.dumps(ev))
     assert copy.name == EXAMPLE and callable(copy._fn)
+
+
+def test_a_trial_outcome_round_trips_through_user_attrs_and_a_ray_report():
+    outcome = TrialOutcome(iou=0.5, costs={"gflops": 1.5, "params": 10}, seconds=2.0, checkpoint="/x",
+                           metrics={"f1": 0.6})
+    assert TrialOutcome.from_user_attrs(outcome.to_user_attrs()) == outcome
+    assert TrialOutcome.from_report(outcome.to_report(), ["gflops", "params"]) == outcome
+    flattened = {"ok": True, "iou": 0.5, "gflops": 1.5, "params": 10, "seconds": 2.0, "checkpoint": "/x",
+                 "metrics/f1": 0.6}  # as Tune may hand a result over
+    assert TrialOutcome.from_report(flattened, ["gflops", "params"]) == outcome
+    assert outcome.values(("iou", "params")) == (0.5, 10.0)
+    with pytest.raises(CubesearchError, match="not a finite number"):
+        TrialOutcome(iou=float("nan"), costs={})
