@@ -357,3 +357,12 @@ def test_ray_searcher_state_is_json_and_a_pickle_is_not_loaded(tmp_path):
     evil = bare()
     evil.restore(str(tmp_path / "evil"))
     assert not marker.exists() and evil._live == {}
+
+
+def test_search_storage_error_is_masked_and_leaves_no_out(tmp_path, capsys):
+    out = tmp_path / "search"
+    code, stdout, err = run(capsys, "search", str(TINY_SRC), "--budget", "90%", "--space", "shared",
+                            "--input-size", "3x32x32", "-o", str(out),
+                            "--storage", "postgresql+psycopg2://user:hunter2@127.0.0.1:1/db")
+    assert code == 1 and "hunter2" not in stdout + err and "user:***@" in error_line(err)
+    assert not out.exists()
