@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.checkpoint import check_destination
+from cubesearch.checkpoint import _replaceable, check_destination
 from cubesearch.checkpoint import save as save_checkpoint
 from cubesearch.conversion import convert
 from cubesearch.cost import CostModel, count_params, reference_flops
@@ -154,6 +154,12 @@ def _notes(report: SiteReport, plan: Plan, preset: str, from_file: bool,
     return notes
 
 
+def _short(cfg: CubeConfig, used: int) -> str:
+    """The block's short name; with the groups it really uses when the user asked for groups
+    that do not divide (`g1 (of 3)`), the plain name for the default groups."""
+    return cfg.short(used) if "groups" in cfg.model_fields_set else cfg.short()
+
+
 def site_rows(report: SiteReport, plan: Plan, cost: CostModel) -> list[dict[str, Any]]:
     """Per replaced site and per insertion: shapes, the conv's and the block's FLOPs and params."""
     rows = []
@@ -166,7 +172,7 @@ def site_rows(report: SiteReport, plan: Plan, cost: CostModel) -> list[dict[str,
                      "stride": s.stride, "input_hw": list(s.input_hw), "calls": s.calls,
                      "conv_gmacs": conv / 1e9, "block_gflops": (conv + dflops) / 1e9,
                      "conv_params": s.params, "block_params": s.params + dparams,
-                     "config": cfg.to_dict(), "groups_used": used, "config_short": cfg.short(used)})
+                     "config": cfg.to_dict(), "groups_used": used, "config_short": _short(cfg, used)})
     for name, cfg in plan.insertions.items():
         dflops, dparams = cost.insertion_delta(name, cfg)
         shape = report.output_shapes[name][0]
@@ -175,7 +181,7 @@ def site_rows(report: SiteReport, plan: Plan, cost: CostModel) -> list[dict[str,
                      "stride": 1, "input_hw": list(shape[2:]), "calls": len(report.output_shapes[name]),
                      "conv_gmacs": 0.0, "block_gflops": dflops / 1e9, "conv_params": 0,
                      "block_params": dparams, "config": cfg.to_dict(), "groups_used": used,
-                     "config_short": cfg.short(used)})
+                     "config_short": _short(cfg, used)})
     return rows
 
 
@@ -204,7 +210,10 @@ def convert_spec(model: str | None = None, *, plan: str | Path | None = None,
     if preset not in PRESETS:
         raise CubesearchError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     if out is not None:
-        check_destination(out, option="--out")  # a file, a foreign folder, an unwritable parent
+        if Path(out).is_dir() and not _replaceable(Path(out)):  # the line `convert` always gave
+            raise CubesearchError(f"{out} exists and is not a cubesearch checkpoint; "
+                                  "choose a new or empty folder")
+        check_destination(out, option="--out")  # a file, an unwritable parent
     req = _request(model, plan, input_size, num_classes, model_kwargs, insert, trust_model_code)
     extra = {k: v for k, v in req.kwargs.items() if k not in ("num_classes", "in_channels")}
     net = load_model(req.model, num_classes=req.kwargs["num_classes"], in_channels=req.size[0],
