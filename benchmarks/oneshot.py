@@ -577,7 +577,39 @@ def render(fig: dict, args: argparse.Namespace, md_table: Any) -> str:
         "",
         buckets,
         "",
+        "What bounds these figures:",
+        "",
+        *notes(fig),
+        "",
     ])
+
+
+def notes(fig: dict) -> list[str]:
+    out = []
+    if fig["n_plans"] < fig["plans_total"]:
+        out.append(
+            f"- **Few plans.** {fig['n_plans']} of the {fig['plans_total']} chosen plans have both "
+            f"standalone seeds ({fig.get('n_plans_seed0', fig['n_plans'])} have seed 0): the cores "
+            "were shared with other jobs (load 9–17), so a trial took "
+            f"{fig['standalone_seconds_mean'] / 60:.0f} min instead of about one, and the run was "
+            "cut at the deadline. With so few plans τ moves by about ±0.3 per discordant pair; the "
+            "cache keeps every finished trial, so `--phase standalone` completes the set and "
+            "`--phase report` recomputes every figure.")
+    out.append("- **The noise ceiling is itself noisy.** Seed-to-seed τ of the ground truth is "
+               f"{fig['seed_kendall_tau']:.2f} on these plans; a supernet τ above it means the "
+               "supernet agrees with the two-seed mean better than one fine-tuning run agrees with "
+               "another, not that it is exact.")
+    ab = fig["ablation_kendall_tau"]
+    out.append("- **BatchNorm re-estimation is what makes the scores usable**: without it τ is "
+               f"{ab['without BN re-estimation']:.2f} and most converted plans score IoU 0 (the "
+               "shared BatchNorms hold the unconverted path's statistics).")
+    if "without in-place distillation" not in ab:
+        out.append("- **Not run: the supernet without in-place distillation** (it needs a second "
+                   "supernet training, about 40 min on the shared cores): `--variants no-kd`.")
+    out.append("- Score time is measured with 1 torch thread on loaded cores (the whole "
+               "benchmark ran so, to keep the comparison fair); an idle machine is several times "
+               "faster for both evaluators, and their ratio is what the target is about.")
+    return out
 
 
 def main() -> None:
