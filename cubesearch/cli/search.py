@@ -60,8 +60,10 @@ def search(
                                    "trained baseline (default: --lr / 4)."),
     sampler: str = typer.Option("nsga2", help="nsga2, tpe or random."),
     evaluator: str = typer.Option("finetune", help="How a plan becomes an IoU: finetune (cubesearch's "
-                                  "trainer) or path/to/eval.py:fn, your function fn(model, trial) -> "
-                                  "{'iou': ...} given the converted, warm-started model."),
+                                  "trainer), supernet (scored in about a second in a supernet "
+                                  "trained once per search) or path/to/eval.py:fn, your function "
+                                  "fn(model, trial) -> {'iou': ...} given the converted, "
+                                  "warm-started model."),
     classes: int = typer.Option(1, help="Output classes (1: binary buildings)."),
     pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
     backend: str = typer.Option("local", help="local (Optuna in this process) or ray (Ray Tune)."),
