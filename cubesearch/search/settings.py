@@ -94,6 +94,25 @@ class SearchSettings(BaseModel):
     latency_table: str | None = None
     reprofile: bool = False
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:  # one line naming the option (`--trials: …`)
+            raise ConfigError(validation_message(exc, known=type(self).model_fields)) from None
+
+    @field_validator("study")
+    @classmethod
+    def _study(cls, v: str | None) -> str | None:
+        """A study name becomes a folder under --out: nothing that could leave it."""
+        if v is None:
+            return v
+        if (not v.strip() or v.strip() in (".", "..") or any(c in v for c in "/\\\0")
+                or len(v) > 200):
+            raise ValueError(f"--study {v!r}: a study name becomes a folder under --out, so it "
+                             "may not be empty, '.' or '..', or hold / or \\ (use letters, digits "
+                             "and -_.)")
+        return v
+
     lr = _from_training("lr")
     batch_size = _from_training("batch_size")
     train_tiles = _from_training("train_tiles")
@@ -123,25 +142,6 @@ class SearchSettings(BaseModel):
         extra = self.training.model_dump(mode="json", exclude_defaults=True,
                                          exclude={*TRAINING_OPTIONS, "progress"})
         return json.loads(json.dumps({**values, **({"training": extra} if extra else {})}))
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:  # one line naming the option (`--trials: …`)
-            raise ConfigError(validation_message(exc, known=type(self).model_fields)) from None
-
-    @field_validator("study")
-    @classmethod
-    def _study(cls, v: str | None) -> str | None:
-        """A study name becomes a folder under --out: nothing that could leave it."""
-        if v is None:
-            return v
-        if (not v.strip() or v.strip() in (".", "..") or any(c in v for c in "/\\\0")
-                or len(v) > 200):
-            raise ValueError(f"--study {v!r}: a study name becomes a folder under --out, so it "
-                             "may not be empty, '.' or '..', or hold / or \\ (use letters, digits "
-                             "and -_.)")
-        return v
 
     def fine_tune_lr(self, warm_started: bool = True) -> float:
         """Peak learning rate of a trial's warm-started weights (`lr` with nothing to start from)."""
