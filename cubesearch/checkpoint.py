@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from cubesearch.errors import CubesearchError, one_line
+from cubesearch.helpers import file_sha256
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -106,17 +106,9 @@ def save(folder: str | os.PathLike, model: nn.Module, plan: Any,
     return dest
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """Record the size and SHA-256 of every file in `folder` (call it last, after all writes)."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     (folder / MANIFEST).write_text(json.dumps({"version": 1, "files": files}, indent=2) + "\n")
 
@@ -155,7 +147,7 @@ def verify_manifest(folder: Path) -> None:
         if actual != size:
             raise CubesearchError(f"{path} is {actual} bytes but {size} were written "
                                   "(truncated or altered)")
-        if sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise CubesearchError(f"{path} does not match the SHA-256 recorded when it was written "
                                   "(altered)")
 

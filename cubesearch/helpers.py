@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,3 +155,12 @@ def close_names(name: str, names: Sequence[str], n: int = 3, *, cutoff: float = 
     if not hits:
         return ""
     return f"{sep}did you mean {', '.join(hits)}?" + (")" if sep.endswith("(") else "")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks (manifests, the trust store, supernet checkpoints)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import json
 import os
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import file_sha256
 
 TRUST_FLAG = "--trust-model-code"
 STORE_ENV = "CUBESEARCH_TRUST_STORE"
@@ -68,14 +68,6 @@ def store_path() -> Path:
         return Path(env)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "cubesearch" / "trusted-model-files.json"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_store(path: Path) -> dict[str, str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import random
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from cubesearch.blocks import CubeBlock, CubeConfig
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import file_sha256
 from cubesearch.supernet.elastic import ElasticSite
 
 FORMAT = "cubesearch-supernet"
@@ -414,7 +414,7 @@ class Supernet(nn.Module):
         dest.mkdir(parents=True, exist_ok=True)
         tmp = dest / f".{WEIGHTS}.tmp-{os.getpid()}"
         save_file(self.state_tensors(), str(tmp), metadata={"format": FORMAT})
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
         os.replace(tmp, dest / WEIGHTS)
         info = dict(self.manifest(), sha256=digest, **dict(extra or {}))
         _write_json(dest / MANIFEST, info)
@@ -434,7 +434,7 @@ class Supernet(nn.Module):
         weights = src / WEIGHTS
         if not weights.is_file():
             raise CubesearchError(f"{weights} is missing")
-        if _sha256(weights) != info.get("sha256"):
+        if file_sha256(weights) != info.get("sha256"):
             raise CubesearchError(f"{weights} does not match the SHA-256 in {MANIFEST} (altered or "
                                   "half-written)")
         space = SearchSpace.from_dict(info["space"], source=str(src / MANIFEST))
@@ -486,14 +486,6 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise CubesearchError(f"{file}: supernet format version {info.get('version')!r} is not "
                               f"supported (this cubesearch reads {FORMAT_VERSION})")
     return info
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import file_sha256
 from cubesearch.supernet.score import fixed_batches, prepare_images, reference_statistics
 
 STATE = "state.json"
@@ -278,7 +279,7 @@ class SupernetTrainer:
             return
         from safetensors.torch import save_file
 
-        from cubesearch.supernet.supernet import _sha256, _write_json
+        from cubesearch.supernet.supernet import _write_json
 
         self.out.mkdir(parents=True, exist_ok=True)
         weights, optim = self.out / f"ckpt-{tag}.safetensors", self.out / f"ckpt-{tag}.optim.safetensors"
@@ -286,8 +287,8 @@ class SupernetTrainer:
         tensors, groups = self._optim_tensors()
         save_file(tensors, str(optim))
         state = {"stage": self.stage, "epoch": self.epoch, "tag": tag,
-                 "weights": weights.name, "weights_sha256": _sha256(weights),
-                 "optim": optim.name, "optim_sha256": _sha256(optim), "param_groups": groups,
+                 "weights": weights.name, "weights_sha256": file_sha256(weights),
+                 "optim": optim.name, "optim_sha256": file_sha256(optim), "param_groups": groups,
                  "config": self.cfg.identity(), "supernet": self.sn.manifest(),
                  "result": asdict(self.result)}
         _write_json(self.out / STATE, state)
@@ -301,7 +302,6 @@ class SupernetTrainer:
             return False
         from safetensors.torch import load_file
 
-        from cubesearch.supernet.supernet import _sha256
 
         state = json.loads((self.out / STATE).read_text())
         if state.get("config") != self.cfg.identity():
@@ -314,7 +314,7 @@ class SupernetTrainer:
             raise CubesearchError(f"{self.out} holds a supernet of other sites (another model?)")
         weights, optim = self.out / state["weights"], self.out / state["optim"]
         for path, key in ((weights, "weights_sha256"), (optim, "optim_sha256")):
-            if not path.is_file() or _sha256(path) != state[key]:
+            if not path.is_file() or file_sha256(path) != state[key]:
                 raise CubesearchError(f"{path} is missing or does not match {STATE} (altered)")
         self.sn.net.load_state_dict(load_file(str(weights)))
         tensors = load_file(str(optim))
