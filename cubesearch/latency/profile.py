@@ -144,8 +144,6 @@ def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: Lat
              warmup: int, calibrate: int, seed: int, progress: Progress | None,
              total: Callable[[int], None] | None) -> ProfileStats:
     t0 = time.perf_counter()
-    fp = table.fingerprint
-    batch = fp.batch
     size = tuple(report.input_size)
     key = model_key(spec, size, num_classes)
     timer = make_timer(device)
@@ -153,32 +151,55 @@ def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: Lat
     searchable = space.searchable(report.sites)
     shapes = {s.name: SiteShape.of(s) for s in searchable}
     configs = site_configs(space, searchable)
-    notes: list[str] = []
     gen = torch.Generator().manual_seed(seed)
     model = model.eval()
+    timing = {"device": device, "dtype": dtype, "repeats": repeats, "warmup": warmup}
 
     entry = table.models.get(key)
     if entry is None:
-        x = torch.randn(batch, *size, generator=gen)
-        deployed = deploy_form(model)
-        fns = {}
-        for layout in ("contiguous", "channels_last"):
-            m, xi = prepare(copy.deepcopy(deployed), x, layout, device, dtype)
-            fns[layout] = runner(m, xi)
-        if progress:
-            progress(0, "unconverted model, both layouts")
-        times = time_interleaved(fns, timer, repeats=repeats, warmup=warmup)
-        del fns, deployed
-        layout = min(times, key=times.get)
-        entry = {"model": spec, "input_size": list(size), "num_classes": num_classes,
-                 "layout": layout, "base_us": times[layout], "base_us_by_layout": times,
-                 "sites": {}, "correction": None}
+        entry = _base_entry(model, spec, size, num_classes, table.fingerprint.batch, timer, gen,
+                            progress, **timing)
         table.models[key] = entry
     layout = entry["layout"]
-    new_sites = {n: s.to_dict() for n, s in shapes.items()}
-    entry["sites"] = {**entry.get("sites", {}), **new_sites}
+    entry["sites"] = {**entry.get("sites", {}), **{n: s.to_dict() for n, s in shapes.items()}}
 
-    # what to measure, grouped by a call's shape: its conv and every block config there
+    groups, needed = _op_groups(shapes, configs, layout)
+    missing = {k for k in needed if k not in table.ops}
+    if total:
+        total(len(missing) + calibrate)
+    _measure_ops(groups, missing, table, layout, table.fingerprint.batch, timer, gen, progress, **timing)
+    if calibrate:
+        _calibrate(model, space, searchable, table, key, entry, calibrate, seed, progress, **timing)
+    return ProfileStats(key=key, layout=layout, base_us=entry["base_us"], sites=len(shapes),
+                        configs=len({c for cs in configs.values() for c in cs}),
+                        ops_needed=len(needed), ops_measured=len(missing),
+                        ops_reused=len(needed) - len(missing),
+                        calibration_plans=calibrate, seconds=time.perf_counter() - t0,
+                        notes=[])
+
+
+def _base_entry(model: nn.Module, spec: str, size: tuple, num_classes: int, batch: int, timer: Any,
+                gen: torch.Generator, progress: Progress | None, *, device: torch.device,
+                dtype: torch.dtype, repeats: int, warmup: int) -> dict[str, Any]:
+    """Time the unconverted model in deploy form in both layouts; the faster one is the model's."""
+    x = torch.randn(batch, *size, generator=gen)
+    deployed = deploy_form(model)
+    fns = {}
+    for layout in ("contiguous", "channels_last"):
+        m, xi = prepare(copy.deepcopy(deployed), x, layout, device, dtype)
+        fns[layout] = runner(m, xi)
+    if progress:
+        progress(0, "unconverted model, both layouts")
+    times = time_interleaved(fns, timer, repeats=repeats, warmup=warmup)
+    layout = min(times, key=times.get)
+    return {"model": spec, "input_size": list(size), "num_classes": num_classes,
+            "layout": layout, "base_us": times[layout], "base_us_by_layout": times,
+            "sites": {}, "correction": None}
+
+
+def _op_groups(shapes: dict[str, SiteShape], configs: dict[str, Any], layout: str
+               ) -> tuple[dict[tuple, dict[str, Any]], set[str]]:
+    """What to measure, grouped by a call's shape: its conv and every block config there."""
     groups: dict[tuple, dict[str, Any]] = {}
     needed: set[str] = set()
     for name, shape in shapes.items():
@@ -192,9 +213,14 @@ def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: Lat
                 k = block_key(layout, shape.in_channels, shape.out_channels, shape.stride, hw, cfg)
                 g["blocks"][k] = cfg
                 needed.add(k)
-    missing = {k for k in needed if k not in table.ops}
-    if total:
-        total(len(missing) + calibrate)
+    return groups, needed
+
+
+def _measure_ops(groups: dict[tuple, dict[str, Any]], missing: set[str], table: LatencyTable,
+                 layout: str, batch: int, timer: Any, gen: torch.Generator,
+                 progress: Progress | None, *, device: torch.device, dtype: torch.dtype,
+                 repeats: int, warmup: int) -> None:
+    """Time the missing blocks of each shape in chunks, each chunk side by side with its conv."""
     for g in groups.values():
         shape, hw = g["shape"], g["hw"]
         todo = [(k, c) for k, c in g["blocks"].items() if k in missing]
@@ -203,8 +229,8 @@ def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: Lat
         x = torch.randn(batch, shape.in_channels, *hw, generator=gen)
         conv, xc = prepare(_conv(shape), x, layout, device, dtype)
         conv_times = []
-        chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)] or [[]]
-        for chunk in chunks:
+        label = f"{shape.in_channels}→{shape.out_channels} at {hw[0]}×{hw[1]}"
+        for chunk in [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)] or [[]]:
             fns = {"conv": runner(conv, xc)}
             for k, cfg in chunk:
                 b, xb = prepare(_block(shape, cfg), x, layout, device, dtype)
@@ -213,39 +239,34 @@ def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: Lat
             conv_times.append(times.pop("conv"))
             table.ops.update(times)
             if progress:
-                progress(len(chunk), f"{shape.in_channels}→{shape.out_channels} at "
-                                     f"{hw[0]}×{hw[1]}")
+                progress(len(chunk), label)
         if g["conv"] in missing:
             table.ops[g["conv"]] = sorted(conv_times)[len(conv_times) // 2]
             if progress:
-                progress(1, f"{shape.in_channels}→{shape.out_channels} at {hw[0]}×{hw[1]}")
+                progress(1, label)
 
-    if calibrate:
-        lat = LatencyModel(table, key)
-        lat.correction = None
-        rng = random.Random(seed)
-        plans = [random_plan(space, searchable, rng, share=(i + 0.5) / calibrate)
-                 for i in range(calibrate)]
-        plans = [p for p in plans if p] or plans
-        measured = measure_plans(model, plans, layout=layout, device=device, dtype=dtype,
-                                 batch=batch, input_size=size, repeats=repeats, warmup=warmup,
-                                 progress=progress, seed=seed)
-        samples = []
-        for plan, (plan_us, base_us) in zip(plans, measured, strict=True):
-            removed, added, n = lat.terms(plan)
-            # the base drifts with the machine's load: scale each plan to the table's base
-            samples.append((removed, added, n, plan_us * entry["base_us"] / base_us))
-        corr = fit_correction(samples, entry["base_us"])
-        entry["correction"] = corr.to_dict()
-        entry["calibration"] = [
-            {"plan": {n: c.to_dict() for n, c in p.items()}, "measured_us": m, "base_us_alongside": b}
-            for p, (m, b) in zip(plans, measured, strict=True)]
-    return ProfileStats(key=key, layout=layout, base_us=entry["base_us"], sites=len(shapes),
-                        configs=len({c for cs in configs.values() for c in cs}),
-                        ops_needed=len(needed), ops_measured=len(missing),
-                        ops_reused=len(needed) - len(missing),
-                        calibration_plans=calibrate, seconds=time.perf_counter() - t0,
-                        notes=notes)
+
+def _calibrate(model: nn.Module, space: Any, searchable: list, table: LatencyTable, key: str,
+               entry: dict[str, Any], calibrate: int, seed: int, progress: Progress | None, *,
+               device: torch.device, dtype: torch.dtype, repeats: int, warmup: int) -> None:
+    """Fit the per-device correction on a few random plans measured as whole models."""
+    lat = LatencyModel(table, key)
+    lat.correction = None
+    rng = random.Random(seed)
+    plans = [random_plan(space, searchable, rng, share=(i + 0.5) / calibrate) for i in range(calibrate)]
+    plans = [p for p in plans if p] or plans
+    measured = measure_plans(model, plans, layout=entry["layout"], device=device, dtype=dtype,
+                             batch=table.fingerprint.batch, input_size=tuple(entry["input_size"]),
+                             repeats=repeats, warmup=warmup, progress=progress, seed=seed)
+    samples = []
+    for plan, (plan_us, base_us) in zip(plans, measured, strict=True):
+        removed, added, n = lat.terms(plan)
+        # the base drifts with the machine's load: scale each plan to the table's base
+        samples.append((removed, added, n, plan_us * entry["base_us"] / base_us))
+    entry["correction"] = fit_correction(samples, entry["base_us"]).to_dict()
+    entry["calibration"] = [
+        {"plan": {n: c.to_dict() for n, c in p.items()}, "measured_us": m, "base_us_alongside": b}
+        for p, (m, b) in zip(plans, measured, strict=True)]
 
 
 def profile_model(spec: str, *, device: str = "cpu", batch: int = 1, threads: int | None = None,
