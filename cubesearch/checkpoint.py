@@ -22,8 +22,12 @@ from typing import Any
 
 from torch import nn
 
+from cubesearch.conversion import convert
 from cubesearch.errors import CubesearchError, one_line
 from cubesearch.helpers import file_sha256
+from cubesearch.models import load_model_from
+from cubesearch.plan import Plan
+from cubesearch.trust import trust_model_code
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -190,11 +194,6 @@ def load(folder: str | os.PathLike, *, device: str = "cpu", strict: bool = True,
     `cubesearch.trust` allows it: `model=` names that same spec, the file is one your own runs
     used (same path, same SHA-256), or `trust_code=True`."""
     from safetensors.torch import load_model as load_weights
-
-    from cubesearch.conversion import convert
-    from cubesearch.models import load_model_from
-    from cubesearch.plan import Plan
-    from cubesearch.trust import trust_model_code
 
     src = Path(folder)
     if not src.exists():

@@ -21,7 +21,6 @@ import inspect
 import re
 import sys
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,51 +28,8 @@ from torch import nn
 
 from cubesearch.errors import CubesearchError, one_line
 from cubesearch.helpers import close_names
-
-SPEC_FORMS = "timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME] or package.module:callable"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed model spec. `kind` is one of timm, smp, file, import."""
-
-    kind: str
-    text: str
-    name: str = ""  # timm model / smp arch / file path / module path
-    encoder: str = ""  # smp encoder
-    attr: str | None = None  # file or module attribute
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_spec(spec: str) -> ModelSpec:
-    """Split a spec string into its parts; no imports, no file reads beyond `exists()`."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise CubesearchError(f"empty model spec (expected {SPEC_FORMS})")
-    text = spec.strip()
-    if text.startswith("timm:"):
-        name = text[5:]
-        if not name:
-            raise CubesearchError(f"model spec {text!r}: missing timm model name (timm:NAME)")
-        return ModelSpec("timm", text, name=name)
-    if text.startswith("smp:"):
-        parts = text[4:].split(":")
-        if len(parts) != 2 or not all(parts):
-            raise CubesearchError(
-                f"model spec {text!r}: expected smp:ARCH:ENCODER, e.g. smp:Unet:resnet34")
-        return ModelSpec("smp", text, name=parts[0], encoder=parts[1])
-    path, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
-    if not sep:
-        path, attr = text, ""
-    # A Windows drive letter ("C:\\…") is not an attribute separator.
-    if sep and (len(path) == 1 and path.isalpha()):
-        path, attr = text, ""
-    if path.endswith(".py") or "/" in path or "\\" in path or Path(path).suffix == ".py":
-        return ModelSpec("file", text, name=path, attr=attr or None)
-    if sep and re.fullmatch(r"[A-Za-z_][\w.]*", path) and re.fullmatch(r"[A-Za-z_]\w*", attr):
-        return ModelSpec("import", text, name=path, attr=attr)
-    if Path(text).exists():
-        return ModelSpec("file", text, name=text)
-    raise CubesearchError(f"cannot understand model spec {text!r} (expected {SPEC_FORMS})")
+from cubesearch.specs import ModelSpec, parse_spec
+from cubesearch.trust import checked_spec, file_kwargs, record_model_file
 
 
 def load_model(spec: str, *, num_classes: int = 1, in_channels: int = 3, pretrained: bool = False,
@@ -87,7 +43,6 @@ def load_model(spec: str, *, num_classes: int = 1, in_channels: int = 3, pretrai
     parsed = parse_spec(spec)
     model = _build(parsed, num_classes, in_channels, pretrained, kwargs)
     if parsed.kind == "file":  # the user named this file: later loads of its plans may import it
-        from cubesearch.trust import record_model_file
 
         record_model_file(parsed.name)
     return model
@@ -100,7 +55,6 @@ def load_model_from(spec: str, *, source: str | Path, folder: str | Path | None 
     when `cubesearch.trust` says the user trusts it, else one error line and nothing imported.
     `kwargs` (the file's model_kwargs) must be plain JSON values; `pretrained` is dropped (the
     weights come from the checkpoint)."""
-    from cubesearch.trust import checked_spec, file_kwargs
 
     kwargs = file_kwargs(kwargs, source)
     kwargs.pop("pretrained", None)

@@ -32,6 +32,7 @@ from typing import Any
 
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import file_sha256
+from cubesearch.specs import parse_spec
 
 TRUST_FLAG = "--trust-model-code"
 STORE_ENV = "CUBESEARCH_TRUST_STORE"
@@ -137,7 +138,6 @@ def is_recorded(file: str | os.PathLike) -> bool:
 
 def _same_spec(a: str, b: str) -> bool:
     """Two specs name the same code: equal text, or the same file (resolved) and attribute."""
-    from cubesearch.models import parse_spec
 
     if a.strip() == b.strip():
         return True
@@ -171,7 +171,6 @@ def checked_spec(spec: str, *, source: str | os.PathLike, folder: str | os.PathL
     """The spec to build for a model named by a file (`source`: the plan / checkpoint / study
     it came from), or a `CubesearchError` when it names code the user has not trusted. A file
     spec comes back resolved (relative to `folder` and its parents when not found as given)."""
-    from cubesearch.models import parse_spec
 
     text = str(spec)
     if text.startswith(("timm:", "smp:")):

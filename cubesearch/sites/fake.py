@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
 from torch.utils.hooks import RemovableHandle
 
 from cubesearch.blocks import layers
-from cubesearch.helpers import shape_of
+from cubesearch.helpers import model_device, model_dtype, shape_of, zero_input
+from cubesearch.resources import check_real_forward
 from cubesearch.sites.records import Call
 
 
@@ -53,8 +55,6 @@ def fake_mode(x: torch.Tensor | None = None) -> Iterator[Any]:
 def fake_input(model: nn.Module, input_size: Any, batch: int = 1) -> torch.Tensor:
     """A fake zero batch `(batch, *input_size)` on the model's device and dtype: shapes and no
     memory, whatever the size (`torch.export` and the fake runs take it as it is)."""
-    from cubesearch.helpers import model_device, model_dtype
-
     with FakeTensorMode(allow_non_fake_inputs=True):
         return torch.zeros(batch, *input_size, device=model_device(model), dtype=model_dtype(model))
 
@@ -62,11 +62,6 @@ def fake_input(model: nn.Module, input_size: Any, batch: int = 1) -> torch.Tenso
 def real_input(model: nn.Module, input_size: Any, batch: int = 1, *, what: str) -> torch.Tensor:
     """A real zero batch for a step that must run the model for real, refused in one line when
     even a rough estimate of that run (32 activations of the input's size) would not fit."""
-    import math
-
-    from cubesearch.helpers import zero_input
-    from cubesearch.resources import check_real_forward
-
     need = 32 * 4 * batch * math.prod(input_size)
     check_real_forward(what, need, size_text="×".join(map(str, (batch, *input_size))),
                        hint="give a smaller --input-size")
