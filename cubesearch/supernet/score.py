@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import model_device
 
 _Norm = nn.modules.batchnorm._BatchNorm
 
@@ -88,7 +89,7 @@ def reestimate(net: nn.Module, norms: Sequence[_Norm], batches: Sequence[Tensor]
     (forward passes, everything else in eval mode). Leaves the model in eval mode."""
     norms = _unique(norms)
     momenta = [bn.momentum for bn in norms]
-    device = next(net.parameters()).device
+    device = model_device(net)
     net.eval()
     for bn in norms:
         bn.reset_running_stats()
@@ -156,7 +157,7 @@ class Scorer:
 
         t0 = time.perf_counter()
         sup = self.supernet
-        device = next(sup.parameters()).device
+        device = model_device(sup)
         with sup.using(plan):
             norms = sup.changed_norms() if self.recalibrate else []
             ctx = reestimated(sup.net, norms, self.batches) if norms else contextlib.nullcontext()

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cubesearch.errors import CubesearchError
-from cubesearch.helpers import file_sha256
+from cubesearch.helpers import file_sha256, model_device
 from cubesearch.supernet.score import fixed_batches, prepare_images, reference_statistics
 
 STATE = "state.json"
@@ -113,7 +113,7 @@ class SupernetTrainer:
         self.cfg = config or SupernetTrainConfig()
         self.out = Path(out) if out is not None else None
         self.log = log or (lambda _m: None)
-        self.device = next(supernet.parameters()).device
+        self.device = model_device(supernet)
         self.bs = min(self.cfg.batch_size, len(train_ds))
         self.steps_per_epoch = max(1, len(train_ds) // self.bs)
         self.total_steps = max(0, math.ceil(self.cfg.epochs * self.steps_per_epoch))
