@@ -33,6 +33,8 @@ _LAZY = {
     "search": "cubesearch.search",  # the package, callable as its `search`
     "export": "cubesearch.exporting",
     "Supernet": "cubesearch.supernet",
+    "ablate": "cubesearch.ablation",
+    "AblationResult": "cubesearch.ablation",
 }
 
 __all__ = ["CubeBlock", "CubeConfig", "CubesearchError", "FoldedCubeBlock", "__version__", *_LAZY]
