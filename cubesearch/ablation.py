@@ -75,8 +75,7 @@ class AblationRow:
     def note(self) -> str:
         notes = []
         if self.kept:
-            notes.append(f"{len(self.kept)} site{'s' if len(self.kept) > 1 else ''} kept as conv "
-                         f"({self.kept[0].partition(': ')[2]})")
+            notes.append(f"{len(self.kept)} site{'s' if len(self.kept) > 1 else ''} kept as conv")
         if self.over_budget:
             notes.append("over the supernet's budget")
         return "; ".join(notes)
@@ -268,6 +267,9 @@ def plan_rows(space: SearchSpace, searchable: Sequence[Any], presets: Sequence[s
                 notes.append(f"preset {preset}, {knob}={_show(value)}: no site of the preset can "
                              f"take it ({kept[0].partition(': ')[2]}); no row")
                 continue
+            if kept:
+                notes.append(f"preset {preset}, {knob}={_show(value)}: kept as conv: "
+                             + "; ".join(kept))
             rows.append(AblationRow(preset=preset, knob=knob,
                                     value=cfg.short() if knob == DEFAULT else value, config=cfg,
                                     plan=plan, kept=kept))

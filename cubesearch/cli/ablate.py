@@ -1,0 +1,111 @@
+"""`cubesearch ablate MODEL`: the paper's ablation table for this model and data, from the supernet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from cubesearch.cli.app import app, out_console, print_json
+
+MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], package.module:callable."
+
+
+@app.command()
+def ablate(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    preset: str = typer.Option("all", help="Rows of the fullcube plan (every searchable site), of "
+                               "the decoder preset, or all (both)."),
+    knob: list[str] = typer.Option(None, "--knob", help="Ablate only this knob (repeatable): "
+                                   "router, attention=off, depth=2… (default: every knob the "
+                                   "space varies, with every value it allows)."),
+    confirm: bool = typer.Option(False, "--confirm", help="Also train every row (and the "
+                                 "unconverted model) as a real trial: warm start, distillation, "
+                                 "--epochs-per-trial of fine-tuning."),
+    budget: str = typer.Option("100%", help="The supernet is trained on plans within it: give your "
+                               "one-shot search's --budget to score in its supernet."),
+    space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or "
+                              "a .yaml (the values each knob may take)."),
+    data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
+    supernet_epochs: float = typer.Option(None, help="Epochs of supernet training (default: the "
+                                          "supernet evaluator's, 3)."),
+    epochs_per_trial: float = typer.Option(1.0, help="--confirm: fine-tuning epochs per row."),
+    baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: per trial)."),
+    distill_steps: int = typer.Option(100, min=0, help="--confirm: distillation batches per block."),
+    out: str = typer.Option("runs/search", "--out", "-o", help="The search's folder: its baseline "
+                            "and supernet are reused, or trained there."),
+    seed: int = typer.Option(0),
+    input_size: str = typer.Option("3x512x512", help="Reference input for FLOPs, CxHxW."),
+    tile_size: int = typer.Option(128, help="Training tile size."),
+    train_tiles: int = typer.Option(192, help="Synthetic training tiles."),
+    val_tiles: int = typer.Option(64, help="Synthetic validation tiles."),
+    batch_size: int = typer.Option(8),
+    lr: float = typer.Option(2e-3, help="Peak learning rate of the baseline and of new blocks."),
+    trial_lr: float = typer.Option(None, help="--confirm: peak learning rate of the baseline's "
+                                   "weights in a trial (default: --lr / 4)."),
+    classes: int = typer.Option(1, help="Output classes (1: binary buildings)."),
+    pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+) -> None:
+    """One row per knob change of the paper's block (router, attention, lattice stride, depth…)
+    for the fullcube plan and the decoder preset, scored in the search's supernet."""
+    from cubesearch.ablation import ablate as run_ablate
+    from cubesearch.helpers import parse_input_size
+
+    console = out_console(as_json)
+    result = run_ablate(
+        model, preset=preset, knobs=knob or None, confirm=confirm, budget=budget, space=space,
+        data=data, supernet_epochs=supernet_epochs, epochs_per_trial=epochs_per_trial,
+        baseline_epochs=baseline_epochs, distill_steps=distill_steps, out=out, seed=seed,
+        input_size=parse_input_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
+        val_tiles=val_tiles, batch_size=batch_size, lr=lr, trial_lr=trial_lr, num_classes=classes,
+        pretrained=pretrained, log=console.print)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(ablation_table(result))
+    ref = result.reference
+    confirmed = (f", confirmed IoU {ref['confirmed_iou']:.4f}"
+                 if ref.get("confirmed_iou") is not None else "")
+    console.print(f"unconverted model: supernet IoU {ref['iou']:.4f}, {ref['gflops']:.3f} GFLOPs, "
+                  f"{ref['params']:,} params{confirmed}")
+    for note in result.notes:
+        console.print(note)
+    console.print(f"{len(result.rows)} rows in {result.seconds:.1f} s; supernet: {result.supernet}; "
+                  f"tables: {', '.join(str(f) for f in result.files)}")
+
+
+def ablation_table(result: Any) -> Any:
+    """The rows as a rich table (ΔIoU against each preset's default row)."""
+    from rich.table import Table
+
+    from cubesearch.ablation import DEFAULT
+
+    table = Table(title=f"Ablation of {result.model}: default {result.default.short()}, "
+                        f"supernet scores (space {result.space!r})")
+    for name in ("preset", "knob", "value"):
+        table.add_column(name, no_wrap=True)
+    for name in ("supernet IoU", "ΔIoU", "GFLOPs", "params", "sites"):
+        table.add_column(name, justify="right", no_wrap=True)
+    if result.confirmed:
+        table.add_column("confirmed IoU", justify="right", no_wrap=True)
+        table.add_column("confirmed Δ", justify="right", no_wrap=True)
+    table.add_column("note")
+
+    def num(v: float | None, fmt: str) -> str:
+        return "—" if v is None else format(v, fmt)
+
+    last = None
+    for r in result.rows:
+        if last is not None and r.preset != last:
+            table.add_section()
+        last = r.preset
+        value = "on" if r.value is True else "off" if r.value is False else str(r.value)
+        cells = [r.preset, r.knob, "" if r.knob == DEFAULT else value,
+                 num(r.iou, ".4f"), num(r.delta_iou, "+.4f"), f"{r.gflops:.3f}", f"{r.params:,}",
+                 str(len(r.plan))]
+        if result.confirmed:
+            cells += [num(r.confirmed_iou, ".4f"), num(r.confirmed_delta, "+.4f")]
+        cells.append(r.note)
+        table.add_row(*cells)
+    return table
