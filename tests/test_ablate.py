@@ -1,0 +1,195 @@
+"""`cubesearch ablate` (issue 17): the one-knob-at-a-time variants of the default config, scored
+in the search's supernet, priced by the cost model; JSON and markdown agree; the supernet is
+reused; bad input is one error line naming the option."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cubesearch.ablation import DEFAULT, PRESETS, ablate
+from cubesearch.blocks import CubeConfig
+from cubesearch.cli import main
+from cubesearch.cost import CostModel
+from cubesearch.errors import CubesearchError
+from cubesearch.models import load_model
+from cubesearch.sites import find_sites
+from cubesearch.space import KNOBS, SearchSpace
+from cubesearch.supernet import evaluator as supernet_evaluator
+
+TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
+SIZE = (3, 64, 64)
+OPTS = dict(input_size=SIZE, tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
+            epochs_per_trial=0.5)
+CLI_OPTS = ["--input-size", "3x64x64", "--tile-size", "32", "--train-tiles", "16", "--val-tiles",
+            "8", "--epochs-per-trial", "0.5", "--supernet-epochs", "0.5"]
+# a small supernet: half an epoch, 2 distillation batches, 1 BatchNorm calibration batch
+SMALL = functools.partial(supernet_evaluator.SupernetEvaluator, epochs=0.5, distill_steps=2,
+                          calib_batches=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and much faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate") / "runs"
+    lines: list[str] = []
+    result = ablate(TINY, out=str(out), supernet=SMALL(), progress=False, log=lines.append, **OPTS)
+    return result, out, lines
+
+
+def _expected_configs(space: SearchSpace) -> set[CubeConfig]:
+    default = space.default_config()
+    configs = {default}
+    for knob in KNOBS:
+        for value in getattr(space.knobs, knob):
+            if value != getattr(default, knob):
+                configs.add(CubeConfig(**{**default.to_dict(), knob: value}))
+    return configs
+
+
+def test_rows_are_the_one_knob_variants_the_space_allows(run):
+    result, _, _ = run
+    space = SearchSpace.load("default")
+    expected = _expected_configs(space)
+    assert result.presets == list(PRESETS)
+    report = find_sites(load_model(TINY), SIZE)
+    searchable = space.searchable(report.sites)
+    for preset in PRESETS:
+        rows = result.preset_rows(preset)
+        assert rows[0].knob == DEFAULT and rows[0].config == space.default_config()
+        assert {r.config for r in rows} == expected
+        assert len(rows) == len(expected)  # each once
+        for r in rows[1:]:  # exactly one knob differs from the default, and it is the row's
+            changed = [k for k in KNOBS if getattr(r.config, k) != getattr(rows[0].config, k)]
+            assert changed == [r.knob] and getattr(r.config, r.knob) == r.value
+        sites = {s.name for s in searchable if preset == "fullcube" or s.role == "decoder"}
+        for r in rows:  # every preset site replaced, unless the config cannot go there
+            assert set(r.plan) | {k.partition(":")[0] for k in r.kept} == sites
+            assert set(r.plan.values()) == {r.config}
+    # router 'none' cannot take the first conv's 3 input channels: kept, and said so
+    none = next(r for r in result.preset_rows("fullcube") if r.knob == "router" and r.value == "none")
+    assert len(none.kept) == 1 and "C_in divisible by 4" in none.kept[0]
+    assert "1 site kept as conv" in none.note
+
+
+def test_costs_are_the_cost_model_and_deltas_are_against_the_default_row(run):
+    result, _, _ = run
+    cost = CostModel(find_sites(load_model(TINY), SIZE))
+    assert result.reference["gflops"] == pytest.approx(cost.flops({}) / 1e9)
+    for r in result.rows:
+        assert r.gflops == pytest.approx(cost.flops(r.plan) / 1e9, rel=1e-12)
+        assert r.params == cost.params(r.plan)
+        assert 0.0 <= r.iou <= 1.0
+    for preset in PRESETS:
+        rows = result.preset_rows(preset)
+        assert rows[0].delta_iou == 0.0
+        for r in rows[1:]:
+            assert r.delta_iou == pytest.approx(r.iou - rows[0].iou)
+    assert not result.confirmed and all(r.confirmed_iou is None for r in result.rows)
+
+
+def test_json_and_markdown_agree_with_the_result(run):
+    result, _, _ = run
+    data = json.loads(result.to_json())
+    assert len(data["rows"]) == len(result.rows)
+    for d, r in zip(data["rows"], result.rows, strict=True):
+        assert (d["preset"], d["knob"], d["iou"], d["delta_iou"], d["gflops"], d["params"]) == (
+            r.preset, r.knob, r.iou, r.delta_iou, r.gflops, r.params)
+        assert CubeConfig.from_dict(d["config"]) == r.config and d["sites"] == len(r.plan)
+    assert data["reference"]["iou"] == result.reference["iou"]
+    # one markdown file per preset, in the supernet's folder, holding exactly the result's table
+    assert result.files == [result.supernet / f"ablation-{p}.md" for p in PRESETS]
+    assert (result.supernet / "final" / "supernet.json").is_file()
+    for preset, file in zip(PRESETS, result.files, strict=True):
+        text = file.read_text()
+        assert text == result.to_markdown(preset)
+        table = [line for line in text.splitlines() if line.startswith(f"| {preset} |")]
+        assert len(table) == len(result.preset_rows(preset))
+        for line, r in zip(table, result.preset_rows(preset), strict=True):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert cells[1] == r.knob
+            assert float(cells[3]) == pytest.approx(r.iou, abs=5e-5)
+            assert float(cells[4]) == pytest.approx(r.delta_iou, abs=5e-5)
+            assert float(cells[5]) == pytest.approx(r.gflops, abs=5e-4)
+            assert int(cells[6].replace(",", "")) == r.params
+    assert not list(result.supernet.glob(".ablation-*"))  # no temporary file left
+
+
+def test_second_run_reuses_the_supernet_and_the_cli_prints_the_same_rows(run, monkeypatch, capsys):
+    result, out, lines = run
+    assert any(line.startswith("supernet: training") for line in lines)
+    trained = result.supernet / "final" / "supernet.json"
+    mtime = trained.stat().st_mtime_ns
+    # the CLI builds the default evaluator: make it the fixture's (same training settings)
+    monkeypatch.setattr(supernet_evaluator, "SupernetEvaluator", SMALL)
+    assert main(["ablate", TINY, "-o", str(out), "--json", *CLI_OPTS]) == 0
+    captured = capsys.readouterr()
+    assert "supernet: reusing" in captured.err and "supernet: training" not in captured.err
+    assert trained.stat().st_mtime_ns == mtime
+    data = json.loads(captured.out)
+    assert data["supernet"] == str(result.supernet)
+    assert [(d["preset"], d["knob"], d["iou"], d["gflops"]) for d in data["rows"]] == [
+        (r.preset, r.knob, r.iou, r.gflops) for r in result.rows]  # scoring is deterministic
+    assert main(["ablate", TINY, "-o", str(out), "--preset", "decoder", "--knob", "router",
+                 *CLI_OPTS]) == 0
+    text = capsys.readouterr().out
+    assert "decoder" in text and "post" in text and "supernet IoU" in text and "fullcube" not in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--preset", "encoder"], "--preset 'encoder': unknown preset"),
+    (["--knob", "colour"], "--knob 'colour': unknown knob 'colour'"),
+    (["--knob", "depth=4"], "--knob depth=4: space 'default' allows depth 1, 2"),
+    (["--knob", "attention=maybe"], "attention is on or off"),
+    (["--knob", "act"], "--knob act: nothing to ablate"),
+    (["--space", "SPACE"], "no eligible 3×3 conv matches the space's sites"),
+])
+def test_bad_input_is_one_error_line(tmp_path, capsys, args, message):
+    space = tmp_path / "none.yaml"
+    space.write_text("name: none\nsites: {include: ['^nothing$']}\n")
+    args = [str(space) if a == "SPACE" else a for a in args]
+    out = tmp_path / "runs"
+    assert main(["ablate", TINY, "-o", str(out), *args, *CLI_OPTS]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (out / "supernet").exists()  # refused before any training
+
+
+def test_knob_values_outside_the_space_are_refused_in_python(tmp_path):
+    with pytest.raises(CubesearchError, match="--knob lattice_stride=3"):
+        ablate(TINY, knobs={"lattice_stride": [3]}, out=str(tmp_path / "runs"), **OPTS)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_confirm_trains_each_row_once(run):
+    result, out, _ = run
+    opts = {**OPTS, "distill_steps": 2}
+    confirmed = ablate(TINY, out=str(out), supernet=SMALL(), knobs=["attention"], confirm=True,
+                       progress=False, log=lambda line: None, **opts)
+    assert confirmed.confirmed and len(confirmed.rows) == 4  # 2 presets × (default, attention off)
+    assert confirmed.reference["confirmed_iou"] is not None
+    for r in confirmed.rows:
+        assert 0.0 <= r.confirmed_iou <= 1.0 and Path(r.checkpoint, "model.safetensors").is_file()
+    for preset in PRESETS:
+        rows = confirmed.preset_rows(preset)
+        assert rows[0].confirmed_delta == 0.0
+        assert rows[1].confirmed_delta == pytest.approx(rows[1].confirmed_iou - rows[0].confirmed_iou)
+    trials = sorted((confirmed.supernet / "trials" / "ablation").glob("trial_*"))
+    assert len(trials) == 5  # the reference and 4 rows
+    assert "confirmed IoU" in confirmed.files[0].read_text()
+    again = ablate(TINY, out=str(out), supernet=SMALL(), knobs=["attention"], confirm=True,
+                   progress=False, log=lambda line: None, **opts)
+    assert sorted((again.supernet / "trials" / "ablation").glob("trial_*")) == trials  # reused
+    assert [r.confirmed_iou for r in again.rows] == [r.confirmed_iou for r in confirmed.rows]
