@@ -17,10 +17,18 @@ consistent checkpoint). Rerunning with the same folder resumes at the last check
 epoch draws its data order and plans from (seed, epoch), so a resumed run repeats the
 uninterrupted one's epochs. Finally the model's BatchNorms get the unconverted path's statistics
 (`reference_statistics`), the reference that scoring re-estimates from.
+
+**Shards** (data-parallel training, `cubesearch.supernet.distributed`): with `shards=N` a step's
+global batch is N × `batch_size` tiles, cut into N shards of `batch_size`; every shard runs the
+same sampled plans. `rank=r` makes this process run shard r only, its gradients averaged with
+the other ranks' by `wrap` (DistributedDataParallel); `rank=None` runs every shard here, each
+loss scaled 1/N, its gradients accumulated: the single-process equivalent of N workers, BatchNorm
+batch statistics per shard included. One step's code serves all three (`train_epoch`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -108,14 +116,27 @@ class SupernetTrainer:
 
     def __init__(self, supernet: Any, train_ds: Any, config: SupernetTrainConfig | None = None, *,
                  out: str | os.PathLike | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, shards: int = 1,
+                 rank: int | None = None,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+        """`shards`, `rank`, `wrap`: data-parallel training (module docstring). `wrap(net)` is
+        called once, after the distillation, and the step runs what it returns (DDP); with a
+        `rank`, only rank 0 (or None) distills, logs and writes checkpoints."""
         self.sn, self.train_ds = supernet, train_ds
         self.cfg = config or SupernetTrainConfig()
         self.out = Path(out) if out is not None else None
-        self.log = log or (lambda _m: None)
+        self.shards, self.rank, self.wrap = int(shards), rank, wrap
+        if self.shards < 1 or (rank is not None and not 0 <= rank < self.shards):
+            raise CubesearchError(f"rank {rank} of {shards} shards is not a valid data-parallel rank")
+        if len(train_ds) < self.shards:
+            raise CubesearchError(f"{len(train_ds)} training tiles cannot be cut into "
+                                  f"{self.shards} shards")
+        self.rank0 = rank in (None, 0)
+        self.log = (log if self.rank0 else None) or (lambda _m: None)
+        self.model: nn.Module = supernet.net  # what a step calls (wrap's result once wrapped)
         self.device = model_device(supernet)
-        self.bs = min(self.cfg.batch_size, len(train_ds))
-        self.steps_per_epoch = max(1, len(train_ds) // self.bs)
+        self.bs = min(self.cfg.batch_size, len(train_ds) // self.shards)  # per shard
+        self.steps_per_epoch = max(1, len(train_ds) // (self.bs * self.shards))
         self.total_steps = max(0, math.ceil(self.cfg.epochs * self.steps_per_epoch))
         self.n_epochs = math.ceil(self.total_steps / self.steps_per_epoch) if self.total_steps else 0
         self.k = int(getattr(train_ds, "num_classes", 1) or 1)
@@ -133,14 +154,23 @@ class SupernetTrainer:
 
     # --- data -----------------------------------------------------------------------------------
 
-    def _batches(self, epoch: int):
+    def _batches(self, epoch: int, ranks: range | None = None):
+        """This process's batches: the whole batch, or with shards the global batch (rank None)
+        or its shard (rank r), from the same permutation of the training set; `ranks` picks
+        other shards."""
         from torch.utils.data import DataLoader
 
         if hasattr(self.train_ds, "set_epoch"):
             self.train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        loader = DataLoader(self.train_ds, batch_size=self.bs, shuffle=True, drop_last=True,
-                            generator=gen)
+        if self.shards == 1:
+            loader = DataLoader(self.train_ds, batch_size=self.bs, shuffle=True, drop_last=True,
+                                generator=gen)
+        else:
+            if ranks is None:
+                ranks = range(self.shards) if self.rank is None else range(self.rank, self.rank + 1)
+            loader = DataLoader(self.train_ds, generator=gen, batch_sampler=ShardSampler(
+                len(self.train_ds), self.bs, self.shards, ranks, gen))
         channels = getattr(self.train_ds, "in_channels", None)
         while True:
             for image, mask in loader:
@@ -169,7 +199,7 @@ class SupernetTrainer:
         opt = torch.optim.Adam(params, lr=cfg.distill_lr)
         rng = random.Random(cfg.seed * 7919 + 1)
         torch.manual_seed(cfg.seed)
-        stream = self._batches(DISTILL_EPOCH)
+        stream = self._batches(DISTILL_EPOCH, range(1))  # with shards: shard 0's, as on rank 0
         for site in sites.values():
             site.units.train()
         first = last = float("nan")
@@ -219,11 +249,9 @@ class SupernetTrainer:
         return paths
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        from cubesearch.training import logits_of
-
         cfg, sn = self.cfg, self.sn
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        rng = random.Random(cfg.seed * 100_003 + epoch)
+        rng = random.Random(cfg.seed * 100_003 + epoch)  # the same plans on every rank
         stream = self._batches(epoch)
         warm = int(cfg.warmup) if cfg.warmup >= 1 else int(round(cfg.warmup * self.total_steps))
         first = epoch * self.steps_per_epoch
@@ -235,33 +263,59 @@ class SupernetTrainer:
             for g in self.opt.param_groups:
                 g["lr"] = g["peak"] * factor
             x, y = next(stream)
-            size = tuple(y.shape[-2:])
             self.opt.zero_grad(set_to_none=True)
-            sn.set_plan({})
-            logits = logits_of(sn.net(x), size)
-            loss = self.loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise CubesearchError(f"supernet loss is {float(loss)} at step {step + 1}; lower lr")
-            loss.backward()
-            target = logits.detach()
-            sums["loss_unconverted"] += float(loss.detach())
             paths = self._paths(rng)
-            for plan in paths:
-                sn.set_plan(plan)
-                out = logits_of(sn.net(x), size)
-                loss = self.loss_fn(out, y)
-                if cfg.kd_weight:
-                    loss = loss + cfg.kd_weight * _kd_loss(out, target)
-                if not torch.isfinite(loss):
-                    raise CubesearchError(f"supernet loss is {float(loss)} at step {step + 1} "
-                                          "(a sampled path); lower lr")
-                loss.backward()
-                sums["loss_paths"] += float(loss.detach()) / max(1, len(paths))
+            if self.shards == 1:
+                parts = [(0, x, y)]
+            elif self.rank is None:  # every shard here, as the ranks would run them
+                parts = list(zip(range(self.shards), x.chunk(self.shards), y.chunk(self.shards),
+                                 strict=True))
+            else:
+                parts = [(self.rank, x, y)]
+            for shard, xs, ys in parts:
+                if self.shards > 1:  # each shard's own random stream (dropout …), as on its rank
+                    torch.manual_seed(((cfg.seed * 100_003 + step) * 1_009 + shard) % 2**62)
+                for key, value in self._step(step, xs, ys, paths, 1 / len(parts)).items():
+                    sums[key] += value / len(parts)
             self.opt.step()
-            self.result.passes += 1 + len(paths)
+            self.result.passes += 1 + len(paths)  # of the (global) batch
         sn.set_plan({})
         n = max(1, last - first)
         return {k: v / n for k, v in sums.items()}
+
+    def _step(self, step: int, x: Tensor, y: Tensor, paths: list[dict],
+              scale: float) -> dict[str, float]:
+        """One batch (or shard) of a sandwich step: the unconverted path on the labels, then
+        each of `paths` on the labels and the unconverted logits; gradients accumulate (losses
+        × `scale`). Under DDP only the last backward pass synchronises (`no_sync` before it: one
+        all-reduce of the accumulated gradients per step). Returns the losses."""
+        from cubesearch.training import logits_of
+
+        cfg, sn = self.cfg, self.sn
+        size = tuple(y.shape[-2:])
+        no_sync = getattr(self.model, "no_sync", None)
+        losses = {"loss_unconverted": 0.0, "loss_paths": 0.0}
+        target = None
+        runs: list[dict | None] = [None, *paths]  # None: the unconverted path, first
+        for i, plan in enumerate(runs):
+            local = no_sync is not None and i < len(runs) - 1
+            with no_sync() if local else contextlib.nullcontext():
+                sn.set_plan(plan or {})
+                out = logits_of(self.model(x), size)
+                loss = self.loss_fn(out, y)
+                if target is not None and cfg.kd_weight:
+                    loss = loss + cfg.kd_weight * _kd_loss(out, target)
+                if not torch.isfinite(loss):
+                    where = "" if plan is None else " (a sampled path)"
+                    raise CubesearchError(f"supernet loss is {float(loss)} at step {step + 1}"
+                                          f"{where}; lower lr")
+                (loss * scale if scale != 1 else loss).backward()
+            if plan is None:
+                target = out.detach()
+                losses["loss_unconverted"] = float(loss.detach())
+            else:
+                losses["loss_paths"] += float(loss.detach()) / len(paths)
+        return losses
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -275,7 +329,7 @@ class SupernetTrainer:
         return tensors, state["param_groups"]
 
     def save(self, tag: str) -> None:
-        if self.out is None:
+        if self.out is None or not self.rank0:
             return
         from safetensors.torch import save_file
 
@@ -289,8 +343,8 @@ class SupernetTrainer:
         state = {"stage": self.stage, "epoch": self.epoch, "tag": tag,
                  "weights": weights.name, "weights_sha256": file_sha256(weights),
                  "optim": optim.name, "optim_sha256": file_sha256(optim), "param_groups": groups,
-                 "config": self.cfg.identity(), "supernet": self.sn.manifest(),
-                 "result": asdict(self.result)}
+                 "config": self.cfg.identity(), "shards": self.shards,
+                 "supernet": self.sn.manifest(), "result": asdict(self.result)}
         _write_json(self.out / STATE, state)
         for old in self.out.glob("ckpt-*.safetensors"):  # only now is the previous pair unneeded
             if old.name not in (weights.name, optim.name):
@@ -310,6 +364,10 @@ class SupernetTrainer:
             raise CubesearchError(f"{self.out} holds a supernet trained with other settings "
                                   f"({', '.join(changed)}); resume with the same ones or use a "
                                   "new folder")
+        if int(state.get("shards", 1)) != self.shards:
+            raise CubesearchError(f"{self.out} holds a supernet trained with a global batch of "
+                                  f"{state.get('shards', 1)} shard(s) (data-parallel workers), not "
+                                  f"{self.shards}; resume with as many or use a new folder")
         if state["supernet"].get("sites") != self.sn.site_names:
             raise CubesearchError(f"{self.out} holds a supernet of other sites (another model?)")
         weights, optim = self.out / state["weights"], self.out / state["optim"]
@@ -338,12 +396,14 @@ class SupernetTrainer:
         done_here = 0
         t0 = time.perf_counter()
         base = self.result.seconds
-        if self.stage == "start":
-            info = self.distill() if self.cfg.distill_steps else {}
+        if self.stage == "start":  # data-parallel: rank 0 distils, `wrap` hands its weights on
+            info = self.distill() if self.cfg.distill_steps and self.rank0 else {}
             self.result.history.append({"stage": "distill", **info})
             self.stage = "distilled"
             self.result.seconds = base + time.perf_counter() - t0
             self.save("distill")
+        if self.wrap is not None and self.model is self.sn.net:
+            self.model = self.wrap(self.sn.net)
         while self.stage != "done" and self.epoch < self.n_epochs:
             if stop_after_epochs is not None and done_here >= stop_after_epochs:
                 return self.result
@@ -366,6 +426,26 @@ class SupernetTrainer:
             self.result.baseline_epochs = self.result.passes / self.steps_per_epoch
             self.save("final")
         return self.result
+
+
+class ShardSampler:
+    """Batches of indices for data-parallel shards: one permutation of `n` (drawn from `gen`
+    when iterated) cut into global batches of `shards` × `batch_size`; yields, per step, the
+    concatenated shards of `ranks` (one rank's, or all of them for the single-process run)."""
+
+    def __init__(self, n: int, batch_size: int, shards: int, ranks: range,
+                 gen: torch.Generator) -> None:
+        self.n, self.bs, self.shards, self.ranks, self.gen = n, batch_size, shards, ranks, gen
+
+    def __len__(self) -> int:
+        return self.n // (self.bs * self.shards)
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=self.gen).tolist()
+        glob = self.bs * self.shards
+        for step in range(len(self)):
+            base = step * glob
+            yield perm[base + self.ranks.start * self.bs:base + self.ranks.stop * self.bs]
 
 
 def train_supernet(supernet: Any, train_ds: Any, config: SupernetTrainConfig | None = None, *,
