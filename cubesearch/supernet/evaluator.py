@@ -8,6 +8,10 @@ validation tiles); the costs are the cost model's, not measured on a built model
 checkpoint is written unless `checkpoints=True` (then the extracted model is saved like a
 fine-tuned trial's). The supernet is loaded once per process, so the evaluator pickles small
 for Ray workers.
+
+`workers` > 1 trains the supernet data-parallel on that many Ray Train workers
+(`cubesearch.supernet.distributed`; the search's `--supernet-workers`, with `--backend ray`): a
+global batch of `workers` × `--batch-size`, so another run than one worker's (its own folder).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SupernetEvaluator:
     calib_batches: int = 8
     recalibrate: bool = True
     checkpoints: bool = False
+    workers: int = 1  # data-parallel Ray Train workers for the supernet's training
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:  # the loaded supernet stays behind
@@ -51,8 +56,11 @@ class SupernetEvaluator:
 
     def folder(self, ctx: Any) -> Path:
         base = Path(ctx.baseline_dir).name if ctx.baseline_dir else "scratch"
-        key = json.dumps({"baseline": base, "space": ctx.space.model_dump(mode="json"),
-                          "train": asdict(self.train_config(ctx))}, sort_keys=True, default=str)
+        run = {"baseline": base, "space": ctx.space.model_dump(mode="json"),
+               "train": asdict(self.train_config(ctx))}
+        if self.workers > 1:  # another global batch: another run (one worker's keys unchanged)
+            run["workers"] = self.workers
+        key = json.dumps(run, sort_keys=True, default=str)
         return Path(ctx.out) / SUPERNET_DIR / f"{base}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
     def _build(self, ctx: Any) -> Any:
@@ -82,10 +90,27 @@ class SupernetEvaluator:
         sn = self._build(ctx)
         sn.load_baseline(load_file(str(Path(ctx.baseline_dir) / "model.safetensors")))
         log(f"supernet: training in {folder} ({len(sn.sites)} sites, {self.epochs:g} epochs)")
-        result = SupernetTrainer(sn, ctx.datasets[0], self.train_config(ctx), out=folder / "train",
-                                 log=log).run()
+        if self.workers > 1:
+            result = self._train_distributed(ctx, sn, folder, log)
+        else:
+            result = SupernetTrainer(sn, ctx.datasets[0], self.train_config(ctx),
+                                     out=folder / "train", log=log).run()
         sn.save(folder / "final", extra={"training": asdict(result)})
         self._cache.clear()
+
+    def _train_distributed(self, ctx: Any, sn: Any, folder: Path,
+                           log: Callable[[str], None]) -> Any:
+        """The supernet's training on `workers` Ray Train workers, on the search's Ray cluster."""
+        from cubesearch.supernet.distributed import train_supernet_distributed
+
+        s = ctx.settings
+        if getattr(s, "backend", "ray") == "ray":
+            from cubesearch.search.ray import connect
+
+            connect(s)  # --address, or a local Ray instance; a no-op when Ray is up
+        return train_supernet_distributed(sn, ctx.datasets[0], self.train_config(ctx),
+                                          workers=self.workers, out=folder / "train", log=log,
+                                          cpus_per_worker=getattr(s, "cpus_per_trial", 1.0))
 
     def _scorer(self, ctx: Any) -> Any:
         if "scorer" not in self._cache:
