@@ -162,3 +162,20 @@ def test_ray_train_workers_match_the_sharded_single_process_run(tmp_path):
         assert again.done and again.resumed_from == "final"
     finally:
         ray.shutdown()
+
+
+def test_the_evaluator_keys_a_data_parallel_supernet_apart(tmp_path):
+    from types import SimpleNamespace
+
+    from cubesearch.supernet.distributed import train_supernet_distributed
+    from cubesearch.supernet.evaluator import SupernetEvaluator
+
+    settings = SimpleNamespace(lr=1e-3, batch_size=8, seed=0, fine_tune_lr=lambda _b: 2.5e-4)
+    space = SimpleNamespace(model_dump=lambda mode: {"name": "test"})
+    ctx = SimpleNamespace(settings=settings, space=space, baseline_dir=tmp_path / "base",
+                          out=tmp_path, budget_flops=1e9)
+    one, again, two = (SupernetEvaluator(workers=n).folder(ctx) for n in (1, 1, 2))
+    assert one == again != two and one.parent == two.parent
+    with pytest.raises(CubesearchError, match="at least 1"):
+        sn, train_ds, cfg = _setup()
+        train_supernet_distributed(sn, train_ds, cfg, workers=0)
