@@ -150,12 +150,16 @@ def test_ray_train_workers_match_the_sharded_single_process_run(tmp_path):
         sn, train_ds, cfg = _setup()
         start = _params(sn)
         lines = []
-        result = train_supernet_distributed(sn, train_ds, cfg, workers=WORLD,
-                                            out=tmp_path / "ray", log=lines.append,
-                                            use_gpu=False)
-        assert result.done
+        # "interrupted" after the distillation, then resumed by a second run of workers
+        first = train_supernet_distributed(sn, train_ds, cfg, workers=WORLD, out=tmp_path / "ray",
+                                           log=lines.append, use_gpu=False, stop_after_epochs=0)
+        assert not first.done
+        assert json.loads((tmp_path / "ray" / "state.json").read_text())["stage"] == "distilled"
         assert any("2 Ray Train workers" in line for line in lines)
         assert any("distillation" in line for line in lines)  # rank 0's lines reach the driver
+        result = train_supernet_distributed(sn, train_ds, cfg, workers=WORLD, out=tmp_path / "ray",
+                                            log=lines.append, use_gpu=False)
+        assert result.done and result.resumed_from == "distill"
         _check_against_reference(_params(sn), start, tmp_path)
         # finished: a second call reads the folder back instead of training again
         again = train_supernet_distributed(sn, train_ds, cfg, workers=WORLD, out=tmp_path / "ray")

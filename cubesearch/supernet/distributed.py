@@ -134,6 +134,7 @@ def train_supernet_distributed(supernet: Any, train_ds: Any,
         if not done.resume():
             raise CubesearchError(f"the supernet's workers left no checkpoint in {folder}: is it "
                                   "on a file system rank 0 shares with this process?")
+        done.result.resumed_from = driver.result.resumed_from  # where the workers started
         return done.result
     finally:
         if temp is not None:
