@@ -93,7 +93,7 @@ def _rank(rank: int, world: int, folder: str) -> None:
                 p.data.normal_()
         trainer = SupernetTrainer(sn, train_ds, cfg, shards=world, rank=rank, out=f"{folder}/dist",
                                   wrap=lambda net: DistributedDataParallel(
-                                      net, find_unused_parameters=True))
+                                      net, find_unused_parameters=True, broadcast_buffers=False))
         trainer.run()
         torch.save(_params(sn), f"{folder}/rank{rank}.pt")
     finally:

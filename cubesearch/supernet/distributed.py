@@ -15,16 +15,20 @@ step's code serves both:
 - rank 0 distils (the other ranks receive its weights when DDP wraps the model), logs, and writes
   the per-epoch checkpoints into `out` exactly as the single-process trainer does, so a killed
   run resumes from its last epoch (with the same N: the global batch is part of the run) and a
-  finished folder reads the same. `out` must be a folder rank 0 and this process both see (the
-  same machine, or a shared file system, as Ray Train's own storage needs on several machines).
+  finished folder reads the same. Every worker resumes from `out` itself, so `out` must be a
+  folder every worker and this process see (one machine, or a shared file system, as Ray Train's
+  own storage needs on several machines); workers that see different checkpoints stop with an
+  error rather than train out of step.
 
 **What "the same as one process" means.** BatchNorm in training mode normalises each worker's
 shard by the shard's own statistics (SyncBatchNorm does not run on CPUs / gloo, and is not used
 on GPUs either, so both behave alike). The single-process equivalent is therefore the trainer
 with `shards=N, rank=None`: it runs the same global batch as the same N shards, each loss scaled
 1/N, gradients accumulated, and after each optimiser step its parameters equal the workers' to
-float rounding (the test checks one step at 1e-5). BatchNorm running statistics differ: DDP keeps
-rank 0's (it broadcasts them every forward pass), the single process accumulates every shard's.
+float rounding (the test checks one step at 1e-5). BatchNorm running statistics differ: each
+worker keeps its own (rank 0's are saved), the single process accumulates every shard's; at
+the end the model's BatchNorms get the same reference statistics (recomputed on fixed batches),
+and scoring re-estimates the blocks' per plan.
 The learning rates are not rescaled for the N-fold larger global batch.
 """
 
@@ -76,12 +80,37 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     def wrap(net: torch.nn.Module) -> torch.nn.Module:
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)
+        # buffers stay per rank: training-mode BatchNorm normalises by the batch, and the
+        # running statistics are re-estimated at the end (and per plan when scoring)
+        return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True,
+                                       broadcast_buffers=False)
 
+    _check_same_checkpoint(Path(config["out"]))
     trainer = SupernetTrainer(supernet, train_ds, config["config"], out=config["out"], log=log,
                               shards=world, rank=rank, wrap=wrap)
     result = trainer.run(stop_after_epochs=config["stop_after_epochs"])
     ray.train.report({"done": result.done, "epoch": trainer.epoch, "rank": rank})
+
+
+def _check_same_checkpoint(out: Path) -> None:
+    """Every rank must resume from the same checkpoint (a folder not shared would let rank 0
+    resume at epoch k while another starts afresh: steps out of step)."""
+    import json
+
+    import torch.distributed as dist
+
+    from cubesearch.supernet.train import STATE
+
+    try:
+        tag = json.loads((out / STATE).read_text()).get("tag")
+    except (OSError, ValueError):
+        tag = None
+    tags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(tags, tag)
+    if len(set(tags)) > 1:
+        raise CubesearchError(f"the workers see different supernet checkpoints in {out} "
+                              f"({', '.join(str(t) for t in tags)} by rank): the folder must be "
+                              "on a file system every worker shares")
 
 
 def train_supernet_distributed(supernet: Any, train_ds: Any,
