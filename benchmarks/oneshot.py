@@ -15,6 +15,8 @@ Phases (each resumable; results are cached as JSON under `--cache`, gitignored):
     python benchmarks/oneshot.py --phase supernet     # train the supernet, score, ablations
     python benchmarks/oneshot.py --phase report       # tables: benchmarks/results/oneshot.{md,json}
     python benchmarks/oneshot.py                      # all three
+    python benchmarks/oneshot.py --compare            # issue 17: one-shot vs trials search
+                                                      # (benchmarks/oneshot_compare.py)
 
 The standalone phase does not depend on the supernet: it can run first, alone, in the background.
 """
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import oneshot_compare
 from _common import machine, md_table  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -645,7 +648,11 @@ def main() -> None:
     ap.add_argument("--worker", default="0/1", help="K/N: this process trains every N-th plan from K")
     ap.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline only")
     ap.add_argument("--list-plans", action="store_true", help="print the chosen plans and stop")
+    oneshot_compare.add_arguments(ap)
     args = ap.parse_args()
+    if args.compare:
+        oneshot_compare.compare(args)
+        return
     if args.list_plans:
         ctx = make_context(args, baseline=False)
         for i, (label, plan) in enumerate(load_plans(ctx, args)):

@@ -80,11 +80,12 @@ def hypervolume(points: Sequence[ParetoPoint], ref_gflops: float, ref_iou: float
 def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png: Path | None,
                 html: Path | None, *, title: str = "IoU vs GFLOPs",
                 budget_gflops: float | None = None, axis: str = "gflops",
-                budget: float | None = None) -> None:
+                budget: float | None = None, cloud: Sequence[ParetoPoint] = ()) -> None:
     """Every trial as a dot, the front as a line, baseline and FullCube marked, front labelled.
 
     `axis`: the cost on x, `gflops` (the default) or another recorded cost such as `latency`
-    (ms, measured); `budget` is the budget line in that cost (`budget_gflops` for GFLOPs)."""
+    (ms, measured); `budget` is the budget line in that cost (`budget_gflops` for GFLOPs).
+    `cloud`: plans scored in a supernet (a one-shot search), drawn faintly under the trials."""
     import math
 
     if axis != "gflops":
@@ -107,6 +108,10 @@ def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        scored = [p for p in cloud if p.feasible]
+        if scored:
+            ax.scatter(X(scored), [p.iou for p in scored], s=6, c="#f2b36b", alpha=0.5,
+                       label=f"scored in the supernet ({len(scored)})")
         feas = [p for p in others if p.feasible]
         infeas = [p for p in others if not p.feasible]
         if feas:

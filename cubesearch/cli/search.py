@@ -32,7 +32,16 @@ def search(
                                "objective named."),
     space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or a .yaml."),
     trials: int = typer.Option(20, min=1, help="Trained trials in the study (a resume counts earlier "
-                                "ones; plans over budget are rejected free and not counted)."),
+                                "ones; plans over budget are rejected free and not counted). "
+                                "With --strategy oneshot: the plans confirmed by training."),
+    strategy: str = typer.Option("trials", help="trials: every plan sampled is trained; oneshot: a "
+                                 "supernet trained once scores --proxy-trials plans, then "
+                                 "--trials plans covering its front are confirmed by training."),
+    proxy_trials: int = typer.Option(500, help="oneshot: plans scored in the supernet (about a "
+                                     "second each on a GPU, several on a CPU)."),
+    supernet_epochs: float = typer.Option(3.0, help="oneshot: the supernet's training epochs."),
+    supernet_workers: int = typer.Option(1, help="oneshot with --backend ray: data-parallel "
+                                         "supernet training on N Ray Train workers."),
     timeout: str = typer.Option(None, help="Stop after this long: 90s, 30m, 2h."),
     data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
     epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial (fractions allowed)."),
@@ -96,6 +105,8 @@ def search(
         study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
         input_size=parse_input_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
         val_tiles=val_tiles, batch_size=batch_size, lr=lr, trial_lr=trial_lr, sampler=sampler,
+        strategy=strategy, proxy_trials=proxy_trials, supernet_epochs=supernet_epochs,
+        supernet_workers=supernet_workers,
         evaluator=evaluator, num_classes=classes,
         pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console,
@@ -105,6 +116,7 @@ def search(
         return
     console.print(front_table(result, f"Pareto front of {result.study_name} "
                                       f"(budget {budget_label(result)})"))
-    console.print(f"{result.n_complete} trials trained, {result.n_rejected} plans rejected over "
+    scored = f"{result.n_scored} plans scored in the supernet, " if result.n_scored else ""
+    console.print(f"{scored}{result.n_complete} trials trained, {result.n_rejected} plans rejected over "
                   f"budget (not trained), {result.n_failed} failed; study: "
                   f"{mask_url(result.storage)}; plot: {result.out / 'pareto.png'}")

@@ -33,7 +33,7 @@ from cubesearch.latency.search import setup as latency_setup
 from cubesearch.logging import get_logger
 from cubesearch.models import load_model
 from cubesearch.plan import Plan
-from cubesearch.search.record import TrialOutcome
+from cubesearch.search.record import Phase, TrialOutcome
 from cubesearch.search.settings import BASELINE_IDENTITY, SearchSettings, safe_name
 from cubesearch.sites import Site, find_sites
 from cubesearch.space import SearchSpace
@@ -60,6 +60,13 @@ class SearchContext:
     # objective or the budget (cubesearch.latency: measured on this device, from its table)
     budget: Budget | None = None
     latency: LatencyModel | None = None
+    # What the backend's run fills now: `trials` trained trials, or (one-shot) a scoring or
+    # confirming phase (cubesearch.search.oneshot)
+    phase: Phase | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase is None:
+            self.phase = Phase("search", self.settings.trials)
 
     def plan_for(self, sites_cfg: dict[str, CubeConfig]) -> Plan:
         s = self.settings

@@ -1,9 +1,10 @@
-"""`search(...)`: set-up → `backend.run(ctx, study, view)` → wrap-up, for every backend.
+"""`search(...)`: set-up → the strategy's phases, each `backend.run(ctx, study, view)` → wrap-up.
 
 A backend (`BACKENDS`, by name) only schedules trials: `session(settings)` holds what it needs
 around the whole search (Ray: the cluster connection) and `run` runs trials until the study has
-its trained trials. Everything else — context, evaluator, study, baseline, references, the
-result — is here, once.
+its phase's trials. A strategy (`cubesearch.search.strategy`) says which phases: "trials", or
+"oneshot" (score plans in a supernet, confirm the best by training). Everything else — context,
+evaluator, study, baseline, references, the result — is here, once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from cubesearch.search.evaluators import UserFunction, callable_name, make_evalu
 from cubesearch.search.progress import SearchProgress
 from cubesearch.search.record import TrialCounts, first_failure
 from cubesearch.search.result import SearchResult, collect_result, write_summary
-from cubesearch.search.settings import SearchSettings
+from cubesearch.search.settings import DEFAULT_EVALUATOR, SearchSettings
+from cubesearch.search.strategy import get_strategy
 from cubesearch.search.study import enqueue_references, open_study
 
 
@@ -39,7 +41,6 @@ class Backend(Protocol):
     """Who schedules the trials."""
 
     name: str
-    label: str  # the progress bar's
 
     def session(self, settings: SearchSettings) -> AbstractContextManager[SearchSettings]: ...
 
@@ -74,17 +75,36 @@ def search(model: str, budget: str, *, progress: bool = True, console: Console |
         options["evaluator"] = getattr(given, "name", None) or callable_name(given)
     settings = SearchSettings(model=model, budget=budget, **options)
     check_destination(settings.out, option="--out", replaceable=False)  # before any work
-    chosen = make_evaluator(settings.evaluator, given)  # a bad evaluator is found before any work
+    chosen = choose_evaluator(settings, given)  # a bad evaluator is found before any work
+    strategy = get_strategy(settings.strategy)
     console = console or Console(stderr=True)
     backend = make_backend(settings.backend)
+    show = progress_enabled(progress)
     with backend.session(settings) as settings:
-        ctx, study, view = set_up(settings, chosen, backend, console, progress_enabled(progress))
-        backend.run(ctx, study, view)
-        return wrap_up(ctx, study, view)
+        ctx, study = set_up(settings, chosen, console, show)
+        strategy(ctx, study, backend, console, show)
+        return wrap_up(ctx, study, console)
 
 
-def set_up(settings: SearchSettings, evaluator: Evaluator, backend: Backend, console: Console,
-           progress: bool) -> tuple[SearchContext, optuna.Study, SearchProgress]:
+def choose_evaluator(settings: SearchSettings, given: UserFunction | Evaluator | None) -> Evaluator:
+    """The evaluator the search prepares: the settings' one, or with `--strategy oneshot` the
+    supernet (which scores the plans; confirmation trains them with cubesearch's trainer)."""
+    if settings.strategy != "oneshot":
+        return make_evaluator(settings.evaluator, given)
+    from cubesearch.search.oneshot import supernet_evaluator
+    from cubesearch.supernet.evaluator import SupernetEvaluator
+
+    if isinstance(given, SupernetEvaluator):  # one set up in Python (its training settings)
+        return given
+    if settings.evaluator != DEFAULT_EVALUATOR or given is not None:
+        raise CubesearchError(f"--strategy oneshot scores plans in a supernet and confirms them with "
+                              f"cubesearch's trainer; --evaluator {settings.evaluator} works with "
+                              "--strategy trials")
+    return supernet_evaluator(settings)
+
+
+def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, progress: bool
+           ) -> tuple[SearchContext, optuna.Study]:
     """Context, study, the evaluator's preparation (baseline…) and the reference trials."""
     log: Callable[[str], None] = console.print
     ctx = build_context(settings)
@@ -100,9 +120,11 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, backend: Backend, con
     from cubesearch.latency.search import budget_line, check_study_device
 
     check_study_device(study, ctx)  # a study's latencies are those of one device
-    done = TrialCounts.of(study).trained
-    log(f"study {study.study_name!r} in {mask_url(settings.storage_url())}: {done} of "
-        f"{settings.trials} trials trained; budget {budget_line(ctx)} "
+    counts = TrialCounts.of(study)
+    scored = (f"{counts.scored} of {settings.proxy_trials} plans scored, "
+              if settings.strategy == "oneshot" else "")
+    log(f"study {study.study_name!r} in {mask_url(settings.storage_url())}: {scored}"
+        f"{counts.trained} of {settings.trials} trials trained; budget {budget_line(ctx)} "
         f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
     warning = budget_warning(ctx)
     if warning:
@@ -110,14 +132,14 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, backend: Backend, con
     with folder_lock(ctx.out / ".baseline.lock"):  # processes sharing --out prepare once
         evaluator.prepare(ctx, progress=progress, log=log)
         enqueue_references(study, ctx)
-    return ctx, study, SearchProgress(ctx, console, done=done, enabled=progress, label=backend.label)
+    return ctx, study
 
 
-def wrap_up(ctx: SearchContext, study: optuna.Study, view: SearchProgress) -> SearchResult:
+def wrap_up(ctx: SearchContext, study: optuna.Study, console: Console) -> SearchResult:
     """The tight-budget note, the result, "every trial failed", `search.json` and the plot."""
     note = TrialCounts.of(study).tight_budget_note(ctx.settings.trials)
     if note:
-        view.log(f"[yellow]{note}[/yellow]")
+        console.print(f"[yellow]{note}[/yellow]")
     result = collect_result(study, ctx)
     first = first_failure(study)
     if result.n_complete == 0 and first is not None:

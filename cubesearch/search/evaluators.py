@@ -78,22 +78,24 @@ def finish_trial(ctx: SearchContext, trial: TrialInfo, model: nn.Module, metrics
 
 
 def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, Any], number: int,
-                  *, progress: bool = False) -> TrialOutcome:
-    """Build, warm-start, train and measure one plan; save its checkpoint. Raises on failure."""
+                  *, progress: bool = False, start: nn.Module | None = None) -> TrialOutcome:
+    """Build, warm-start, train and measure one plan; save its checkpoint. Raises on failure.
+
+    `start`: the plan's converted model with every weight already trained (one-shot: extracted
+    from the supernet); it is fine-tuned as it is, at the warm-started weights' rate, without
+    the baseline warm start and the blocks' distillation."""
     s = ctx.settings
     t0 = time.perf_counter()
     trial = ctx.trial_info(number, sites_cfg, progress=progress)
     plan = trial.plan
-    with torch.random.fork_rng():  # the blocks' initial weights depend on the trial, not the process
-        torch.manual_seed(trial.seed)
-        model = convert(load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0]),
-                        plan)
-    warm = ctx.baseline_dir is not None
+    model = start if start is not None else fresh_model(ctx, trial)
+    warm = ctx.baseline_dir is not None and start is None
+    distill = s.distill_steps if warm and (plan.sites or plan.insertions) else 0
     result = training.train(
         model, config=s.training, data=ctx.datasets, epochs=s.epochs_per_trial, plan=plan,
         input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=trial.seed,
-        lr=s.fine_tune_lr(warm), new_lr=s.lr, init_from=ctx.baseline_dir,
-        progress=progress, distill_steps=s.distill_steps if warm and (plan.sites or plan.insertions) else 0)
+        lr=s.fine_tune_lr(warm or start is not None), new_lr=s.lr if warm else None,
+        init_from=ctx.baseline_dir if warm else None, progress=progress, distill_steps=distill)
     metrics = dict(result.metrics)
     if not all(math.isfinite(float(metrics.get(k, 0.0))) for k in ("loss", "iou")):
         raise TrialError(f"non-finite training result (loss={metrics.get('loss')})")
@@ -118,14 +120,21 @@ class FineTuneEvaluator:
 # --- the user's own training code -------------------------------------------------------------
 
 
+def fresh_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:
+    """The plan's converted model, its blocks' initial weights seeded by the trial (not by
+    whatever ran before in the process)."""
+    s = ctx.settings
+    with torch.random.fork_rng():
+        torch.manual_seed(trial.seed)
+        return convert(load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0]),
+                       trial.plan)
+
+
 def warm_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:
     """The plan's converted model as "finetune" starts it: the blocks seeded by the trial, every
     other weight from the trained baseline, each block distilled from the conv it replaces."""
     s = ctx.settings
-    with torch.random.fork_rng():
-        torch.manual_seed(trial.seed)
-        model = convert(load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0]),
-                        trial.plan)
+    model = fresh_model(ctx, trial)
     if trial.baseline_dir is None:
         return model
     training.load_init(model, trial.baseline_dir)

@@ -16,18 +16,19 @@ from cubesearch.search.trial import run_trial
 
 
 class LocalBackend:
-    """`study.optimize` on `run_trial`, stopped once the study has its trained trials."""
+    """`study.optimize` on `run_trial`, stopped once the study has the phase's trials."""
 
     name = "local"
-    label = "search"
 
     @contextlib.contextmanager
     def session(self, settings: SearchSettings) -> Iterator[SearchSettings]:
         yield settings
 
     def run(self, ctx: SearchContext, study: optuna.Study, view: SearchProgress) -> None:
-        wanted = ctx.settings.trials
-        remaining = wanted - TrialCounts.of(study).trained
+        phase = ctx.phase
+        assert phase is not None
+        wanted = phase.wanted
+        remaining = wanted - TrialCounts.of(study).done(phase)
         if remaining <= 0:
             return
 
@@ -36,7 +37,7 @@ class LocalBackend:
                 reason = trial.user_attrs.get("fail_reason", "unknown error")
                 view.log(f"[yellow]trial {trial.number} failed: {reason}[/yellow]")
             counts = TrialCounts.of(study)
-            if counts.all_failed() or counts.finished(wanted):
+            if counts.all_failed() or counts.finished(wanted, phase):
                 study.stop()
 
         with view:

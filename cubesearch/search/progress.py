@@ -6,7 +6,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from cubesearch.search.context import SearchContext
@@ -22,8 +29,10 @@ def front_table(result: SearchResult, title: str = "Pareto front") -> Table:
         rows = [*rows, base]
     # measured latency (ms, on the profiled device) next to GFLOPs when the study records it
     latency = any("latency" in p.extra for p in rows)
-    columns = ("trial", "IoU", "ΔIoU", "GFLOPs", "saving", *(("ms",) if latency else ()), "params",
-               "sites", "note")
+    # one-shot: the plan's supernet score next to its confirmed IoU (how far to trust the scores)
+    score = any("supernet_iou" in p.extra for p in rows)
+    columns = ("trial", "IoU", *(("score",) if score else ()), "ΔIoU", "GFLOPs", "saving",
+               *(("ms",) if latency else ()), "params", "sites", "note")
     for col in columns:
         # numbers never wrap; a long note does when the console is narrow
         table.add_column(col, justify="left" if col == "note" else "right", no_wrap=col != "note")
@@ -32,7 +41,8 @@ def front_table(result: SearchResult, title: str = "Pareto front") -> Table:
         saving = f"{1 - p.gflops / base.gflops:.1%}" if base and base.gflops else ""
         note = p.label + ("" if p.feasible else " (over budget)")
         ms = (f"{p.extra['latency']:.2f}" if "latency" in p.extra else "–",) if latency else ()
-        table.add_row(str(p.trial), f"{p.iou:.4f}", d_iou, f"{p.gflops:.3f}", saving, *ms,
+        scores = (f"{p.extra['supernet_iou']:.4f}" if "supernet_iou" in p.extra else "–",) if score else ()
+        table.add_row(str(p.trial), f"{p.iou:.4f}", *scores, d_iou, f"{p.gflops:.3f}", saving, *ms,
                       f"{p.params:,}", str(p.sites_replaced), note.strip())
     return table
 
@@ -44,23 +54,28 @@ def describe_trial(trial: FrozenTrial) -> str:
         return f"#{trial.number}: failed"
     if a.get("infeasible"):
         return f"#{trial.number}: over budget"
-    return (f"#{trial.number}: IoU {a.get('iou', float('nan')):.4f}, "
+    what = "score" if a.get("scored") else "IoU"
+    return (f"#{trial.number}: {what} {a.get('iou', float('nan')):.4f}, "
             f"{a.get('gflops', float('nan')):.3f} GFLOPs"
             + (f", {a['latency']:.2f} ms" if "latency" in a else ""))
 
 
 class SearchProgress:
-    """On a terminal a bar with the current Pareto front under it (the front is dropped when the
-    search ends: the caller prints the final one); elsewhere (a log file, CI) one line per
-    finished trial. `console` is where the search's log lines go too."""
+    """On a terminal a bar (count and ETA) with the current Pareto front under it (the front is
+    dropped when the search ends: the caller prints the final one); elsewhere (a log file, CI)
+    one line per finished trial, or per `every` scored plans. `console` is where the search's log
+    lines go too. The bar counts the context's phase: trained trials, or plans scored."""
 
     def __init__(self, ctx: SearchContext, console: Console, *, done: int, enabled: bool,
-                 label: str = "search") -> None:
+                 label: str = "search", every: int = 1) -> None:
         self.ctx, self.console, self.label, self.enabled = ctx, console, label, enabled
-        self.total = ctx.settings.trials
+        self.phase = ctx.phase
+        assert self.phase is not None
+        self.total, self.every = self.phase.wanted, every
         live_view = enabled and console.is_terminal
         self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.description}"), console=console, disable=not live_view)
+                            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                            console=console, disable=not live_view)
         self.task = self.bar.add_task("", total=self.total, completed=done)
         self.live = (Live(Group(self.bar), console=console, refresh_per_second=4, transient=False)
                      if live_view else None)
@@ -70,16 +85,19 @@ class SearchProgress:
 
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
         counts = TrialCounts.of(study)
-        n = counts.trained
+        n = counts.done(self.phase)
         what = describe_trial(trial)
         if counts.rejected:
             what += f" ({counts.rejected} over budget so far)"
         self.bar.update(self.task, completed=n, description=f"last {what}")
         if self.live is not None:
-            front = front_table(collect_result(study, self.ctx), "current Pareto front")
-            self.live.update(Group(self.bar, front))
-        elif self.enabled and not trial.user_attrs.get("infeasible"):  # rejections: next line's count
-            self.console.print(f"{self.label}: {n}/{self.total} trained, {what}")
+            if not self.phase.scored:  # the front of trained trials (a scored cloud has none yet)
+                front = front_table(collect_result(study, self.ctx), "current Pareto front")
+                self.live.update(Group(self.bar, front))
+        elif self.enabled and not trial.user_attrs.get("infeasible") and (
+                n % self.every == 0 or n == self.total):  # rejections: next line's count
+            done = "scored" if self.phase.scored else "trained"
+            self.console.print(f"{self.label}: {n}/{self.total} {done}, {what}")
 
     def __enter__(self) -> SearchProgress:
         if self.live is not None:

@@ -59,6 +59,7 @@ from cubesearch.search.objectives import direction, recorded_costs
 from cubesearch.search.progress import SearchProgress
 from cubesearch.search.record import (
     RECORDED_METRICS,
+    Phase,
     TrialCounts,
     TrialOutcome,
     fail_reason,
@@ -245,7 +246,11 @@ class CubeOptunaSearch(_OptunaSearch):
 
     def target(self) -> int:
         hooks = self._hooks()
-        return hooks.trials if hooks else self._ctx.settings.trials
+        return hooks.trials if hooks else self._phase().wanted
+
+    def _phase(self) -> Phase:
+        assert self._ctx.phase is not None
+        return self._ctx.phase
 
     def _log(self, text: str) -> None:
         hooks = self._hooks()
@@ -260,7 +265,8 @@ class CubeOptunaSearch(_OptunaSearch):
 
     def should_stop(self) -> bool:
         counts = self._counts()
-        return counts.all_failed() or (counts.finished(self.target()) and not self._live)
+        return counts.all_failed() or (counts.finished(self.target(), self._phase())
+                                        and not self._live)
 
     # -- Tune's Searcher interface --
 
@@ -269,8 +275,8 @@ class CubeOptunaSearch(_OptunaSearch):
         while True:
             counts = self._counts()
             all_failed = counts.all_failed()
-            if all_failed or counts.trained + len(self._live) >= self.target() or (
-                    counts.finished(self.target())):
+            if all_failed or counts.done(self._phase()) + len(self._live) >= self.target() or (
+                    counts.finished(self.target(), self._phase())):
                 # Nothing more to start. With no trial running, say so: Tune would otherwise wait
                 # (up to 10 minutes) for a suggestion; with some running, wait for them.
                 return Searcher.FINISHED if all_failed or not self._live else None
@@ -529,6 +535,13 @@ def experiment_dirs(out: Path, study_name: str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def experiment_name(ctx: SearchContext) -> str:
+    """The study's folder name, and a one-shot phase's name: each phase is its own experiment."""
+    assert ctx.phase is not None
+    name = ctx.settings.study_folder()
+    return name if ctx.settings.strategy != "oneshot" else f"{name}-{ctx.phase.name}"
+
+
 def _experiment_to_resume(out: Path, study_name: str) -> tuple[Path, bool]:
     """(experiment folder, restore it?): the latest unfinished one, or a new one."""
     from ray.tune import Tuner
@@ -547,7 +560,6 @@ class RayBackend:
     """Ray Tune schedules the trials: `session` connects to Ray, `run` runs the Tuner."""
 
     name = "ray"
-    label = "search (ray)"
 
     def __init__(self) -> None:
         self.resources: dict[str, float] = {}
@@ -577,9 +589,10 @@ class RayBackend:
                     ray.shutdown()
 
     def run(self, ctx: SearchContext, study: optuna.Study, view: SearchProgress) -> None:
-        settings = ctx.settings
-        exp_dir, restoring = _experiment_to_resume(ctx.out, settings.study_folder())
-        if TrialCounts.of(study).trained >= settings.trials and not restoring:
+        settings, phase = ctx.settings, ctx.phase
+        assert phase is not None
+        exp_dir, restoring = _experiment_to_resume(ctx.out, experiment_name(ctx))
+        if TrialCounts.of(study).done(phase) >= phase.wanted and not restoring:
             return
         concurrent = settings.max_concurrent or default_concurrency(settings, self.resources)
         r = self.resources
@@ -590,10 +603,12 @@ class RayBackend:
         with contextlib.redirect_stdout(sys.stderr):
             grid = _fit(ctx, exp_dir, restoring, concurrent, view)
         if len(grid) - grid.num_terminated - grid.num_errors:  # trials left unfinished
+            done = TrialCounts.of(study).done(phase)
+            what = "plans scored" if phase.scored else "trials trained"
             raise CubesearchError(
-                f"search interrupted with {TrialCounts.of(study).trained} of {settings.trials} "
-                f"trials trained; run the same command again to resume ({exp_dir})")
-        (exp_dir / DONE_FILE).write_text(json.dumps({"trials_complete": TrialCounts.of(study).trained}))
+                f"search interrupted with {done} of {phase.wanted} {what}; run the same command "
+                f"again to resume ({exp_dir})")
+        (exp_dir / DONE_FILE).write_text(json.dumps({"trials_complete": TrialCounts.of(study).done(phase)}))
 
 
 def _fit(ctx: SearchContext, exp_dir: Path, restoring: bool, concurrent: int,
@@ -608,7 +623,8 @@ def _fit(ctx: SearchContext, exp_dir: Path, restoring: bool, concurrent: int,
         with lock:
             view.trial_finished(study, trial)
 
-    _HOOKS[str(exp_dir)] = DriverHooks(trials=settings.trials, log=view.log, update=update)
+    assert ctx.phase is not None
+    _HOOKS[str(exp_dir)] = DriverHooks(trials=ctx.phase.wanted, log=view.log, update=update)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, ctx=ctx, cwd=os.getcwd()),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})

@@ -3,7 +3,8 @@
 - `open_storage(url)`: the one way to open an Optuna storage (search, Ray searcher, export).
 - `TrialOutcome`: what evaluating a plan gives (IoU, measured costs, checkpoint, figures), written
   to and read from a trial's user attributes, and passed from a Ray worker to the driver.
-- `TrialCounts`: trained / rejected over budget / failed, and when a search is finished.
+- `TrialCounts`: trained / scored / rejected over budget / failed, and when a phase is finished.
+- `Phase`: what a backend's run fills (trained trials, or plans scored in a supernet).
 - `study_points`: every completed trial as a `ParetoPoint`, whichever backend ran it.
 """
 
@@ -31,12 +32,15 @@ from cubesearch.redact import mask_secrets, mask_url
 # trials only; this many rejections per wanted trial end a search whose budget the space can
 # hardly meet (with a message) instead of letting it sample forever.
 MAX_REJECTIONS_PER_TRIAL = 25
+# The user attribute that marks a plan scored in a supernet (one-shot search), not trained
+SCORED = "scored"
 # Figures of the trainer's evaluation recorded with a fine-tuned trial (all are in metrics.json)
 RECORDED_METRICS = ("f1", "precision", "recall", "oa", "loss")
 # User attributes a trial's record sets itself; an evaluator's figures may not overwrite them
 RESERVED_ATTRS = frozenset({"iou", "seconds", "checkpoint", "plan", "sites_replaced", "gflops_estimate",
                             "constraint", "feasible", "infeasible", "reference", "fail_reason",
-                            "trial", "backend", "ray_experiment", "ray_trial_id"})
+                            "trial", "backend", "ray_experiment", "ray_trial_id", SCORED,
+                            "confirms", "supernet_iou"})
 
 
 # --- storage ----------------------------------------------------------------------------------
@@ -161,35 +165,54 @@ def _nested(report: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Phase:
+    """What one `backend.run` fills: `wanted` trained trials (`scored=False`), or `wanted` plans
+    scored in a supernet (a one-shot search's proxy trials, marked `SCORED` in the study)."""
+
+    name: str = "trials"  # the progress bar's label: trials | scoring | confirming
+    wanted: int = 1
+    scored: bool = False
+
+
+@dataclass(frozen=True)
 class TrialCounts:
-    """The study's finished trials: trained (and evaluated), rejected over budget, failed."""
+    """The study's finished trials: trained (and evaluated), scored in a supernet, rejected over
+    budget, failed."""
 
     trained: int
     rejected: int
     failed: int
+    scored: int = 0
 
     @classmethod
     def of(cls, study: optuna.Study) -> TrialCounts:
-        trained = rejected = failed = 0
+        trained = rejected = failed = scored = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             if t.state == TrialState.FAIL:
                 failed += 1
             elif t.user_attrs.get("infeasible"):
                 rejected += 1
+            elif t.user_attrs.get(SCORED):
+                scored += 1
             else:
                 trained += 1
-        return cls(trained, rejected, failed)
+        return cls(trained, rejected, failed, scored)
 
-    def gave_up(self, wanted: int) -> bool:
-        """Short of its trained trials after so many rejected plans that the search stops."""
-        return self.trained < wanted and self.rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
+    def done(self, phase: Phase) -> int:
+        """The phase's count so far: plans scored, or trials trained."""
+        return self.scored if phase.scored else self.trained
 
-    def finished(self, wanted: int) -> bool:
-        """The search has its trained trials, or has given up."""
-        return self.trained >= wanted or self.gave_up(wanted)
+    def gave_up(self, wanted: int, phase: Phase | None = None) -> bool:
+        """Short of its trials after so many rejected plans that the search stops."""
+        done = self.done(phase) if phase else self.trained
+        return done < wanted and self.rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
+
+    def finished(self, wanted: int, phase: Phase | None = None) -> bool:
+        """The search (or `phase`) has its trials, or has given up."""
+        return (self.done(phase) if phase else self.trained) >= wanted or self.gave_up(wanted, phase)
 
     def all_failed(self) -> bool:
-        return self.failed >= 3 and self.trained + self.rejected == 0
+        return self.failed >= 3 and self.trained + self.scored + self.rejected == 0
 
     def tight_budget_note(self, wanted: int) -> str | None:
         if not self.gave_up(wanted):
@@ -234,14 +257,17 @@ def resolve_checkpoint(stored: str | None, root: str | os.PathLike | None,
     return str(found)
 
 
-def study_points(study: optuna.Study, root: str | os.PathLike | None = None) -> list[ParetoPoint]:
+def study_points(study: optuna.Study, root: str | os.PathLike | None = None, *,
+                 scored: bool = False) -> list[ParetoPoint]:
     """Every completed trial as a point (user attributes are the record, whichever backend ran it).
-    `root`: the study's folder (the search's --out), which checkpoint paths are relative to."""
+    `root`: the study's folder (the search's --out), which checkpoint paths are relative to.
+    `scored`: the plans scored in a supernet (a one-shot search's cloud) instead of the trained
+    trials (the front, the table, export)."""
     points = []
     recorded_out = (study.user_attrs.get("settings") or {}).get("out")
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         a = dict(t.user_attrs)
-        if "iou" not in a:
+        if "iou" not in a or bool(a.get(SCORED)) != scored:
             continue
         if a.get("checkpoint"):
             a["checkpoint"] = resolve_checkpoint(a["checkpoint"], root, recorded_out)
@@ -251,5 +277,6 @@ def study_points(study: optuna.Study, root: str | os.PathLike | None = None) -> 
             feasible=bool(a.get("feasible", True)) and not a.get("infeasible", False),
             plan_path=a.get("checkpoint") and str(Path(a["checkpoint"]) / "plan.json"),
             checkpoint=a.get("checkpoint"),
-            extra={k: a[k] for k in ("seconds", "latency", *RECORDED_METRICS[:-1]) if k in a}))
+            extra={k: a[k] for k in ("seconds", "latency", "supernet_iou", *RECORDED_METRICS[:-1])
+                   if k in a}))
     return points

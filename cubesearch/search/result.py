@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,11 @@ class SearchResult:
     budget_ms: float | None = None  # a latency budget (ms on the profiled device), else None
     device: dict[str, Any] | None = None  # the latency table's device fingerprint, if any
     study: optuna.Study | None = None
+    scored: list[ParetoPoint] = field(default_factory=list)  # one-shot: plans scored in the supernet
+
+    @property
+    def n_scored(self) -> int:
+        return len(self.scored)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +45,7 @@ class SearchResult:
             "budget_gflops": self.budget_gflops, "budget_ms": self.budget_ms,
             "device": self.device, "trials_complete": self.n_complete,
             "trials_rejected": self.n_rejected, "trials_failed": self.n_failed,
+            "plans_scored": self.n_scored,
             "baseline": self.baseline.to_dict() if self.baseline else None,
             "pareto": [p.to_dict() for p in self.front],
         }
@@ -53,7 +59,8 @@ def collect_result(study: optuna.Study, ctx: SearchContext) -> SearchResult:
                         budget_gflops=ctx.budget_flops / 1e9 if ctx.budget_flops != float("inf") else None,
                         baseline=baseline, points=points, **result_fields(ctx),
                         front=non_dominated(points, ctx.settings.objectives), n_complete=counts.trained,
-                        n_failed=counts.failed, n_rejected=counts.rejected, study=study)
+                        n_failed=counts.failed, n_rejected=counts.rejected, study=study,
+                        scored=study_points(study, ctx.out, scored=True))
 
 
 def write_summary(result: SearchResult, ctx: SearchContext) -> None:
@@ -63,7 +70,8 @@ def write_summary(result: SearchResult, ctx: SearchContext) -> None:
     tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
     tmp.replace(summary)
     plot_pareto(result.points, result.front, ctx.out / "pareto.png", None,
-                title=f"{ctx.settings.model}: IoU vs GFLOPs", budget_gflops=result.budget_gflops)
+                title=f"{ctx.settings.model}: IoU vs GFLOPs", budget_gflops=result.budget_gflops,
+                cloud=result.scored)
     if result.device is not None and "latency" in ctx.settings.objectives:  # a latency axis
         plot_pareto(result.points, result.front, ctx.out / "pareto-latency.png", None,
                     title=f"{ctx.settings.model}: IoU vs latency ({result.device.get('name')})",

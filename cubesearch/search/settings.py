@@ -13,12 +13,13 @@ from cubesearch.errors import ConfigError, validation_message
 from cubesearch.training import TrainConfig
 
 SAMPLERS = ("nsga2", "tpe", "random")
+STRATEGIES = ("trials", "oneshot")
 TRIAL_LR_DIVISOR = 4
 DEFAULT_EVALUATOR = "finetune"
 
 # Settings that define a study: resuming with different values would mix incomparable trials.
 STUDY_IDENTITY = ("model", "space", "budget", "objectives", "input_size", "data", "num_classes",
-                  "tile_size", "evaluator")
+                  "tile_size", "evaluator", "strategy")
 # Settings the trained baseline depends on: studies in one --out that agree on them share it.
 BASELINE_IDENTITY = ("model", "num_classes", "input_size", "data", "tile_size", "train_tiles",
                      "val_tiles", "batch_size", "lr", "seed", "epochs_per_trial", "baseline_epochs",
@@ -83,6 +84,13 @@ class SearchSettings(BaseModel):
     # How a plan becomes an IoU: "finetune" (cubesearch's trainer), or a user function given as
     # `path/to/eval.py:fn` (cubesearch.search.evaluators)
     evaluator: str = DEFAULT_EVALUATOR
+    # "trials": every plan the sampler asks for is a trained trial. "oneshot" (search.oneshot): a
+    # supernet trained once scores `proxy_trials` plans, and `trials` plans covering its front are
+    # confirmed by training (extracted from the supernet, then fine-tuned as a trial)
+    strategy: Literal["trials", "oneshot"] = "trials"
+    proxy_trials: int = Field(500, ge=1)
+    supernet_epochs: float = Field(3.0, gt=0)  # the supernet's end-to-end epochs (oneshot)
+    supernet_workers: int = Field(1, ge=1)  # data-parallel supernet training (Ray Train; ray backend)
     backend: str = "local"  # a name in cubesearch.search.driver.BACKENDS
     # Ray backend (cubesearch.search.ray); ignored by the local one
     address: str | None = None  # auto, HOST:PORT or ray://HOST:PORT; None: a local Ray instance
@@ -112,6 +120,13 @@ class SearchSettings(BaseModel):
                              "may not be empty, '.' or '..', or hold / or \\ (use letters, digits "
                              "and -_.)")
         return v
+
+    @model_validator(mode="after")
+    def _workers_need_ray(self) -> SearchSettings:
+        if self.supernet_workers > 1 and self.backend != "ray":
+            raise ValueError(f"--supernet-workers {self.supernet_workers}: data-parallel supernet "
+                             "training runs on Ray Train workers; add --backend ray (or 1 worker)")
+        return self
 
     lr = _from_training("lr")
     batch_size = _from_training("batch_size")

@@ -16,15 +16,42 @@ global batch of `workers` × `--batch-size`, so another run than one worker's (i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 SUPERNET_DIR = "supernet"
+
+
+@contextlib.contextmanager
+def step_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A bar (steps, ETA) on a terminal; off a terminal the trainer's epoch lines say it."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), console=console,
+                   disable=not (enabled and console.is_terminal))
+    task = bar.add_task("", total=None)
+
+    def on_step(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield on_step
 
 
 @dataclass
@@ -93,8 +120,9 @@ class SupernetEvaluator:
         if self.workers > 1:
             result = self._train_distributed(ctx, sn, folder, log)
         else:
-            result = SupernetTrainer(sn, ctx.datasets[0], self.train_config(ctx),
-                                     out=folder / "train", log=log).run()
+            with step_bar("supernet training", progress) as on_step:
+                result = SupernetTrainer(sn, ctx.datasets[0], self.train_config(ctx),
+                                         out=folder / "train", log=log, on_step=on_step).run()
         sn.save(folder / "final", extra={"training": asdict(result)})
         self._cache.clear()
 
@@ -130,6 +158,10 @@ class SupernetEvaluator:
                                            batch_size=ctx.settings.batch_size,
                                            seed=ctx.settings.seed, recalibrate=self.recalibrate)
         return self._cache["scorer"]
+
+    def extract(self, ctx: Any, sites_cfg: dict[str, Any]) -> Any:
+        """The plan as an ordinary converted model holding its supernet weights (a copy)."""
+        return self._scorer(ctx).supernet.extract(sites_cfg)
 
     def evaluate(self, ctx: Any, trial: Any) -> Any:
         from cubesearch.search.objectives import COST_OBJECTIVES, recorded_costs

@@ -118,10 +118,12 @@ class SupernetTrainer:
                  out: str | os.PathLike | None = None,
                  log: Callable[[str], None] | None = None, shards: int = 1,
                  rank: int | None = None,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+                 wrap: Callable[[nn.Module], nn.Module] | None = None,
+                 on_step: Callable[[int, int], None] | None = None) -> None:
         """`shards`, `rank`, `wrap`: data-parallel training (module docstring). `wrap(net)` is
         called once, after the distillation, and the step runs what it returns (DDP); with a
-        `rank`, only rank 0 (or None) distills, logs and writes checkpoints."""
+        `rank`, only rank 0 (or None) distills, logs and writes checkpoints. `on_step(done,
+        total)`: after each end-to-end step (a progress bar)."""
         self.sn, self.train_ds = supernet, train_ds
         self.cfg = config or SupernetTrainConfig()
         self.out = Path(out) if out is not None else None
@@ -133,6 +135,7 @@ class SupernetTrainer:
                                   f"{self.shards} shards")
         self.rank0 = rank in (None, 0)
         self.log = (log if self.rank0 else None) or (lambda _m: None)
+        self.on_step = on_step if self.rank0 else None
         self.model: nn.Module = supernet.net  # what a step calls (wrap's result once wrapped)
         self.device = model_device(supernet)
         self.bs = min(self.cfg.batch_size, len(train_ds) // self.shards)  # per shard
@@ -279,6 +282,8 @@ class SupernetTrainer:
                     sums[key] += value / len(parts)
             self.opt.step()
             self.result.passes += 1 + len(paths)  # of the (global) batch
+            if self.on_step is not None:
+                self.on_step(step + 1, self.total_steps)
         sn.set_plan({})
         n = max(1, last - first)
         return {k: v / n for k, v in sums.items()}

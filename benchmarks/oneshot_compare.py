@@ -1,0 +1,150 @@
+"""Is the one-shot search better than the trials search at equal wall-clock time? (issue 17)
+
+Per seed, in one fresh --out (both strategies start from the same trained baseline, trained
+first and not timed; nothing else is kept from an earlier run): the one-shot search
+(`--strategy oneshot`: supernet training, scoring `--proxy-trials` plans, confirming `--confirm`
+plans by training) runs first and its wall time W
+is measured, the supernet's training included; then the trials search gets the same W
+(`timeout`), training as many plans as fit. Both fronts are made of trained trials only (the
+one-shot's confirmed ones). Reported: hypervolume of each front (reference point as in
+`benchmarks/search.py`: the baseline's GFLOPs × 1.1, IoU 0), their ratio, and the best
+trained IoU under 50% and under 70% of the unconverted model's GFLOPs.
+
+Run: `python benchmarks/oneshot.py --compare [--seeds 3] [--smoke]`; writes
+benchmarks/results/oneshot-compare.{md,json}. The target: mean hypervolume one-shot ≥ 1.2× trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import machine, md_table  # benchmarks/ is on sys.path when run as a script
+
+from cubesearch.demo import DEMO_TRAINING
+
+TARGET_RATIO = 1.2
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The demo's training (or tiny settings with --smoke), shared by both strategies."""
+    if args.smoke:
+        return dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8,
+                    batch_size=8, epochs_per_trial=0.25, baseline_epochs=0.5, distill_steps=2,
+                    space="shared")
+    return dict(DEMO_TRAINING)
+
+
+def best_under(points: list[Any], limit_gflops: float) -> float | None:
+    ious = [p.iou for p in points if p.feasible and p.gflops <= limit_gflops]
+    return max(ious) if ious else None
+
+
+def figures(result: Any, wall: float) -> dict[str, Any]:
+    from cubesearch.pareto import hypervolume
+
+    base = result.baseline
+    trained = [p for p in result.points if p.feasible]
+    return {"wall_minutes": wall / 60, "trained": result.n_complete, "scored": result.n_scored,
+            "hv": hypervolume(trained, base.gflops * 1.1, 0.0), "front": len(result.front),
+            "best_iou_50": best_under(trained, 0.5 * base.gflops),
+            "best_iou_70": best_under(trained, 0.7 * base.gflops),
+            "baseline_iou": base.iou, "baseline_gflops": base.gflops}
+
+
+def fresh_start(model: str, budget: str, out: Path, common: dict[str, Any]) -> None:
+    """Both strategies from nothing but the trained baseline: earlier studies, trials and
+    supernets in `out` are removed; the baseline is trained (untimed) if missing."""
+    from cubesearch.search import SearchSettings, build_context
+    from cubesearch.search.context import ensure_baseline, ensure_datasets
+
+    for path in out.glob("*"):
+        if path.name != "baselines":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    ctx = build_context(SearchSettings(model=model, budget=budget, **common))
+    ensure_datasets(ctx)
+    ensure_baseline(ctx, progress=False)
+
+
+def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    from cubesearch.search import search
+
+    out = Path(args.work) / f"compare-seed{seed}"
+    common = dict(out=str(out), seed=seed, **settings(args))
+    model = args.tiny if args.smoke else args.model
+    fresh_start(model, args.budget, out, common)
+    common["progress"] = False
+    t0 = time.perf_counter()
+    oneshot = search(model, args.budget, strategy="oneshot", study=f"oneshot-seed{seed}",
+                     trials=args.confirm, proxy_trials=args.proxy_trials,
+                     supernet_epochs=args.sn_epochs, **common)
+    wall = time.perf_counter() - t0
+    print(f"seed {seed}: one-shot {wall / 60:.1f} min, {oneshot.n_scored} scored, "
+          f"{oneshot.n_complete} confirmed", flush=True)
+    t0 = time.perf_counter()
+    trials = search(model, args.budget, strategy="trials", study=f"trials-seed{seed}",
+                    trials=10_000, timeout=wall, **common)
+    trials_wall = time.perf_counter() - t0
+    print(f"seed {seed}: trials {trials_wall / 60:.1f} min, {trials.n_complete} trained", flush=True)
+    return {"seed": seed, "oneshot": figures(oneshot, wall), "trials": figures(trials, trials_wall)}
+
+
+def _mean(rows: list[dict], strategy: str, key: str) -> float | None:
+    values = [r[strategy][key] for r in rows if r[strategy][key] is not None]
+    return statistics.mean(values) if values else None
+
+
+def report(args: argparse.Namespace, rows: list[dict]) -> tuple[str, dict]:
+    hv_one, hv_trials = _mean(rows, "oneshot", "hv"), _mean(rows, "trials", "hv")
+    ratio = hv_one / hv_trials if hv_trials else None
+    data = {"hv_oneshot": hv_one, "hv_trials": hv_trials, "hv_ratio": ratio,
+            "seeds": [r["seed"] for r in rows], "wall_minutes": _mean(rows, "oneshot", "wall_minutes"),
+            "target_ratio": TARGET_RATIO, "met": ratio is not None and ratio >= TARGET_RATIO,
+            "model": args.tiny if args.smoke else args.model, "budget": args.budget,
+            "proxy_trials": args.proxy_trials, "confirm": args.confirm,
+            "supernet_epochs": args.sn_epochs, "smoke": args.smoke, "per_seed": rows,
+            "machine": machine()}
+
+    def cell(v: Any, nd: int = 4) -> str:
+        return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+    table = md_table(
+        ["seed", "strategy", "wall (min)", "trained", "scored", "hypervolume", "front",
+         "best IoU ≤ 50% GFLOPs", "best IoU ≤ 70% GFLOPs"],
+        [[str(r["seed"]), s, cell(r[s]["wall_minutes"], 1), str(r[s]["trained"]),
+          str(r[s]["scored"]), cell(r[s]["hv"]), str(r[s]["front"]), cell(r[s]["best_iou_50"]),
+          cell(r[s]["best_iou_70"])] for r in rows for s in ("oneshot", "trials")])
+    verdict = ("met" if data["met"] else "not met") if ratio is not None else "not measured"
+    text = (f"# One-shot vs trials search at equal wall-clock\n\n"
+            f"`{data['model']}`, budget {args.budget}, "
+            f"{'smoke settings (checks the pipeline only)' if args.smoke else 'the demo settings'}; "
+            f"one-shot: {args.sn_epochs:g} supernet epochs, {args.proxy_trials} scored plans, "
+            f"{args.confirm} confirmed; trials: as many as fit in the one-shot's wall time.\n\n"
+            f"Mean hypervolume: one-shot {cell(hv_one)}, trials {cell(hv_trials)}, ratio "
+            f"{cell(ratio, 2)} (target ≥ {TARGET_RATIO}: **{verdict}**).\n\n{table}\n\n"
+            f"Machine: {data['machine']}.\n")
+    return text, data
+
+
+def compare(args: argparse.Namespace) -> None:
+    rows = [one_seed(args, seed) for seed in range(args.compare_seeds)]
+    text, data = report(args, rows)
+    results = Path(args.results)
+    name = "oneshot-compare-smoke" if args.smoke else "oneshot-compare"
+    (results / f"{name}.md").write_text(text)
+    (results / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(text)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--compare", action="store_true",
+                    help="one-shot vs trials search at equal wall-clock (oneshot-compare.md)")
+    ap.add_argument("--compare-seeds", type=int, default=3)
+    ap.add_argument("--proxy-trials", type=int, default=300)
+    ap.add_argument("--confirm", type=int, default=6, help="plans the one-shot search confirms")
+    ap.add_argument("--tiny", default="tests/assets/tiny_seg.py", help="--smoke's model")
