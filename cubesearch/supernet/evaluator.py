@@ -6,8 +6,8 @@ baseline's settings and the supernet's training settings). `evaluate` scores a p
 (about a second: set the path, re-estimate the BatchNorms it changes, evaluate IoU on the
 validation tiles); the costs are the cost model's, not measured on a built model, and no
 checkpoint is written unless `checkpoints=True` (then the extracted model is saved like a
-fine-tuned trial's). The supernet is loaded once per process, so the evaluator pickles small
-for Ray workers.
+fine-tuned trial's). The supernet is loaded once per process (kept across plans and
+trials), so the evaluator pickles small for Ray workers.
 
 `workers` > 1 trains the supernet data-parallel on that many Ray Train workers
 (`cubesearch.supernet.distributed`; the search's `--supernet-workers`, with `--backend ray`): a
@@ -21,11 +21,13 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 SUPERNET_DIR = "supernet"
+# The supernet this process has loaded to score plans (SupernetEvaluator._scorer)
+_SCORERS: dict[tuple, Any] = {}
 
 
 @contextlib.contextmanager
@@ -67,10 +69,6 @@ class SupernetEvaluator:
     recalibrate: bool = True
     checkpoints: bool = False
     workers: int = 1  # data-parallel Ray Train workers for the supernet's training
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def __getstate__(self) -> dict[str, Any]:  # the loaded supernet stays behind
-        return {**self.__dict__, "_cache": {}}
 
     def train_config(self, ctx: Any) -> Any:
         from cubesearch.supernet.train import SupernetTrainConfig
@@ -124,7 +122,6 @@ class SupernetEvaluator:
                 result = SupernetTrainer(sn, ctx.datasets[0], self.train_config(ctx),
                                          out=folder / "train", log=log, on_step=on_step).run()
         sn.save(folder / "final", extra={"training": asdict(result)})
-        self._cache.clear()
 
     def _train_distributed(self, ctx: Any, sn: Any, folder: Path,
                            log: Callable[[str], None]) -> Any:
@@ -141,23 +138,28 @@ class SupernetEvaluator:
                                           cpus_per_worker=getattr(s, "cpus_per_trial", 1.0))
 
     def _scorer(self, ctx: Any) -> Any:
-        if "scorer" not in self._cache:
+        """The loaded supernet's scorer, once per process (a Ray worker scoring plan after plan
+        keeps it): keyed by the saved supernet (a retrained one is loaded again) and scoring."""
+        folder = self.folder(ctx) / "final"
+        s = ctx.settings
+        stamp = (folder / "supernet.json").stat().st_mtime_ns
+        key = (str(folder.resolve()), stamp, self.calib_batches, self.recalibrate, s.batch_size,
+               s.seed)
+        if key not in _SCORERS:
             from cubesearch.models import load_model
             from cubesearch.search.context import ensure_datasets
             from cubesearch.supernet.score import Scorer
             from cubesearch.supernet.supernet import Supernet
 
             ensure_datasets(ctx)
-            folder = self.folder(ctx) / "final"
-            s = ctx.settings
             model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
             sn = Supernet.load(folder, model, report=ctx.searchable)
             sn.cost = ctx.cost
             train_ds, val_ds = ctx.datasets
-            self._cache["scorer"] = Scorer(sn, train_ds, val_ds, calib_batches=self.calib_batches,
-                                           batch_size=ctx.settings.batch_size,
-                                           seed=ctx.settings.seed, recalibrate=self.recalibrate)
-        return self._cache["scorer"]
+            _SCORERS.clear()  # one supernet in memory at a time
+            _SCORERS[key] = Scorer(sn, train_ds, val_ds, calib_batches=self.calib_batches,
+                                   batch_size=s.batch_size, seed=s.seed, recalibrate=self.recalibrate)
+        return _SCORERS[key]
 
     def extract(self, ctx: Any, sites_cfg: dict[str, Any]) -> Any:
         """The plan as an ordinary converted model holding its supernet weights (a copy)."""
