@@ -12,9 +12,10 @@ once and reused), so a table takes minutes:
 - a row is priced by the cost model (GFLOPs, params; no model built), scored in the supernet
   (IoU on the validation tiles after BatchNorm re-estimation) and compared with its preset's
   default row (ΔIoU); the unconverted model is scored too, as the reference;
-- `confirm=True` trains each row (and the reference) as a real trial (`evaluate_plan`: warm start
-  from the baseline, distillation, fine-tuning), checkpoints under the supernet's folder
-  (`trials/ablation/trial_NNNN`, reused by a later run that asks for the same plan);
+- `confirm=True` trains each row (and the reference) as a real trial, as the one-shot search
+  confirms its plans (`ConfirmEvaluator`: extracted from the supernet, then fine-tuned by
+  `evaluate_plan`), checkpoints under the supernet's folder (`trials/ablation/trial_NNNN`,
+  reused by a later run that asks for the same plan);
 - a markdown table per preset (`ablation-PRESET.md`) is written in the supernet's folder.
 
 A site where a row's config cannot go (router 'none' needs C_in divisible by 4) keeps its conv in
@@ -296,20 +297,21 @@ def parse_presets(preset: str | Sequence[str]) -> list[str]:
 
 def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None,
            confirm: bool = False, budget: str = "100%", supernet: Any = None,
-           supernet_epochs: float | None = None, progress: bool = True,
-           log: Callable[[str], None] | None = None, **options: Any) -> AblationResult:
+           progress: bool = True, log: Callable[[str], None] | None = None,
+           **options: Any) -> AblationResult:
     """Score the one-knob-at-a-time variants of the default config in the search's supernet.
 
     `options` are `SearchSettings` fields (`out`, `space`, `data`, `tile_size`, `train_tiles`,
-    `epochs_per_trial`, `baseline_epochs`…): the same values as a one-shot search's (and the
-    same `budget`, which the supernet is trained within) reuse its baseline and supernet.
-    `supernet` is a `SupernetEvaluator` (default: one with `supernet_epochs` when given);
+    `epochs_per_trial`, `baseline_epochs`, `supernet_epochs`, `distill_steps`…): the same values
+    as a one-shot search's (and the same `budget`, which the supernet is trained within) reuse
+    its baseline and supernet. `supernet` is a `SupernetEvaluator` (default: the one-shot
+    search's for these settings, `cubesearch.search.oneshot.supernet_evaluator`);
     `knobs` narrows the rows: knob names, `"depth=1,2"` strings or a mapping knob → values.
     """
     from cubesearch.search.context import build_context, folder_lock
     from cubesearch.search.objectives import plan_cost
+    from cubesearch.search.oneshot import supernet_evaluator
     from cubesearch.search.settings import SearchSettings
-    from cubesearch.supernet.evaluator import SupernetEvaluator
 
     t0 = time.perf_counter()
     log = log or get_logger(__name__).info
@@ -317,8 +319,7 @@ def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None
     options.setdefault("evaluator", "supernet")
     settings = SearchSettings(model=model, budget=budget, **options)
     check_destination(settings.out, option="--out", replaceable=False)
-    if supernet is None:
-        supernet = SupernetEvaluator(**({} if supernet_epochs is None else {"epochs": supernet_epochs}))
+    supernet = supernet or supernet_evaluator(settings)
     ctx = build_context(settings)  # no searchable site: an error
     rows, notes = plan_rows(ctx.space, ctx.searchable, presets, knobs)
     if not rows:
@@ -344,7 +345,7 @@ def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None
             f"{row.gflops:.3f} GFLOPs")
     _deltas(rows, "iou", "delta_iou")
     if confirm:
-        _confirm(ctx, folder, rows, reference, log)
+        _confirm(ctx, supernet, folder, rows, reference, log)
         _deltas(rows, "confirmed_iou", "confirmed_delta")
     s = settings
     conditions = {"data": s.data, "tile size": s.tile_size, "train tiles": s.train_tiles,
@@ -373,9 +374,10 @@ def _deltas(rows: Sequence[AblationRow], key: str, delta: str) -> None:
                 (0.0 if r.knob == DEFAULT else value - ref))
 
 
-def _confirm(ctx: Any, folder: Path, rows: Sequence[AblationRow], reference: dict[str, Any],
-             log: Callable[[str], None]) -> None:
-    """Train the reference and every row as a real trial (the search's `evaluate_plan`), under
+def _confirm(ctx: Any, supernet: Any, folder: Path, rows: Sequence[AblationRow],
+             reference: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Train the reference and every row as a real trial, as the one-shot search confirms a plan
+    (`ConfirmEvaluator`: extracted from the supernet, fine-tuned by `evaluate_plan`), under
     FOLDER/trials/ablation; a trial folder already holding the same plan is reused."""
     from cubesearch.search.evaluators import evaluate_plan
 
@@ -394,7 +396,8 @@ def _confirm(ctx: Any, folder: Path, rows: Sequence[AblationRow], reference: dic
             iou, where = done[key]
             log(f"ablate: confirm {i}/{len(todo)}: {label}: reusing {where} (IoU {iou:.4f})")
         else:
-            outcome = evaluate_plan(cctx, dict(plan), next_number)
+            start = supernet.extract(ctx, dict(plan))  # from the supernet found under ctx.out
+            outcome = evaluate_plan(cctx, dict(plan), next_number, start=start)
             iou, where = float(outcome.iou), str(outcome.checkpoint)
             done[key] = (iou, where)
             next_number += 1

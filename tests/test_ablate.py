@@ -4,7 +4,6 @@ reused; bad input is one error line naming the option."""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -19,17 +18,21 @@ from cubesearch.errors import CubesearchError
 from cubesearch.models import load_model
 from cubesearch.sites import find_sites
 from cubesearch.space import KNOBS, SearchSpace
-from cubesearch.supernet import evaluator as supernet_evaluator
+from cubesearch.supernet.evaluator import SupernetEvaluator
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 SIZE = (3, 64, 64)
+# a small supernet: half an epoch after 2 distillation batches
 OPTS = dict(input_size=SIZE, tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
-            epochs_per_trial=0.5)
+            epochs_per_trial=0.5, supernet_epochs=0.5, distill_steps=2)
 CLI_OPTS = ["--input-size", "3x64x64", "--tile-size", "32", "--train-tiles", "16", "--val-tiles",
-            "8", "--epochs-per-trial", "0.5", "--supernet-epochs", "0.5"]
-# a small supernet: half an epoch, 2 distillation batches, 1 BatchNorm calibration batch
-SMALL = functools.partial(supernet_evaluator.SupernetEvaluator, epochs=0.5, distill_steps=2,
-                          calib_batches=1)
+            "8", "--epochs-per-trial", "0.5", "--supernet-epochs", "0.5", "--distill-steps", "2"]
+
+
+def small_supernet() -> SupernetEvaluator:
+    """The one-shot search's supernet for OPTS (the same folder), scored after 1 BatchNorm
+    calibration batch instead of 8 (fast)."""
+    return SupernetEvaluator(epochs=0.5, distill_steps=2, calib_batches=1)
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +48,8 @@ def _one_thread():
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablate") / "runs"
     lines: list[str] = []
-    result = ablate(TINY, out=str(out), supernet=SMALL(), progress=False, log=lines.append, **OPTS)
+    result = ablate(TINY, out=str(out), supernet=small_supernet(), progress=False,
+                    log=lines.append, **OPTS)
     return result, out, lines
 
 
@@ -127,21 +131,24 @@ def test_json_and_markdown_agree_with_the_result(run):
     assert not list(result.supernet.glob(".ablation-*"))  # no temporary file left
 
 
-def test_second_run_reuses_the_supernet_and_the_cli_prints_the_same_rows(run, monkeypatch, capsys):
+def test_second_run_reuses_the_supernet_and_the_cli_prints_the_same_rows(run, capsys):
     result, out, lines = run
     assert any(line.startswith("supernet: training") for line in lines)
     trained = result.supernet / "final" / "supernet.json"
     mtime = trained.stat().st_mtime_ns
-    # the CLI builds the default evaluator: make it the fixture's (same training settings)
-    monkeypatch.setattr(supernet_evaluator, "SupernetEvaluator", SMALL)
-    assert main(["ablate", TINY, "-o", str(out), "--json", *CLI_OPTS]) == 0
+    # the CLI's supernet is the one-shot search's for these settings: the fixture's, reused
+    assert main(["ablate", TINY, "-o", str(out), "--json", "--knob", "attention", *CLI_OPTS]) == 0
     captured = capsys.readouterr()
     assert "supernet: reusing" in captured.err and "supernet: training" not in captured.err
     assert trained.stat().st_mtime_ns == mtime
     data = json.loads(captured.out)
     assert data["supernet"] == str(result.supernet)
-    assert [(d["preset"], d["knob"], d["iou"], d["gflops"]) for d in data["rows"]] == [
-        (r.preset, r.knob, r.iou, r.gflops) for r in result.rows]  # scoring is deterministic
+    expected = [r for r in result.rows if r.knob in (DEFAULT, "attention")]
+    assert [(d["preset"], d["knob"], d["value"], d["gflops"]) for d in data["rows"]] == [
+        (r.preset, r.knob, r.value, r.gflops) for r in expected]
+    again = ablate(TINY, out=str(out), supernet=small_supernet(), knobs=["attention"],
+                   progress=False, log=lambda line: None, **OPTS)
+    assert [r.iou for r in again.rows] == [r.iou for r in expected]  # scoring is deterministic
     assert main(["ablate", TINY, "-o", str(out), "--preset", "decoder", "--knob", "router",
                  *CLI_OPTS]) == 0
     text = capsys.readouterr().out
@@ -175,9 +182,8 @@ def test_knob_values_outside_the_space_are_refused_in_python(tmp_path):
 
 def test_confirm_trains_each_row_once(run):
     result, out, _ = run
-    opts = {**OPTS, "distill_steps": 2}
-    confirmed = ablate(TINY, out=str(out), supernet=SMALL(), knobs=["attention"], confirm=True,
-                       progress=False, log=lambda line: None, **opts)
+    confirmed = ablate(TINY, out=str(out), knobs=["attention"], confirm=True, progress=False,
+                       log=lambda line: None, **OPTS)
     assert confirmed.confirmed and len(confirmed.rows) == 4  # 2 presets × (default, attention off)
     assert confirmed.reference["confirmed_iou"] is not None
     for r in confirmed.rows:
@@ -189,7 +195,7 @@ def test_confirm_trains_each_row_once(run):
     trials = sorted((confirmed.supernet / "trials" / "ablation").glob("trial_*"))
     assert len(trials) == 5  # the reference and 4 rows
     assert "confirmed IoU" in confirmed.files[0].read_text()
-    again = ablate(TINY, out=str(out), supernet=SMALL(), knobs=["attention"], confirm=True,
-                   progress=False, log=lambda line: None, **opts)
+    again = ablate(TINY, out=str(out), knobs=["attention"], confirm=True, progress=False,
+                   log=lambda line: None, **OPTS)
     assert sorted((again.supernet / "trials" / "ablation").glob("trial_*")) == trials  # reused
     assert [r.confirmed_iou for r in again.rows] == [r.confirmed_iou for r in confirmed.rows]

@@ -20,18 +20,20 @@ def ablate(
                                    "router, attention=off, depth=2… (default: every knob the "
                                    "space varies, with every value it allows)."),
     confirm: bool = typer.Option(False, "--confirm", help="Also train every row (and the "
-                                 "unconverted model) as a real trial: warm start, distillation, "
+                                 "unconverted model) as a real trial, as a one-shot search "
+                                 "confirms a plan: extracted from the supernet, then "
                                  "--epochs-per-trial of fine-tuning."),
     budget: str = typer.Option("100%", help="The supernet is trained on plans within it: give your "
                                "one-shot search's --budget to score in its supernet."),
     space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or "
                               "a .yaml (the values each knob may take)."),
     data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
-    supernet_epochs: float = typer.Option(None, help="Epochs of supernet training (default: the "
-                                          "supernet evaluator's, 3)."),
+    supernet_epochs: float = typer.Option(3.0, help="The supernet's training epochs (as a "
+                                          "one-shot search's --supernet-epochs)."),
     epochs_per_trial: float = typer.Option(1.0, help="--confirm: fine-tuning epochs per row."),
     baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: per trial)."),
-    distill_steps: int = typer.Option(100, min=0, help="--confirm: distillation batches per block."),
+    distill_steps: int = typer.Option(100, min=0, help="Batches fitting the supernet's blocks to "
+                                      "the convs they replace before it trains."),
     out: str = typer.Option("runs/search", "--out", "-o", help="The search's folder: its baseline "
                             "and supernet are reused, or trained there."),
     seed: int = typer.Option(0),
