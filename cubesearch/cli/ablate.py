@@ -7,6 +7,15 @@ from typing import Any
 import typer
 
 from cubesearch.cli.app import app, out_console, print_json
+from cubesearch.cli.options import (
+    BATCH_SIZE,
+    CLASSES,
+    FLOPS_INPUT,
+    PRETRAINED,
+    TILE_SIZE,
+    TRAIN_TILES,
+    VAL_TILES,
+)
 
 MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], package.module:callable."
 
@@ -37,16 +46,16 @@ def ablate(
     out: str = typer.Option("runs/search", "--out", "-o", help="The search's folder: its baseline "
                             "and supernet are reused, or trained there."),
     seed: int = typer.Option(0),
-    input_size: str = typer.Option("3x512x512", help="Reference input for FLOPs, CxHxW."),
-    tile_size: int = typer.Option(128, help="Training tile size."),
-    train_tiles: int = typer.Option(192, help="Synthetic training tiles."),
-    val_tiles: int = typer.Option(64, help="Synthetic validation tiles."),
-    batch_size: int = typer.Option(8),
+    input_size: str = FLOPS_INPUT,
+    tile_size: int = TILE_SIZE,
+    train_tiles: int = TRAIN_TILES,
+    val_tiles: int = VAL_TILES,
+    batch_size: int = BATCH_SIZE,
     lr: float = typer.Option(2e-3, help="Peak learning rate of the baseline and of new blocks."),
     trial_lr: float = typer.Option(None, help="--confirm: peak learning rate of the baseline's "
                                    "weights in a trial (default: --lr / 4)."),
-    classes: int = typer.Option(1, help="Output classes (1: binary buildings)."),
-    pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
+    classes: int = CLASSES,
+    pretrained: bool = PRETRAINED,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
     """One row per knob change of the paper's block (router, attention, lattice stride, depth…)

@@ -5,6 +5,15 @@ from __future__ import annotations
 import typer
 
 from cubesearch.cli.app import app, out_console, print_json
+from cubesearch.cli.options import (
+    BATCH_SIZE,
+    CLASSES,
+    FLOPS_INPUT,
+    PRETRAINED,
+    TILE_SIZE,
+    TRAIN_TILES,
+    VAL_TILES,
+)
 from cubesearch.errors import CubesearchError
 from cubesearch.redact import mask_url
 
@@ -59,11 +68,11 @@ def search(
                                       "profiled here when it lacks the model)."),
     reprofile: bool = typer.Option(False, "--reprofile", help="Measure this device's latency "
                                    "table again (needed to resume a study on another device)."),
-    input_size: str = typer.Option("3x512x512", help="Reference input for FLOPs, CxHxW."),
-    tile_size: int = typer.Option(128, help="Training tile size."),
-    train_tiles: int = typer.Option(192, help="Synthetic training tiles."),
-    val_tiles: int = typer.Option(64, help="Synthetic validation tiles."),
-    batch_size: int = typer.Option(8),
+    input_size: str = FLOPS_INPUT,
+    tile_size: int = TILE_SIZE,
+    train_tiles: int = TRAIN_TILES,
+    val_tiles: int = VAL_TILES,
+    batch_size: int = BATCH_SIZE,
     lr: float = typer.Option(2e-3, help="Peak learning rate of the baseline and of a trial's new blocks."),
     trial_lr: float = typer.Option(None, help="Peak learning rate of the weights a trial takes from the "
                                    "trained baseline (default: --lr / 4)."),
@@ -73,8 +82,8 @@ def search(
                                   "trained once per search) or path/to/eval.py:fn, your function "
                                   "fn(model, trial) -> {'iou': ...} given the converted, "
                                   "warm-started model."),
-    classes: int = typer.Option(1, help="Output classes (1: binary buildings)."),
-    pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
+    classes: int = CLASSES,
+    pretrained: bool = PRETRAINED,
     backend: str = typer.Option("local", help="local (Optuna in this process) or ray (Ray Tune)."),
     address: str = typer.Option(None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
                                 "(default: start a local Ray instance). Implies --backend ray."),
