@@ -65,6 +65,18 @@ def test_cover_front_takes_the_front_by_hypervolume_then_the_next_layer():
     assert oneshot.cover_front(trials, 0, ("iou", "gflops")) == []
 
 
+def test_an_earlier_phases_rejections_do_not_end_the_next_phase():
+    # scoring 150 plans rejected 251 over budget; confirming 5 has trained 1 so far
+    counts = TrialCounts(trained=1, rejected=251, failed=0, scored=150)
+    confirming = oneshot.Phase("confirming", 5, rejected_before=251)
+    assert not counts.finished(5, confirming) and counts.tight_budget_note(5, confirming) is None
+    assert counts.finished(5, oneshot.Phase("confirming", 5))  # counted from the start: gave up
+    scoring = oneshot.Phase("scoring", 150, scored=True)
+    assert counts.finished(150, scoring) and counts.done(scoring) == 150
+    stuck = TrialCounts(trained=1, rejected=251 + 125, failed=0, scored=150)
+    assert "with 1 of 5 trials trained" in stuck.tight_budget_note(5, confirming)
+
+
 # --- the search end to end -----------------------------------------------------------------------
 
 

@@ -137,7 +137,8 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, pro
 
 def wrap_up(ctx: SearchContext, study: optuna.Study, console: Console) -> SearchResult:
     """The tight-budget note, the result, "every trial failed", `search.json` and the plot."""
-    note = TrialCounts.of(study).tight_budget_note(ctx.settings.trials)
+    phase = ctx.phase  # the last phase's: a one-shot search's confirmation, else the trials
+    note = TrialCounts.of(study).tight_budget_note(phase.wanted if phase else ctx.settings.trials, phase)
     if note:
         console.print(f"[yellow]{note}[/yellow]")
     result = collect_result(study, ctx)

@@ -191,9 +191,9 @@ def run_oneshot(ctx: SearchContext, study: optuna.Study, backend: Any, console: 
         raise CubesearchError("no plan was scored within budget, so none can be confirmed; raise "
                               "--budget or --proxy-trials")
     queued = enqueue_confirmations(study, chosen)
-    done = TrialCounts.of(study).trained
+    counts = TrialCounts.of(study)
     console.print(f"confirming {len(chosen)} plans of the supernet's front by training "
-                  f"({done} done, {queued} queued)")
+                  f"({counts.trained} done, {queued} queued)")
     ctx.evaluator = ConfirmEvaluator(supernet)
-    ctx.phase = Phase("confirming", len(chosen))
+    ctx.phase = Phase("confirming", len(chosen), rejected_before=counts.rejected)
     run_phase(ctx, study, backend, console, progress)

@@ -172,6 +172,9 @@ class Phase:
     name: str = "trials"  # the progress bar's label: trials | scoring | confirming
     wanted: int = 1
     scored: bool = False
+    # plans rejected over budget before the phase began: an earlier phase's rejections do not
+    # make this one give up
+    rejected_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,8 @@ class TrialCounts:
     def gave_up(self, wanted: int, phase: Phase | None = None) -> bool:
         """Short of its trials after so many rejected plans that the search stops."""
         done = self.done(phase) if phase else self.trained
-        return done < wanted and self.rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
+        rejected = self.rejected - (phase.rejected_before if phase else 0)
+        return done < wanted and rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
 
     def finished(self, wanted: int, phase: Phase | None = None) -> bool:
         """The search (or `phase`) has its trials, or has given up."""
@@ -214,11 +218,13 @@ class TrialCounts:
     def all_failed(self) -> bool:
         return self.failed >= 3 and self.trained + self.scored + self.rejected == 0
 
-    def tight_budget_note(self, wanted: int) -> str | None:
-        if not self.gave_up(wanted):
+    def tight_budget_note(self, wanted: int, phase: Phase | None = None) -> str | None:
+        if not self.gave_up(wanted, phase):
             return None
-        return (f"stopped after {self.rejected} plans over budget with {self.trained} of {wanted} "
-                "trials trained: the budget is tight for this space; raise --budget or narrow the "
+        what = "plans scored" if phase is not None and phase.scored else "trials trained"
+        done = self.done(phase) if phase else self.trained
+        return (f"stopped after {self.rejected} plans over budget with {done} of {wanted} "
+                f"{what}: the budget is tight for this space; raise --budget or narrow the "
                 "space (fewer sites kept, cheaper knobs)")
 
 
