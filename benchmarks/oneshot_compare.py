@@ -132,12 +132,16 @@ def report(args: argparse.Namespace, rows: list[dict]) -> tuple[str, dict]:
 
 
 def compare(args: argparse.Namespace) -> None:
-    rows = [one_seed(args, seed) for seed in range(args.compare_seeds)]
-    text, data = report(args, rows)
+    """Seed after seed; the report is rewritten after each, so an interrupted run keeps the
+    seeds it finished."""
+    rows: list[dict] = []
     results = Path(args.results)
     name = "oneshot-compare-smoke" if args.smoke else "oneshot-compare"
-    (results / f"{name}.md").write_text(text)
-    (results / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    for seed in range(args.compare_seeds):
+        rows.append(one_seed(args, seed))
+        text, data = report(args, rows)
+        (results / f"{name}.md").write_text(text)
+        (results / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(text)
 
 
