@@ -6,16 +6,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from cubesearch.progressbar import eta_bar
 from cubesearch.search.context import SearchContext
 from cubesearch.search.record import TrialCounts
 from cubesearch.search.result import SearchResult, collect_result
@@ -73,9 +66,7 @@ class SearchProgress:
         assert self.phase is not None
         self.total, self.every = self.phase.wanted, every
         live_view = enabled and console.is_terminal
-        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                            console=console, disable=not live_view)
+        self.bar = eta_bar(label, console, enabled=enabled, status="{task.description}")
         self.task = self.bar.add_task("", total=self.total, completed=done)
         self.live = (Live(Group(self.bar), console=console, refresh_per_second=4, transient=False)
                      if live_view else None)

@@ -25,6 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from cubesearch.progressbar import eta_bar
+
 SUPERNET_DIR = "supernet"
 # The supernet this process has loaded to score plans (SupernetEvaluator._scorer)
 _SCORERS: dict[tuple, Any] = {}
@@ -33,20 +37,7 @@ _SCORERS: dict[tuple, Any] = {}
 @contextlib.contextmanager
 def step_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
     """A bar (steps, ETA) on a terminal; off a terminal the trainer's epoch lines say it."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn(), console=console,
-                   disable=not (enabled and console.is_terminal))
+    bar = eta_bar(label, Console(stderr=True), enabled=enabled)
     task = bar.add_task("", total=None)
 
     def on_step(done: int, total: int) -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cubesearch.progressbar import eta_bar
 from cubesearch.training.evaluation import evaluate
 
 VAL_KEYS = ("loss", "oa", "precision", "recall", "f1", "iou", "miou")
@@ -87,19 +88,8 @@ class ProgressBar(Callback):
         self.task: Any = None
 
     def on_fit_start(self, state: Any) -> None:
-        from rich.progress import (  # rich's progress module is only needed here
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"), console=self.console,
-                            disable=not self.live, transient=False)
+        self.bar = eta_bar("[bold]{task.description}", self.console, enabled=self.live,
+                           status="{task.fields[info]}")
         self.task = self.bar.add_task("train", total=state.total_steps, info="")
         self.bar.start()
 
