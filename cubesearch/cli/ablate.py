@@ -11,6 +11,7 @@ from cubesearch.cli.options import (
     BATCH_SIZE,
     CLASSES,
     FLOPS_INPUT,
+    LR,
     PRETRAINED,
     TILE_SIZE,
     TRAIN_TILES,
@@ -51,7 +52,7 @@ def ablate(
     train_tiles: int = TRAIN_TILES,
     val_tiles: int = VAL_TILES,
     batch_size: int = BATCH_SIZE,
-    lr: float = typer.Option(2e-3, help="Peak learning rate of the baseline and of new blocks."),
+    lr: float = LR,
     trial_lr: float = typer.Option(None, help="--confirm: peak learning rate of the baseline's "
                                    "weights in a trial (default: --lr / 4)."),
     classes: int = CLASSES,

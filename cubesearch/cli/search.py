@@ -9,6 +9,7 @@ from cubesearch.cli.options import (
     BATCH_SIZE,
     CLASSES,
     FLOPS_INPUT,
+    LR,
     PRETRAINED,
     TILE_SIZE,
     TRAIN_TILES,
@@ -73,7 +74,7 @@ def search(
     train_tiles: int = TRAIN_TILES,
     val_tiles: int = VAL_TILES,
     batch_size: int = BATCH_SIZE,
-    lr: float = typer.Option(2e-3, help="Peak learning rate of the baseline and of a trial's new blocks."),
+    lr: float = LR,
     trial_lr: float = typer.Option(None, help="Peak learning rate of the weights a trial takes from the "
                                    "trained baseline (default: --lr / 4)."),
     sampler: str = typer.Option("nsga2", help="nsga2, tpe or random."),
