@@ -258,6 +258,11 @@ def standalone_results(args: argparse.Namespace, plans: list[tuple[str, dict]]) 
 VARIANTS = {  # name → SupernetTrainConfig overrides (the ablation trains the cheap ones only)
     "main": {},
     "no-kd": {"kd_weight": 0.0},
+    "distill-lr-1e-3": {"distill_lr": 1e-3},
+}
+VARIANT_LABELS = {  # how the ablation table names a variant other than main
+    "no-kd": "without in-place distillation",
+    "distill-lr-1e-3": "local distillation at lr 1e-3 (main: 1e-2)",
 }
 
 
@@ -442,9 +447,10 @@ def report(args: argparse.Namespace) -> None:
     ablation = {"with BN re-estimation (main)": figures["kendall_tau"]}
     nobn = [main_v["scores_no_bn"][i]["iou"] for i in done]
     ablation["without BN re-estimation"] = _rank_figures(nobn, mean)["kendall_tau"]
-    if "no-kd" in variants:
-        nokd = [variants["no-kd"]["scores"][i]["iou"] for i in done]
-        ablation["without in-place distillation"] = _rank_figures(nokd, mean)["kendall_tau"]
+    for name, label in VARIANT_LABELS.items():
+        if name in variants:
+            scores = [variants[name]["scores"][i]["iou"] for i in done]
+            ablation[label] = _rank_figures(scores, mean)["kendall_tau"]
     converted = [j for j, i in enumerate(done) if plans[i][0] != "unconverted"]
     ablation["converted plans only (unconverted left out)"] = _rank_figures(
         [sn_score[j] for j in converted], [mean[j] for j in converted])["kendall_tau"]
@@ -494,6 +500,13 @@ def report(args: argparse.Namespace) -> None:
                                       and figures["tau_ratio_to_seed"] >= 0.8),
         "plans_per_hour_ratio >= 50": figures["plans_per_hour_ratio"] >= 50}
     figures["machine"] = machine()
+    loads = [v for i in done for k in range(args.seeds) for v in (truth[i][k].get("load_start"),
+                                                                  truth[i][k].get("load_end"))]
+    loads += [v[key] for v in variants.values() for key in ("load_start", "load_end")]
+    loads += [speed[key] for key in ("load_start", "load_end")] if speed else []
+    loads = [v for v in loads if v is not None]
+    figures["load_range"] = [min(loads), max(loads)] if loads else None
+    figures["threads"] = (speed or {}).get("threads")
     figures["plans"] = [{"plan": i, "label": plans[i][0], "sites": len(plans[i][1]),
                          "gflops": gfl.get(i, ctx.cost.flops(plans[i][1]) / 1e9),
                          **{f"standalone_seed{k}": truth[i][k]["iou"] for k in truth[i]},
@@ -510,6 +523,11 @@ def report(args: argparse.Namespace) -> None:
 
 def _f(v: Any, nd: int = 3) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
+
+
+def _load(fig: dict) -> str:
+    lo_hi = fig.get("load_range")
+    return f"{lo_hi[0]:.1f}–{lo_hi[1]:.1f}" if lo_hi else "not recorded"
 
 
 def render(fig: dict, args: argparse.Namespace, md_table: Any) -> str:
@@ -535,8 +553,9 @@ def render(fig: dict, args: argparse.Namespace, md_table: Any) -> str:
         "",
         f"Machine: {fig['machine']}. Command: `python benchmarks/oneshot.py --plans {args.plans} "
         f"--seeds {args.seeds} --sn-epochs {args.sn_epochs:g} --sn-distill {args.sn_distill} "
-        f"--sn-paths {args.sn_paths}` (phases standalone, supernet, speed, report; other helpers' "
-        "jobs shared the 2 cores throughout, so wall times are inflated and noisy).",
+        f"--sn-paths {args.sn_paths} --variants {args.variants}` (phases standalone, supernet, "
+        f"speed, report); load average {_load(fig)} across the phases, {fig.get('threads') or '?'} "
+        "torch threads.",
         "",
         f"Setting: the demo's (`{args.model}`, space `default`, budget {args.budget}, synthetic "
         "64×64 tiles, 384 training / 48 validation, baseline 12 epochs, "
@@ -593,7 +612,7 @@ def notes(fig: dict) -> list[str]:
         out.append(
             f"- **Few plans.** {fig['n_plans']} of the {fig['plans_total']} chosen plans have both "
             f"standalone seeds ({fig.get('n_plans_seed0', fig['n_plans'])} have seed 0): the cores "
-            "were shared with other jobs (load 9–17), so a trial took "
+            f"were shared with other jobs (load {_load(fig)}), so a trial took "
             f"{fig['standalone_seconds_mean'] / 60:.0f} min instead of about one, and the run was "
             "cut at the deadline. At n = {n} the standard error of τ is about {se:.2f} (no-tie null "
             "formula), so the targets are met on this evidence, not established; the cache keeps "
@@ -618,10 +637,10 @@ def notes(fig: dict) -> list[str]:
                "shared BatchNorms hold the unconverted path's statistics).")
     if "without in-place distillation" not in ab:
         out.append("- **Not run: the supernet without in-place distillation** (it needs a second "
-                   "supernet training, about 40 min on the shared cores): `--variants no-kd`.")
-    out.append("- Score time is measured with 1 torch thread on loaded cores (the whole "
-               "benchmark ran so, to keep the comparison fair); an idle machine is several times "
-               "faster for both evaluators, and their ratio is what the target is about.")
+                   "supernet training): `--variants no-kd`.")
+    out.append(f"- Both evaluators are timed in one process with the same {fig.get('threads') or '?'} "
+               f"torch threads at load {_load(fig)}; their ratio is what the target is about, the "
+               "absolute times move with the load.")
     return out
 
 
@@ -640,7 +659,7 @@ def main() -> None:
     ap.add_argument("--sn-distill", type=int, default=100, help="supernet distillation batches")
     ap.add_argument("--sn-paths", type=int, default=2, help="random paths per step (sandwich)")
     ap.add_argument("--calib", type=int, default=8, help="BatchNorm re-estimation batches")
-    ap.add_argument("--variants", default="main", help="comma-separated: main, no-kd")
+    ap.add_argument("--variants", default="main", help="comma-separated: " + ", ".join(VARIANTS))
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--speed-repeats", type=int, default=1, help="speed phase: scores of each plan")
     ap.add_argument("--speed-trial", action="store_true",
@@ -650,7 +669,7 @@ def main() -> None:
     ap.add_argument("--list-plans", action="store_true", help="print the chosen plans and stop")
     oneshot_compare.add_arguments(ap)
     args = ap.parse_args()
-    if args.compare:
+    if args.compare or args.compare_recount:
         oneshot_compare.compare(args)
         return
     if args.list_plans:
