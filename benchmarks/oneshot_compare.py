@@ -54,6 +54,28 @@ def finished_within(study: Any, seconds: float) -> set[int]:
             if t.datetime_complete and (t.datetime_complete - start).total_seconds() <= seconds}
 
 
+def time_split(study: Any) -> dict[str, Any]:
+    """Where a search's wall time went: the span of its scored plans, the span of its trained
+    trials and their median length (the rest of the wall is set-up and the supernet)."""
+    from cubesearch.search.record import SCORED
+
+    done = [t for t in study.get_trials(deepcopy=False)
+            if t.datetime_complete and not t.user_attrs.get("infeasible")]
+
+    def span(ts: list[Any]) -> float:
+        return (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)
+                ).total_seconds() if ts else 0.0
+
+    scored = [t for t in done if t.user_attrs.get(SCORED)]
+    trained = [t for t in done if not t.user_attrs.get(SCORED) and "iou" in t.user_attrs]
+    lengths = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trained]
+    return {"scoring_minutes": span(scored) / 60, "training_minutes": span(trained) / 60,
+            "trial_seconds_median": statistics.median(lengths) if lengths else None,
+            "score_seconds_median": statistics.median(
+                (t.datetime_complete - t.datetime_start).total_seconds() for t in scored)
+            if scored else None}
+
+
 def figures(study: Any, out: Path, wall: float, within: float | None = None) -> dict[str, Any]:
     """The trained points of a finished study; with `within`, only those finished in time
     (the hypervolume compared), all of them under `hv_all`."""
@@ -72,7 +94,7 @@ def figures(study: Any, out: Path, wall: float, within: float | None = None) -> 
             "front": len(non_dominated(trained)),
             "best_iou_50": best_under(trained, 0.5 * base.gflops),
             "best_iou_70": best_under(trained, 0.7 * base.gflops),
-            "baseline_iou": base.iou, "baseline_gflops": base.gflops}
+            "baseline_iou": base.iou, "baseline_gflops": base.gflops, **time_split(study)}
 
 
 def fresh_start(model: str, budget: str, out: Path, common: dict[str, Any]) -> None:
@@ -92,7 +114,7 @@ def fresh_start(model: str, budget: str, out: Path, common: dict[str, Any]) -> N
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from cubesearch.search import search
 
-    out = Path(args.work) / f"compare-seed{seed}"
+    out = Path(args.work) / f"compare{args.compare_tag}-seed{seed}"
     common = dict(out=str(out), seed=seed, **settings(args))
     model = args.tiny if args.smoke else args.model
     fresh_start(model, args.budget, out, common)
@@ -117,10 +139,11 @@ def recount(args: argparse.Namespace) -> list[dict]:
     """The figures again from the studies a finished run left (its walls from the report)."""
     import optuna
 
-    old = json.loads((Path(args.results) / "oneshot-compare.json").read_text())["per_seed"]
+    old = json.loads((Path(args.results) / f"oneshot-compare{args.compare_tag}.json").read_text())
+    old = old["per_seed"]
     rows = []
     for row in old:
-        seed, out = row["seed"], Path(args.work) / f"compare-seed{row['seed']}"
+        seed, out = row["seed"], Path(args.work) / f"compare{args.compare_tag}-seed{row['seed']}"
         storage = f"sqlite:///{out / 'study.db'}"
         wall = row["oneshot"]["wall_minutes"] * 60
         one = optuna.load_study(study_name=f"oneshot-seed{seed}", storage=storage)
@@ -156,6 +179,18 @@ def report(args: argparse.Namespace, rows: list[dict]) -> tuple[str, dict]:
           f"{r[s]['trained']} ({r[s]['trained_all']})", str(r[s]["scored"]), cell(r[s]["hv"]),
           cell(r[s]["hv_all"]), str(r[s]["front"]), cell(r[s]["best_iou_50"]),
           cell(r[s]["best_iou_70"])] for r in rows for s in ("oneshot", "trials")])
+    split = md_table(
+        ["seed", "one-shot wall (min)", "set-up + supernet", "scoring", "confirming",
+         "score (s, median)", "confirmed trial (s, median)", "trials' trial (s, median)",
+         "a trial costs … scores"],
+        [[str(r["seed"]), cell(o["wall_minutes"], 1),
+          cell(o["wall_minutes"] - o["scoring_minutes"] - o["training_minutes"], 1),
+          cell(o["scoring_minutes"], 1), cell(o["training_minutes"], 1),
+          cell(o["score_seconds_median"], 2), cell(o["trial_seconds_median"], 0),
+          cell(t["trial_seconds_median"], 0),
+          cell(t["trial_seconds_median"] / o["score_seconds_median"], 0)
+          if t["trial_seconds_median"] and o["score_seconds_median"] else "–"]
+         for r in rows for o, t in [(r["oneshot"], r["trials"])]])
     verdict = ("met" if data["met"] else "not met") if ratio is not None else "not measured"
     text = (f"# One-shot vs trials search at equal wall-clock\n\n"
             f"`{data['model']}`, budget {args.budget}, "
@@ -166,6 +201,8 @@ def report(args: argparse.Namespace, rows: list[dict]) -> tuple[str, dict]:
             f"wall are left out of the hypervolume compared and shown under 'hv with overrun').\n\n"
             f"Mean hypervolume: one-shot {cell(hv_one)}, trials {cell(hv_trials)}, ratio "
             f"{cell(ratio, 2)} (target ≥ {TARGET_RATIO}: **{verdict}**).\n\n{table}\n\n"
+            f"Where the one-shot's time went (from the studies' trial times; set-up + supernet is "
+            f"the rest of its wall), next to the trials search's trial length:\n\n{split}\n\n"
             f"Machine: {data['machine']}.\n")
     return text, data
 
@@ -173,7 +210,7 @@ def report(args: argparse.Namespace, rows: list[dict]) -> tuple[str, dict]:
 def write_report(args: argparse.Namespace, rows: list[dict]) -> str:
     text, data = report(args, rows)
     results = Path(args.results)
-    name = "oneshot-compare-smoke" if args.smoke else "oneshot-compare"
+    name = "oneshot-compare" + ("-smoke" if args.smoke else "") + args.compare_tag
     (results / f"{name}.md").write_text(text)
     (results / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     return text
@@ -196,6 +233,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--compare", action="store_true",
                     help="one-shot vs trials search at equal wall-clock (oneshot-compare.md)")
     ap.add_argument("--compare-seeds", type=int, default=3)
+    ap.add_argument("--compare-tag", default="", help="suffix of the report's file names")
     ap.add_argument("--compare-recount", action="store_true",
                     help="the compare report again from the studies in --work (no training)")
     ap.add_argument("--proxy-trials", type=int, default=300)
