@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import importlib
 import logging
 import re
 import warnings
@@ -164,3 +165,10 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def import_named(ref: str) -> Any:
+    """"package.module:attribute" → the attribute, importing the module only now (tables of
+    backends and strategies name their entries so, to keep slow imports off start-up)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -68,13 +68,17 @@ def hypervolume(points: Sequence[ParetoPoint], ref_gflops: float, ref_iou: float
 
     The benchmark's reference is (baseline GFLOPs × 1.1, IoU 0).
     """
+    losses = np.array([[p.gflops, -p.iou] for p in points if p.feasible], dtype=float)
+    return loss_hypervolume(losses.reshape(-1, 2), np.array([ref_gflops, -ref_iou], dtype=float))
+
+
+def loss_hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume of rows of "lower is better" objectives strictly inside `reference` (Optuna's
+    routine, the one its samplers use)."""
     from optuna._hypervolume import compute_hypervolume
 
-    pts = np.array([[p.gflops, -p.iou] for p in points
-                    if p.feasible and p.gflops < ref_gflops and p.iou > ref_iou], dtype=float)
-    if len(pts) == 0:
-        return 0.0
-    return float(compute_hypervolume(pts, np.array([ref_gflops, -ref_iou], dtype=float)))
+    inside = losses[np.all(losses < reference, axis=1)]
+    return float(compute_hypervolume(inside, reference)) if len(inside) else 0.0
 
 
 def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png: Path | None,

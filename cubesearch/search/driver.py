@@ -9,7 +9,6 @@ evaluator, study, baseline, references, the result — is here, once.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ from rich.console import Console
 
 from cubesearch.checkpoint import check_destination
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import import_named
 from cubesearch.logging import progress_enabled
 from cubesearch.redact import mask_url
 from cubesearch.search.context import (
@@ -55,8 +55,7 @@ BACKENDS = {"local": "cubesearch.search.local:LocalBackend",
 def make_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise CubesearchError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return import_named(BACKENDS[name])()
 
 
 def search(model: str, budget: str, *, progress: bool = True, console: Console | None = None,

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from cubesearch.errors import CubesearchError
+from cubesearch.pareto import loss_hypervolume
 from cubesearch.search.context import SearchContext, TrialInfo
 from cubesearch.search.evaluators import evaluate_plan
 from cubesearch.search.record import SCORED, Phase, TrialCounts, TrialOutcome
@@ -85,13 +86,6 @@ def _non_dominated(losses: np.ndarray) -> list[int]:
     return keep
 
 
-def _hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
-    from optuna._hypervolume import compute_hypervolume  # the same routine as cubesearch.pareto
-
-    inside = losses[np.all(losses < reference, axis=1)]
-    return float(compute_hypervolume(inside, reference)) if len(inside) else 0.0
-
-
 def cover_front(trials: Sequence[FrozenTrial], k: int, objectives: Sequence[str]) -> list[FrozenTrial]:
     """Up to `k` of `trials` covering their front: each pick adds the most hypervolume to the
     picks so far (reference: IoU 0 and 1.1× the largest cost), taken front layer by layer (the
@@ -111,8 +105,8 @@ def cover_front(trials: Sequence[FrozenTrial], k: int, objectives: Sequence[str]
     while left and len(chosen) < k:
         layer = [left[i] for i in _non_dominated(losses[left])]
         while layer and len(chosen) < k:
-            base = _hypervolume(losses[chosen], reference) if chosen else 0.0
-            gains = [_hypervolume(losses[[*chosen, i]], reference) - base for i in layer]
+            base = loss_hypervolume(losses[chosen], reference) if chosen else 0.0
+            gains = [loss_hypervolume(losses[[*chosen, i]], reference) - base for i in layer]
             best = max(range(len(layer)), key=lambda j: (gains[j], -losses[layer[j], costs].sum()))
             chosen.append(layer.pop(best))
         left = [i for i in left if i not in chosen]

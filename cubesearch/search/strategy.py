@@ -9,7 +9,6 @@ A strategy is `fn(ctx, study, backend, console, progress)`; each phase sets `ctx
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import optuna
 from rich.console import Console
 
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import import_named
 from cubesearch.search.context import SearchContext
 from cubesearch.search.progress import SearchProgress
 from cubesearch.search.record import TrialCounts
@@ -49,7 +49,4 @@ def get_strategy(name: str) -> Strategy:
     entry = STRATEGIES.get(name)
     if entry is None:
         raise CubesearchError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
-    if isinstance(entry, str):
-        module, _, fn = entry.partition(":")
-        return getattr(importlib.import_module(module), fn)
-    return entry
+    return import_named(entry) if isinstance(entry, str) else entry
