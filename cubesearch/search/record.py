@@ -201,19 +201,18 @@ class TrialCounts:
                 trained += 1
         return cls(trained, rejected, failed, scored)
 
-    def done(self, phase: Phase) -> int:
-        """The phase's count so far: plans scored, or trials trained."""
-        return self.scored if phase.scored else self.trained
+    def done(self, phase: Phase | None = None) -> int:
+        """The phase's count so far: plans scored, or trials trained (no phase: trained)."""
+        return self.scored if phase is not None and phase.scored else self.trained
 
     def gave_up(self, wanted: int, phase: Phase | None = None) -> bool:
         """Short of its trials after so many rejected plans that the search stops."""
-        done = self.done(phase) if phase else self.trained
         rejected = self.rejected - (phase.rejected_before if phase else 0)
-        return done < wanted and rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
+        return self.done(phase) < wanted and rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
 
     def finished(self, wanted: int, phase: Phase | None = None) -> bool:
         """The search (or `phase`) has its trials, or has given up."""
-        return (self.done(phase) if phase else self.trained) >= wanted or self.gave_up(wanted, phase)
+        return self.done(phase) >= wanted or self.gave_up(wanted, phase)
 
     def all_failed(self) -> bool:
         return self.failed >= 3 and self.trained + self.scored + self.rejected == 0
@@ -222,8 +221,7 @@ class TrialCounts:
         if not self.gave_up(wanted, phase):
             return None
         what = "plans scored" if phase is not None and phase.scored else "trials trained"
-        done = self.done(phase) if phase else self.trained
-        return (f"stopped after {self.rejected} plans over budget with {done} of {wanted} "
+        return (f"stopped after {self.rejected} plans over budget with {self.done(phase)} of {wanted} "
                 f"{what}: the budget is tight for this space; raise --budget or narrow the "
                 "space (fewer sites kept, cheaper knobs)")
 
