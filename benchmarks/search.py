@@ -32,6 +32,8 @@ from _common import machine, md_table  # benchmarks/ is on sys.path when run as 
 from rich.console import Console
 from rich.markdown import Markdown
 
+from cubesearch.space import shipped_space_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TINY = "tests/assets/tiny_seg.py"
@@ -151,7 +153,7 @@ def run_samplers(args) -> tuple[str, dict]:
 
     space = Path(args.work) / "space-all.yaml"
     space.parent.mkdir(parents=True, exist_ok=True)
-    text = (ROOT / "search_spaces" / "default.yaml").read_text()
+    text = shipped_space_text("default")
     space.write_text("\n".join("sites: all" if line.startswith("sites:") else
                                "name: bench-all" if line.startswith("name:") else line
                                for line in text.splitlines()) + "\n")

@@ -1,4 +1,9 @@
-"""Search spaces: YAML files a user can read, copy and edit (`search_spaces/*.yaml`).
+"""Search spaces: YAML files a user can read, copy and edit.
+
+The shipped spaces (`default`, `shared`, `fullcube`, `paper`) are package data in
+`cubesearch/spaces/*.yaml`, read with `importlib.resources` so they are there after a plain
+`pip install` (a wheel, not only an editable checkout). To start a space of your own, copy one:
+`python -c "from cubesearch.space import shipped_space_text as t; print(t('default'))" > my.yaml`.
 
 A space says which sites are searchable (`all`, `decoder`, `encoder`, or include/exclude
 regexes; the conv computing the logits only with `prediction_conv: true`), how sites are
@@ -13,6 +18,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -22,7 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError, one_line
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+_SHIPPED = resources.files("cubesearch") / "spaces"
+# The shipped spaces' folder on disk (inside the installed package); read it through
+# `shipped_spaces` / `shipped_space_text`, which also work when the package is not on a file system.
+SPACES_DIR = Path(str(_SHIPPED))
 KNOBS = tuple(CubeConfig.model_fields)
 
 
@@ -99,18 +108,18 @@ class SearchSpace(BaseModel):
         """A shipped space by name (`default`, `shared`, `fullcube`, `paper`) or a YAML path."""
         path = Path(name_or_path)
         if not path.suffix and not path.exists():
-            path = SPACES_DIR / f"{name_or_path}.yaml"
-            if not path.exists():
-                known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-                raise CubesearchError(f"unknown search space {str(name_or_path)!r} (shipped: {known}; "
-                                      "or give a path to a .yaml file)")
+            return cls._parse(shipped_space_text(str(name_or_path)), source=f"{name_or_path} (shipped)")
         if not path.exists():
             raise CubesearchError(f"search space file not found: {path}")
+        return cls._parse(path.read_text(), source=str(path))
+
+    @classmethod
+    def _parse(cls, text: str, source: str) -> SearchSpace:
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise CubesearchError(f"{path}: not valid YAML: {one_line(exc)}") from None
-        return cls.from_dict(data, source=str(path))
+            raise CubesearchError(f"{source}: not valid YAML: {one_line(exc)}") from None
+        return cls.from_dict(data, source=source)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "search space") -> SearchSpace:
@@ -207,6 +216,20 @@ class SearchSpace(BaseModel):
         base = CubeConfig()
         return CubeConfig(**{k: getattr(base, k) if getattr(base, k) in getattr(self.knobs, k)
                              else getattr(self.knobs, k)[0] for k in KNOBS})
+
+
+def shipped_spaces() -> list[str]:
+    """Names of the spaces shipped inside the package (`SearchSpace.load(name)` reads them)."""
+    return sorted(f.name.removesuffix(".yaml") for f in _SHIPPED.iterdir() if f.name.endswith(".yaml"))
+
+
+def shipped_space_text(name: str) -> str:
+    """The YAML text of a shipped space, e.g. to copy it and edit."""
+    known = shipped_spaces()
+    if name not in known:
+        raise CubesearchError(f"unknown search space {name!r} (shipped: {', '.join(known)}; "
+                              "or give a path to a .yaml file)")
+    return (_SHIPPED / f"{name}.yaml").read_text()
 
 
 def parse_budget(text: str, base_flops: float | None = None) -> float:

@@ -9,7 +9,7 @@ import pytest
 
 from cubesearch import CubeConfig
 from cubesearch.errors import CubesearchError
-from cubesearch.space import SPACES_DIR, SearchSpace, parse_budget
+from cubesearch.space import SPACES_DIR, SearchSpace, parse_budget, shipped_space_text, shipped_spaces
 
 
 @dataclass
@@ -48,8 +48,10 @@ def test_relative_budget_needs_base():
 
 
 def test_shipped_spaces_load_and_differ():
-    names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    names = shipped_spaces()
     assert {"default", "shared", "fullcube", "paper"} <= set(names)
+    assert names == sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    assert SPACES_DIR.parent.name == "cubesearch"  # inside the package: a wheel carries them
     paper = SearchSpace.load("paper")
     assert paper.knobs.router == ["none", "pre", "post"] and paper.knobs.depth == [1, 4]
     assert SearchSpace.load("fullcube").mode == "fullcube"
@@ -78,6 +80,14 @@ def test_space_file_errors(tmp_path):
         SearchSpace.load(bad)
     with pytest.raises(CubesearchError, match="not found"):
         SearchSpace.load(tmp_path / "missing.yaml")
+
+
+def test_users_copy_of_a_shipped_space_loads_by_path(tmp_path, monkeypatch):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(shipped_space_text("paper").replace("depth: [1, 4]", "depth: [2]"))
+    monkeypatch.chdir(tmp_path)
+    space = SearchSpace.load("mine.yaml")
+    assert space.knobs.depth == [2] and space.knobs.router == ["none", "pre", "post"]
 
 
 def test_searchable_sites_by_role_and_regex():
