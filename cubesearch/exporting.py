@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 import torch
 
+from cubesearch.budget import parse_flops, resolve_budget
 from cubesearch.checkpoint import check_destination, load, save, write_manifest
 from cubesearch.cost import count_flops
 from cubesearch.errors import CubesearchError
@@ -31,7 +32,6 @@ from cubesearch.plan import Plan
 from cubesearch.redact import mask_url
 from cubesearch.search.record import open_storage, study_points
 from cubesearch.search.settings import flat
-from cubesearch.space import parse_budget
 from cubesearch.training import train
 
 FORMATS = ("safetensors", "onnx", "torchscript")
@@ -92,8 +92,11 @@ def select_points(points: Sequence[ParetoPoint], select: str, objectives: Sequen
         chosen = [max(feasible, key=lambda p: (p.iou, -p.gflops))] if feasible else []
     elif select.startswith("under:"):
         baseline = next((p for p in points if p.label == "baseline"), None)
-        limit = parse_budget(select.removeprefix("under:"),
-                             baseline.gflops * 1e9 if baseline else None) / 1e9
+        try:
+            limit = parse_flops(select.removeprefix("under:"),
+                                baseline.gflops * 1e9 if baseline else None) / 1e9
+        except CubesearchError as exc:
+            raise CubesearchError(f"--select {select!r}: {exc}") from None
         under = [p for p in trained if p.gflops <= limit]
         if not under:
             cheapest = min((p.gflops for p in trained), default=float("nan"))
@@ -280,14 +283,16 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
     return result
 
 
-def _budget_gflops(budget: str | None, baseline: ParetoPoint | None) -> float | None:
-    """The study's budget in GFLOPs (a relative one is of the unconverted model), if known."""
+def _budget_gflops(budget: str | None, baseline: ParetoPoint | None,
+                   objectives: Sequence[str]) -> float | None:
+    """The study's budget in GFLOPs (a relative one is of the unconverted model), if it is one."""
     if not budget:
         return None
     try:
-        return parse_budget(budget, baseline.gflops * 1e9 if baseline else None) / 1e9
-    except CubesearchError:  # relative, without the baseline in the study
+        b = resolve_budget(budget, objectives, base_flops=baseline.gflops * 1e9 if baseline else None)
+    except CubesearchError:  # relative, without the baseline (or the latency) in the study
         return None
+    return b.value / 1e9 if b.objective == "gflops" else None
 
 
 def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[ParetoPoint],
@@ -309,7 +314,7 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    budget_gflops = _budget_gflops(budget, baseline)
+    budget_gflops = _budget_gflops(budget, baseline, objectives)
     shown = f"{budget} ({budget_gflops:.3f} GFLOPs)" if budget_gflops is not None else budget
     md = [f"# Pareto front of `{study_name}`", "",
           f"Budget: {shown}." if budget else "", "",

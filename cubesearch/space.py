@@ -230,25 +230,3 @@ def shipped_space_text(name: str) -> str:
         raise CubesearchError(f"unknown search space {name!r} (shipped: {', '.join(known)}; "
                               "or give a path to a .yaml file)")
     return (_SHIPPED / f"{name}.yaml").read_text()
-
-
-def parse_budget(text: str, base_flops: float | None = None) -> float:
-    """`50GFLOPs`, `50G`, `5e10`, `400MFLOPs`, `60%` (of `base_flops`) → FLOPs."""
-    raw = str(text).strip()
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*%", raw)
-    if m:
-        if base_flops is None:
-            raise CubesearchError(f"budget {raw!r} is relative, but the model's FLOPs are unknown")
-        pct = float(m.group(1))
-        if pct <= 0:
-            raise CubesearchError(f"budget {raw!r}: a percentage must be positive")
-        return base_flops * pct / 100
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)(?:FLOPs?|flops?)?", raw)
-    if not m:
-        raise CubesearchError(
-            f"budget {raw!r} is not understood; use e.g. 50GFLOPs, 50G, 5e10, 400MFLOPs or 60%")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2).lower()]
-    value = float(m.group(1)) * scale
-    if value <= 0:
-        raise CubesearchError(f"budget {raw!r} must be positive")
-    return value

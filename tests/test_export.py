@@ -138,6 +138,8 @@ def test_each_select_form(searched, tmp_path, select):
     ("under:1MFLOPs", r"no trained model at or under 0\.001 GFLOPs \(the cheapest is"),
     ("trial:999", "trial 999 has no trained model to export"),
     ("bestest", "--select 'bestest': use pareto, best-iou, under:30GFLOPs or trial:N"),
+    ("under:25ms", "--select 'under:25ms': budget '25ms' is a time, but FLOPs are needed here"),
+    ("under:lots", "--select 'under:lots': budget 'lots' is not understood; use FLOPs"),
 ])
 def test_bad_selections_write_nothing(searched, tmp_path, select, message):
     out, _ = searched

@@ -1,5 +1,5 @@
 """Latency as a cost (issue 18): table keying and reuse, the latency model against a
-hand-computed table, budget forms, the CUDA paths (mocked) and the errors."""
+hand-computed table, the CUDA paths (mocked) and the errors."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from cubesearch.latency import (
     profile_latency,
 )
 from cubesearch.latency import fingerprint as fpmod
-from cubesearch.latency.budget import Budget, budget_objective, parse_time, resolve_budget
 from cubesearch.latency.fingerprint import Fingerprint, resolve_device, resolve_dtype
 from cubesearch.latency.table import block_key, conv_key
 from cubesearch.space import SearchSpace
@@ -208,35 +207,6 @@ def test_fit_correction_recovers_a_known_law():
     # implausible scales (load noise, not a law of the device): the plain sum is kept
     wild = [(r, ad, n, base - 10 * r + 10 * ad) for r, ad, n, _ in samples]
     assert (fit_correction(wild, base).a, fit_correction(wild, base).b) == (1.0, 1.0)
-
-
-# --- budget forms -------------------------------------------------------------------------------
-
-
-def test_budget_forms():
-    assert parse_time("25ms") == 25_000 and parse_time("25 ms") == 25_000
-    assert parse_time("0.5s") == 500_000 and parse_time("2500us") == 2500 and parse_time("7µs") == 7
-    assert resolve_budget("25ms", ("iou", "latency")) == Budget("latency", 25_000, "25ms")
-    assert resolve_budget("20ms", ("iou", "gflops", "latency")).objective == "latency"
-    # relative: the first cost objective named
-    b = resolve_budget("60%", ("iou", "latency"), base_flops=1e10, base_latency_us=50_000)
-    assert b == Budget("latency", 30_000, "60%") and b.label() == "30.000 ms"
-    b = resolve_budget("60%", ("iou", "gflops", "latency"), base_flops=1e10, base_latency_us=50_000)
-    assert b.objective == "gflops" and b.value == pytest.approx(6e9)
-    b = resolve_budget("60%", ("iou", "latency", "gflops"), base_flops=1e10, base_latency_us=50_000)
-    assert b.objective == "latency"
-    # a FLOPs budget stays a FLOPs budget whatever the objectives
-    assert resolve_budget("5GFLOPs", ("iou", "latency")) == Budget("gflops", 5e9, "5GFLOPs")
-    assert budget_objective("60%", ("iou", "params")) == "gflops"
-
-
-def test_latency_budget_errors():
-    with pytest.raises(CubesearchError, match="latency budget.*no latency"):
-        resolve_budget("25ms", ("iou", "gflops"))
-    with pytest.raises(CubesearchError, match="must be positive"):
-        parse_time("0ms")
-    with pytest.raises(CubesearchError, match="latency, which is unknown"):
-        resolve_budget("50%", ("iou", "latency"), base_flops=1e9)
 
 
 # --- device, dtype and the CUDA paths (mocked: CI has no GPU) -----------------------------------

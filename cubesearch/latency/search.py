@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cubesearch.budget import Budget, budget_objective, resolve_budget
 from cubesearch.errors import CubesearchError
-from cubesearch.latency.budget import Budget, budget_objective, resolve_budget
 from cubesearch.latency.fingerprint import Fingerprint, device_fingerprint
 from cubesearch.latency.model import LatencyModel
 from cubesearch.latency.table import LatencyTable, model_key

@@ -23,11 +23,11 @@ from torch.utils.data import Dataset
 
 from cubesearch import training
 from cubesearch.blocks import CubeConfig
+from cubesearch.budget import Budget
 from cubesearch.checkpoint import save
 from cubesearch.cost import CostModel
 from cubesearch.data import make_datasets
 from cubesearch.errors import CubesearchError
-from cubesearch.latency.budget import Budget
 from cubesearch.latency.model import LatencyModel
 from cubesearch.latency.search import setup as latency_setup
 from cubesearch.logging import get_logger
