@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench bench-slow clean
+.PHONY: install demo test test-slow lint docs bench bench-slow clean
 
 install: $(STAMP)
 
@@ -24,7 +24,12 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 lint: install
-	$(PY) -m ruff check cubesearch tests benchmarks examples
+	$(PY) -m ruff check cubesearch tests benchmarks examples docs
+
+# The documentation site (docs/, mkdocs.yml) into site/; broken links and missing pages fail.
+docs: install
+	$(PIP) install -q -c constraints.txt -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict --quiet
 
 # Minutes on 2 CPU cores; each writes its table to benchmarks/results/ (block: stdout).
 bench: install
@@ -44,4 +49,4 @@ bench-slow: install
 	$(PY) benchmarks/search_ray.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
