@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 import torch
 
+from cubesearch.blocks import fold_blocks
 from cubesearch.budget import parse_flops, resolve_budget
 from cubesearch.checkpoint import check_destination, load, save, write_manifest
 from cubesearch.cost import count_flops
@@ -35,6 +36,8 @@ from cubesearch.search.settings import flat
 from cubesearch.training import train
 
 FORMATS = ("safetensors", "onnx", "torchscript")
+ONNX_OPSET = 18  # the dynamo exporter's lowest; ONNX Runtime, TensorRT ≥ 8.6 and OpenVINO read it
+MAX_OPSET = 23
 
 
 # --- opening a study ------------------------------------------------------------------------
@@ -120,16 +123,41 @@ def select_points(points: Sequence[ParetoPoint], select: str, objectives: Sequen
 # --- one model ------------------------------------------------------------------------------
 
 
+def fold_error(model: torch.nn.Module, deployed: torch.nn.Module, input_size: Sequence[int]) -> float:
+    """Max abs difference of the deploy form vs the training form (eval mode), random input."""
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((deployed(x) - model.eval()(x)).abs().max())
+
+
+def write_onnx(model: torch.nn.Module, path: Path, input_size: Sequence[int], *,
+               opset: int = ONNX_OPSET) -> None:
+    """`model` as ONNX: input `image` with a dynamic batch, output `logits`, constants folded,
+    and every zero `Pad` before a `Conv` fused into the Conv's own (asymmetric) pads."""
+    from onnxscript.rewriter import rewrite  # lazy: only an ONNX export needs it
+    from onnxscript.rewriter.rules.common import (
+        fuse_pad_into_conv_rule,
+        normalize_pad_format_conv_rule,
+    )
+
+    x = torch.randn(2, *input_size)  # batch 2: torch.export would specialise a batch of 1
+    with torch.no_grad():
+        program = torch.onnx.export(model.eval(), (x,), dynamo=True, verbose=False,
+                                    opset_version=opset, input_names=["image"],
+                                    output_names=["logits"], optimize=True,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    rewrite(program.model, pattern_rewrite_rules=[normalize_pad_format_conv_rule,
+                                                  fuse_pad_into_conv_rule])
+    program.save(str(path))
+
+
 def onnx_check(model: torch.nn.Module, path: Path, input_size: Sequence[int]) -> float:
-    """Export to ONNX and return the max abs difference onnxruntime vs PyTorch on a random input."""
+    """Max abs difference onnxruntime (running `path`) vs `model` on a random input of batch 2."""
     import onnxruntime as ort  # lazy: only an ONNX export needs it, and it is slow to import
 
-    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
-    model = model.eval()
+    x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = model(x)
-        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False,
-                          input_names=["image"], output_names=["logits"])
+        expected = model.eval()(x)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return float((torch.from_numpy(got) - expected).abs().max())
@@ -160,15 +188,24 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
     lines += ["", "## Load", "", "```python", "import cubesearch",
               "model = cubesearch.load(\"path/to/this/folder\")  # safetensors + JSON, no pickle",
               "```", ""]
+    if "fold_max_abs_error" in metrics:
+        lines += ["## Deploy", "",
+                  "`model.onnx` / `model.torchscript.pt` hold the folded eval form of every Cube "
+                  "block (BatchNorms folded, ℛ and the lattice conv as one conv): it matches the "
+                  f"training form (eval mode) to {metrics['fold_max_abs_error']:.2e} (max abs, "
+                  "random input).", ""]
     if "onnx" in formats:
-        lines += [f"`model.onnx` matches PyTorch to {metrics.get('onnx_max_abs_error', float('nan')):.2e} "
-                  "(max abs, onnxruntime, random input).", ""]
+        lines += [f"`model.onnx` (opset {metrics.get('onnx_opset', '?')}, dynamic batch) run by "
+                  "onnxruntime matches the PyTorch training form (eval mode) to "
+                  f"{metrics.get('onnx_max_abs_error', float('nan')):.2e} (max abs, random input).",
+                  ""]
     return "\n".join(lines)
 
 
 def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetune_epochs: float,
                baseline: ParetoPoint | None, settings: dict[str, Any] | None = None,
-               progress: bool = False, trust_code: bool = False) -> dict:
+               progress: bool = False, trust_code: bool = False, fold: bool = True,
+               opset: int = ONNX_OPSET) -> dict:
     src = Path(point.checkpoint)
     plan = Plan.load(src / "plan.json")
     model = load(src, trust_code=trust_code)
@@ -194,12 +231,19 @@ def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetu
     try:
         staged = tmp / "model"
         save(staged, model, plan, metrics)
-        if "onnx" in formats:
+        deployed = model
+        if fold and set(formats) & {"onnx", "torchscript"}:
+            deployed = fold_blocks(model)
+            metrics["fold_max_abs_error"] = fold_error(model, deployed, plan.input_size)
+        metrics["deploy_form"] = "folded" if fold else "training"
+        if "onnx" in formats:  # written from the deploy form, checked against the training form
+            write_onnx(deployed, staged / "model.onnx", plan.input_size, opset=opset)
+            metrics["onnx_opset"] = opset
             metrics["onnx_max_abs_error"] = onnx_check(model, staged / "model.onnx", plan.input_size)
         if "torchscript" in formats:
             x = torch.randn(1, *plan.input_size)
             with torch.no_grad():
-                torch.jit.trace(model, x).save(str(staged / "model.torchscript.pt"))
+                torch.jit.trace(deployed, x).save(str(staged / "model.torchscript.pt"))
         (staged / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         (staged / "README.md").write_text(model_card(point, plan, metrics, formats))
         write_manifest(staged)
@@ -228,8 +272,12 @@ class ExportResult:
 def export(source: str | Path, *, study: str | None = None, out: str | Path = "exported",
            select: str = "pareto", formats: Sequence[str] = ("safetensors", "onnx"),
            finetune_epochs: float = 0.0, progress: bool = True, console=None,
-           trust_code: bool = False) -> ExportResult:
+           trust_code: bool = False, fold: bool = True, opset: int = ONNX_OPSET) -> ExportResult:
     """Export the selected trained models of a study, and write the Pareto index.
+
+    ONNX and TorchScript are written from the deploy form (`fold=True`: every Cube block folded,
+    `cubesearch.blocks.fold_blocks`), checked against the training form; safetensors always
+    hold the training form, to fine-tune or load.
 
     A study whose model is a model.py or package.module:callable is exported only when that
     file is one your own runs used (same path and SHA-256) or `trust_code=True`
@@ -238,6 +286,8 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
     if bad or "safetensors" not in formats:
         raise CubesearchError(f"--formats {','.join(formats)!r}: choose from {', '.join(FORMATS)} "
                               "(safetensors is always written)")
+    if not ONNX_OPSET <= opset <= MAX_OPSET:
+        raise CubesearchError(f"--opset {opset}: choose {ONNX_OPSET} … {MAX_OPSET}")
     check_destination(out, option="--out", replaceable=False)
     st = open_study_source(source, study)
     settings = st.user_attrs.get("settings", {})
@@ -258,13 +308,14 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
             dest = out / f"trial_{p.trial:04d}"
             m = export_one(p, dest, formats=formats, finetune_epochs=finetune_epochs,
                            baseline=baseline, settings=settings, progress=progress,
-                           trust_code=trust_code)
+                           trust_code=trust_code, fold=fold, opset=opset)
             if console is not None:
                 console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}, "
                               f"{m['gflops']:.3f} GFLOPs)")
             result.models.append({"trial": p.trial, "folder": str(dest), "iou": m["iou"],
                                   "gflops": m["gflops"], "params": m["params"],
-                                  "onnx_max_abs_error": m.get("onnx_max_abs_error")})
+                                  "onnx_max_abs_error": m.get("onnx_max_abs_error"),
+                                  "fold_max_abs_error": m.get("fold_max_abs_error")})
         staging = Path(tempfile.mkdtemp(prefix=".index.", dir=out))
         try:  # the index is written aside, then each file renamed into place
             staged = write_index(staging, points, chosen, baseline, st.study_name,

@@ -293,7 +293,8 @@ def test_cross_channel_gradient_coupling():
 @pytest.mark.parametrize("cfg", [
     CubeConfig(), CubeConfig(lattice_stride=1), CubeConfig(router="post", act="relu"),
     CubeConfig(router="none", attention=False, fusion_kernel=1), CubeConfig(depth=3, groups=2),
-    CubeConfig(lattice_stride=1, router="none", depth=2)])
+    CubeConfig(lattice_stride=1, router="none", depth=2),
+    CubeConfig(lattice_stride=1, groups=1, fusion_kernel=1)])  # permutation folded into fusion
 @pytest.mark.parametrize("stride", [1, 2])
 def test_fold_matches_block_in_eval(cfg, stride):
     block = randomize_norms(CubeBlock(32, 24, cfg, stride=stride))

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,13 @@ import torch
 
 import cubesearch
 import cubesearch.exporting as exporting
+from cubesearch import CubeBlock, CubeConfig
+from cubesearch.blocks import fold_blocks
 from cubesearch.checkpoint import MANIFEST, load
+from cubesearch.conversion import convert
 from cubesearch.errors import CubesearchError
 from cubesearch.pareto import non_dominated
+from cubesearch.plan import Plan
 from cubesearch.search import search
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
@@ -82,17 +87,21 @@ def test_metrics_json_and_onnx_agreement(searched, exported):
         assert metrics["baseline_iou"] == pytest.approx(baseline.iou)
         assert metrics["baseline_gflops"] == pytest.approx(baseline.gflops)
         assert metrics["onnx_max_abs_error"] <= 1e-4
-        # the ONNX file on disk runs and agrees with PyTorch on a new input
+        assert metrics["deploy_form"] == "folded" and metrics["fold_max_abs_error"] <= 1e-5
+        assert metrics["onnx_opset"] == exporting.ONNX_OPSET
+        # the ONNX file on disk (folded) runs at another batch size and agrees with the
+        # training form on a new input
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(Path(m["folder"], "model.onnx")),
                                        providers=["CPUExecutionProvider"])
-        x = torch.rand(1, 3, 64, 64)
+        x = torch.rand(3, 3, 64, 64)
         (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         with torch.no_grad():
             assert float((torch.from_numpy(got) - model(x)).abs().max()) <= 1e-4
         card = Path(m["folder"], "README.md").read_text()
         assert f"trial {m['trial']}" in card and "cubesearch.load" in card
+        assert f"to {metrics['fold_max_abs_error']:.2e} (max abs" in card  # the fold's error
 
 
 def test_index_files_list_the_front_and_mark_the_references(searched, exported):
@@ -156,6 +165,8 @@ def test_bad_sources(tmp_path):
         exporting.export(tmp_path / "empty", out=tmp_path / "e")
     with pytest.raises(CubesearchError, match="choose from safetensors, onnx, torchscript"):
         exporting.export(tmp_path / "empty", out=tmp_path / "e", formats=("safetensors", "tflite"))
+    with pytest.raises(CubesearchError, match="--opset 13: choose 18 … 23"):
+        exporting.export(tmp_path / "empty", out=tmp_path / "e", opset=13)
     assert not (tmp_path / "e").exists()
 
 
@@ -245,7 +256,7 @@ def test_cli_export_json_and_errors(searched, tmp_path):
     out, _ = searched
     env = {**os.environ, "CUBESEARCH_NO_PROGRESS": "1"}
     cmd = [sys.executable, "-m", "cubesearch", "export", str(out), "--out", str(tmp_path / "e"),
-           "--select", "best-iou", "--formats", "safetensors,torchscript", "--json"]
+           "--select", "best-iou", "--formats", "safetensors,torchscript", "--no-fold", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     payload = json.loads(done.stdout)
@@ -254,6 +265,8 @@ def test_cli_export_json_and_errors(searched, tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(scripted(x), cubesearch.load(folder)(x), atol=1e-5)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["deploy_form"] == "training" and "fold_max_abs_error" not in metrics
     bad = subprocess.run([*cmd[:7], "--select", "trial:999"], capture_output=True, text=True, env=env,
                          timeout=300)
     assert bad.returncode == 1
@@ -311,3 +324,75 @@ def test_a_moved_study_exports_from_anywhere(searched, tmp_path, monkeypatch):
         cubesearch.load(res.models[0]["folder"])
     finally:
         away.rename(out / "trials")
+
+
+# --- the deploy form: folded blocks in ONNX ------------------------------------------------
+
+DEPLOY_SITES = {  # TinySeg's five 3×3 convs, one block config each
+    "encoder.0.0": CubeConfig(),  # s2, router pre
+    "encoder.1.0": CubeConfig(lattice_stride=1, groups=1, router="post", act="relu"),
+    "encoder.3.0": CubeConfig(lattice_stride=1, groups=4),  # fusion groups 4: one gather stays
+    "decoder.0.0": CubeConfig(router="none", depth=2, fusion_kernel=1),  # input gather stays
+    "decoder.1.0": CubeConfig(attention=False, groups=2),
+}
+
+
+def _converted_tiny(sites):
+    sys.path.insert(0, str(Path(TINY).parent))
+    from tiny_seg import build_model
+
+    torch.manual_seed(0)
+    model = convert(build_model(), Plan(model=TINY, input_size=(3, 32, 32), sites=sites))
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # BatchNorm statistics a trained model would have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g) * 0.5 + 1)
+    return model.eval()
+
+
+def test_folded_onnx_equals_training_form_and_has_the_simplest_graph(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    model = _converted_tiny(DEPLOY_SITES)
+    deployed = fold_blocks(model)
+    assert not any(isinstance(m, CubeBlock) for m in deployed.modules())
+    assert exporting.fold_error(model, deployed, (3, 32, 32)) <= 1e-5
+    path = tmp_path / "model.onnx"
+    exporting.write_onnx(deployed, path, (3, 32, 32))
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version == exporting.ONNX_OPSET
+    ops = Counter(n.op_type for n in graph.graph.node)
+    # no pad-then-slice, no stray reshapes; a gather only where a static permutation cannot fold
+    # into weights: the input's lattice order without a pre-router (encoder.1.0 'post',
+    # decoder.0.0 'none' ×2 units) and stride 1 with fusion groups 4 (encoder.3.0)
+    assert not {"Slice", "Pad", "Reshape", "Transpose", "ScatterND", "Identity",
+                "Constant"} & set(ops), ops
+    assert ops["Gather"] == 4, ops
+    # the blocks' BatchNorms are folded; the model's own BN after decoder.0.0 follows the
+    # depth-2 block's residual Add, so it cannot fold into a conv
+    assert ops["BatchNormalization"] == 1, ops
+    assert set(ops) <= {"Conv", "Relu", "Gather", "Erf", "Div", "Mul", "Add", "ReduceMean",
+                        "ReduceMax", "Concat", "Sigmoid", "Resize", "MaxPool",
+                        "BatchNormalization", "Shape"}, ops  # Shape: the Resize to the input size
+    # dynamic batch, and onnxruntime equals the training form
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    (got,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        assert float((torch.from_numpy(got) - model(x)).abs().max()) <= 1e-4
+    assert exporting.onnx_check(model, path, (3, 32, 32)) <= 1e-4
+
+
+def test_router_pre_blocks_export_without_any_gather(tmp_path):
+    import onnx
+
+    sites = {name: CubeConfig(lattice_stride=s, groups=1) for name, s in
+             zip(DEPLOY_SITES, (2, 1, 2, 1, 2), strict=True)}
+    path = tmp_path / "model.onnx"
+    exporting.write_onnx(fold_blocks(_converted_tiny(sites)), path, (3, 32, 32))
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert not {"Gather", "Slice", "Pad", "BatchNormalization"} & set(ops), ops

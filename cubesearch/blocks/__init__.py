@@ -2,7 +2,13 @@
 
 from cubesearch.blocks.config import CubeConfig
 from cubesearch.blocks.cost import BlockCost, block_cost
-from cubesearch.blocks.cube import CubeBlock, CubeUnit, FoldedCubeBlock, FoldedCubeUnit
+from cubesearch.blocks.cube import (
+    CubeBlock,
+    CubeUnit,
+    FoldedCubeBlock,
+    FoldedCubeUnit,
+    fold_blocks,
+)
 from cubesearch.blocks.layers import (
     ChannelRouter,
     LatticeConv,
@@ -23,6 +29,7 @@ __all__ = [
     "LatticeConv",
     "SpatialAttention",
     "block_cost",
+    "fold_blocks",
     "inverse_reconstruct",
     "lattice_order",
     "reconstruct",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -16,7 +17,6 @@ from cubesearch.blocks.layers import (
     SpatialAttention,
     fold_stride1_weight,
     fold_stride2_weight,
-    grouped_lattice_conv,
     lattice_order,
 )
 
@@ -147,7 +147,17 @@ def _fold_conv_bn(weight: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 
 
 class FoldedCubeUnit(nn.Module):
-    """Eval form of a `CubeUnit`: four plain convs and one sigmoid gate, no BatchNorm."""
+    """Eval form of a `CubeUnit`: plain convs and one sigmoid gate, no BatchNorm.
+
+    The lattice conv runs in the form each runtime is fastest at (measured, see
+    benchmarks/results/deploy.md): in PyTorch at stride 2, ℛ (`pixel_shuffle`) then the stride-2
+    depthwise conv, which oneDNN runs far faster than a grouped conv with 4 inputs per group;
+    in an ONNX export, one grouped conv whose 2×2 kernel is padded top/left only (an explicit
+    `F.pad` that the exporter fuses into the Conv's pads). At stride 1 the grouped conv's lattice
+    order is brought back to canonical order by folding that permutation into the fusion conv's
+    input channels where the fusion conv has one group; with several groups each group's channels
+    are spread over the lattice order, so one channel gather stays.
+    """
 
     def __init__(self, unit: CubeUnit) -> None:
         super().__init__()
@@ -160,7 +170,7 @@ class FoldedCubeUnit(nn.Module):
             self.router = nn.Conv2d(unit.in_channels, self.channels, 1, bias=True)
             self.router.weight.copy_(w)
             self.router.bias.copy_(b)
-        else:
+        else:  # router='none' needs in_channels % 4 == 0: no padding, only the lattice order
             self.router = None
             self.register_buffer("order", unit.order.clone(), persistent=False)
         self.attention = None
@@ -169,23 +179,28 @@ class FoldedCubeUnit(nn.Module):
                                        padding=unit.attention.conv.padding, bias=True)
             self.attention.load_state_dict(unit.attention.conv.state_dict())
         scale, shift = _bn_scale_shift(unit.lattice.bn)
+        self.fusion = nn.Conv2d(unit.fusion.in_channels, unit.fusion.out_channels,
+                                unit.fusion.kernel_size, stride=unit.fusion.stride,
+                                padding=unit.fusion.padding, groups=unit.fusion.groups, bias=True)
+        self.fusion.load_state_dict(unit.fusion.state_dict())
+        self.register_buffer("canonical", None, persistent=False)  # set where a gather stays
         if self.lattice_stride == 2:
-            weight = fold_stride2_weight(unit.lattice.weight) * scale.view(-1, 1, 1, 1)
-            bias = shift
+            depthwise = unit.lattice.weight * scale.view(-1, 1, 1, 1)
+            self.register_buffer("lattice_depthwise", depthwise.detach().clone(), persistent=False)
+            weight, bias = fold_stride2_weight(depthwise), shift
         else:  # BatchNorm(q) of cell k applies to all four outputs of group k
             weight = fold_stride1_weight(unit.lattice.weight) * scale.repeat_interleave(4).view(
                 -1, 1, 1, 1
             )
             bias = shift.repeat_interleave(4)
-            self.register_buffer("canonical", unit.lattice.canonical.clone(), persistent=False)
+            if self.fusion.groups == 1:  # fusion(y[:, canonical]) = fusion'(y)
+                self.fusion.weight.copy_(self.fusion.weight[:, lattice_order(self.channels)])
+            else:
+                self.canonical = unit.lattice.canonical.clone()
         self.lattice_weight = nn.Parameter(weight.detach().clone())
         self.lattice_bias = nn.Parameter(bias.detach().clone())
         self.q = q
         self.act = ACTIVATIONS[cfg.act]()
-        self.fusion = nn.Conv2d(unit.fusion.in_channels, unit.fusion.out_channels,
-                                unit.fusion.kernel_size, stride=unit.fusion.stride,
-                                padding=unit.fusion.padding, groups=unit.fusion.groups, bias=True)
-        self.fusion.load_state_dict(unit.fusion.state_dict())
         self.post_router = None
         if unit.post_router is not None:
             w, b = _fold_conv_bn(unit.post_router.conv.weight, unit.post_router.bn)
@@ -193,17 +208,20 @@ class FoldedCubeUnit(nn.Module):
             self.post_router.weight.copy_(w)
             self.post_router.bias.copy_(b)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.router is not None:
-            r = self.router(x)
-        else:
-            if self.channels != self.in_channels:
-                x = F.pad(x, (0, 0, 0, 0, 0, self.channels - self.in_channels))
-            r = x.index_select(1, self.order)
-        y = grouped_lattice_conv(r, self.lattice_weight, self.lattice_bias, self.lattice_stride)
+    def lattice(self, r: Tensor) -> Tensor:
+        """ℛ + lattice conv (BatchNorm folded) on the lattice-order `r`, before the activation."""
         if self.lattice_stride == 1:
-            y = y.index_select(1, self.canonical)
-        y = self.act(y)
+            y = F.conv2d(r, self.lattice_weight, self.lattice_bias, padding=1, groups=self.q)
+            return y if self.canonical is None else y.index_select(1, self.canonical)
+        if torch.onnx.is_in_onnx_export():
+            return F.conv2d(F.pad(r, (1, 0, 1, 0)), self.lattice_weight, self.lattice_bias,
+                            groups=self.q)
+        return F.conv2d(F.pixel_shuffle(r, 2), self.lattice_depthwise, self.lattice_bias,
+                        stride=2, padding=1, groups=self.q)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.router(x) if self.router is not None else x.index_select(1, self.order)
+        y = self.act(self.lattice(r))
         if self.attention is not None:
             y = y * torch.sigmoid(self.attention(SpatialAttention.pool(r)))
         y = self.fusion(y)
@@ -227,3 +245,19 @@ class FoldedCubeBlock(nn.Module):
         for unit in self.units[1:]:
             x = x + unit(x)
         return x
+
+
+def fold_blocks(model: nn.Module) -> nn.Module:
+    """The deploy form: a copy in eval mode with every `CubeBlock` replaced by its
+    `FoldedCubeBlock` (a block reached under several names is folded once)."""
+    model = copy.deepcopy(model).eval()
+    folded: dict[int, FoldedCubeBlock] = {}
+    for parent in list(model.modules()):
+        for key, child in list(parent._modules.items()):
+            if isinstance(child, CubeBlock):
+                if id(child) not in folded:
+                    folded[id(child)] = child.fold()
+                parent._modules[key] = folded[id(child)]
+    if isinstance(model, CubeBlock):
+        return model.fold()
+    return model.eval()

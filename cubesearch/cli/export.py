@@ -18,6 +18,10 @@ def export(
     trust_model_code: bool = typer.Option(False, "--trust-model-code",
                                           help="Import the model.py / package.module:callable the "
                                                "study names (only for code you trust)."),
+    fold: bool = typer.Option(True, "--fold/--no-fold",
+                              help="Write ONNX/TorchScript from the folded eval form of every Cube "
+                                   "block (the deploy form; --no-fold: the training form)."),
+    opset: int = typer.Option(18, help="ONNX opset (18 … 23; 18 is what most runtimes read)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Export the Pareto-optimal (or selected) models of a search, with a Pareto plot."""
@@ -29,17 +33,17 @@ def export(
     result = run_export(source, study=study, out=out, select=select,
                         formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                         finetune_epochs=finetune_epochs, console=console,
-                        trust_code=trust_model_code)
+                        trust_code=trust_model_code, fold=fold, opset=opset)
     if as_json:
         print_json(result.to_dict())
         return
     table = Table(title=f"exported to {result.out}")
-    for col in ("trial", "IoU", "GFLOPs", "params", "ONNX max |Δ|", "folder"):
+    for col in ("trial", "IoU", "GFLOPs", "params", "fold max |Δ|", "ONNX max |Δ|", "folder"):
         table.add_column(col, justify="right" if col != "folder" else "left")
     for m in result.models:
-        err = m.get("onnx_max_abs_error")
+        errs = [m.get(k) for k in ("fold_max_abs_error", "onnx_max_abs_error")]
         table.add_row(str(m["trial"]), f"{m['iou']:.4f}", f"{m['gflops']:.3f}", f"{m['params']:,}",
-                      f"{err:.1e}" if err is not None else "–", m["folder"])
+                      *(f"{e:.1e}" if e is not None else "–" for e in errs), m["folder"])
     console.print(table)
     console.print(f"index: {result.index['md']}, plot: {result.index['png']} "
                   f"(interactive: {result.index['html']})")

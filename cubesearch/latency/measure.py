@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from cubesearch.blocks import fold_blocks
+
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -77,18 +79,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], timer: Timer, *, repe
 
 def deploy_form(model: nn.Module) -> nn.Module:
     """A copy in eval mode with every `CubeBlock` replaced by its `FoldedCubeBlock`."""
-    from cubesearch.blocks import CubeBlock
-
-    model = copy.deepcopy(model).eval()
-    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, CubeBlock)]
-    for name, block in blocks:
-        folded = block.fold()
-        for _, parent in list(model.named_modules(remove_duplicate=False)):
-            for key, child in list(parent._modules.items()):
-                if child is block:
-                    parent._modules[key] = folded
-        del name
-    return model.eval()
+    return fold_blocks(model)
 
 
 def prepare(module: nn.Module, x: torch.Tensor, layout: str, device: torch.device,
