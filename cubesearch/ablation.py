@@ -40,6 +40,10 @@ from cubesearch.checkpoint import check_destination
 from cubesearch.errors import CubesearchError
 from cubesearch.logging import get_logger, progress_enabled
 from cubesearch.plan import router_problem
+from cubesearch.search.context import SearchContext, build_context, folder_lock
+from cubesearch.search.evaluators import SupernetEvaluator, evaluate_plan
+from cubesearch.search.objectives import plan_cost
+from cubesearch.search.settings import SearchSettings
 from cubesearch.space import KNOBS, SearchSpace
 
 PRESETS = ("fullcube", "decoder")
@@ -296,7 +300,7 @@ def parse_presets(preset: str | Sequence[str]) -> list[str]:
 
 
 def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None,
-           confirm: bool = False, budget: str = "100%", supernet: Any = None,
+           confirm: bool = False, budget: str = "100%", supernet: SupernetEvaluator | None = None,
            progress: bool = True, log: Callable[[str], None] | None = None,
            **options: Any) -> AblationResult:
     """Score the one-knob-at-a-time variants of the default config in the search's supernet.
@@ -305,21 +309,16 @@ def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None
     `epochs_per_trial`, `baseline_epochs`, `supernet_epochs`, `distill_steps`…): the same values
     as a one-shot search's (and the same `budget`, which the supernet is trained within) reuse
     its baseline and supernet. `supernet` is a `SupernetEvaluator` (default: the one-shot
-    search's for these settings, `cubesearch.search.oneshot.supernet_evaluator`);
+    search's for these settings, `SupernetEvaluator.from_settings`);
     `knobs` narrows the rows: knob names, `"depth=1,2"` strings or a mapping knob → values.
     """
-    from cubesearch.search.context import build_context, folder_lock
-    from cubesearch.search.objectives import plan_cost
-    from cubesearch.search.oneshot import supernet_evaluator
-    from cubesearch.search.settings import SearchSettings
-
     t0 = time.perf_counter()
     log = log or get_logger(__name__).info
     presets = parse_presets(preset)
     options.setdefault("evaluator", "supernet")
     settings = SearchSettings(model=model, budget=budget, **options)
     check_destination(settings.out, option="--out", replaceable=False)
-    supernet = supernet or supernet_evaluator(settings)
+    supernet = supernet or SupernetEvaluator.from_settings(settings)
     ctx = build_context(settings)  # no searchable site: an error
     rows, notes = plan_rows(ctx.space, ctx.searchable, presets, knobs)
     if not rows:
@@ -350,7 +349,7 @@ def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None
     s = settings
     conditions = {"data": s.data, "tile size": s.tile_size, "train tiles": s.train_tiles,
                   "val tiles": s.val_tiles, "baseline epochs": s.baseline_epochs or s.epochs_per_trial,
-                  "supernet epochs": getattr(supernet, "epochs", None), "seed": s.seed,
+                  "supernet epochs": supernet.epochs, "seed": s.seed,
                   "FLOPs at": "x".join(map(str, s.input_size))}
     if confirm:
         conditions["epochs per trial"] = s.epochs_per_trial
@@ -374,13 +373,11 @@ def _deltas(rows: Sequence[AblationRow], key: str, delta: str) -> None:
                 (0.0 if r.knob == DEFAULT else value - ref))
 
 
-def _confirm(ctx: Any, supernet: Any, folder: Path, rows: Sequence[AblationRow],
+def _confirm(ctx: SearchContext, supernet: SupernetEvaluator, folder: Path, rows: Sequence[AblationRow],
              reference: dict[str, Any], log: Callable[[str], None]) -> None:
     """Train the reference and every row as a real trial, as the one-shot search confirms a plan
     (`ConfirmEvaluator`: extracted from the supernet, fine-tuned by `evaluate_plan`), under
     FOLDER/trials/ablation; a trial folder already holding the same plan is reused."""
-    from cubesearch.search.evaluators import evaluate_plan
-
     cctx = dataclasses.replace(ctx, out=folder,
                                settings=ctx.settings.model_copy(update={"study": CONFIRM_STUDY}))
     trials = folder / "trials" / CONFIRM_STUDY

@@ -16,9 +16,9 @@ from cubesearch.cli import main
 from cubesearch.cost import CostModel
 from cubesearch.errors import CubesearchError
 from cubesearch.models import load_model
+from cubesearch.search import SupernetEvaluator
 from cubesearch.sites import find_sites
 from cubesearch.space import KNOBS, SearchSpace
-from cubesearch.supernet.evaluator import SupernetEvaluator
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 SIZE = (3, 64, 64)

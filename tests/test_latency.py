@@ -329,7 +329,7 @@ def test_profile_command_and_its_errors(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip().startswith("error: --dtype 'int8'")
 
 
-# --- the search hooks (cubesearch.latency.search) -------------------------------------------------
+# --- the search's latency (cubesearch.search.limits, .objectives.latency, .study) ---------------
 
 
 def settings_stub(tmp_path, **kw):
@@ -342,8 +342,10 @@ def settings_stub(tmp_path, **kw):
 
 def test_search_setup_profiles_once_and_checks_budget_and_device(tmp_path, tiny, fake_timer):
     from cubesearch.cost import CostModel
-    from cubesearch.latency import search as lsearch
     from cubesearch.models import load_model
+    from cubesearch.search import limits
+    from cubesearch.search.objectives.latency import measure_ms
+    from cubesearch.search.study import check_study_device
     from cubesearch.sites import find_sites
 
     model = load_model(TINY)
@@ -352,7 +354,7 @@ def test_search_setup_profiles_once_and_checks_budget_and_device(tmp_path, tiny,
     space = SearchSpace.from_dict(SMALL_SPACE)
     searchable = space.searchable(report.sites)
     logs = []
-    lat, budget = lsearch.setup(settings_stub(tmp_path), model, report, space, searchable, cost,
+    lat, budget = limits.setup(settings_stub(tmp_path), model, report, space, searchable, cost,
                                 log=logs.append)
     assert budget.objective == "latency" and budget.value == 1e9
     assert (tmp_path / "latency.json").exists() and "profiling" in logs[0]
@@ -362,32 +364,32 @@ def test_search_setup_profiles_once_and_checks_budget_and_device(tmp_path, tiny,
     table.save(tmp_path / "latency.json")
     calls = fake_timer.calls
     logs.clear()
-    lsearch.setup(settings_stub(tmp_path), model, report, space, searchable, cost, log=logs.append)
+    limits.setup(settings_stub(tmp_path), model, report, space, searchable, cost, log=logs.append)
     assert fake_timer.calls == calls and not logs  # reused: nothing measured
     # relative budgets: the first cost objective named
-    _, b = lsearch.setup(settings_stub(tmp_path, budget="80%"), model, report, space, searchable, cost)
+    _, b = limits.setup(settings_stub(tmp_path, budget="80%"), model, report, space, searchable, cost)
     assert b.objective == "latency" and b.value == pytest.approx(800.0)
-    _, b = lsearch.setup(settings_stub(tmp_path, budget="80%", objectives=("iou", "gflops", "latency")),
+    _, b = limits.setup(settings_stub(tmp_path, budget="80%", objectives=("iou", "gflops", "latency")),
                          model, report, space, searchable, cost)
     assert b.objective == "gflops" and b.value == pytest.approx(0.8 * cost.flops({}))
     # a FLOPs-only study never touches the table
-    none, b = lsearch.setup(settings_stub(tmp_path, budget="90%", objectives=("iou", "gflops"),
+    none, b = limits.setup(settings_stub(tmp_path, budget="90%", objectives=("iou", "gflops"),
                                           latency_table=str(tmp_path / "absent.json")),
                             model, report, space, searchable, cost)
     assert none is None and b.objective == "gflops"
 
     with pytest.raises(CubesearchError, match="below the fastest plan"):
-        lsearch.setup(settings_stub(tmp_path, budget="0.01ms"), model, report, space, searchable, cost)
+        limits.setup(settings_stub(tmp_path, budget="0.01ms"), model, report, space, searchable, cost)
     with pytest.raises(CubesearchError, match="latency budget.*no latency"):
-        lsearch.setup(settings_stub(tmp_path, budget="25ms", objectives=("iou", "gflops")), model,
+        limits.setup(settings_stub(tmp_path, budget="25ms", objectives=("iou", "gflops")), model,
                       report, space, searchable, cost)
 
     data = json.loads((tmp_path / "latency.json").read_text())
     data["fingerprint"]["name"] = "Some Other CPU"
     (tmp_path / "latency.json").write_text(json.dumps(data))
     with pytest.raises(CubesearchError, match="another device.*--reprofile"):
-        lsearch.setup(settings_stub(tmp_path), model, report, space, searchable, cost)
-    lat, _ = lsearch.setup(settings_stub(tmp_path, reprofile=True), model, report, space, searchable,
+        limits.setup(settings_stub(tmp_path), model, report, space, searchable, cost)
+    lat, _ = limits.setup(settings_stub(tmp_path, reprofile=True), model, report, space, searchable,
                            cost)
     assert LatencyTable.load(tmp_path / "latency.json").fingerprint == lat.fingerprint != fp()
 
@@ -404,16 +406,16 @@ def test_search_setup_profiles_once_and_checks_budget_and_device(tmp_path, tiny,
         latency, settings = lat, settings_stub(tmp_path)
 
     study = Study()
-    lsearch.check_study_device(study, Ctx)
+    check_study_device(study, Ctx)
     assert study.user_attrs["device"] == lat.fingerprint.to_dict()
-    lsearch.check_study_device(study, Ctx)  # same device: fine
+    check_study_device(study, Ctx)  # same device: fine
     study.user_attrs["device"] = {**lat.fingerprint.to_dict(), "name": "GPU elsewhere"}
     with pytest.raises(CubesearchError, match="another device.*--reprofile"):
-        lsearch.check_study_device(study, Ctx)
-    assert lsearch.measure_ms(Ctx, model) == pytest.approx(1.0)  # deploy form, fake timer
+        check_study_device(study, Ctx)
+    assert measure_ms(Ctx, model) == pytest.approx(1.0)  # deploy form, fake timer
     lat.fingerprint = fp(name="A CPU elsewhere")  # e.g. a Ray worker on another machine
     with pytest.raises(CubesearchError, match="another device than the latency table"):
-        lsearch.measure_ms(Ctx, model)
+        measure_ms(Ctx, model)
 
 
 # --- a search with a latency objective (timers mocked: an additive fake device) -----------------

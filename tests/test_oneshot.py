@@ -19,9 +19,8 @@ from optuna.trial import TrialState, create_trial
 import cubesearch.search as searching
 from cubesearch.errors import CubesearchError
 from cubesearch.exporting import export
-from cubesearch.search import oneshot
+from cubesearch.search import SupernetEvaluator, oneshot
 from cubesearch.search.record import TrialCounts
-from cubesearch.supernet.evaluator import SupernetEvaluator
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 FAST = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 import cubesearch.search as searching
 from cubesearch.errors import CubesearchError
 from cubesearch.pareto import non_dominated
-from cubesearch.search import evaluators
+from cubesearch.search.evaluators import finetune
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 FAST = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
@@ -48,13 +48,13 @@ def test_malformed_budget_is_an_error(tmp_path):
 def test_search_records_front_references_and_rejects_infeasible_without_training(tmp_path,
                                                                                 monkeypatch):
     trained: list[int] = []
-    real = evaluators.evaluate_plan
+    real = finetune.evaluate_plan
 
     def counting(ctx, sites_cfg, number, **kw):
         trained.append(number)
         return real(ctx, sites_cfg, number, **kw)
 
-    monkeypatch.setattr(evaluators, "evaluate_plan", counting)
+    monkeypatch.setattr(finetune, "evaluate_plan", counting)
     result = run(tmp_path, budget="80%", trials=8, sampler="random")
     study = result.study
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -142,14 +142,14 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 
 def test_failed_trials_are_recorded_and_search_goes_on(tmp_path, monkeypatch):
-    real = evaluators.evaluate_plan
+    real = finetune.evaluate_plan
 
     def flaky(ctx, sites_cfg, number, **kw):
         if number == 2:
             raise FloatingPointError("loss is NaN")
         return real(ctx, sites_cfg, number, **kw)
 
-    monkeypatch.setattr(evaluators, "evaluate_plan", flaky)
+    monkeypatch.setattr(finetune, "evaluate_plan", flaky)
     result = run(tmp_path, budget="100%", trials=4)
     failed = result.study.get_trials(states=(TrialState.FAIL,))
     assert [t.number for t in failed] == [2]
@@ -161,7 +161,7 @@ def test_every_trial_failing_stops_with_the_first_error(tmp_path, monkeypatch):
     def broken(ctx, sites_cfg, number, **kw):
         raise RuntimeError(f"bug in trial {number}")
 
-    monkeypatch.setattr(evaluators, "evaluate_plan", broken)
+    monkeypatch.setattr(finetune, "evaluate_plan", broken)
     first = r"every trial failed; the first: trial 0: RuntimeError: bug in trial 0"
     with pytest.raises(CubesearchError, match=first):
         run(tmp_path, budget="100%", trials=5)

@@ -317,31 +317,6 @@ def test_rank_correlations_match_hand_computed_examples():
         kendall_tau([1, 2], [1])
 
 
-# --- the search's evaluator ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_search_with_the_supernet_evaluator(tmp_path):
-    from cubesearch.search import search
-    from cubesearch.search.evaluators import make_evaluator
-    from cubesearch.supernet.evaluator import SupernetEvaluator
-
-    assert isinstance(make_evaluator("supernet"), SupernetEvaluator)
-    evaluator = SupernetEvaluator(epochs=0.5, distill_steps=2, calib_batches=1)
-    opts = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
-                epochs_per_trial=0.5, progress=False, space="shared", trials=4)
-    result = search(str(ASSETS / "tiny_seg.py"), "90%", out=str(tmp_path / "search"),
-                    evaluator=evaluator, **opts)
-    assert result.n_complete == 4 and result.n_failed == 0
-    assert all(0.0 <= p.iou <= 1.0 for p in result.points)
-    trained = list((tmp_path / "search" / "supernet").glob("*/final/supernet.json"))
-    assert len(trained) == 1  # trained once; a resumed search reuses it
-    again = search(str(ASSETS / "tiny_seg.py"), "90%", out=str(tmp_path / "search"),
-                   evaluator=SupernetEvaluator(epochs=0.5, distill_steps=2, calib_batches=1),
-                   **{**opts, "trials": 6})
-    assert again.n_complete == 6
-
-
 _KILL_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)

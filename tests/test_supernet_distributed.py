@@ -171,8 +171,8 @@ def test_ray_train_workers_match_the_sharded_single_process_run(tmp_path):
 def test_the_evaluator_keys_a_data_parallel_supernet_apart(tmp_path):
     from types import SimpleNamespace
 
+    from cubesearch.search import SupernetEvaluator
     from cubesearch.supernet.distributed import train_supernet_distributed
-    from cubesearch.supernet.evaluator import SupernetEvaluator
 
     settings = SimpleNamespace(lr=1e-3, batch_size=8, seed=0, fine_tune_lr=lambda _b: 2.5e-4)
     space = SimpleNamespace(model_dump=lambda mode: {"name": "test"})

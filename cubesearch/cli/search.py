@@ -96,7 +96,6 @@ def search(
 ) -> None:
     """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
     # imported when the command runs (torch, optuna, rich…): `cubesearch --help` stays fast
-    from cubesearch.latency.search import budget_label
     from cubesearch.search import BACKENDS, SAMPLERS, front_table, parse_objectives
     from cubesearch.search import search as run_search
     from cubesearch.sites import parse_input_size
@@ -125,7 +124,7 @@ def search(
         print_json(result.to_dict())
         return
     console.print(front_table(result, f"Pareto front of {result.study_name} "
-                                      f"(budget {budget_label(result)})"))
+                                      f"(budget {result.budget_label()})"))
     scored = f"{result.n_scored} plans scored in the supernet, " if result.n_scored else ""
     console.print(f"{scored}{result.n_complete} trials trained, {result.n_rejected} plans rejected over "
                   f"budget (not trained), {result.n_failed} failed; study: "

@@ -111,3 +111,14 @@ def device_fingerprint(device: torch.device | str = "cpu", *, threads: int | Non
     return Fingerprint(device=dev.type, name=name, threads=n_threads,
                        torch=str(torch.__version__), batch=int(batch),
                        dtype=str(dt).removeprefix("torch."))
+
+
+def current_fingerprint(like: Fingerprint | None = None) -> Fingerprint:
+    """This machine, measured the way `like` was (threads, batch, dtype); a CPU if no table."""
+    if like is None:
+        return device_fingerprint("cpu")
+    if like.device == "cuda" and not torch.cuda.is_available():
+        return device_fingerprint("cpu", batch=like.batch)
+    fits = like.device == "cpu" and 1 <= like.threads <= (os.cpu_count() or 1)
+    return device_fingerprint(like.device, threads=like.threads if fits else None,
+                              batch=like.batch, dtype=like.dtype)

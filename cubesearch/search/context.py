@@ -29,10 +29,10 @@ from cubesearch.cost import CostModel
 from cubesearch.data import make_datasets
 from cubesearch.errors import CubesearchError
 from cubesearch.latency.model import LatencyModel
-from cubesearch.latency.search import setup as latency_setup
 from cubesearch.logging import get_logger
 from cubesearch.models import load_model
 from cubesearch.plan import Plan
+from cubesearch.search import limits
 from cubesearch.search.record import Phase, TrialOutcome
 from cubesearch.search.settings import BASELINE_IDENTITY, SearchSettings, safe_name
 from cubesearch.sites import Site, find_sites
@@ -135,7 +135,7 @@ def build_context(settings: SearchSettings) -> SearchContext:
     base_flops, base_params = cost.flops({}), cost.params({})
     # --budget: FLOPs, a latency (25ms) or a share of the first cost objective named (60%);
     # latency from this device's table (profiled here first if it lacks this model)
-    latency, limit = latency_setup(settings, model, report, space, searchable, cost)
+    latency, limit = limits.setup(settings, model, report, space, searchable, cost)
     budget = limit.value if limit.objective == "gflops" else float("inf")
     cheapest_flops = cost.flops(cheapest_plan(space, searchable, cost))
     if cheapest_flops > budget:
@@ -198,6 +198,14 @@ def budget_warning(ctx: SearchContext) -> str | None:
                 "only rules out plans costing more than the model itself; a budget below 100% "
                 "(e.g. 60%) asks for savings")
     return None
+
+
+def budget_line(ctx: SearchContext) -> str:
+    """`15.167 GFLOPs of 21.667`, or `25.000 ms of 31.2 ms on cpu (…)` under a latency budget."""
+    if ctx.budget is not None and ctx.budget.objective == "latency" and ctx.latency is not None:
+        return (f"{ctx.budget.value / 1e3:.3f} ms of {ctx.latency.latency_ms({}):.3f} ms on "
+                f"{ctx.latency.fingerprint.label()}")
+    return f"{ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f}"
 
 
 @contextlib.contextmanager

@@ -24,17 +24,18 @@ from cubesearch.redact import mask_url
 from cubesearch.search.context import (
     Evaluator,
     SearchContext,
+    budget_line,
     budget_warning,
     build_context,
     folder_lock,
 )
-from cubesearch.search.evaluators import UserFunction, callable_name, make_evaluator
+from cubesearch.search.evaluators import SupernetEvaluator, UserFunction, callable_name, make_evaluator
 from cubesearch.search.progress import SearchProgress
 from cubesearch.search.record import TrialCounts, first_failure
 from cubesearch.search.result import SearchResult, collect_result, write_summary
 from cubesearch.search.settings import DEFAULT_EVALUATOR, SearchSettings
 from cubesearch.search.strategy import get_strategy
-from cubesearch.search.study import enqueue_references, open_study
+from cubesearch.search.study import check_study_device, enqueue_references, open_study
 
 
 class Backend(Protocol):
@@ -89,17 +90,14 @@ def choose_evaluator(settings: SearchSettings, given: UserFunction | Evaluator |
     """The evaluator the search prepares: the settings' one, or with `--strategy oneshot` the
     supernet (which scores the plans; confirmation trains them with cubesearch's trainer)."""
     if settings.strategy != "oneshot":
-        return make_evaluator(settings.evaluator, given)
-    from cubesearch.search.oneshot import supernet_evaluator
-    from cubesearch.supernet.evaluator import SupernetEvaluator
-
+        return make_evaluator(settings, given)
     if isinstance(given, SupernetEvaluator):  # one set up in Python (its training settings)
         return given
     if settings.evaluator != DEFAULT_EVALUATOR or given is not None:
         raise CubesearchError(f"--strategy oneshot scores plans in a supernet and confirms them with "
                               f"cubesearch's trainer; --evaluator {settings.evaluator} works with "
                               "--strategy trials")
-    return supernet_evaluator(settings)
+    return SupernetEvaluator.from_settings(settings)
 
 
 def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, progress: bool
@@ -116,12 +114,11 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, pro
         if created and ctx.out.is_dir() and not any(ctx.out.iterdir()):
             ctx.out.rmdir()  # a storage error leaves no empty --out behind
         raise
-    from cubesearch.latency.search import budget_line, check_study_device
-
     check_study_device(study, ctx)  # a study's latencies are those of one device
     counts = TrialCounts.of(study)
-    scored = (f"{counts.scored} of {settings.proxy_trials} plans scored, "
-              if settings.strategy == "oneshot" else "")
+    scoring = settings.proxy_trials if settings.strategy == "oneshot" else (
+        settings.trials if isinstance(evaluator, SupernetEvaluator) else 0)
+    scored = f"{counts.scored} of {scoring} plans scored, " if scoring else ""
     log(f"study {study.study_name!r} in {mask_url(settings.storage_url())}: {scored}"
         f"{counts.trained} of {settings.trials} trials trained; budget {budget_line(ctx)} "
         f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")

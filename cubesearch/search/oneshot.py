@@ -31,24 +31,16 @@ from rich.console import Console
 from cubesearch.errors import CubesearchError
 from cubesearch.pareto import loss_hypervolume
 from cubesearch.search.context import SearchContext, TrialInfo
-from cubesearch.search.evaluators import evaluate_plan
+from cubesearch.search.evaluators.finetune import evaluate_plan
+from cubesearch.search.evaluators.supernet import SupernetEvaluator
 from cubesearch.search.record import SCORED, Phase, TrialCounts, TrialOutcome
 from cubesearch.search.strategy import run_phase
-from cubesearch.supernet.evaluator import SupernetEvaluator
 
 # Study user attributes: the supernet the plans were scored in, the scored trials confirmed
 SUPERNET_ATTR = "oneshot_supernet"
 CONFIRM_ATTR = "oneshot_confirm"
 REFERENCES = ("baseline", "fullcube")
 LOG_EVERY_SCORED = 100  # off a terminal, one line per this many scored plans
-
-
-def supernet_evaluator(settings: Any) -> SupernetEvaluator:
-    """The supernet a one-shot search with these settings scores its plans in: trained for
-    `supernet_epochs`, its blocks first fitted to their convs for `distill_steps` batches, on
-    `supernet_workers` Ray Train workers (data-parallel) when above 1."""
-    return SupernetEvaluator(epochs=settings.supernet_epochs, distill_steps=settings.distill_steps,
-                             workers=settings.supernet_workers)
 
 
 @dataclass

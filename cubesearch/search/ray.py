@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import socket
@@ -51,9 +50,10 @@ import optuna
 from optuna.trial import TrialState, create_trial
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.errors import CubesearchError, one_line
+from cubesearch.errors import CubesearchError
 from cubesearch.logging import get_logger
 from cubesearch.plan import Plan
+from cubesearch.search.cluster import connect, require_ray
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import direction, recorded_costs
 from cubesearch.search.progress import SearchProgress
@@ -69,7 +69,6 @@ from cubesearch.search.settings import SearchSettings
 from cubesearch.search.study import make_sampler, stored_trials
 from cubesearch.search.trial import evaluate_trial, price_trial, record_outcome
 
-INSTALL_HINT = "pip install 'cubesearch[ray]'"
 MAX_FAILURES = 2  # retries of a trial whose worker died (Tune's FailureConfig)
 DONE_FILE = "cubesearch_done.json"
 
@@ -80,20 +79,8 @@ try:  # Ray is an optional extra; `require_ray` turns its absence into a clear e
 
     _Stopper: Any = _tune.Stopper
     _Callback: Any = _tune.Callback
-    _RAY_IMPORT_ERROR: str | None = None
-except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
+except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
     _OptunaSearch = _Stopper = _Callback = Searcher = object
-    _RAY_IMPORT_ERROR = str(_exc)
-
-
-def require_ray() -> Any:
-    """`ray`, or a `CubesearchError` naming the extra to install."""
-    if _RAY_IMPORT_ERROR is not None:
-        raise CubesearchError(f"--backend ray needs Ray Tune, which is not installed "
-                              f"({_RAY_IMPORT_ERROR}); install it with: {INSTALL_HINT}")
-    import ray
-
-    return ray
 
 
 # --- what the driver shows while Tune runs ---------------------------------------------------
@@ -444,55 +431,6 @@ def saved_result(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: i
     return TrialOutcome(iou=float(metrics["iou"]), costs={k: metrics[k] for k in costs},
                         seconds=float(metrics.get("seconds", 0.0)), checkpoint=str(folder),
                         metrics={k: float(metrics[k]) for k in recorded if k in metrics})
-
-
-# --- connecting to Ray ----------------------------------------------------------------------
-
-
-def _reachable(address: str, timeout: float = 5.0) -> str | None:
-    """None if HOST:PORT accepts a TCP connection, else why not."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        host, port = address.removeprefix("ray://"), "10001" if address.startswith("ray://") else "6379"
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return None
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
-
-
-def connect(settings: SearchSettings) -> bool:
-    """`ray.init` for the settings; True if this call started Ray (and should shut it down)."""
-    ray = require_ray()
-    if ray.is_initialized():
-        return False
-    address = settings.address
-    how = (" Start one with `ray start --head` on the head node (then pass --address HOST:6379), "
-           "or leave out --address to start a local Ray instance.")
-    common = {"log_to_driver": False, "logging_level": logging.WARNING,
-              "configure_logging": True}
-    if address in (None, "", "local"):
-        try:
-            ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), **common)
-        except Exception as exc:
-            raise CubesearchError(f"cannot start a local Ray instance: {exc}") from None
-        return True
-    if address != "auto":
-        why = _reachable(address)
-        if why is not None:
-            raise CubesearchError(f"cannot reach the Ray cluster at {address}: {why}.{how}")
-    try:
-        ray.init(address=address, **common)
-    except Exception as exc:
-        message = one_line(exc)
-        if "auth" in type(exc).__name__.lower() or "Authentication" in message:
-            raise CubesearchError(
-                f"the Ray cluster at {address} refused this driver's credentials: {message} "
-                "(a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
-            ) from None
-        raise CubesearchError(f"cannot connect to the Ray cluster at {address}: {message}.{how}"
-                              ) from None
-    return True
 
 
 def check_resources(settings: SearchSettings) -> dict[str, float]:

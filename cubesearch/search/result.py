@@ -9,7 +9,6 @@ from typing import Any
 
 import optuna
 
-from cubesearch.latency.search import result_fields
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
 from cubesearch.redact import mask_url
 from cubesearch.search.context import SearchContext
@@ -23,7 +22,7 @@ class SearchResult:
     study_name: str
     storage: str
     out: Path
-    budget_gflops: float
+    budget_gflops: float | None  # None under a latency budget
     baseline: ParetoPoint | None
     points: list[ParetoPoint]
     front: list[ParetoPoint]
@@ -38,6 +37,12 @@ class SearchResult:
     @property
     def n_scored(self) -> int:
         return len(self.scored)
+
+    def budget_label(self) -> str:
+        """The budget as a front table's title shows it: `15.167 GFLOPs` or `25.000 ms`."""
+        if self.budget_ms is not None:
+            return f"{self.budget_ms:.3f} ms"
+        return f"{self.budget_gflops:.3f} GFLOPs"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,9 +60,13 @@ def collect_result(study: optuna.Study, ctx: SearchContext) -> SearchResult:
     points = study_points(study, ctx.out)
     baseline = next((p for p in points if p.label == "baseline"), None)
     counts = TrialCounts.of(study)
+    budget = ctx.budget
+    budget_ms = budget.value / 1e3 if budget is not None and budget.objective == "latency" else None
     return SearchResult(study_name=study.study_name, storage=ctx.settings.storage_url(), out=ctx.out,
                         budget_gflops=ctx.budget_flops / 1e9 if ctx.budget_flops != float("inf") else None,
-                        baseline=baseline, points=points, **result_fields(ctx),
+                        baseline=baseline, points=points,
+                        budget_ms=budget_ms,
+                        device=ctx.latency.fingerprint.to_dict() if ctx.latency else None,
                         front=non_dominated(points, ctx.settings.objectives), n_complete=counts.trained,
                         n_failed=counts.failed, n_rejected=counts.rejected, study=study,
                         scored=study_points(study, ctx.out, scored=True))

@@ -18,8 +18,9 @@ from rich.console import Console
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import import_named
 from cubesearch.search.context import SearchContext
+from cubesearch.search.evaluators import SupernetEvaluator
 from cubesearch.search.progress import SearchProgress
-from cubesearch.search.record import TrialCounts
+from cubesearch.search.record import Phase, TrialCounts
 
 Strategy = Callable[[SearchContext, optuna.Study, Any, Console, bool], None]
 
@@ -36,7 +37,11 @@ def run_phase(ctx: SearchContext, study: optuna.Study, backend: Any, console: Co
 
 def run_trials(ctx: SearchContext, study: optuna.Study, backend: Any, console: Console,
                progress: bool) -> None:
-    """Every plan the sampler asks for is trained and evaluated, `trials` of them."""
+    """Every plan the sampler asks for is evaluated, `trials` of them. A supernet's score is not
+    a trained trial: with `--evaluator supernet` the plans are recorded as scored (the result's
+    cloud, not its front; nothing to export until a plan is trained)."""
+    if isinstance(ctx.evaluator, SupernetEvaluator):
+        ctx.phase = Phase("scoring", ctx.settings.trials, scored=True)
     run_phase(ctx, study, backend, console, progress)
 
 

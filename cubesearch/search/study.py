@@ -8,11 +8,14 @@ import os
 import optuna
 
 from cubesearch.errors import CubesearchError
+from cubesearch.latency.fingerprint import Fingerprint
 from cubesearch.redact import mask_url
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import direction
 from cubesearch.search.record import heartbeat, open_storage
 from cubesearch.search.settings import SAMPLERS, STUDY_IDENTITY, SearchSettings, flat
+
+DEVICE_ATTR = "device"  # the study's latency device fingerprint
 
 
 def constraints_of(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -134,3 +137,22 @@ def enqueue_references(study: optuna.Study, ctx: SearchContext) -> None:
                         else {}, user_attrs={"reference": "baseline"}, skip_if_exists=False)
     study.enqueue_trial(ctx.space.params_for(fullcube, ctx.searchable),
                         user_attrs={"reference": "fullcube"}, skip_if_exists=False)
+
+
+def check_study_device(study: optuna.Study, ctx: SearchContext) -> None:
+    """Record the study's latency device; refuse to resume on another one unless `--reprofile`
+    (its trials' latencies would not compare)."""
+    lat = ctx.latency
+    if lat is None:
+        return
+    mine = lat.fingerprint.to_dict()
+    stored = study.user_attrs.get(DEVICE_ATTR)
+    if stored is None or ctx.settings.reprofile:
+        study.set_user_attr(DEVICE_ATTR, mine)
+        return
+    if stored != mine:
+        diffs = "; ".join(Fingerprint.from_dict(stored).differences(lat.fingerprint))
+        raise CubesearchError(
+            f"study {study.study_name!r} measured latency on another device ({diffs}); its "
+            "trials' latencies would not compare: resume on that device, or add --reprofile to "
+            "re-profile here")

@@ -4,7 +4,7 @@ A cost objective says how to *estimate* its value from a plan (before anything i
 budget check and a rejected plan's record use it) and how to *measure* it on the evaluated model
 (what the study records for a trained trial). Adding one, e.g. latency, is one entry in
 `COST_OBJECTIVES` (`register_cost`): the backends, the record and the CLI's `--objectives` read
-the table.
+the table. `latency`: the latency objective's estimate and measurement.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from cubesearch.blocks import CubeConfig
 from cubesearch.cost import count_flops, count_params
 from cubesearch.errors import CubesearchError
 from cubesearch.search.context import SearchContext
+from cubesearch.search.objectives import latency
 
 IOU = "iou"
 
@@ -39,23 +40,11 @@ def _gflops_measure(ctx: SearchContext, model: nn.Module) -> float:
     return count_flops(model, ctx.settings.input_size) / 1e9  # fvcore, eval mode: the truth
 
 
-def _latency_estimate(ctx: SearchContext, sites_cfg: dict[str, CubeConfig]) -> float:
-    from cubesearch.latency.search import estimate_ms
-
-    return estimate_ms(ctx, sites_cfg)  # ms, from this device's latency table
-
-
-def _latency_measure(ctx: SearchContext, model: nn.Module) -> float:
-    from cubesearch.latency.search import measure_ms
-
-    return measure_ms(ctx, model)  # ms, the whole model timed in deploy form on this device
-
-
 COST_OBJECTIVES: dict[str, CostObjective] = {
     "gflops": CostObjective("gflops", _gflops_estimate, _gflops_measure),
     "params": CostObjective("params", lambda ctx, plan: int(ctx.cost.params(plan)),
                             lambda ctx, model: count_params(model)),
-    "latency": CostObjective("latency", _latency_estimate, _latency_measure),
+    "latency": CostObjective("latency", latency.estimate_ms, latency.measure_ms),
 }
 
 
