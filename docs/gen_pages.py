@@ -198,15 +198,16 @@ def block_cost_table() -> str:
     out = ["", "## Cost, computed", "",
            f"Computed when this page was built (`cubesearch.demo.cost_table_rows`, the table "
            f"`cubesearch demo --cost-only` prints): C_in = C_out = {c}, input 1×{c}×{size}×{size}, "
-           "parameters counted on the modules, conv MACs from the formulas of design §1, GFLOPs "
-           "by fvcore (train mode, BatchNorm and attention included).", "",
+           "parameters counted on the modules, conv MACs from the formulas of "
+           "[design §1](design.md#1-the-cube-kernel-block), GFLOPs by fvcore (train mode, BatchNorm "
+           "and attention included).", "",
            "| module | params | conv GMACs (formula) | GFLOPs (fvcore) |", "|---|---:|---:|---:|"]
     out += [f"| {r['module']} | {r['params']:,} | {r['conv_gmacs_formula']:.3f} | {r['gflops_fvcore']:.3f} |"
             for r in rows]
     out += ["", f"The block: {conv['params'] / cube['params']:.2f}× fewer parameters, "
             f"{conv['conv_gmacs_formula'] / cube['conv_gmacs_formula']:.2f}× fewer conv MACs.", "",
             "Each knob changed alone from the default, same shapes (`cubesearch.blocks.block_cost`):", "",
-            "| config | params | conv GMACs | vs the 3×3 conv |", "|---|---:|---:|---:|"]
+            "| config | params | conv GMACs | conv MACs vs the 3×3 conv |", "|---|---:|---:|---:|"]
     base = conv_cost(c, c, 3, 1, size)
     default = CubeConfig()
     variants = [(f"default ({default.short()})", default)]
