@@ -174,7 +174,11 @@ def benchmark_pages() -> None:
             page += ["    " + line if line else "" for line in json_tables(data)]
         with mkdocs_gen_files.open(f"benchmarks/{b.stem}.md", "w") as f:
             f.write("\n".join(page) + "\n")
-        headline = b.headline.format(**data) if b.headline and data is not None else ""
+        try:
+            headline = b.headline.format(**data) if b.headline and data is not None else ""
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # the JSON changed shape
+            raise SystemExit(f"docs/gen_pages.py: the headline of {b.stem!r} does not fit "
+                             f"benchmarks/results/{b.stem}.json ({type(exc).__name__}: {exc})") from None
         files = ", ".join(f"`{p.name}`" for p in (md_path, json_path) if p.exists())
         index.append(f"| [{b.title}]({b.stem}.md) | {_cell(headline)} | {files} |")
         summary.append(f"* [{b.title}]({b.stem}.md)")
