@@ -70,6 +70,39 @@ class Evaluation(Callback):
         state.model.train()
 
 
+class BestWeights(Callback):
+    """Keeps the weights of the best validation score (IoU; mIoU with K ≥ 2) and puts them back
+    at the end, with their metrics; with `patience`, stops the run after that many evaluations
+    without an improvement above `min_delta` (early stopping)."""
+
+    def __init__(self, patience: int | None = None, min_delta: float = 0.0) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best: float | None = None
+        self.best_step = 0
+        self.since_best = 0
+        self.weights: dict[str, Any] | None = None
+        self.metrics: dict[str, Any] = {}
+
+    def on_evaluate(self, state: Any, row: dict[str, Any]) -> None:
+        score = float(state.val_metrics.get("miou") or state.val_metrics["iou"]) \
+            if state.num_classes > 1 else float(state.val_metrics["iou"])
+        if self.best is None or score > self.best + self.min_delta:
+            self.best, self.best_step, self.since_best = score, state.step, 0
+            self.weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+            self.metrics = dict(state.val_metrics)
+            return
+        self.since_best += 1
+        if self.patience is not None and self.since_best >= self.patience:
+            state.stop = True
+
+    def on_fit_end(self, state: Any) -> None:
+        if self.weights is None:
+            return
+        state.model.load_state_dict(self.weights)
+        state.val_metrics = dict(self.metrics)
+        state.best_step = self.best_step
+
+
 class History(Callback):
     """Keeps every evaluation's row in `state.history` (what `TrainResult.history` returns)."""
 

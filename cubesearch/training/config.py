@@ -44,6 +44,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "grad_clip": (_positive, "must be a positive number"),
     "weight_decay": (lambda v: 0 <= v < math.inf, "must be ≥ 0"),
     "distill_steps": (lambda v: v >= 0, "must be ≥ 0"),
+    "kd_weight": (lambda v: 0 <= v < math.inf, "must be ≥ 0"),
+    "kd_temperature": (_positive, "must be a positive number"),
+    "patience": (lambda v: v >= 1, "must be at least 1"),
     "workers": (lambda v: v >= 0, "must be ≥ 0"),
     "warmup": (lambda v: 0 <= v < math.inf, "must be ≥ 0 (below 1: a fraction of the steps; "
                                             "else a number of steps)"),
@@ -89,6 +92,12 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = None
     distill_steps: int = 0
     distill_lr: float = 1e-2
+    # the final recipe (`cubesearch.training.finetune`): logit distillation from the unconverted
+    # teacher, the best validation weights kept, early stopping after `patience` evaluations
+    kd_weight: float = 0.0
+    kd_temperature: float = 1.0
+    keep_best: bool = False
+    patience: int | None = None
     # the run
     seed: int = 0
     device: str | None = None  # None / auto: CUDA if there is one

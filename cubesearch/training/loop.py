@@ -4,7 +4,10 @@
 validation set, recording the history, the progress bar — is a callback
 (`cubesearch.training.callbacks`), called with the shared `FitState` at each event:
 `on_fit_start`, `on_step_end`, `on_evaluate_start`, `on_evaluate(row)`, `on_fit_end` (always,
-also when a step raises). A NaN/inf loss stops the run with `TrainingDiverged`.
+also when a step raises). A callback may set `state.stop` to end the run early (early stopping).
+With a `teacher`, the loss adds `kd_weight` × logit distillation (the recorded training loss
+stays the task's, so runs with and without a teacher compare). A NaN/inf loss stops the run
+with `TrainingDiverged`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 
 from cubesearch.metrics import SegmentationMetrics
 from cubesearch.training.inputs import Inputs, autocast
-from cubesearch.training.losses import TrainingDiverged, check_classes, logits_of
+from cubesearch.training.losses import TrainingDiverged, check_classes, distillation_loss, logits_of
 
 
 @dataclass
@@ -41,6 +44,10 @@ class FitState:
     grad_clip: float | None = None
     scaler: Any = None
     callbacks: Sequence[Any] = ()
+    teacher: nn.Module | None = None  # logit distillation: the student also matches its outputs
+    kd_weight: float = 0.0
+    kd_temperature: float = 1.0
+    stop: bool = False  # a callback (early stopping) ends the run after this step
     started: float = field(default_factory=time.perf_counter)
     step: int = 0
     running: SegmentationMetrics | None = None  # training metrics since the last evaluation
@@ -48,6 +55,7 @@ class FitState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     images: int = 0
+    best_step: int | None = None  # the step whose weights the run returns (`BestWeights`)
 
     def __post_init__(self) -> None:
         if self.running is None:
@@ -95,11 +103,13 @@ def train_step(state: FitState, image: torch.Tensor, mask: torch.Tensor) -> int:
         logits = logits_of(state.model(x), tuple(y.shape[-2:]))
     if state.step == 1:
         check_classes(logits, state.num_classes)
-    value = state.loss_fn(logits, y)
-    loss_value = float(value.detach())
-    if not math.isfinite(loss_value):
+    task = state.loss_fn(logits, y)
+    value = task + state.kd_weight * _distillation(state, x, logits) if state.teacher is not None else task
+    loss_value = float(task.detach())
+    total = float(value.detach())
+    if not math.isfinite(total):
         raise TrainingDiverged(
-            f"loss became {loss_value} at step {state.step} of {state.total_steps} (epoch "
+            f"loss became {total} at step {state.step} of {state.total_steps} (epoch "
             f"{(state.step - 1) / state.steps_per_epoch:.2f}); lower --lr (now {state.lr:g}) or "
             "check the data")
     _backward(state, value)
@@ -107,6 +117,13 @@ def train_step(state: FitState, image: torch.Tensor, mask: torch.Tensor) -> int:
     if state.device.type == "cuda":
         torch.cuda.synchronize(state.device)
     return x.shape[0]
+
+
+def _distillation(state: FitState, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    assert state.teacher is not None
+    with torch.no_grad(), autocast(state.device, state.amp):
+        target = logits_of(state.teacher(x), tuple(logits.shape[-2:]))
+    return distillation_loss(logits, target, state.kd_temperature)
 
 
 def fit(state: FitState) -> FitState:
@@ -121,6 +138,8 @@ def fit(state: FitState) -> FitState:
             state.images += train_step(state, image, mask)
             state.train_seconds += time.perf_counter() - t0
             state.emit("on_step_end")
+            if state.stop:
+                break
     finally:
         state.emit("on_fit_end")
     return state

@@ -98,6 +98,20 @@ def _multiclass(parts: list[str], logits: torch.Tensor, target: torch.Tensor,
     return total
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0
+                      ) -> torch.Tensor:
+    """Logit distillation (Hinton et al.): the student's tempered prediction against the
+    teacher's, per pixel, times T² so its gradient keeps its size whatever T. K = 1: binary
+    cross-entropy to sigmoid(teacher / T); K ≥ 2: KL(softmax(teacher / T) ‖ softmax(student / T))."""
+    s, t = student.float() / temperature, teacher.float().detach() / temperature
+    if s.shape[1] == 1:
+        value = F.binary_cross_entropy_with_logits(s, torch.sigmoid(t))
+    else:
+        value = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True,
+                         reduction="none").sum(1).mean()
+    return value * temperature**2
+
+
 def make_loss(name: str, num_classes: int) -> Loss:
     """loss(logits (B, K, H, W), target (B, H, W) long with 255 = ignore) → scalar; see the
     module docstring for the names."""

@@ -19,7 +19,7 @@ from cubesearch.errors import CubesearchError
 from cubesearch.helpers import model_device, resolve_device
 from cubesearch.logging import get_logger, progress_enabled
 from cubesearch.plan import Plan
-from cubesearch.training.callbacks import Evaluation, History, ProgressBar, eval_points
+from cubesearch.training.callbacks import BestWeights, Evaluation, History, ProgressBar, eval_points
 from cubesearch.training.config import DEFAULT_EPOCHS, TrainConfig
 from cubesearch.training.distillation import distill
 from cubesearch.training.inputs import Inputs
@@ -61,6 +61,8 @@ class _Run:
     data_seconds: float = 0.0
     init: dict[str, Any] | None = None
     distill: dict[str, Any] | None = None
+    teacher: nn.Module | None = None
+    plan: Plan | None = None
 
 
 @contextlib.contextmanager
@@ -128,7 +130,7 @@ def _batches(run: _Run, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.T
 
 
 def _warm_start(run: _Run, model: nn.Module, plan: Plan | None, source: Any, inputs: Inputs,
-                stream: Iterator) -> None:
+                stream: Iterator, teacher: Any = None) -> None:
     """Load what matches from `source`, then fit the new blocks to the baseline's convs."""
     if source is not None:
         run.init = r = load_init(model, source)
@@ -137,15 +139,30 @@ def _warm_start(run: _Run, model: nn.Module, plan: Plan | None, source: Any, inp
     model.to(run.device)
     if run.channels_last:
         model.to(memory_format=torch.channels_last)
-    if not run.cfg.distill_steps:
+    if not (run.cfg.distill_steps or run.cfg.kd_weight):
         return
-    teacher = teacher_for(source, plan)
+    teacher = (teacher_for(source, plan) if teacher is None else teacher_for(teacher, None)
+               ).to(run.device).eval()
     if run.channels_last:
         teacher.to(memory_format=torch.channels_last)
+    if run.cfg.kd_weight:
+        run.teacher = teacher
+    if not run.cfg.distill_steps:
+        return
     run.distill = distill(model, teacher, list(getattr(plan, "sites", {}) or {}),
                           lambda: inputs(*next(stream))[0], run.cfg.distill_steps,
                           insertions=list(getattr(plan, "insertions", {}) or {}),
                           lr=run.cfg.distill_lr, device=run.device, amp=run.amp, log=run.log)
+
+
+def _block_split(model: nn.Module, plan: Plan | None) -> dict[str, Any] | None:
+    """Without a warm start, a converted model's own blocks still get `new_lr`: every parameter
+    outside the plan's sites and insertions counts as loaded."""
+    places = [*getattr(plan, "sites", {}), *getattr(plan, "insertions", {})]
+    if not places:
+        return None
+    inside = tuple(f"{p}." for p in places)
+    return {"loaded_names": [n for n, _ in model.named_parameters() if not n.startswith(inside)]}
 
 
 def _fit(run: _Run, model: nn.Module, inputs: Inputs, stream: Iterator, batch_size: int,
@@ -153,20 +170,23 @@ def _fit(run: _Run, model: nn.Module, inputs: Inputs, stream: Iterator, batch_si
     cfg = run.cfg
     per_epoch = max(1, len(run.datasets[0]) // batch_size)
     total = cfg.steps or max(1, math.ceil((cfg.epochs or DEFAULT_EPOCHS) * per_epoch))
-    opt = create_optimizer(cfg.optimizer, param_groups(model, cfg.lr, cfg.new_lr, run.init),
+    opt = create_optimizer(cfg.optimizer, param_groups(model, cfg.lr, cfg.new_lr, run.init or
+                                                       _block_split(model, run.plan)),
                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp and not torch.cuda.is_bf16_supported()) \
         if run.device.type == "cuda" else None
     evaluation = Evaluation(run.datasets[1], eval_points(total, per_epoch, cfg.eval_every,
                                                          by_epoch=cfg.steps is None),
                             batch_size=batch_size, loss=cfg.loss, workers=cfg.workers)
+    extra = [BestWeights(cfg.patience)] if cfg.keep_best or cfg.patience else []
     state = FitState(
         model=model, optimizer=opt, loss_fn=make_loss(cfg.loss, run.num_classes), inputs=inputs,
         scheduler=create_scheduler(cfg.scheduler, opt, total_steps=total, warmup=cfg.warmup,
                                    min_lr_ratio=cfg.min_lr_ratio),
         batches=stream, num_classes=run.num_classes, total_steps=total, steps_per_epoch=per_epoch,
         lr=cfg.lr, amp=run.amp, grad_clip=cfg.grad_clip, scaler=scaler, started=run.started,
-        callbacks=[ProgressBar(console, show, run.log), evaluation, History(), *callbacks])
+        teacher=run.teacher, kd_weight=cfg.kd_weight, kd_temperature=cfg.kd_temperature,
+        callbacks=[ProgressBar(console, show, run.log), evaluation, History(), *extra, *callbacks])
     return fit(state)
 
 
@@ -178,7 +198,7 @@ def _report(run: _Run, state: FitState, data: Any, batch_size: int) -> dict[str,
     final = dict(state.val_metrics)
     final.update({
         "train_loss": last.get("train_loss"), "train_iou": last.get("train_iou"),
-        "steps": state.total_steps, "epochs": round(state.total_steps / state.steps_per_epoch, 4),
+        "steps": state.step, "epochs": round(state.step / state.steps_per_epoch, 4),
         "batch_size": batch_size, "lr": cfg.lr, "new_lr": cfg.new_lr if len(groups) > 1 else None,
         "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "loss_fn": cfg.loss, "seed": cfg.seed,
         "num_classes": run.num_classes, "input_size": list(cfg.input_size), "device": str(run.device),
@@ -196,6 +216,12 @@ def _report(run: _Run, state: FitState, data: Any, batch_size: int) -> dict[str,
     if run.distill:
         final.update(distill_steps=run.distill["steps"], distill_loss_start=run.distill["loss_start"],
                      distill_loss_end=run.distill["loss_end"])
+    if state.best_step is not None:
+        final.update(best_epoch=round(state.best_step / state.steps_per_epoch, 4),
+                     stopped_early=state.step < state.total_steps,
+                     scheduled_epochs=round(state.total_steps / state.steps_per_epoch, 4))
+    if run.cfg.kd_weight:
+        final.update(kd_weight=run.cfg.kd_weight, kd_temperature=run.cfg.kd_temperature)
     if run.device.type == "cuda":
         final["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1)
     return final
@@ -211,15 +237,17 @@ def _log_for(console: Any, show: bool, log: Callable[[str], None] | None) -> Cal
 
 def train(model_or_spec: Any, *, config: TrainConfig | None = None,
           plan: Plan | dict | str | Path | None = None, data: Any = "synthetic",
-          init_from: Any = None, out: str | Path | None = None,
+          init_from: Any = None, teacher: Any = None, out: str | Path | None = None,
           console: Any = None, log: Callable[[str], None] | None = None,
           callbacks: Sequence[Any] = (), **options: Any) -> TrainResult:
     """Train `model_or_spec` and evaluate it on the validation set; see the package docstring.
 
-    `options` are `TrainConfig`'s fields (on top of `config`). `callbacks` get the loop's
-    events (`cubesearch.training.callbacks.Callback`). Returns a `TrainResult` whose `metrics`
-    are the last evaluation's (`oa`, `precision`, `recall`, `f1`, `iou`, `loss`, …) plus the
-    run's facts (`train_loss`, `steps`, `epochs`, `seconds`, `images_per_second`, …). Raises
+    `options` are `TrainConfig`'s fields (on top of `config`). `teacher` (a module or a
+    checkpoint folder) is what `kd_weight` distils from when it is not the warm start's model.
+    `callbacks` get the loop's events (`cubesearch.training.callbacks.Callback`). Returns a
+    `TrainResult` whose `metrics` are the last evaluation's (`oa`, `precision`, `recall`, `f1`,
+    `iou`, `loss`, …; with `keep_best`, the best one's) plus the run's facts (`train_loss`,
+    `steps`, `epochs`, `seconds`, `images_per_second`, …). Raises
     `CubesearchError` for bad inputs and `TrainingDiverged` for a NaN/inf loss.
     """
     from rich.console import Console  # the progress bar's console, made only for a run
@@ -236,14 +264,14 @@ def train(model_or_spec: Any, *, config: TrainConfig | None = None,
         model, plan, default_init, plan_classes = resolve_model(
             model_or_spec, plan, num_classes=cfg.num_classes, input_size=cfg.input_size,
             pretrained=cfg.pretrained, log=run.log)
-        run.num_classes = _task_classes(cfg, plan_classes, data)
+        run.num_classes, run.plan = _task_classes(cfg, plan_classes, data), plan
         _data(run, data)
         home = model_device(model)
         inputs = Inputs(cfg.input_size[0], run.device, run.channels_last, cfg.normalize)
         batch_size = min(cfg.batch_size, len(run.datasets[0]))
         stream = _batches(run, batch_size)
         _warm_start(run, model, plan, init_from if init_from is not None else default_init,
-                    inputs, stream)
+                    inputs, stream, teacher)
         state = _fit(run, model, inputs, stream, batch_size, console, show, callbacks)
     model.eval()
     metrics = _report(run, state, data, batch_size)

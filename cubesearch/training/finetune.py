@@ -1,0 +1,171 @@
+"""The final training: what turns a plan found on a cheap proxy into the model the user gets,
+and the paired baseline it is judged against.
+
+One recipe (`Recipe`) for `cubesearch finetune`, `export --finetune`, `calibrate` and
+`benchmarks/fidelity.py`: from the trained, unconverted baseline (the search trials' start),
+the blocks fitted to the convs they replace, then the whole model trained with logit
+distillation from the baseline as teacher, the warm-started weights at `lr` and the new blocks at
+`block_lr`, a cosine schedule annealed to 0, the weights of the best validation IoU kept and
+early stopping after `patience` evaluations without improvement.
+
+The **paired baseline** is the unconverted baseline trained by the identical recipe, epochs and
+seed: a converted model's ΔIoU is against it, not against the shorter-trained baseline of the
+search (which would credit the converted model with the extra epochs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch.nn import Module
+
+from cubesearch.errors import CubesearchError
+from cubesearch.plan import Plan
+from cubesearch.training.trainer import TrainResult, train
+
+PAIRED_FILE = "paired.json"
+
+
+class Recipe(BaseModel):
+    """How the final models (and their paired baseline) train."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    epochs: float = Field(16.0, gt=0)
+    lr: float = Field(5e-4, gt=0)  # the warm-started weights (the search trials' rate)
+    block_lr: float = Field(2e-3, gt=0)  # the new blocks' own rate
+    kd_weight: float = Field(1.0, ge=0)  # logit distillation from the unconverted baseline
+    kd_temperature: float = Field(1.0, gt=0)
+    patience: int | None = Field(4, ge=1)  # evaluations (epochs) without improvement
+    distill_steps: int = Field(100, ge=0)  # blocks fitted to the convs they replace, first
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # annealed to 0
+
+    def train_options(self, converted: bool) -> dict[str, Any]:
+        """`TrainConfig` fields of this recipe (no block distillation for an unconverted model)."""
+        return dict(epochs=self.epochs, lr=self.lr, new_lr=self.block_lr, kd_weight=self.kd_weight,
+                    kd_temperature=self.kd_temperature, patience=self.patience, keep_best=True,
+                    min_lr_ratio=self.min_lr_ratio, distill_steps=self.distill_steps if converted else 0)
+
+    def key(self, **data_options: Any) -> str:
+        """A short hash of the recipe and the data it trains on (what makes two runs paired)."""
+        text = json.dumps({**self.model_dump(), **data_options}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Finetuned:
+    """A plan trained by the final recipe, beside its paired baseline's metrics."""
+
+    result: TrainResult
+    paired: dict[str, Any] | None
+    proxy_iou: float | None = None  # what the search measured for this plan, if known
+
+    @property
+    def iou(self) -> float:
+        return float(self.result.metrics["iou"])
+
+    def summary(self) -> dict[str, Any]:
+        """The figures a card, a table and `metrics.json` show: proxy → final, and the paired
+        baseline's final IoU."""
+        m = self.result.metrics
+        paired_iou = float(self.paired["iou"]) if self.paired else None
+        return {"final_iou": self.iou, "proxy_iou": self.proxy_iou, "paired_baseline_iou": paired_iou,
+                "delta_iou_vs_paired": self.iou - paired_iou if paired_iou is not None else None,
+                "iou_ratio_vs_paired": self.iou / paired_iou if paired_iou else None,
+                "final_epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"),
+                "stopped_early": m.get("stopped_early")}
+
+
+def baseline_plan(baseline: str | Path) -> Plan:
+    """The (unconverted) plan of a trained baseline checkpoint folder."""
+    folder = Path(baseline)
+    if not (folder / "plan.json").is_file():
+        raise CubesearchError(f"--baseline {folder}: not a checkpoint folder (no plan.json)")
+    plan = Plan.load(folder / "plan.json")
+    if plan.sites or plan.insertions:
+        raise CubesearchError(f"--baseline {folder}: a converted model; give the trained, "
+                              "unconverted baseline")
+    return plan
+
+
+def train_final(plan: Plan, baseline: str | Path, *, recipe: Recipe | None = None, seed: int = 0,
+                out: str | Path | None = None, start: Any = None, **options: Any) -> TrainResult:
+    """`plan` trained by the final recipe from the trained `baseline` (its unconverted model);
+    a plan without sites is the paired baseline itself. `start` (a module or a checkpoint
+    folder of this plan): continue from its weights instead (a halving rung's survivor), the
+    baseline still the teacher. `options`: `train`'s data and run options (data, input_size,
+    train_tiles, val_tiles, batch_size, progress, log, …)."""
+    recipe = recipe or Recipe()
+    converted = bool(plan.sites or plan.insertions)
+    if start is not None:
+        module = isinstance(start, Module)  # a folder carries its own plan
+        return train(start if module else str(start), plan=plan if module else None, teacher=str(baseline),
+                     seed=seed, out=out, **{**recipe.train_options(converted), "distill_steps": 0},
+                     **options)
+    return train(str(baseline), plan=plan if converted else None, init_from=str(baseline),
+                 seed=seed, out=out, **recipe.train_options(converted), **options)
+
+
+def paired_baseline(baseline: str | Path, *, recipe: Recipe | None = None, seed: int = 0,
+                    cache: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """The paired baseline's metrics: the unconverted model trained by the same recipe, epochs,
+    seed and data. With `cache` (a folder), kept there as `paired.json` and reused while the
+    recipe, seed, data and baseline weights are the same."""
+    recipe = recipe or Recipe()
+    data_key = {k: v for k, v in options.items() if k not in ("progress", "log", "console")}
+    key = recipe.key(seed=seed, baseline=_weights_id(baseline), **data_key)
+    file = Path(cache) / PAIRED_FILE if cache is not None else None
+    if file is not None and file.is_file():
+        stored = json.loads(file.read_text())
+        if stored.get("key") == key:
+            return stored["metrics"]
+    result = train_final(baseline_plan(baseline), baseline, recipe=recipe, seed=seed, **options)
+    metrics = {**result.metrics, "history": result.history}
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(file, json.dumps({"key": key, "metrics": metrics}, indent=2, default=float))
+    return metrics
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _weights_id(baseline: str | Path) -> str:
+    """The baseline's weights file as size + mtime (a retrained baseline is another one)."""
+    file = Path(baseline) / "model.safetensors"
+    stat = file.stat() if file.exists() else None
+    return f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}" if stat else str(file)
+
+
+def finetune(plan: Plan, baseline: str | Path, *, recipe: Recipe | None = None, seed: int = 0,
+             out: str | Path | None = None, paired: bool = True, paired_cache: str | Path | None = None,
+             proxy_iou: float | None = None, **options: Any) -> Finetuned:
+    """`plan` trained by the final recipe, and (with `paired`) its paired baseline."""
+    recipe = recipe or Recipe()
+    result = train_final(plan, baseline, recipe=recipe, seed=seed, out=out, **options)
+    twin = paired_baseline(baseline, recipe=recipe, seed=seed, cache=paired_cache, **options) \
+        if paired else None
+    return Finetuned(result=result, paired=twin, proxy_iou=proxy_iou)
+
+
+def recorded_baseline(checkpoint: str | Path) -> Path | None:
+    """The baseline a checkpoint was warm-started from, as its metrics recorded it."""
+    file = Path(checkpoint) / "metrics.json"
+    source = json.loads(file.read_text()).get("init_source") if file.is_file() else None
+    if not source:
+        return None
+    folder = Path(source)
+    folder = folder.parent if folder.name == "model.safetensors" else folder
+    return folder if (folder / "plan.json").is_file() else None
