@@ -31,11 +31,14 @@ from cubesearch.errors import CubesearchError
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
 from cubesearch.plan import Plan
 from cubesearch.redact import mask_url
+from cubesearch.search.context import baseline_dir as search_baseline_dir
 from cubesearch.search.record import open_storage, study_points
-from cubesearch.search.settings import flat
-from cubesearch.training import train
+from cubesearch.search.settings import SearchSettings, study_train_options
+from cubesearch.training.finetune import Recipe, finetune, recorded_baseline
 
 FORMATS = ("safetensors", "onnx", "torchscript")
+# What a model trained by the final recipe adds to its metrics, row and card
+FINAL_KEYS = ("proxy_iou", "final_iou", "paired_baseline_iou", "delta_iou_vs_paired")
 ONNX_OPSET = 18  # the dynamo exporter's lowest; ONNX Runtime, TensorRT ≥ 8.6 and OpenVINO read it
 MAX_OPSET = 23
 
@@ -172,6 +175,9 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
         "| metric | this model | baseline |", "|---|---:|---:|",
     ]
     base_iou, base_gflops = metrics.get("baseline_iou"), metrics.get("baseline_gflops")
+    if metrics.get("paired_baseline_iou") is not None:  # trained by the final recipe: like for like
+        base_iou = metrics["paired_baseline_iou"]
+        lines[-2] = "| metric | this model | paired baseline |"
     lines.append(f"| IoU | {metrics['iou']:.4f} | {base_iou:.4f} |" if base_iou is not None
                  else f"| IoU | {metrics['iou']:.4f} | – |")
     for key in ("f1", "precision", "recall", "oa"):
@@ -183,6 +189,7 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
         lines.append(f"| latency, ms (measured, deploy form, on the profiled device) | "
                      f"{metrics['latency']:.2f} | |")
     lines.append(f"| parameters | {metrics['params']:,} | |")
+    lines += final_training_lines(metrics)
     lines += ["", "## Plan", "", "| site | block |", "|---|---|"]
     lines += [f"| `{name}` | {cfg.short()} |" for name, cfg in sites.items()] or ["| (none) | |"]
     lines += ["", "## Load", "", "```python", "import cubesearch",
@@ -202,23 +209,67 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
     return "\n".join(lines)
 
 
+def final_training_lines(metrics: dict[str, Any]) -> list[str]:
+    """The card's proxy IoU → final IoU, beside the paired baseline's final IoU (when the model
+    was trained by the final recipe)."""
+    final, paired = metrics.get("final_iou"), metrics.get("paired_baseline_iou")
+    if final is None:
+        return []
+    proxy, epochs = metrics.get("proxy_iou"), metrics.get("finetune_epochs", metrics.get("scheduled_epochs"))
+    epochs = "?" if epochs is None else f"{epochs:g}"
+    lines = ["", "## Final training", "",
+             f"IoU in the search (the proxy: a short fine-tune) "
+             f"{'–' if proxy is None else f'{proxy:.4f}'} → final IoU **{final:.4f}**, trained by the "
+             f"final recipe for {epochs} epochs (warm start from the "
+             "baseline, distillation from it, annealed to 0, the weights of the best validation "
+             f"IoU kept: epoch {metrics.get('best_epoch', '?')})."]
+    if paired is not None:
+        ratio = f" ({final / paired:.3f}×)" if paired else ""
+        lines += ["", f"Paired baseline (the unconverted model trained by the same recipe, epochs "
+                      f"and seed): final IoU {paired:.4f}; ΔIoU vs paired **{final - paired:+.4f}**"
+                      f"{ratio}."]
+    return lines
+
+
+def study_baseline_dir(points: Sequence[ParetoPoint], root: Path | None, settings: dict[str, Any]
+                       ) -> Path:
+    """The trained, unconverted baseline a study's trials were warm-started from."""
+    if root is not None:
+        try:
+            folder = search_baseline_dir(SearchSettings(**settings), root)
+        except CubesearchError:  # a record older than today's settings
+            folder = None
+        if folder is not None and (folder / "model.safetensors").is_file():
+            return folder
+    for p in points:
+        found = recorded_baseline(p.checkpoint) if p.checkpoint else None
+        if found is not None:
+            return found
+    raise CubesearchError(f"the study's trained baseline is not found (looked in {root}/baselines "
+                          "and the trials' metrics); it is what the final recipe trains from")
+
+
 def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetune_epochs: float,
                baseline: ParetoPoint | None, settings: dict[str, Any] | None = None,
                progress: bool = False, trust_code: bool = False, fold: bool = True,
-               opset: int = ONNX_OPSET) -> dict:
+               opset: int = ONNX_OPSET, baseline_dir: Path | None = None,
+               recipe: Recipe | None = None, paired_cache: Path | None = None) -> dict:
+    """One model folder. With `finetune_epochs`, the plan is trained by the final recipe from
+    `baseline_dir` first (`cubesearch.training.finetune.finetune`), beside its paired baseline
+    (cached in `paired_cache`)."""
     src = Path(point.checkpoint)
     plan = Plan.load(src / "plan.json")
     model = load(src, trust_code=trust_code)
     metrics = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").exists() else {}
     if finetune_epochs > 0:
-        s = flat(settings or {})  # the search's own data and tile settings
-        size = int(s.get("tile_size", 256))
-        result = train(model, plan=plan, data=s.get("data", "synthetic"), epochs=finetune_epochs,
-                       progress=progress, input_size=(plan.input_size[0], size, size),
-                       train_tiles=s.get("train_tiles"), val_tiles=s.get("val_tiles"),
-                       batch_size=int(s.get("batch_size", 8)), seed=int(s.get("seed", 0)))
-        model = result.model
-        metrics.update(result.metrics, finetune_epochs=finetune_epochs)
+        if baseline_dir is None:
+            raise CubesearchError("--finetune needs the study's trained baseline (not found)")
+        recipe = (recipe or Recipe()).model_copy(update={"epochs": finetune_epochs})
+        done = finetune(plan, baseline_dir, recipe=recipe, paired_cache=paired_cache,
+                        proxy_iou=point.iou, progress=progress, **study_train_options(settings or {}))
+        model = done.result.model
+        metrics.update(done.result.metrics, **done.summary(), finetune_epochs=finetune_epochs,
+                       recipe=recipe.model_dump())
     model = model.eval()
     metrics.update(
         trial=point.trial, gflops=count_flops(model, plan.input_size) / 1e9,
@@ -264,16 +315,24 @@ class ExportResult:
     out: Path
     models: list[dict[str, Any]] = field(default_factory=list)
     index: dict[str, str] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # `cubesearch calibrate`'s figures, if it ran
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "models": self.models, "index": self.index}
+        return {"out": str(self.out), "models": self.models, "index": self.index,
+                "calibration": self.calibration}
 
 
 def export(source: str | Path, *, study: str | None = None, out: str | Path = "exported",
            select: str = "pareto", formats: Sequence[str] = ("safetensors", "onnx"),
            finetune_epochs: float = 0.0, progress: bool = True, console=None,
-           trust_code: bool = False, fold: bool = True, opset: int = ONNX_OPSET) -> ExportResult:
+           trust_code: bool = False, fold: bool = True, opset: int = ONNX_OPSET,
+           recipe: Recipe | None = None) -> ExportResult:
     """Export the selected trained models of a study, and write the Pareto index.
+
+    `finetune_epochs`: train each model by the final recipe (`recipe`, its epochs these) from
+    the study's baseline first; the paired baseline is trained once per export (cached in
+    `out/paired.json`) and every model's `metrics.json`, card and index row carry proxy IoU,
+    final IoU and the paired baseline's final IoU.
 
     ONNX and TorchScript are written from the deploy form (`fold=True`: every Cube block folded,
     `cubesearch.blocks.fold_blocks`), checked against the training form; safetensors always
@@ -297,29 +356,35 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
         raise CubesearchError(f"study {st.study_name!r} has no completed trial")
     chosen = select_points(points, select, objectives)
     baseline = next((p for p in points if p.label == "baseline"), None)
+    base_dir = study_baseline_dir(points, study_root(source, settings), settings) \
+        if finetune_epochs > 0 else None
     out = Path(out)
     for p in chosen:  # every destination is checked before any work
         check_destination(out / f"trial_{p.trial:04d}", option="--out")
     created = not out.exists()
-    result = ExportResult(out=out)
+    result = ExportResult(out=out, calibration=st.user_attrs.get("calibration"))
     try:
         out.mkdir(parents=True, exist_ok=True)
         for p in chosen:
             dest = out / f"trial_{p.trial:04d}"
             m = export_one(p, dest, formats=formats, finetune_epochs=finetune_epochs,
                            baseline=baseline, settings=settings, progress=progress,
-                           trust_code=trust_code, fold=fold, opset=opset)
+                           trust_code=trust_code, fold=fold, opset=opset, baseline_dir=base_dir,
+                           recipe=recipe, paired_cache=out)
             if console is not None:
                 console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}, "
                               f"{m['gflops']:.3f} GFLOPs)")
             result.models.append({"trial": p.trial, "folder": str(dest), "iou": m["iou"],
                                   "gflops": m["gflops"], "params": m["params"],
                                   "onnx_max_abs_error": m.get("onnx_max_abs_error"),
-                                  "fold_max_abs_error": m.get("fold_max_abs_error")})
+                                  "fold_max_abs_error": m.get("fold_max_abs_error"),
+                                  **{k: m[k] for k in (*FINAL_KEYS, "best_epoch") if k in m}})
         staging = Path(tempfile.mkdtemp(prefix=".index.", dir=out))
         try:  # the index is written aside, then each file renamed into place
             staged = write_index(staging, points, chosen, baseline, st.study_name,
-                                 settings.get("budget"), objectives)
+                                 settings.get("budget"), objectives,
+                                 finals={m["trial"]: m for m in result.models},
+                                 calibration=result.calibration)
             result.index = {}
             for key, path in staged.items():
                 if Path(path).exists():
@@ -332,6 +397,21 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
             out.rmdir()  # a failed export leaves no empty folder behind
         raise
     return result
+
+
+def _round(value: Any) -> Any:
+    return "" if value is None else round(float(value), 6)
+
+
+def calibration_line(calibration: dict[str, Any] | None) -> str:
+    """How well the study's proxy ranks trained models (`cubesearch calibrate`), in one line."""
+    if not calibration:
+        return ""
+    tau, rho, ceiling = (calibration.get(k) for k in ("kendall_tau", "spearman_rho", "seed_kendall_tau"))
+    fmt = lambda v: "–" if v is None or v != v else f"{v:.2f}"  # noqa: E731  (NaN: a constant scoring)
+    return (f"Calibration: the search's IoU ranks {calibration.get('n_plans')} of its plans trained "
+            f"{calibration.get('epochs', 0):g} epochs by the final recipe ({calibration.get('n_seeds')} "
+            f"seeds) at Kendall τ {fmt(tau)} (Spearman ρ {fmt(rho)}); seed-to-seed τ {fmt(ceiling)}.")
 
 
 def _budget_gflops(budget: str | None, baseline: ParetoPoint | None,
@@ -348,7 +428,12 @@ def _budget_gflops(budget: str | None, baseline: ParetoPoint | None,
 
 def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[ParetoPoint],
                 baseline: ParetoPoint | None, study_name: str, budget: str | None,
-                objectives: Sequence[str]) -> dict[str, str]:
+                objectives: Sequence[str], finals: dict[int, dict[str, Any]] | None = None,
+                calibration: dict[str, Any] | None = None) -> dict[str, str]:
+    """pareto.csv/.md/.png/.html. `finals`: trial → the final-recipe figures of the models
+    trained before export (their rows show proxy → final IoU and the paired baseline's);
+    `calibration`: the study's `cubesearch calibrate` figures, printed beside the front."""
+    finals = {t: m for t, m in (finals or {}).items() if m.get("final_iou") is not None}
     front = non_dominated(points, objectives)
     rows = []
     references = [p for p in points if p.label in ("baseline", "fullcube")]  # always listed
@@ -359,7 +444,8 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
             "sites_replaced": p.sites_replaced, "pareto": p in front, "exported": p in exported,
             "label": p.label, "iou_gain": round(p.iou - baseline.iou, 6) if baseline else "",
             "gflops_saving": round(1 - p.gflops / baseline.gflops, 6) if baseline else "",
-            "folder": f"trial_{p.trial:04d}" if p in exported else ""})
+            "folder": f"trial_{p.trial:04d}" if p in exported else "",
+            **{k: _round(finals.get(p.trial, {}).get(k)) for k in FINAL_KEYS[1:]}})
     csv_path, md_path = out / "pareto.csv", out / "pareto.md"
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -369,14 +455,22 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
     shown = f"{budget} ({budget_gflops:.3f} GFLOPs)" if budget_gflops is not None else budget
     md = [f"# Pareto front of `{study_name}`", "",
           f"Budget: {shown}." if budget else "", "",
-          "| trial | IoU | ΔIoU | GFLOPs | saving | params | sites | note | folder |",
-          "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+          calibration_line(calibration), "",
+          "| trial | IoU | ΔIoU | GFLOPs | saving | params | sites | note | folder |"
+          + (" final IoU | paired baseline IoU | ΔIoU vs paired |" if finals else ""),
+          "|---:|---:|---:|---:|---:|---:|---:|---|---|" + ("---:|---:|---:|" if finals else "")]
     for r in rows:
         gain = f"{r['iou_gain']:+.4f}" if r["iou_gain"] != "" else ""
         saving = f"{r['gflops_saving']:.1%}" if r["gflops_saving"] != "" else ""
         note = ", ".join(x for x in (r["label"], "pareto" if r["pareto"] else "") if x)
+        final = [r[k] for k in FINAL_KEYS[1:]]
         md.append(f"| {r['trial']} | {r['iou']:.4f} | {gain} | {r['gflops']:.3f} | {saving} | "
-                  f"{r['params']:,} | {r['sites_replaced']} | {note} | {r['folder']} |")
+                  f"{r['params']:,} | {r['sites_replaced']} | {note} | {r['folder']} |"
+                  + ("".join(f" {'' if v == '' else f'{v:+.4f}' if i == 2 else f'{v:.4f}'} |"
+                             for i, v in enumerate(final)) if finals else ""))
+    if finals:
+        md += ["", "IoU: the search's (the proxy); final IoU: trained by the final recipe before "
+                   "export, beside the paired baseline (the unconverted model trained alike)."]
     md += ["", "![Pareto plot](pareto.png)", ""]
     md_path.write_text("\n".join(md))
     png, html = out / "pareto.png", out / "pareto.html"

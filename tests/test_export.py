@@ -23,19 +23,16 @@ from cubesearch.conversion import convert
 from cubesearch.errors import CubesearchError
 from cubesearch.pareto import non_dominated
 from cubesearch.plan import Plan
-from cubesearch.search import search
+from cubesearch.training import train
+from cubesearch.training.finetune import Recipe
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(tiny_study):
     """A finished tiny search (6 trials, baseline and FullCube enqueued) to export from."""
-    out = tmp_path_factory.mktemp("search")
-    result = search(TINY, "100%", out=str(out), space="shared", trials=6, sampler="random",
-                    input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
-                    epochs_per_trial=1.0, progress=False)
-    return out, result
+    return tiny_study
 
 
 @pytest.fixture(scope="module")
@@ -274,19 +271,38 @@ def test_cli_export_json_and_errors(searched, tmp_path):
     assert lines[-1].startswith("error: trial 999 has no trained model") and "Traceback" not in bad.stderr
 
 
-def test_finetune_trains_further_on_the_search_data(searched, tmp_path):
+def test_finetune_trains_by_the_final_recipe_beside_the_paired_baseline(searched, tmp_path,
+                                                                         monkeypatch):
+    import cubesearch.training.finetune as final
+
     out, result = searched
-    res = exporting.export(out, out=tmp_path / "e", select="trial:0", formats=("safetensors",),
-                           finetune_epochs=1, progress=False)
-    folder = Path(res.models[0]["folder"])
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["finetune_epochs"] == 1
-    assert metrics["steps"] == 16 // 8  # one epoch of the search's 16 tiles at batch 8
-    trial = next(p for p in result.points if p.trial == 0)
-    before = load(trial.checkpoint).state_dict()
-    after = cubesearch.load(folder).state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before)  # weights moved
-    assert metrics["iou"] == pytest.approx(res.models[0]["iou"])
+    runs = []
+    monkeypatch.setattr(final, "train", lambda *a, **k: runs.append(k.get("plan")) or train(*a, **k))
+    recipe = Recipe(distill_steps=2, patience=None)
+    res = exporting.export(out, out=tmp_path / "e", select="pareto", formats=("safetensors",),
+                           finetune_epochs=1, progress=False, recipe=recipe)
+    # each model, and the paired baseline once for the whole export (plan None: unconverted)
+    assert len(runs) == len(res.models) + 1 and sum(p is None for p in runs) == 1
+    paired = json.loads((tmp_path / "e" / "paired.json").read_text())["metrics"]
+    assert paired["epochs"] == 1 and paired["kd_weight"] == recipe.kd_weight and "init_source" in paired
+    by_trial = {p.trial: p for p in result.points}
+    rows = {int(r["trial"]): r for r in csv.DictReader((tmp_path / "e" / "pareto.csv").open())}
+    for m in res.models:
+        folder = Path(m["folder"])
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["finetune_epochs"] == 1 and metrics["steps"] == 16 // 8  # the search's tiles
+        assert metrics["final_iou"] == metrics["iou"] == m["final_iou"]
+        assert metrics["proxy_iou"] == by_trial[m["trial"]].iou
+        assert metrics["paired_baseline_iou"] == paired["iou"]
+        assert metrics["delta_iou_vs_paired"] == pytest.approx(metrics["iou"] - paired["iou"])
+        assert metrics["init_source"] == paired["init_source"]  # from the study's baseline
+        card = (folder / "README.md").read_text()
+        assert "| metric | this model | paired baseline |" in card
+        assert (f"{metrics['proxy_iou']:.4f} → final IoU **{metrics['iou']:.4f}**" in card
+                and f"final IoU {paired['iou']:.4f}; ΔIoU vs paired" in card)
+        assert float(rows[m["trial"]]["paired_baseline_iou"]) == pytest.approx(paired["iou"])
+        assert float(rows[m["trial"]]["final_iou"]) == pytest.approx(metrics["iou"])
+    assert "paired baseline IoU" in (tmp_path / "e" / "pareto.md").read_text()
 
 
 def test_export_refuses_untrusted_model_code_and_a_file_as_out(searched, tmp_path, monkeypatch):

@@ -14,7 +14,10 @@ def export(
     out: str = typer.Option("exported", "--out", "-o", help="Folder for the models and the index."),
     select: str = typer.Option("pareto", help="pareto, best-iou, under:30GFLOPs or trial:N."),
     formats: str = typer.Option("safetensors,onnx", help="safetensors,onnx[,torchscript]."),
-    finetune_epochs: float = typer.Option(0.0, help="Train each model further before export."),
+    finetune_epochs: float = typer.Option(0.0, "--finetune", "--finetune-epochs",
+                                          help="Train each model by the final recipe for this many "
+                                               "epochs before export, beside the paired baseline "
+                                               "(see `cubesearch finetune`)."),
     trust_model_code: bool = typer.Option(False, "--trust-model-code",
                                           help="Import the model.py / package.module:callable the "
                                                "study names (only for code you trust)."),
@@ -27,6 +30,8 @@ def export(
     """Export the Pareto-optimal (or selected) models of a search, with a Pareto plot."""
     from rich.table import Table
 
+    from cubesearch.cli.finetune import results_table
+    from cubesearch.exporting import calibration_line
     from cubesearch.exporting import export as run_export
 
     console = out_console(as_json)
@@ -45,5 +50,9 @@ def export(
         table.add_row(str(m["trial"]), f"{m['iou']:.4f}", f"{m['gflops']:.3f}", f"{m['params']:,}",
                       *(f"{e:.1e}" if e is not None else "–" for e in errs), m["folder"])
     console.print(table)
+    if any(m.get("final_iou") is not None for m in result.models):
+        console.print(results_table(result.models, f"final recipe, {finetune_epochs:g} epochs"))
+    if result.calibration:
+        console.print(calibration_line(result.calibration))
     console.print(f"index: {result.index['md']}, plot: {result.index['png']} "
                   f"(interactive: {result.index['html']})")

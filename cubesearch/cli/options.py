@@ -14,3 +14,18 @@ LR = typer.Option(2e-3, "--lr", help="Peak learning rate of the baseline and of 
 CLASSES = typer.Option(1, "--classes", help="Output classes (1: binary buildings).")
 PRETRAINED = typer.Option(False, "--pretrained/--no-pretrained",
                           help="Load pretrained weights (needs a download).")
+
+# The final recipe (`cubesearch.training.finetune.Recipe`): `finetune` and `calibrate`; unset
+# (None) ones keep the recipe's defaults.
+RECIPE_EPOCHS = typer.Option(16.0, "--epochs", help="Epochs of the final recipe (early stopping may "
+                                                    "end it sooner).")
+RECIPE_LR = typer.Option(None, "--lr", help="Peak learning rate of the warm-started weights "
+                                            "(default 5e-4).")
+BLOCK_LR = typer.Option(None, "--block-lr", help="Peak learning rate of the new Cube blocks "
+                                                 "(default 2e-3).")
+KD_WEIGHT = typer.Option(None, "--kd-weight", help="Weight of the logit distillation from the "
+                                                   "baseline (default 1; 0: none).")
+PATIENCE = typer.Option(None, "--patience", help="Stop after N epochs without a better val IoU "
+                                                 "(default 4; 0: never stop early).")
+DISTILL_STEPS = typer.Option(None, "--distill-steps", help="Batches fitting each block to the conv it "
+                                                           "replaces first (default 100).")

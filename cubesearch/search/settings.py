@@ -42,6 +42,28 @@ def flat(record: Mapping[str, Any]) -> dict[str, Any]:
             **{k: v for k, v in record.items() if k != "training"}}
 
 
+# `TrainConfig` fields the final recipe sets itself (`cubesearch.training.finetune.Recipe`), or
+# that say how a run shows rather than what it trains: not taken from a study's record.
+_NOT_DATA = frozenset({"epochs", "steps", "lr", "new_lr", "kd_weight", "kd_temperature", "keep_best",
+                       "patience", "min_lr_ratio", "distill_steps", "progress", "input_size"})
+
+
+def study_train_options(record: Mapping[str, Any]) -> dict[str, Any]:
+    """`train`'s data and task options of a stored search (its data, tiles, seed, batch, loss…):
+    what a model of the study trains on when it trains again (`export --finetune`, `finetune`,
+    `calibrate`), so its IoU is measured on the search's own validation set."""
+    s = flat(record)
+    training = {k: v for k, v in (record.get("training") or {}).items()
+                if k in TrainConfig.model_fields and k not in _NOT_DATA}
+    defaults = TrainConfig().model_dump()
+    options = {k: v for k, v in training.items() if v != defaults.get(k)}
+    options.update({k: s[k] for k in TRAINING_OPTIONS if k in s and k not in _NOT_DATA})
+    size = int(s.get("tile_size", 128))
+    channels = int((s.get("input_size") or (3,))[0])
+    return {**options, "data": s.get("data", "synthetic"), "input_size": (channels, size, size),
+            "seed": int(s.get("seed", 0))}
+
+
 def _from_training(name: str) -> property:
     return property(lambda self: getattr(self.training, name), doc=f"`training.{name}`")
 
