@@ -9,10 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from cubesearch._version import __version__
 from cubesearch.blocks import CubeBlock, CubeConfig, FoldedCubeBlock
 from cubesearch.errors import CubesearchError
-
-__version__ = "0.1.0"
 
 # name -> module that defines it; one module per step of docs/design.md §2's data flow.
 _LAZY = {

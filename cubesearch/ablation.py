@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,9 +36,10 @@ from typing import Any
 from cubesearch.blocks import CubeConfig
 from cubesearch.checkpoint import check_destination
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import atomic_write, file_lock
 from cubesearch.logging import get_logger, progress_enabled
 from cubesearch.plan import router_problem
-from cubesearch.search.context import SearchContext, build_context, folder_lock
+from cubesearch.search.context import SearchContext, build_context
 from cubesearch.search.evaluators import SupernetEvaluator, evaluate_plan
 from cubesearch.search.objectives import plan_cost
 from cubesearch.search.settings import SearchSettings
@@ -330,7 +329,7 @@ def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None
         row.over_budget = not cost["feasible"]
     ctx.evaluator = supernet
     ctx.out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(ctx.out / ".baseline.lock"):  # as the search: processes sharing --out prepare once
+    with file_lock(ctx.out / ".baseline.lock"):  # as the search: processes sharing --out prepare once
         supernet.prepare(ctx, progress=progress_enabled(progress), log=log)
     folder = supernet.folder(ctx)
 
@@ -359,7 +358,7 @@ def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None
                             budget=settings.budget, conditions=conditions, notes=notes,
                             confirmed=confirm)
     for p in result.presets:
-        result.files.append(write_text(folder / f"ablation-{p}.md", result.to_markdown(p)))
+        result.files.append(atomic_write(folder / f"ablation-{p}.md", result.to_markdown(p)))
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -423,18 +422,3 @@ def _confirmed(trials: Path) -> dict[str, tuple[float, str]]:
     return found
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` atomically (a temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

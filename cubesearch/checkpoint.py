@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from cubesearch._version import __version__
 from cubesearch.conversion import convert
 from cubesearch.errors import CubesearchError, one_line
 from cubesearch.helpers import file_sha256
@@ -78,8 +79,6 @@ def save(folder: str | os.PathLike, model: nn.Module, plan: Any,
     statistics) and `metrics.json` (when given) into `folder`, replacing a previous checkpoint
     there. A folder holding anything else is refused rather than overwritten."""
     from safetensors.torch import save_model
-
-    from cubesearch import __version__
 
     dest = Path(folder)
     if not _replaceable(dest):

@@ -7,7 +7,9 @@ import difflib
 import hashlib
 import importlib
 import logging
+import os
 import re
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,6 +19,11 @@ import torch
 from torch import nn
 
 from cubesearch.errors import CubesearchError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 # torch's loggers mostly inherit their level from `torch`; some (fake tensors) log whole graphs
 # at ERROR level when an op fails, which is a path failing, not a user problem.
@@ -172,3 +179,53 @@ def import_named(ref: str) -> Any:
     backends and strategies name their entries so, to keep slow imports off start-up)."""
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path in `path`'s folder to write to; on a clean exit it is fsynced and
+    renamed onto `path` (readers see the old file or the new one, never half of one), on an
+    error removed. The file gets the usual permissions (umask), not mkstemp's private ones."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write `data` (text as UTF-8) to `path` atomically (`atomic_path`). Returns the path."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl) on `path` held for the block; released if the process
+    dies. Without fcntl (Windows) there is no lock: the last writer wins."""
+    lock = Path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        if fcntl is None:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError
-from cubesearch.helpers import close_names
+from cubesearch.helpers import atomic_write, close_names
 from cubesearch.sites.records import Site, SiteReport
 
 PLAN_VERSION = 1
@@ -132,21 +131,8 @@ class Plan(BaseModel):
         return cls.from_dict(data, source=str(file))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan as JSON (atomically: a temp file, then rename)."""
-        file = Path(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(self.to_json())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return file
+        """Write the plan as JSON, atomically (`helpers.atomic_write`)."""
+        return atomic_write(path, self.to_json())
 
     # --- checks ------------------------------------------------------------------------------
 

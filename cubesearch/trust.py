@@ -25,13 +25,12 @@ import contextlib
 import contextvars
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cubesearch.errors import CubesearchError
-from cubesearch.helpers import file_sha256
+from cubesearch.helpers import atomic_write, file_lock, file_sha256
 from cubesearch.specs import parse_spec
 
 TRUST_FLAG = "--trust-model-code"
@@ -90,35 +89,12 @@ def record_model_file(file: str | os.PathLike) -> None:
         store = store_path()
         if _read_store(store).get(str(resolved)) == digest:
             return
-        store.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(store):
+        with file_lock(store.with_name(store.name + ".lock")):
             files = _read_store(store)
             files[str(resolved)] = digest
-            fd, tmp = tempfile.mkstemp(prefix=f".{store.name}.", dir=store.parent)
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump({"version": 1, "files": files}, fh, indent=1)
-                os.replace(tmp, store)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(store, json.dumps({"version": 1, "files": files}, indent=1))
     except OSError:
         return
-
-
-@contextlib.contextmanager
-def _locked(store: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: last writer wins
-        yield
-        return
-    with open(store.with_name(store.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def is_recorded(file: str | os.PathLike) -> bool:

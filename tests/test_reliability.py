@@ -366,3 +366,43 @@ def test_search_storage_error_is_masked_and_leaves_no_out(tmp_path, capsys):
                             "--storage", "postgresql+psycopg2://user:hunter2@127.0.0.1:1/db")
     assert code == 1 and "hunter2" not in stdout + err and "user:***@" in error_line(err)
     assert not out.exists()
+
+
+# --- the one atomic write and the one lock (cubesearch.helpers) ------------------------------------
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_nothing_on_error(tmp_path):
+    import os
+
+    from cubesearch.helpers import atomic_path, atomic_write
+
+    target = tmp_path / "deep" / "plan.json"
+    assert atomic_write(target, "one") == target and target.read_text() == "one"
+    atomic_write(target, b"two")
+    assert target.read_bytes() == b"two"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0o600
+    with pytest.raises(RuntimeError, match="midway"), atomic_path(target) as tmp:
+        assert tmp.parent == target.parent  # same folder: the rename is atomic
+        tmp.write_text("half")
+        raise RuntimeError("midway")
+    assert target.read_text() == "two" and sorted(p.name for p in target.parent.iterdir()) == ["plan.json"]
+
+
+def test_file_lock_excludes_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    from cubesearch.helpers import file_lock
+
+    lock = tmp_path / "out" / ".lock"
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')\n")
+    with file_lock(lock):
+        held = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    free = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert (held, free) == ("held", "free")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -10,6 +12,16 @@ MAX_DEPTH = 8  # stacked units per block: deeper blocks cost minutes and gigabyt
 MAX_GROUPS = 1024
 _ACCEPTED = {"lattice_stride": "1 or 2", "fusion_kernel": "1 or 3",
              "groups": f"an integer 1…{MAX_GROUPS}", "depth": f"an integer 1…{MAX_DEPTH}"}
+
+
+def lattice_channels(in_channels: int) -> int:
+    """`C = 4·ceil(C_in/4)`: the router pads to a multiple of 4."""
+    return 4 * math.ceil(in_channels / 4)
+
+
+def fusion_groups(groups: int, in_channels: int, out_channels: int) -> int:
+    """G must divide the fusion conv's in and out channels; otherwise fall back to the gcd."""
+    return math.gcd(groups, math.gcd(in_channels, out_channels))
 
 
 class CubeConfig(BaseModel):
@@ -59,16 +71,12 @@ class CubeConfig(BaseModel):
 
     @classmethod
     def from_json(cls, text: str) -> CubeConfig:
-        import json
-
         return cls.from_dict(json.loads(text))
 
     def groups_used(self, in_channels: int, out_channels: int) -> int:
         """The fusion-conv groups a block with these knobs really uses between in → out
         channels: `groups`, or the gcd with the fusion conv's channels where it does not divide
         them (the smallest over the stacked units)."""
-        from cubesearch.blocks.cube import fusion_groups, lattice_channels
-
         used = []
         for cin in (in_channels, *([out_channels] * (self.depth - 1))):
             channels = lattice_channels(cin)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cubesearch.blocks.config import CubeConfig
-from cubesearch.blocks.cube import fusion_groups, lattice_channels
+from cubesearch.blocks.config import CubeConfig, fusion_groups, lattice_channels
 
 
 @dataclass(frozen=True)

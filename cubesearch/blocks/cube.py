@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cubesearch.blocks.config import CubeConfig
+from cubesearch.blocks.config import CubeConfig, fusion_groups, lattice_channels
 from cubesearch.blocks.layers import (
     ACTIVATIONS,
     ChannelRouter,
@@ -19,16 +18,6 @@ from cubesearch.blocks.layers import (
     fold_stride2_weight,
     lattice_order,
 )
-
-
-def lattice_channels(in_channels: int) -> int:
-    """`C = 4·ceil(C_in/4)`: the router pads to a multiple of 4."""
-    return 4 * math.ceil(in_channels / 4)
-
-
-def fusion_groups(groups: int, in_channels: int, out_channels: int) -> int:
-    """G must divide the fusion conv's in and out channels; otherwise fall back to the gcd."""
-    return math.gcd(groups, math.gcd(in_channels, out_channels))
 
 
 class CubeUnit(nn.Module):

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from cubesearch import __version__
+from cubesearch._version import __version__
 
 app = typer.Typer(
     name="cubesearch",

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cubesearch.data.folder import folder_datasets
+from cubesearch.data.synthetic import SyntheticBuildings
 from cubesearch.errors import CubesearchError
 
 DEFAULT_TRAIN_TILES = 256
@@ -43,8 +45,6 @@ def make_datasets(data: Any = "synthetic", size: int = 256, *, train_tiles: int 
     if int(num_classes) < 1:
         raise CubesearchError(f"number of classes must be at least 1, not {num_classes}")
     if str(data) == "synthetic":
-        from cubesearch.data.synthetic import SyntheticBuildings
-
         if cache_dir is None:
             cache_dir = os.environ.get("CUBESEARCH_DATA_CACHE") or None
 
@@ -61,7 +61,5 @@ def make_datasets(data: Any = "synthetic", size: int = 256, *, train_tiles: int 
         val = SyntheticBuildings(n_val, size, seed, "val", classes=num_classes,
                                  cache_dir=cache_dir).materialize(workers)
         return train, val
-    from cubesearch.data.folder import folder_datasets
-
     return folder_datasets(data, size, seed=seed, num_classes=num_classes, in_channels=in_channels,
                            val_split=val_split, crops_per_image=crops_per_image)

@@ -36,6 +36,7 @@ import numpy as np
 
 from cubesearch.data.base import SegmentationDataset
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import atomic_path
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 CLASS_NAMES = ("background", "building", "road", "vegetation")
@@ -743,13 +744,8 @@ class SyntheticBuildings(SegmentationDataset):
     def _save_cache(self) -> None:
         if self.cache_file is None or self.cache_file.exists() or not self._ready.all():
             return
-        import os
-
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(self.cache_file) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, images=self.images, labels=self.labels)
-        os.replace(tmp, self.cache_file)
 
     def describe(self) -> str:
         return (f"synthetic buildings ({self.split}, seed {self.seed}): {self.n} tiles of "

@@ -21,6 +21,7 @@ from typing import Any
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import close_names
 from cubesearch.latency.table import LatencyTable, block_key, conv_key
 
 
@@ -165,8 +166,6 @@ class LatencyModel:
         try:
             return self.sites[name]
         except KeyError:
-            from cubesearch.sites import close_names
-
             raise CubesearchError(f"site {name!r} was not profiled{close_names(name, list(self.sites))}"
                                   ) from None
 

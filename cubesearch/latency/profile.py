@@ -18,12 +18,16 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from cubesearch.blocks import CubeBlock, CubeConfig
+from cubesearch.conversion import convert
+from cubesearch.errors import CubesearchError
+from cubesearch.latency.fingerprint import device_fingerprint, resolve_device, resolve_dtype
 from cubesearch.latency.measure import (
     deploy_form,
     make_timer,
@@ -33,6 +37,10 @@ from cubesearch.latency.measure import (
 )
 from cubesearch.latency.model import LatencyModel, SiteShape, fit_correction, random_plan
 from cubesearch.latency.table import LatencyTable, block_key, conv_key, model_key
+from cubesearch.models import load_model
+from cubesearch.plan import Plan
+from cubesearch.sites import find_sites, parse_input_size
+from cubesearch.space import SearchSpace
 
 Progress = Callable[[int, str], None]  # (ops just measured, description)
 CHUNK = 16  # blocks timed round-robin with their conv at a time
@@ -103,9 +111,6 @@ def _measure_plans(model: nn.Module, plans: Sequence[dict[str, CubeConfig]], *, 
                    input_size: Sequence[int], repeats: int, warmup: int,
                    progress: Progress | None, seed: int, group: int = 4
                    ) -> list[tuple[float, float]]:
-    from cubesearch.conversion import convert
-    from cubesearch.plan import Plan
-
     timer = make_timer(device)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_size, generator=gen)
@@ -280,14 +285,6 @@ def profile_model(spec: str, *, device: str = "cpu", batch: int = 1, threads: in
     """Load `spec`, find its sites and profile them into the table at `out` (reused when it was
     measured on this device; re-measured when not, or with `reprofile`). Returns (table, stats,
     status)."""
-    from pathlib import Path
-
-    from cubesearch.errors import CubesearchError
-    from cubesearch.latency.fingerprint import device_fingerprint, resolve_device, resolve_dtype
-    from cubesearch.models import load_model
-    from cubesearch.sites import find_sites, parse_input_size
-    from cubesearch.space import SearchSpace
-
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if batch < 1:

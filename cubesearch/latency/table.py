@@ -18,8 +18,6 @@ the device it was measured on: `LatencyTable.open` starts a new one when the fin
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import atomic_write
 from cubesearch.latency.fingerprint import Fingerprint
 
 TABLE_VERSION = 1
@@ -90,19 +89,8 @@ class LatencyTable:
         return cls.from_dict(data, str(path))
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (a temporary file in the same folder, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=1)
-                handle.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write atomically (`helpers.atomic_write`)."""
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def open(cls, path: str | Path | None, fingerprint: Fingerprint, *, reprofile: bool = False

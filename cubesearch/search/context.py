@@ -8,12 +8,10 @@ backend ships it to its workers.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -206,18 +204,6 @@ def budget_line(ctx: SearchContext) -> str:
         return (f"{ctx.budget.value / 1e3:.3f} ms of {ctx.latency.latency_ms({}):.3f} ms on "
                 f"{ctx.latency.fingerprint.label()}")
     return f"{ctx.budget_flops / 1e9:.3f} GFLOPs of {ctx.base_flops / 1e9:.3f}"
-
-
-@contextlib.contextmanager
-def folder_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (fcntl) held for the block; released if the process dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_datasets(ctx: SearchContext) -> None:

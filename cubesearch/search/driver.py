@@ -18,7 +18,7 @@ from rich.console import Console
 
 from cubesearch.checkpoint import check_destination
 from cubesearch.errors import CubesearchError
-from cubesearch.helpers import import_named
+from cubesearch.helpers import file_lock, import_named
 from cubesearch.logging import progress_enabled
 from cubesearch.redact import mask_url
 from cubesearch.search.context import (
@@ -27,7 +27,6 @@ from cubesearch.search.context import (
     budget_line,
     budget_warning,
     build_context,
-    folder_lock,
 )
 from cubesearch.search.evaluators import SupernetEvaluator, UserFunction, callable_name, make_evaluator
 from cubesearch.search.progress import SearchProgress
@@ -125,7 +124,7 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, pro
     warning = budget_warning(ctx)
     if warning:
         log(warning)
-    with folder_lock(ctx.out / ".baseline.lock"):  # processes sharing --out prepare once
+    with file_lock(ctx.out / ".baseline.lock"):  # processes sharing --out prepare once
         evaluator.prepare(ctx, progress=progress, log=log)
         enqueue_references(study, ctx)
     return ctx, study

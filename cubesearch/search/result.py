@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from cubesearch.helpers import atomic_write
 from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
 from cubesearch.redact import mask_url
 from cubesearch.search.context import SearchContext
@@ -74,10 +75,7 @@ def collect_result(study: optuna.Study, ctx: SearchContext) -> SearchResult:
 
 def write_summary(result: SearchResult, ctx: SearchContext) -> None:
     """`search.json` and the plot next to the study, written atomically."""
-    summary = ctx.out / "search.json"
-    tmp = summary.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    tmp.replace(summary)
+    atomic_write(ctx.out / "search.json", json.dumps(result.to_dict(), indent=2, default=str))
     plot_pareto(result.points, result.front, ctx.out / "pareto.png", None,
                 title=f"{ctx.settings.model}: IoU vs GFLOPs", budget_gflops=result.budget_gflops,
                 cloud=result.scored)

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from cubesearch.errors import CubesearchError, one_line
-from cubesearch.supernet.train import SupernetTrainConfig, SupernetTrainer, SupernetTrainResult
+from cubesearch.supernet.train import STATE, SupernetTrainConfig, SupernetTrainer, SupernetTrainResult
 
 
 def _portable(supernet: Any) -> Any:
@@ -98,8 +98,6 @@ def _check_same_checkpoint(out: Path) -> None:
     import json
 
     import torch.distributed as dist
-
-    from cubesearch.supernet.train import STATE
 
     try:
         tag = json.loads((out / STATE).read_text()).get("tag")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cubesearch.blocks import ChannelRouter, CubeBlock, CubeConfig, SpatialAttention, lattice_order
-from cubesearch.blocks.cube import fusion_groups, lattice_channels
+from cubesearch.blocks.config import fusion_groups, lattice_channels
 from cubesearch.blocks.layers import fold_stride2_weight, grouped_lattice_conv, inverse_reconstruct
 from cubesearch.errors import CubesearchError
 

@@ -17,17 +17,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from cubesearch.data.transforms import normalization
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import model_device
+from cubesearch.training import evaluate
 
 _Norm = nn.modules.batchnorm._BatchNorm
 
 
 def prepare_images(image: Tensor, channels: int | None = None, *, normalize: bool = True) -> Tensor:
     """uint8 / float images → the float, normalised tensor the models see (as `train` does)."""
-    from cubesearch.data.transforms import normalization
-
     x = image.float().div(255) if image.dtype == torch.uint8 else image.float()
     if normalize:
         mean, std = normalization(channels or x.shape[1])
@@ -38,8 +39,6 @@ def prepare_images(image: Tensor, channels: int | None = None, *, normalize: boo
 def fixed_batches(dataset: Any, n: int, batch_size: int, seed: int = 0) -> list[Tensor]:
     """`n` batches of normalised images drawn once (seeded) from `dataset`: the same tensors
     every time, so scores are deterministic."""
-    from torch.utils.data import DataLoader
-
     if n < 1:
         return []
     gen = torch.Generator().manual_seed(seed)
@@ -153,8 +152,6 @@ class Scorer:
             supernet.record_order(probe)
 
     def __call__(self, plan: Any) -> dict[str, Any]:
-        from cubesearch.training import evaluate
-
         t0 = time.perf_counter()
         sup = self.supernet
         device = model_device(sup)

@@ -18,17 +18,26 @@ import copy
 import json
 import os
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from cubesearch.blocks import CubeBlock, CubeConfig
+from cubesearch.conversion import convert
+from cubesearch.cost import CostModel
 from cubesearch.errors import CubesearchError
-from cubesearch.helpers import file_sha256
+from cubesearch.helpers import atomic_path, atomic_write, file_sha256
+from cubesearch.models import load_model, load_model_from
+from cubesearch.plan import Plan
+from cubesearch.sites import find_sites
+from cubesearch.space import SearchSpace
 from cubesearch.supernet.elastic import ElasticSite
+from cubesearch.supernet.score import Scorer
+from cubesearch.supernet.train import SupernetTrainConfig, SupernetTrainResult, train_supernet
 
 FORMAT = "cubesearch-supernet"
 FORMAT_VERSION = 1
@@ -109,20 +118,14 @@ class Supernet(nn.Module):
         `smp:Unet:resnet18`). `report` is `find_sites(model, input_size)` (traced here when
         None); `space` a `SearchSpace`, a shipped space's name or a YAML path. `model` itself
         is not modified."""
-        from cubesearch.space import SearchSpace
-
         spec = ""
         kwargs = dict(model_kwargs or {"num_classes": 1, "in_channels": 3})
         if isinstance(model, str):
-            from cubesearch.models import load_model
-
             spec = model
             model = load_model(spec, **kwargs)
         if not isinstance(space, SearchSpace):
             space = SearchSpace.load(space)
         if report is None:
-            from cubesearch.sites import find_sites
-
             report = find_sites(model, input_size=tuple(input_size or (3, 512, 512)))
         size = tuple(getattr(report, "input_size", None) or input_size or (3, 512, 512))
         searchable = space.searchable(list(getattr(report, "sites", report)))
@@ -131,8 +134,6 @@ class Supernet(nn.Module):
                                   "eligible convs")
         cost = None
         if getattr(report, "base_flops", None) is not None:
-            from cubesearch.cost import CostModel
-
             cost = CostModel(report)
         net = copy.deepcopy(model)
         modules = dict(net.named_modules())
@@ -338,8 +339,6 @@ class Supernet(nn.Module):
 
     def make_plan(self, plan: Any = None) -> Any:
         """A `cubesearch.Plan` for `plan` (default: the active one) on this supernet's model."""
-        from cubesearch.plan import Plan
-
         sites_cfg = self._plan if plan is None else self.check_plan(plan)
         return Plan(model=self.model_spec or "model", model_kwargs=dict(self.model_kwargs),
                     input_size=self.input_size, sites=dict(sites_cfg))
@@ -348,8 +347,6 @@ class Supernet(nn.Module):
         """`convert(model, plan)` with the supernet's weights for `plan` (default: the active
         one) copied in: the conv paths, the rest of the model and every block's active path.
         Same train/eval mode as the supernet."""
-        from cubesearch.conversion import convert
-
         p = self.make_plan(plan)
         model = convert(self.plain(), p)
         sites = self.sites
@@ -362,20 +359,19 @@ class Supernet(nn.Module):
 
     # --- training and scoring (cubesearch.supernet.train / .score) --------------------------------
 
-    def train(self, data: Any = True, config: Any = None, **kwargs: Any) -> Any:
-        """`train(data, ...)` trains the supernet (`fit`); `train(True/False)` is nn.Module's
-        mode switch, as everywhere in PyTorch."""
-        if isinstance(data, bool):
-            return super().train(data)
-        return self.fit(data, config, **kwargs)
+    def train(self, mode: bool = True) -> Supernet:
+        """nn.Module's mode switch, as everywhere in PyTorch; the supernet trains with `fit`."""
+        if not isinstance(mode, bool):
+            raise TypeError("Supernet.train(mode) switches train/eval mode; train the supernet "
+                            "on data with Supernet.fit(data, ...)")
+        return super().train(mode)
 
-    def fit(self, data: Any, config: Any = None, *, out: str | os.PathLike | None = None,
-            log: Any = None, **overrides: Any) -> Any:
+    def fit(self, data: Any, config: SupernetTrainConfig | None = None, *,
+            out: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
+            **overrides: Any) -> SupernetTrainResult:
         """Train from the baseline the conv paths hold (`load_baseline`): `data` is the training
         set or a (train, val) pair; `out` a folder for resumable checkpoints; `overrides` are
         `SupernetTrainConfig` fields (epochs, distill_steps, random_paths, kd_weight, …)."""
-        from cubesearch.supernet.train import train_supernet
-
         train_ds, val_ds = (data[0], data[1]) if isinstance(data, (tuple, list)) else (data, None)
         self._data = (train_ds, val_ds if val_ds is not None else getattr(self, "_data", (None, None))[1])
         self._scorer = None
@@ -385,8 +381,6 @@ class Supernet(nn.Module):
         """Validation metrics of `plan` in the supernet (IoU, F1, …, seconds): BatchNorms it
         changes re-estimated on fixed training batches, restored afterwards. `data`: a (train,
         val) pair (default: the one given to `fit`); `kwargs` go to `Scorer`."""
-        from cubesearch.supernet.score import Scorer
-
         if data is not None or kwargs or getattr(self, "_scorer", None) is None:
             train_ds, val_ds = data if data is not None else getattr(self, "_data", (None, None))
             if train_ds is None or val_ds is None:
@@ -408,16 +402,12 @@ class Supernet(nn.Module):
     def save(self, folder: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
         """Write `supernet.safetensors` and `supernet.json` into `folder` (each atomically, the
         JSON last: it records the weights' SHA-256, so a half-written pair is detected)."""
-        from safetensors.torch import save_file
-
         dest = Path(folder)
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = dest / f".{WEIGHTS}.tmp-{os.getpid()}"
-        save_file(self.state_tensors(), str(tmp), metadata={"format": FORMAT})
-        digest = file_sha256(tmp)
-        os.replace(tmp, dest / WEIGHTS)
+        with atomic_path(dest / WEIGHTS) as tmp:
+            save_file(self.state_tensors(), str(tmp), metadata={"format": FORMAT})
+            digest = file_sha256(tmp)
         info = dict(self.manifest(), sha256=digest, **dict(extra or {}))
-        _write_json(dest / MANIFEST, info)
+        atomic_write(dest / MANIFEST, json.dumps(info, indent=1, default=str) + "\n")
         return dest
 
     @classmethod
@@ -425,10 +415,6 @@ class Supernet(nn.Module):
              report: Any = None) -> Supernet:
         """Rebuild a saved supernet: its model from the saved spec (or `model`, the unconverted
         module it was built from), its space, then the weights (checked against the SHA-256)."""
-        from safetensors.torch import load_file
-
-        from cubesearch.space import SearchSpace
-
         src = Path(folder)
         info = read_manifest(src)
         weights = src / WEIGHTS
@@ -442,8 +428,6 @@ class Supernet(nn.Module):
             if not info.get("model"):
                 raise CubesearchError(f"{src}: the supernet was built from a module, not a model "
                                       "spec; pass the model: Supernet.load(folder, model)")
-            from cubesearch.models import load_model_from
-
             # a spec read from a file: model code runs only as cubesearch.trust allows
             model = load_model_from(info["model"], source=src / MANIFEST, folder=src,
                                     **info.get("model_kwargs", {}))
@@ -486,13 +470,3 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise CubesearchError(f"{file}: supernet format version {info.get('version')!r} is not "
                               f"supported (this cubesearch reads {FORMAT_VERSION})")
     return info
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def unit_norms(sites: Iterable[ElasticSite]) -> list[nn.Module]:
-    return [m for s in sites for m in s.units.modules() if isinstance(m, nn.BatchNorm2d)]

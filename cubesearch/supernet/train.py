@@ -41,11 +41,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from cubesearch.errors import CubesearchError
-from cubesearch.helpers import file_sha256, model_device
+from cubesearch.helpers import atomic_write, file_sha256, model_device
 from cubesearch.supernet.score import fixed_batches, prepare_images, reference_statistics
+from cubesearch.training import logits_of, make_loss
 
 STATE = "state.json"
 DISTILL_EPOCH = 10_000  # the data epoch (augmentations, order) of the distillation batches
@@ -143,8 +146,6 @@ class SupernetTrainer:
         self.total_steps = max(0, math.ceil(self.cfg.epochs * self.steps_per_epoch))
         self.n_epochs = math.ceil(self.total_steps / self.steps_per_epoch) if self.total_steps else 0
         self.k = int(getattr(train_ds, "num_classes", 1) or 1)
-        from cubesearch.training import make_loss
-
         self.loss_fn = make_loss(self.cfg.loss, self.k)
         base_lr = self.cfg.base_lr if self.cfg.base_lr is not None else self.cfg.lr / 4
         self.opt = torch.optim.Adam([
@@ -161,8 +162,6 @@ class SupernetTrainer:
         """This process's batches: the whole batch, or with shards the global batch (rank None)
         or its shard (rank r), from the same permutation of the training set; `ranks` picks
         other shards."""
-        from torch.utils.data import DataLoader
-
         if hasattr(self.train_ds, "set_epoch"):
             self.train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
@@ -294,8 +293,6 @@ class SupernetTrainer:
         each of `paths` on the labels and the unconverted logits; gradients accumulate (losses
         × `scale`). Under DDP only the last backward pass synchronises (`no_sync` before it: one
         all-reduce of the accumulated gradients per step). Returns the losses."""
-        from cubesearch.training import logits_of
-
         cfg, sn = self.cfg, self.sn
         size = tuple(y.shape[-2:])
         no_sync = getattr(self.model, "no_sync", None)
@@ -336,10 +333,6 @@ class SupernetTrainer:
     def save(self, tag: str) -> None:
         if self.out is None or not self.rank0:
             return
-        from safetensors.torch import save_file
-
-        from cubesearch.supernet.supernet import _write_json
-
         self.out.mkdir(parents=True, exist_ok=True)
         weights, optim = self.out / f"ckpt-{tag}.safetensors", self.out / f"ckpt-{tag}.optim.safetensors"
         save_file(self.sn.state_tensors(), str(weights))
@@ -350,7 +343,7 @@ class SupernetTrainer:
                  "optim": optim.name, "optim_sha256": file_sha256(optim), "param_groups": groups,
                  "config": self.cfg.identity(), "shards": self.shards,
                  "supernet": self.sn.manifest(), "result": asdict(self.result)}
-        _write_json(self.out / STATE, state)
+        atomic_write(self.out / STATE, json.dumps(state, indent=1, default=str) + "\n")
         for old in self.out.glob("ckpt-*.safetensors"):  # only now is the previous pair unneeded
             if old.name not in (weights.name, optim.name):
                 old.unlink(missing_ok=True)
@@ -359,9 +352,6 @@ class SupernetTrainer:
         """Load the last checkpoint in `out`, if any. True when one was loaded."""
         if self.out is None or not (self.out / STATE).is_file():
             return False
-        from safetensors.torch import load_file
-
-
         state = json.loads((self.out / STATE).read_text())
         if state.get("config") != self.cfg.identity():
             changed = sorted(k for k in self.cfg.identity()
