@@ -49,7 +49,6 @@ from cubesearch.latency import (  # noqa: E402
     fit_correction,
     measure_plans,
     profile_latency,
-    random_plan,
 )
 from cubesearch.models import load_model  # noqa: E402
 from cubesearch.sites import find_sites, parse_input_size  # noqa: E402
@@ -136,8 +135,8 @@ def run_model(spec: str, args: argparse.Namespace, log) -> dict[str, Any]:
     lat = LatencyModel(table, stats.key)
     rng = random.Random(args.seed)
     n, k = args.plans, args.calibrate
-    calib = [random_plan(space, searchable, rng, share=(i + 0.5) / k) for i in range(k)]
-    valid = [random_plan(space, searchable, rng, share=(i + 0.5) / n) for i in range(n)]
+    calib = [space.random_plan(searchable, rng, share=(i + 0.5) / k) for i in range(k)]
+    valid = [space.random_plan(searchable, rng, share=(i + 0.5) / n) for i in range(n)]
     t0 = time.perf_counter()
     log(f"  measuring {k + n} whole models (load {load():.1f})")
     meas = measure_plans(model, calib + valid, layout=stats.layout, device=device,

@@ -79,10 +79,10 @@ class Stepper:
     on the logits, Adam."""
 
     def __init__(self, model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]):
-        from cubesearch.training import _Inputs, logits_of, make_loss
+        from cubesearch.training import Inputs, logits_of, make_loss
 
         self.model = model.to(memory_format=torch.channels_last).train()
-        self.inputs = _Inputs(3, torch.device("cpu"), True)
+        self.inputs = Inputs(3, torch.device("cpu"), True)
         self.loss = make_loss("bce", 1)
         self.logits_of = logits_of
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -177,7 +177,10 @@ def _user_frame(exc: BaseException, filename: str) -> str:
 
 
 def import_file(path: str | Path) -> Any:
-    """Import a Python file as a fresh module (every call re-executes it)."""
+    """Import a Python file the user named (a model file, an evaluator) as a fresh module: every
+    call re-executes it, under a private name kept in `sys.modules` (pickling finds its
+    functions by it), with its own folder on `sys.path` while it runs so that it can import its
+    siblings (nothing else of that folder is imported)."""
     file = Path(path)
     shown = str(path)
     if not file.exists():

@@ -16,8 +16,9 @@ site → `CubeConfig` (define-by-run), the same function for every sampler and b
 from __future__ import annotations
 
 import itertools
+import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -180,6 +181,40 @@ class SearchSpace(BaseModel):
             return {}
         cfg = self._suggest_config(trial, "", no_none)
         return {s.name: cfg for s in replaced}
+
+    def random_plan(self, sites: Sequence[SiteLike], rng: random.Random,
+                    share: float | None = None) -> dict[str, CubeConfig]:
+        """A random plan: a share of the sites (uniform in [0, 1] unless given, so dense and
+        sparse plans both come up) replaced, each with a config the space allows there drawn
+        uniformly; shared spaces use one config, fullcube replaces every site."""
+        share = rng.random() if share is None else share
+        chosen = list(sites) if self.mode == "fullcube" else [s for s in sites if rng.random() < share]
+        if self.mode == "per_site":
+            return {s.name: rng.choice(self.site_combos(s)) for s in chosen}
+        if not chosen:
+            return {}
+        cfg = rng.choice(self.shared_combos(sites))
+        return {s.name: cfg for s in chosen}
+
+    def best_plan(self, sites: Sequence[SiteLike], gain: Callable[[str, CubeConfig], float]
+                  ) -> dict[str, CubeConfig]:
+        """The plan the space allows with the lowest total `gain(site, config)`: what putting
+        `config` at `site` changes in a cost (FLOPs, latency) against its conv, sites priced
+        independently (< 0: the block is cheaper). A site stays a conv where no block gains,
+        unless the space is fullcube."""
+        if self.mode == "per_site":
+            plan = {}
+            for s in sites:
+                best = min(self.site_combos(s), key=lambda c, s=s: gain(s.name, c))
+                if gain(s.name, best) < 0:
+                    plan[s.name] = best
+            return plan
+        combos = self.shared_combos(sites)
+        if self.mode == "fullcube":
+            best = min(combos, key=lambda c: sum(gain(s.name, c) for s in sites))
+            return {s.name: best for s in sites}
+        best = min(combos, key=lambda c: sum(min(0.0, gain(s.name, c)) for s in sites))
+        return {s.name: best for s in sites if gain(s.name, best) < 0}
 
     def _suggest_config(self, trial: Any, prefix: str, no_router_none: bool) -> CubeConfig:
         values = {}

@@ -16,7 +16,7 @@ from cubesearch.data import make_datasets
 from cubesearch.errors import CubesearchError
 from cubesearch.training import (
     TrainingDiverged,
-    _lr_factor,
+    cosine,
     distill,
     evaluate,
     load_init,
@@ -104,19 +104,19 @@ def test_small_dataset_shrinks_the_batch(data):
 
 def test_cosine_schedule_with_warmup():
     total, warm = 100, 10
-    f = [_lr_factor(s, total, warm, 0.01) for s in range(total)]
+    f = [cosine(s, total, warm, 0.01) for s in range(total)]
     assert f[0] == pytest.approx(1 / 11) and f[9] == pytest.approx(10 / 11)
     assert f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
     mid = 10 + 45
     assert f[mid] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert _lr_factor(total, total, warm, 0.01) == pytest.approx(0.01)
+    assert cosine(total, total, warm, 0.01) == pytest.approx(0.01)
 
 
 def test_learning_rate_follows_the_schedule(data):
     r = train(tiny(), data=data, steps=4, eval_every=1, lr=1e-2, warmup=0.0, **FAST)
     lrs = [h["lr"] for h in r.history]  # the lr set for the step after each
-    assert lrs == pytest.approx([1e-2 * _lr_factor(s, 4, 0) for s in (1, 2, 3, 4)])
+    assert lrs == pytest.approx([1e-2 * cosine(s, 4, 0) for s in (1, 2, 3, 4)])
 
 
 def test_optimizers_and_losses_run(data):
@@ -352,9 +352,9 @@ def test_new_parameters_train_at_their_own_learning_rate(data):
 
 
 def batch_stream(dataset, n=8):
-    from cubesearch.training import _Inputs
+    from cubesearch.training import Inputs
 
-    inputs = _Inputs(3, torch.device("cpu"), False)
+    inputs = Inputs(3, torch.device("cpu"), False)
     images = torch.stack([dataset[i][0] for i in range(n)])
     masks = torch.stack([dataset[i][1] for i in range(n)])
     return lambda: inputs(images, masks)[0]

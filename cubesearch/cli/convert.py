@@ -1,4 +1,4 @@
-"""`cubesearch sites MODEL` and `cubesearch convert MODEL -o OUT/` (issue 4)."""
+"""`cubesearch sites MODEL` and `cubesearch convert MODEL -o OUT/`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Latency as a cost: measure what a plan costs on the user's own device (issue 18).
+"""Latency as a cost: measure what a plan costs on the user's own device.
 
 - `fingerprint`: the device a table was measured on (CPU model and threads, or GPU name; torch;
   batch; dtype).
@@ -11,7 +11,7 @@
 """
 
 from cubesearch.latency.fingerprint import Fingerprint, device_fingerprint, resolve_device
-from cubesearch.latency.model import Correction, LatencyModel, fit_correction, random_plan
+from cubesearch.latency.model import Correction, LatencyModel, fit_correction
 from cubesearch.latency.profile import ProfileStats, measure_plans, profile_latency
 from cubesearch.latency.table import LatencyTable, model_key
 
@@ -26,6 +26,5 @@ __all__ = [
     "measure_plans",
     "model_key",
     "profile_latency",
-    "random_plan",
     "resolve_device",
 ]

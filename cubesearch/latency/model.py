@@ -14,7 +14,6 @@ added block time and the number of sites replaced) and is stored with the model'
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,8 @@ from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import close_names
 from cubesearch.latency.table import LatencyTable, block_key, conv_key
+from cubesearch.sites import Site
+from cubesearch.space import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class LatencyModel:
 
     # --- the fastest plan ----------------------------------------------------------------------
 
-    def fastest_plan(self, space: Any, sites: Sequence[Any]) -> dict[str, CubeConfig]:
+    def fastest_plan(self, space: SearchSpace, sites: Sequence[Site]) -> dict[str, CubeConfig]:
         """The lowest-latency plan the space can produce (sites priced independently)."""
         def gain(name: str, cfg: CubeConfig) -> float:  # < 0: replacing is faster
             if self.correction is None:
@@ -227,32 +228,5 @@ class LatencyModel:
             c = self.correction
             return c.b * self.block_us(name, cfg) - c.a * self.conv_us(name) + c.c
 
-        if space.mode == "per_site":
-            plan = {}
-            for s in sites:
-                best = min(space.site_combos(s), key=lambda c, s=s: gain(s.name, c))
-                if gain(s.name, best) < 0:
-                    plan[s.name] = best
-            return plan
-        combos = space.shared_combos(sites)
-        if space.mode == "fullcube":
-            best = min(combos, key=lambda c: sum(gain(s.name, c) for s in sites))
-            return {s.name: best for s in sites}
-        best = min(combos, key=lambda c: sum(min(0.0, gain(s.name, c)) for s in sites))
-        return {s.name: best for s in sites if gain(s.name, best) < 0}
+        return space.best_plan(sites, gain)
 
-
-def random_plan(space: Any, sites: Sequence[Any], rng: random.Random,
-                share: float | None = None) -> dict[str, CubeConfig]:
-    """A random plan: a share of the sites (uniform in [0, 1] unless given) replaced, each with a
-    random config the space allows there; shared/fullcube spaces use one config."""
-    share = rng.random() if share is None else share
-    chosen = [s for s in sites if rng.random() < share]
-    if space.mode == "fullcube":
-        chosen = list(sites)
-    if space.mode in ("shared", "fullcube"):
-        if not chosen:
-            return {}
-        cfg = rng.choice(space.shared_combos(sites))
-        return {s.name: cfg for s in chosen}
-    return {s.name: rng.choice(space.site_combos(s)) for s in chosen}

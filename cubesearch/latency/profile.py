@@ -35,11 +35,11 @@ from cubesearch.latency.measure import (
     runner,
     time_interleaved,
 )
-from cubesearch.latency.model import LatencyModel, SiteShape, fit_correction, random_plan
+from cubesearch.latency.model import LatencyModel, SiteShape, fit_correction
 from cubesearch.latency.table import LatencyTable, block_key, conv_key, model_key
 from cubesearch.models import load_model
 from cubesearch.plan import Plan
-from cubesearch.sites import find_sites, parse_input_size
+from cubesearch.sites import Site, SiteReport, find_sites, parse_input_size
 from cubesearch.space import SearchSpace
 
 Progress = Callable[[int, str], None]  # (ops just measured, description)
@@ -75,7 +75,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def site_configs(space: Any, sites: Sequence[Any]) -> dict[str, list[CubeConfig]]:
+def site_configs(space: SearchSpace, sites: Sequence[Site]) -> dict[str, list[CubeConfig]]:
     """Every block config the space allows at each searchable site."""
     if space.mode == "per_site":
         return {s.name: space.site_combos(s) for s in sites}
@@ -131,7 +131,7 @@ def _measure_plans(model: nn.Module, plans: Sequence[dict[str, CubeConfig]], *, 
     return out
 
 
-def profile_latency(model: nn.Module, report: Any, space: Any, *, spec: str,
+def profile_latency(model: nn.Module, report: SiteReport, space: SearchSpace, *, spec: str,
                     table: LatencyTable, device: torch.device, dtype: torch.dtype,
                     num_classes: int = 1, repeats: int = 5, warmup: int = 1,
                     calibrate: int = 0, seed: int = 0, progress: Progress | None = None,
@@ -258,7 +258,7 @@ def _calibrate(model: nn.Module, space: Any, searchable: list, table: LatencyTab
     lat = LatencyModel(table, key)
     lat.correction = None
     rng = random.Random(seed)
-    plans = [random_plan(space, searchable, rng, share=(i + 0.5) / calibrate) for i in range(calibrate)]
+    plans = [space.random_plan(searchable, rng, share=(i + 0.5) / calibrate) for i in range(calibrate)]
     plans = [p for p in plans if p] or plans
     measured = measure_plans(model, plans, layout=entry["layout"], device=device, dtype=dtype,
                              batch=table.fingerprint.batch, input_size=tuple(entry["input_size"]),

@@ -148,19 +148,8 @@ def build_context(settings: SearchSettings) -> SearchContext:
 
 def cheapest_plan(space: SearchSpace, sites: Sequence[Site], cost: CostModel) -> dict[str, CubeConfig]:
     """The lowest-FLOPs plan the space can produce (sites are priced independently)."""
-    if space.mode == "per_site":
-        plan = {}
-        for s in sites:
-            best = min(space.site_combos(s), key=lambda c, s=s: cost.flops({s.name: c}))
-            if cost.flops({s.name: best}) < cost.flops({}):
-                plan[s.name] = best
-        return plan
-    combos = space.shared_combos(sites)
-    best = min(combos, key=lambda c: cost.flops({s.name: c for s in sites}))
-    plan = {s.name: best for s in sites}
-    if space.mode == "shared":  # replacing a site may cost more than keeping it
-        plan = {n: c for n, c in plan.items() if cost.flops({n: c}) < cost.flops({})}
-    return plan
+    base = cost.flops({})
+    return space.best_plan(sites, lambda name, cfg: cost.flops({name: cfg}) - base)
 
 
 def costliest_flops(space: SearchSpace, sites: Sequence[Site], cost: CostModel) -> float:

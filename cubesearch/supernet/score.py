@@ -23,8 +23,13 @@ from cubesearch.data.transforms import normalization
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import model_device
 from cubesearch.training import evaluate
-
-_Norm = nn.modules.batchnorm._BatchNorm
+from cubesearch.training.norms import (
+    Norm,
+    cumulative_statistics,
+    restore_statistics,
+    save_statistics,
+    tracked_norms,
+)
 
 
 def prepare_images(image: Tensor, channels: int | None = None, *, normalize: bool = True) -> Tensor:
@@ -60,54 +65,29 @@ def fixed_batches(dataset: Any, n: int, batch_size: int, seed: int = 0) -> list[
     return out
 
 
-def _unique(norms: Sequence[_Norm]) -> list[_Norm]:
-    seen: set[int] = set()
-    out = []
-    for bn in norms:
-        if id(bn) not in seen and bn.track_running_stats:
-            seen.add(id(bn))
-            out.append(bn)
-    return out
-
-
-def save_statistics(norms: Sequence[_Norm]) -> list[tuple[_Norm, dict[str, Tensor]]]:
-    return [(bn, {k: v.clone() for k, v in bn.state_dict().items()
-                  if k in ("running_mean", "running_var", "num_batches_tracked")}) for bn in norms]
-
-
-def restore_statistics(saved: Sequence[tuple[_Norm, dict[str, Tensor]]]) -> None:
-    with torch.no_grad():
-        for bn, state in saved:
-            for k, v in state.items():
-                getattr(bn, k).copy_(v)
-
-
 @torch.no_grad()
-def reestimate(net: nn.Module, norms: Sequence[_Norm], batches: Sequence[Tensor]) -> None:
+def reestimate(net: nn.Module, norms: Sequence[Norm], batches: Sequence[Tensor]) -> None:
     """Replace the running statistics of `norms` by their cumulative average over `batches`
     (forward passes, everything else in eval mode). Leaves the model in eval mode."""
-    norms = _unique(norms)
-    momenta = [bn.momentum for bn in norms]
+    norms = tracked_norms(norms)
     device = model_device(net)
     net.eval()
     for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None
         bn.train()
     try:
-        for x in batches:
-            net(x.to(device))
+        with cumulative_statistics(norms):
+            for x in batches:
+                net(x.to(device))
     finally:
-        for bn, m in zip(norms, momenta, strict=True):
-            bn.momentum = m
+        for bn in norms:
             bn.eval()
 
 
 @contextlib.contextmanager
-def reestimated(net: nn.Module, norms: Sequence[_Norm], batches: Sequence[Tensor]) -> Iterator[None]:
+def reestimated(net: nn.Module, norms: Sequence[Norm], batches: Sequence[Tensor]) -> Iterator[None]:
     """Within the block `norms` hold statistics re-estimated on `batches`; the previous ones come
     back afterwards (also on error)."""
-    norms = _unique(norms)
+    norms = tracked_norms(norms)
     saved = save_statistics(norms)
     try:
         reestimate(net, norms, batches)
@@ -122,7 +102,7 @@ def reference_statistics(supernet: Any, batches: Sequence[Tensor]) -> None:
     if not batches:
         raise CubesearchError("reference statistics need at least one batch")
     block = {id(m) for s in supernet.sites.values() for m in s.units.modules()}
-    norms = [m for m in supernet.net.modules() if isinstance(m, _Norm) and id(m) not in block]
+    norms = [m for m in supernet.net.modules() if isinstance(m, Norm) and id(m) not in block]
     with supernet.using({}):
         reestimate(supernet.net, norms, batches)
     supernet.record_order(batches[0][:1])

@@ -33,7 +33,7 @@ from cubesearch.errors import CubesearchError
 from cubesearch.helpers import atomic_path, atomic_write, file_sha256
 from cubesearch.models import load_model, load_model_from
 from cubesearch.plan import Plan
-from cubesearch.sites import find_sites
+from cubesearch.sites import Site, find_sites
 from cubesearch.space import SearchSpace
 from cubesearch.supernet.elastic import ElasticSite
 from cubesearch.supernet.score import Scorer
@@ -94,9 +94,9 @@ class Supernet(nn.Module):
     the supernet runs it under the active plan (`set_plan`, `plan` / `using`).
     """
 
-    def __init__(self, net: nn.Module, sites: Sequence[Any], space: Any, *, model_spec: str = "",
-                 model_kwargs: Mapping[str, Any] | None = None,
-                 input_size: Sequence[int] = (3, 512, 512), cost: Any = None) -> None:
+    def __init__(self, net: nn.Module, sites: Sequence[Site], space: SearchSpace, *,
+                 model_spec: str = "", model_kwargs: Mapping[str, Any] | None = None,
+                 input_size: Sequence[int] = (3, 512, 512), cost: CostModel | None = None) -> None:
         super().__init__()
         self.net = net
         self.site_info = {s.name: s for s in sites}
@@ -206,30 +206,12 @@ class Supernet(nn.Module):
         """A random plan: each site replaced with probability p (p uniform per plan, so dense and
         sparse plans both come up), its config uniform over the space there; within
         `budget_flops` when given (rejection, then the cheapest plan)."""
+        sites = list(self.site_info.values())
         for _ in range(tries):
-            plan = self._random_plan(rng)
+            plan = self.space.random_plan(sites, rng)
             if budget_flops is None or self.cost is None or self.cost.flops(plan) <= budget_flops:
                 return plan
         return self.cheapest_plan()
-
-    def shared_configs(self) -> list[CubeConfig]:
-        """Configs every site allows (the choices of a `shared` or `fullcube` space)."""
-        sites = list(self.sites.values())
-        common = set.intersection(*(set(s.configs) for s in sites)) if sites else set()
-        return sorted(common, key=lambda c: c.to_json())
-
-    def _random_plan(self, rng: random.Random) -> dict[str, CubeConfig]:
-        p = rng.random()
-        mode = getattr(self.space, "mode", "per_site")
-        if mode == "per_site":
-            return {name: rng.choice(site.config_list)
-                    for name, site in self.sites.items() if rng.random() < p}
-        names = list(self.sites) if mode == "fullcube" else [n for n in self.sites if rng.random() < p]
-        common = self.shared_configs()
-        if not names or not common:
-            return {}
-        cfg = rng.choice(common)
-        return {n: cfg for n in names}
 
     def cheapest_plan(self) -> dict[str, CubeConfig]:
         """The lowest-FLOPs plan (sites priced independently; a site stays a conv when no block
@@ -237,21 +219,10 @@ class Supernet(nn.Module):
         if self.cost is None:
             raise CubesearchError("the cheapest plan needs FLOPs: build the supernet from "
                                   "find_sites(..., flops=True)")
-        base = self.cost.flops({})
-        mode = getattr(self.space, "mode", "per_site")
-        if mode != "per_site":  # one config for every site (shared: only where it saves FLOPs)
-            best = min(self.shared_configs(), key=lambda c: self.cost.flops(
-                {n: c for n in self.sites}))
-            plan = {n: best for n in self.sites}
-            if mode == "shared":
-                plan = {n: c for n, c in plan.items() if self.cost.flops({n: c}) < base}
-            return plan
-        plan = {}
-        for name, site in self.sites.items():
-            best = min(site.config_list, key=lambda c, n=name: self.cost.flops({n: c}))
-            if self.cost.flops({name: best}) < base:
-                plan[name] = best
-        return plan
+        cost = self.cost
+        base = cost.flops({})
+        return self.space.best_plan(list(self.site_info.values()),
+                                    lambda name, cfg: cost.flops({name: cfg}) - base)
 
     # --- parameters ---------------------------------------------------------------------------
 

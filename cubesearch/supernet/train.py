@@ -1,14 +1,15 @@
 """Training a supernet from the trained baseline, in two stages, checkpointed and resumable.
 
-1. **Local distillation** (today's `distill`, generalised): the baseline runs frozen; at every
-   searchable site, `distill_configs` configurations sampled from the space are fitted to
+1. **Local distillation** (`training.distill`'s loss, over sampled configs): the baseline runs
+   frozen; at every searchable site, `distill_configs` configurations sampled from the space are fitted to
    reproduce the conv's output from the conv's own input (MSE normalised by the target's
    variance). Only block weights move.
 2. **End to end, sandwich rule** (BigNAS): every step runs the unconverted path on the labels,
    then the cheapest feasible plan and `random_paths` random feasible plans on the labels plus
    in-place distillation toward the unconverted path's (detached) logits (`kd_weight`);
    gradients accumulate over the paths, then one optimiser step. The baseline's weights move at
-   `base_lr` (default lr / 4, as a trial fine-tunes them), the blocks at `lr`.
+   `base_lr` (default lr / 4, as a trial fine-tunes them), the blocks at `lr`, both on
+   `training`'s cosine schedule.
 
 A checkpoint (`SupernetTrainer.out`) is written after the distillation and after every epoch:
 `ckpt-TAG.safetensors` (supernet), `ckpt-TAG.optim.safetensors` (Adam's moments) and
@@ -49,6 +50,8 @@ from cubesearch.errors import CubesearchError
 from cubesearch.helpers import atomic_write, file_sha256, model_device
 from cubesearch.supernet.score import fixed_batches, prepare_images, reference_statistics
 from cubesearch.training import logits_of, make_loss
+from cubesearch.training.distillation import normalised_mse
+from cubesearch.training.optim import cosine, warmup_steps
 
 STATE = "state.json"
 DISTILL_EPOCH = 10_000  # the data epoch (augmentations, order) of the distillation batches
@@ -105,13 +108,6 @@ def _kd_loss(student: Tensor, teacher: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(student.float(), torch.sigmoid(teacher.float()))
     return F.kl_div(F.log_softmax(student.float(), 1), F.softmax(teacher.float(), 1),
                     reduction="batchmean") / (student.shape[-1] * student.shape[-2])
-
-
-def _lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class SupernetTrainer:
@@ -214,10 +210,9 @@ class SupernetTrainer:
                 losses = []
                 for name, site in sites.items():
                     inp, target = captured[name]
-                    scale = target.float().var().clamp_min(1e-6)
                     for _ in range(cfg.distill_configs):
                         c = rng.choice(site.config_list)
-                        losses.append(F.mse_loss(site.run(inp, c).float(), target.float()) / scale)
+                        losses.append(normalised_mse(site.run(inp, c), target))
                 total = torch.stack(losses).mean()
                 if not torch.isfinite(total):
                     raise CubesearchError(f"supernet distillation loss is {float(total)} at step "
@@ -255,13 +250,13 @@ class SupernetTrainer:
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         rng = random.Random(cfg.seed * 100_003 + epoch)  # the same plans on every rank
         stream = self._batches(epoch)
-        warm = int(cfg.warmup) if cfg.warmup >= 1 else int(round(cfg.warmup * self.total_steps))
+        warm = warmup_steps(cfg.warmup, self.total_steps)
         first = epoch * self.steps_per_epoch
         last = min(self.total_steps, first + self.steps_per_epoch)
         sums = {"loss_unconverted": 0.0, "loss_paths": 0.0}
         sn.net.train()
         for step in range(first, last):
-            factor = _lr_factor(step, self.total_steps, warm, cfg.min_lr_ratio)
+            factor = cosine(step, self.total_steps, warm, cfg.min_lr_ratio)
             for g in self.opt.param_groups:
                 g["lr"] = g["peak"] * factor
             x, y = next(stream)

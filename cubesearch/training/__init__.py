@@ -45,9 +45,6 @@ from cubesearch.training.resolve import resolve_model
 from cubesearch.training.trainer import TrainResult, train
 from cubesearch.training.warmstart import load_init
 
-# the names benchmarks and tests used before the package split
-_Inputs, _lr_factor = Inputs, cosine
-
 __all__ = ["DEFAULT_BATCH", "DEFAULT_EPOCHS", "DEFAULT_LR", "LOSSES", "OPTIMIZERS", "SCHEDULERS",
            "Callback", "Evaluation", "FitState", "History", "Inputs", "ProgressBar", "TrainConfig",
            "TrainResult", "TrainingDiverged", "cosine", "create_optimizer", "create_scheduler", "distill",

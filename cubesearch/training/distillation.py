@@ -22,6 +22,7 @@ from cubesearch.conversion import BLOCK_KEY
 from cubesearch.errors import CubesearchError
 from cubesearch.training.inputs import autocast
 from cubesearch.training.losses import TrainingDiverged
+from cubesearch.training.norms import cumulative_statistics, tracked_norms
 
 BN_RECALIBRATION_BATCHES = 8  # batches to re-estimate BatchNorm statistics after distillation
 
@@ -48,27 +49,28 @@ def _targets(model: nn.Module, teacher: nn.Module, sites: Sequence[str],
 
 def _block_loss(student: nn.Module, inp: torch.Tensor, out_t: torch.Tensor, inserted: bool,
                 device: torch.device, amp: bool) -> torch.Tensor:
-    if inserted:  # y + block(y) ≈ y  ⇔  block(y) ≈ 0
-        inp, target = out_t, torch.zeros_like(out_t, dtype=torch.float32)
-        scale = out_t.float().var()
-    else:
-        target = out_t.float()
-        scale = target.var()
+    if inserted:  # y + block(y) ≈ y  ⇔  block(y) ≈ 0, on the scale of y
+        with autocast(device, amp):
+            out = student(out_t)
+        return normalised_mse(out, torch.zeros_like(out_t, dtype=torch.float32), scale=out_t)
     with autocast(device, amp):
         out = student(inp)
-    return F.mse_loss(out.float(), target) / scale.clamp_min(1e-6)
+    return normalised_mse(out, out_t)
+
+
+def normalised_mse(out: torch.Tensor, target: torch.Tensor,
+                   scale: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE of `out` against `target`, divided by the variance of `scale` (default: the target),
+    so every block's loss is on the same footing whatever its activations' magnitude."""
+    var = (target if scale is None else scale).float().var().clamp_min(1e-6)
+    return F.mse_loss(out.float(), target.float()) / var
 
 
 def _recalibrate(targets: list[Target], teacher: nn.Module, captured: dict, batches: Callable,
                  n: int, device: torch.device, amp: bool) -> None:
     """Re-estimate the blocks' BatchNorm running statistics (cumulative average, no gradient)."""
-    norms = [m for _, student, _ in targets for m in student.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    with torch.no_grad():
+    norms = tracked_norms(m for _, student, _ in targets for m in student.modules())
+    with torch.no_grad(), cumulative_statistics(norms):
         for _ in range(n if norms else 0):
             captured.clear()
             with autocast(device, amp):
@@ -76,8 +78,6 @@ def _recalibrate(targets: list[Target], teacher: nn.Module, captured: dict, batc
                 for name, student, inserted in targets:
                     inp, out_t = captured[name]
                     student(out_t if inserted else inp)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
 
 
 def distill(model: nn.Module, teacher: nn.Module, sites: list[str], batches: Callable[[], torch.Tensor],

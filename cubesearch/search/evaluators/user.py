@@ -9,10 +9,7 @@ figures; if `fn` raises, or returns no finite `iou`, the trial fails with that r
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from cubesearch.errors import CubesearchError
+from cubesearch.models import import_file
 from cubesearch.search.context import SearchContext, TrialInfo
 from cubesearch.search.evaluators.finetune import TrialError, finish_trial, prepare_baseline, warm_model
 from cubesearch.search.record import TrialOutcome
@@ -31,28 +29,15 @@ UserFunction = Callable[[nn.Module, TrialInfo], dict[str, Any]]
 
 
 def load_user_function(spec: str) -> UserFunction:
-    """`path/to/eval.py:fn` → fn. The file is the one the user named, and only it is run: it is
-    loaded under a private module name, its folder is not put on `sys.path`."""
+    """`path/to/eval.py:fn` → fn. The file the user named is imported as a model file is
+    (`models.import_file`: a private module name, its folder on `sys.path` while it runs)."""
     path_text, sep, name = spec.rpartition(":")
     path = Path(path_text)
     if not sep or not name.isidentifier() or path.suffix != ".py":
         raise CubesearchError(f"evaluator {spec!r}: give a file and a function, path/to/eval.py:fn")
     if not path.is_file():
         raise CubesearchError(f"evaluator {spec!r}: no such file {path}")
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    module_name = f"cubesearch_user_evaluator_{key}"
-    module = sys.modules.get(module_name)
-    if module is None:
-        loader_spec = importlib.util.spec_from_file_location(module_name, path)
-        assert loader_spec is not None and loader_spec.loader is not None
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[module_name] = module  # pickling its functions (Ray) finds them by this name
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[module_name]
-            raise
-    fn = getattr(module, name, None)
+    fn = getattr(import_file(path), name, None)
     if not callable(fn):
         raise CubesearchError(f"evaluator {spec!r}: {path} has no function {name!r}")
     return fn
