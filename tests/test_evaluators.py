@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 import cubesearch
 from cubesearch.errors import CubesearchError
-from cubesearch.exporting import open_study_source
+from cubesearch.exporting import export, open_study_source
 from cubesearch.search import SearchSettings, SupernetEvaluator, TrialOutcome, evaluators
 
 ROOT = Path(__file__).parent.parent
@@ -136,3 +136,6 @@ def test_supernet_scores_are_recorded_as_scored_not_as_a_trained_front(tmp_path)
                               evaluator=SupernetEvaluator(epochs=0.5, distill_steps=2, calib_batches=1),
                               **{**opts, "trials": 6})
     assert again.n_scored == 6 and again.n_complete == 0
+    with pytest.raises(CubesearchError, match="no trained, feasible model"):  # scores: not exported
+        export(str(tmp_path / "search"), out=str(tmp_path / "exported"), formats=("safetensors",),
+               progress=False)

@@ -49,7 +49,8 @@ def search(
                                  "--trials plans covering its front are confirmed by training."),
     proxy_trials: int = typer.Option(500, help="oneshot: plans scored in the supernet (about a "
                                      "second each on a GPU, several on a CPU)."),
-    supernet_epochs: float = typer.Option(3.0, help="oneshot: the supernet's training epochs."),
+    supernet_epochs: float = typer.Option(3.0, help="oneshot, --evaluator supernet: the supernet's "
+                                          "training epochs."),
     supernet_workers: int = typer.Option(1, help="oneshot with --backend ray: data-parallel "
                                          "supernet training on N Ray Train workers."),
     timeout: str = typer.Option(None, help="Stop after this long: 90s, 30m, 2h."),
@@ -80,7 +81,8 @@ def search(
     sampler: str = typer.Option("nsga2", help="nsga2, tpe or random."),
     evaluator: str = typer.Option("finetune", help="How a plan becomes an IoU: finetune (cubesearch's "
                                   "trainer), supernet (scored in about a second in a supernet "
-                                  "trained once per search) or path/to/eval.py:fn, your function "
+                                  "trained once per search; recorded as scored, not trained) or "
+                                  "path/to/eval.py:fn, your function "
                                   "fn(model, trial) -> {'iou': ...} given the converted, "
                                   "warm-started model."),
     classes: int = CLASSES,

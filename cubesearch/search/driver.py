@@ -138,7 +138,7 @@ def wrap_up(ctx: SearchContext, study: optuna.Study, console: Console) -> Search
         console.print(f"[yellow]{note}[/yellow]")
     result = collect_result(study, ctx)
     first = first_failure(study)
-    if result.n_complete == 0 and first is not None:
+    if result.n_complete == 0 and result.n_scored == 0 and first is not None:
         raise CubesearchError(f"every trial failed; the first: trial {first.number}: "
                               f"{first.user_attrs.get('fail_reason', 'unknown error')}")
     write_summary(result, ctx)
