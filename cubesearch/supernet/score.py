@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from cubesearch.data.transforms import normalization
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import model_device
 from cubesearch.training import evaluate
+from cubesearch.training.inputs import normalised
 from cubesearch.training.norms import (
     Norm,
     cumulative_statistics,
@@ -30,15 +30,6 @@ from cubesearch.training.norms import (
     save_statistics,
     tracked_norms,
 )
-
-
-def prepare_images(image: Tensor, channels: int | None = None, *, normalize: bool = True) -> Tensor:
-    """uint8 / float images → the float, normalised tensor the models see (as `train` does)."""
-    x = image.float().div(255) if image.dtype == torch.uint8 else image.float()
-    if normalize:
-        mean, std = normalization(channels or x.shape[1])
-        x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    return x
 
 
 def fixed_batches(dataset: Any, n: int, batch_size: int, seed: int = 0) -> list[Tensor]:
@@ -56,7 +47,7 @@ def fixed_batches(dataset: Any, n: int, batch_size: int, seed: int = 0) -> list[
     try:
         while len(out) < n:
             for image, _ in loader:
-                out.append(prepare_images(image, getattr(dataset, "in_channels", None)))
+                out.append(normalised(image, getattr(dataset, "in_channels", None)))
                 if len(out) == n:
                     break
     finally:
@@ -127,7 +118,7 @@ class Scorer:
         if channels_last:
             self.batches = [b.contiguous(memory_format=torch.channels_last) for b in self.batches]
         if supernet._order is None:
-            probe = self.batches[0][:1] if self.batches else prepare_images(
+            probe = self.batches[0][:1] if self.batches else normalised(
                 val_ds[0][0].unsqueeze(0), getattr(val_ds, "in_channels", None))
             supernet.record_order(probe)
 

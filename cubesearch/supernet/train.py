@@ -41,16 +41,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import atomic_write, file_sha256, model_device
-from cubesearch.supernet.score import fixed_batches, prepare_images, reference_statistics
+from cubesearch.supernet.score import fixed_batches, reference_statistics
 from cubesearch.training import logits_of, make_loss
 from cubesearch.training.distillation import normalised_mse
+from cubesearch.training.inputs import normalised
+from cubesearch.training.losses import distillation_loss
 from cubesearch.training.optim import cosine, warmup_steps
 
 STATE = "state.json"
@@ -100,14 +101,6 @@ class SupernetTrainResult:
     baseline_epochs: float = 0.0  # passes / steps_per_epoch: the cost in baseline epochs
     resumed_from: str | None = None
     done: bool = False
-
-
-def _kd_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """In-place distillation: the student's logits toward the teacher's probabilities."""
-    if student.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(student.float(), torch.sigmoid(teacher.float()))
-    return F.kl_div(F.log_softmax(student.float(), 1), F.softmax(teacher.float(), 1),
-                    reduction="batchmean") / (student.shape[-1] * student.shape[-2])
 
 
 class SupernetTrainer:
@@ -172,7 +165,7 @@ class SupernetTrainer:
         channels = getattr(self.train_ds, "in_channels", None)
         while True:
             for image, mask in loader:
-                x = prepare_images(image, channels).to(self.device)
+                x = normalised(image, channels).to(self.device)
                 if self.cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = mask.to(self.device).long()
@@ -301,7 +294,7 @@ class SupernetTrainer:
                 out = logits_of(self.model(x), size)
                 loss = self.loss_fn(out, y)
                 if target is not None and cfg.kd_weight:
-                    loss = loss + cfg.kd_weight * _kd_loss(out, target)
+                    loss = loss + cfg.kd_weight * distillation_loss(out, target)
                 if not torch.isfinite(loss):
                     where = "" if plan is None else " (a sampled path)"
                     raise CubesearchError(f"supernet loss is {float(loss)} at step {step + 1}"

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import Module
 
 from cubesearch.errors import CubesearchError
+from cubesearch.helpers import atomic_write
 from cubesearch.plan import Plan
 from cubesearch.training.trainer import TrainResult, train
 
@@ -128,18 +127,8 @@ def paired_baseline(baseline: str | Path, *, recipe: Recipe | None = None, seed:
     result = train_final(baseline_plan(baseline), baseline, recipe=recipe, seed=seed, **options)
     metrics = {**result.metrics, "history": result.history}
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(file, json.dumps({"key": key, "metrics": metrics}, indent=2, default=float))
+        atomic_write(file, json.dumps({"key": key, "metrics": metrics}, indent=2, default=float))
     return metrics
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _weights_id(baseline: str | Path) -> str:

@@ -1,4 +1,4 @@
-"""What form a batch takes on the device: normalised float input (`Inputs`), autocast."""
+"""What form a batch takes on the device: normalised float input (`Inputs`, `normalised`), autocast."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ from typing import Any
 import torch
 
 from cubesearch.data.transforms import normalization
+
+
+def normalised(image: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+    """uint8 (scaled to [0, 1]) or float images → the normalised float input models see."""
+    x = image.float().div(255) if image.dtype == torch.uint8 else image.float()
+    mean, std = normalization(channels or x.shape[1])
+    return (x - x.new_tensor(mean).view(1, -1, 1, 1)) / x.new_tensor(std).view(1, -1, 1, 1)
 
 
 class Inputs:

@@ -22,12 +22,12 @@ from cubesearch import training
 from cubesearch.blocks import CubeConfig
 from cubesearch.checkpoint import load, save
 from cubesearch.conversion import convert
-from cubesearch.data.transforms import normalization
 from cubesearch.models import load_model
 from cubesearch.search.context import SearchContext, TrialInfo, ensure_baseline, ensure_datasets
 from cubesearch.search.objectives import measure_costs
 from cubesearch.search.record import RECORDED_METRICS, TrialOutcome
 from cubesearch.search.settings import DEFAULT_EVALUATOR
+from cubesearch.training.inputs import normalised
 
 __all__ = ["FineTuneEvaluator", "TrialError", "evaluate_plan", "fresh_model", "warm_model"]
 
@@ -123,7 +123,6 @@ def warm_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:
 
 def _input_batches(dataset: Dataset, batch_size: int, channels: int, seed: int) -> Callable[[], torch.Tensor]:
     """Normalised input batches of `dataset`, shuffled, for ever (as the trainer feeds them)."""
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalization(channels))
     gen = torch.Generator().manual_seed(seed)
 
     def stream() -> Iterator[Any]:
@@ -134,8 +133,6 @@ def _input_batches(dataset: Dataset, batch_size: int, channels: int, seed: int) 
     it = stream()
 
     def next_batch() -> torch.Tensor:
-        x = next(it)[0]
-        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-        return (x - mean) / std
+        return normalised(next(it)[0], channels)
 
     return next_batch
