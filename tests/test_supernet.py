@@ -243,6 +243,13 @@ def test_training_runs_resumes_and_scores_deterministically(tmp_path):
 # --- bad input -------------------------------------------------------------------------------------
 
 
+def test_train_is_the_mode_switch_and_fit_trains(supernet):
+    assert supernet.train(False) is supernet and not supernet.net.training
+    assert supernet.train() is supernet and supernet.net.training
+    with pytest.raises(TypeError, match=r"Supernet.fit\(data"):
+        supernet.train([1, 2, 3])  # a dataset, as the old train(data) took
+
+
 def test_bad_plans_are_clear_errors(tiny):
     model, report = tiny
     sn = build_supernet(model, report, _space(act=["gelu"], depth=[1]))

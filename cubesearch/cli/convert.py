@@ -12,6 +12,7 @@ from rich import box
 from rich.table import Table
 
 from cubesearch.cli.app import app, out_console, print_json
+from cubesearch.cli.options import TRUST_MODEL_CODE
 from cubesearch.errors import CubesearchError
 
 MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], package.module:callable."
@@ -215,9 +216,7 @@ def convert(
     model_arg: list[str] = typer.Option(None, "--model-arg", help="KEY=VALUE passed to the model "
                                         "factory (repeatable)."),
     trace: str = typer.Option("auto", help="Tracing path: auto, export, fx or hooks."),
-    trust_model_code: bool = typer.Option(False, "--trust-model-code",
-                                          help="Import the model.py / package.module:callable that "
-                                               "--plan names (only for code you trust)."),
+    trust_model_code: bool = TRUST_MODEL_CODE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Replace eligible 3×3 convs by Cube blocks (or insert blocks), report before/after."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cubesearch.cli.app import app, out_console, print_json
+from cubesearch.cli.options import TRUST_MODEL_CODE
 
 
 @app.command()
@@ -18,9 +19,7 @@ def export(
                                           help="Train each model by the final recipe for this many "
                                                "epochs before export, beside the paired baseline "
                                                "(see `cubesearch finetune`)."),
-    trust_model_code: bool = typer.Option(False, "--trust-model-code",
-                                          help="Import the model.py / package.module:callable the "
-                                               "study names (only for code you trust)."),
+    trust_model_code: bool = TRUST_MODEL_CODE,
     fold: bool = typer.Option(True, "--fold/--no-fold",
                               help="Write ONNX/TorchScript from the folded eval form of every Cube "
                                    "block (the deploy form; --no-fold: the training form)."),

@@ -29,3 +29,6 @@ PATIENCE = typer.Option(None, "--patience", help="Stop after N epochs without a 
                                                  "(default 4; 0: never stop early).")
 DISTILL_STEPS = typer.Option(None, "--distill-steps", help="Batches fitting each block to the conv it "
                                                            "replaces first (default 100).")
+TRUST_MODEL_CODE = typer.Option(False, "--trust-model-code",
+                                help="Import the model.py / package.module:callable that a "
+                                     "checkpoint, --plan or study names (only for code you trust).")

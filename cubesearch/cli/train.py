@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from cubesearch.cli.app import app, out_console, print_json
+from cubesearch.cli.options import TRUST_MODEL_CODE
 
 METRIC_ROWS = (("oa", "OA"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
                ("iou", "IoU"), ("miou", "mIoU"), ("loss", "Loss"))
@@ -65,9 +66,7 @@ def train(
                                        help="channels_last memory format (faster convs on CPU and GPU)."),
     pretrained: bool = typer.Option(False, "--pretrained", help="ImageNet weights for timm/smp encoders."),
     workers: int = typer.Option(0, help="Data-loader worker processes."),
-    trust_model_code: bool = typer.Option(False, "--trust-model-code",
-                                          help="Import a model.py / package.module:callable that a "
-                                               "checkpoint or --plan names (only for code you trust)."),
+    trust_model_code: bool = TRUST_MODEL_CODE,
     no_verify: bool = typer.Option(False, "--no-verify",
                                    help="Load a checkpoint folder without its manifest check "
                                         "(hand-made folders)."),
