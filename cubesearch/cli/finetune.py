@@ -8,7 +8,15 @@ from typing import Any
 import typer
 
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.cli.options import BLOCK_LR, DISTILL_STEPS, KD_WEIGHT, PATIENCE, RECIPE_EPOCHS, RECIPE_LR
+from cubesearch.cli.options import (
+    BLOCK_LR,
+    DISTILL_STEPS,
+    KD_WEIGHT,
+    PATIENCE,
+    RECIPE_EPOCHS,
+    RECIPE_LR,
+    TRUST_MODEL_CODE,
+)
 
 
 def recipe_from(epochs: float, lr: float | None, block_lr: float | None, kd_weight: float | None,
@@ -70,9 +78,7 @@ def finetune(
     patience: int = PATIENCE,
     distill_steps: int = DISTILL_STEPS,
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, …"),
-    trust_model_code: bool = typer.Option(False, "--trust-model-code",
-                                          help="Import the model.py / package.module:callable the "
-                                               "checkpoint names (only for code you trust)."),
+    trust_model_code: bool = TRUST_MODEL_CODE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train a checkpoint's plan, or a study's chosen plans, by the final recipe (warm start from
