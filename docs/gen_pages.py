@@ -186,6 +186,9 @@ def benchmark_pages() -> None:
         f.write("\n".join(index) + "\n")
     with mkdocs_gen_files.open("benchmarks/SUMMARY.md", "w") as f:
         f.write("\n".join(summary) + "\n")
+    for png in RESULTS.glob("*.png"):  # plots a benchmark's Markdown shows
+        with mkdocs_gen_files.open(f"benchmarks/{png.name}", "wb") as f:
+            f.write(png.read_bytes())
 
 
 # --- the block's cost table ---------------------------------------------------------------------

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from cubesearch import CubeBlock, CubeConfig
 from cubesearch.blocks import (
     ChannelRouter,
+    FoldedCubeBlock,
     LatticeConv,
     SpatialAttention,
     block_cost,
+    fold_blocks,
     inverse_reconstruct,
     lattice_order,
     reconstruct,
@@ -309,6 +311,18 @@ def test_fold_matches_block_in_eval(cfg, stride):
         err = (folded(x) - block(x)).abs().max().item()
     assert err <= 1e-5
     assert block.training is False  # fold() does not change the block
+
+
+def test_fold_blocks_folds_every_block_once_and_leaves_the_model_alone():
+    block = randomize_norms(CubeBlock(8, 8, CubeConfig(lattice_stride=1))).eval()
+    model = torch.nn.Sequential(block, torch.nn.ReLU(), block)  # one block under two names
+    deployed = fold_blocks(model)
+    assert isinstance(deployed[0], FoldedCubeBlock) and deployed[0] is deployed[2]
+    assert model[0] is block and model[2] is block  # the original is not changed
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-5)
+    assert isinstance(fold_blocks(block), FoldedCubeBlock)
 
 
 def test_fold_does_not_alias_block_weights():
