@@ -482,7 +482,8 @@ def findings(result: dict[str, Any]) -> list[str]:
                      "ratio is the closer estimate of an idle machine's.")
     for sm in result.get("site_maps", []):
         for b in [b for b in BACKENDS if b in sm["rows"][0]["ratio"]]:
-            wins = [r for r in sm["rows"] if min(r["ratio"][b].values()) < 1.0]
+            wins = [r for r in sm["rows"]
+                    if min(v for k, v in r["ratio"][b].items() if k in CONFIGS) < 1.0]
             sites = sum(len(r["sites"]) for r in wins)
             total = sum(len(r["sites"]) for r in sm["rows"])
             where = ", ".join(f"{r['in']}→{r['out']} @{r['hw'][0]}²" for r in wins) or "none"

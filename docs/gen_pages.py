@@ -51,6 +51,11 @@ BENCHMARKS = [
     Bench("oneshot-compare-p50", "One-shot vs trials, 50 scored plans",
           "hypervolume ratio {hv_ratio:.2f} (target {target_ratio}), {proxy_trials} scored + "
           "{confirm} confirmed"),
+    Bench("deploy", "Deployment: eager, torch.compile, ONNX Runtime",
+          "FullCube r18 at 512² / unconverted under ONNX Runtime: {fullcube_ort_latency_ratio:.2f}× "
+          "({threads} threads), {fullcube_ort_latency_ratio_1_thread:.2f}× (1 thread), on a loaded "
+          "machine; the per-site map's ORT plan: {map_plan_ort_latency_ratio:.2f}× at "
+          "{map_plan_ort_flops_ratio:.2f}× the FLOPs"),
     Bench("latency", "Latency model vs measured models",
           "{models[0][model]}: {models[0][within_10pct_share]:.0%} of plans within ±10 % corrected "
           "(raw sum {models[0][raw_within_10pct_share]:.0%}); {models[1][model]}: "
