@@ -325,6 +325,21 @@ def test_fold_blocks_folds_every_block_once_and_leaves_the_model_alone():
     assert isinstance(fold_blocks(block), FoldedCubeBlock)
 
 
+@pytest.mark.parametrize("path", ["onnx", "compile"])
+def test_fold_runtime_forms_are_exact(path, monkeypatch):
+    """The lattice conv's ONNX and torch.compile forms give the eager form's outputs."""
+    block = randomize_norms(CubeBlock(12, 8, stride=2)).eval()
+    folded = block.fold()
+    x = torch.randn(2, 12, 9, 10)
+    with torch.no_grad():
+        eager = folded(x)
+        flag = torch.onnx if path == "onnx" else torch.compiler
+        monkeypatch.setattr(flag, "is_in_onnx_export" if path == "onnx" else "is_compiling",
+                            lambda: True)
+        torch.testing.assert_close(folded(x), eager, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded(x), block(x), rtol=1e-5, atol=1e-5)
+
+
 def test_fold_does_not_alias_block_weights():
     block = CubeBlock(16, 16).eval()
     folded = block.fold()

@@ -16,6 +16,7 @@ from cubesearch.blocks.layers import (
     SpatialAttention,
     fold_stride1_weight,
     fold_stride2_weight,
+    grouped_lattice_conv,
     lattice_order,
 )
 
@@ -142,10 +143,12 @@ class FoldedCubeUnit(nn.Module):
     benchmarks/results/deploy.md): in PyTorch at stride 2, ℛ (`pixel_shuffle`) then the stride-2
     depthwise conv, which oneDNN runs far faster than a grouped conv with 4 inputs per group;
     in an ONNX export, one grouped conv whose 2×2 kernel is padded top/left only (an explicit
-    `F.pad` that the exporter fuses into the Conv's pads). At stride 1 the grouped conv's lattice
-    order is brought back to canonical order by folding that permutation into the fusion conv's
-    input channels where the fusion conv has one group; with several groups each group's channels
-    are spread over the lattice order, so one channel gather stays.
+    `F.pad` that the exporter fuses into the Conv's pads); under `torch.compile`, that grouped
+    conv padded all round and its last row and column dropped, which Inductor runs fastest. At
+    stride 1 the grouped conv's lattice order is brought back to canonical order by folding that
+    permutation into the fusion conv's input channels where the fusion conv has one group; with
+    several groups each group's channels are spread over the lattice order, so one channel gather
+    stays.
     """
 
     def __init__(self, unit: CubeUnit) -> None:
@@ -205,6 +208,8 @@ class FoldedCubeUnit(nn.Module):
         if torch.onnx.is_in_onnx_export():
             return F.conv2d(F.pad(r, (1, 0, 1, 0)), self.lattice_weight, self.lattice_bias,
                             groups=self.q)
+        if torch.compiler.is_compiling():
+            return grouped_lattice_conv(r, self.lattice_weight, self.lattice_bias, 2)
         return F.conv2d(F.pixel_shuffle(r, 2), self.lattice_depthwise, self.lattice_bias,
                         stride=2, padding=1, groups=self.q)
 
