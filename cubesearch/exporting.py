@@ -345,6 +345,8 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
     if bad or "safetensors" not in formats:
         raise CubesearchError(f"--formats {','.join(formats)!r}: choose from {', '.join(FORMATS)} "
                               "(safetensors is always written)")
+    if not finetune_epochs >= 0:
+        raise CubesearchError(f"--finetune {finetune_epochs:g}: give epochs ≥ 0 (0: export as trained)")
     if not ONNX_OPSET <= opset <= MAX_OPSET:
         raise CubesearchError(f"--opset {opset}: choose {ONNX_OPSET} … {MAX_OPSET}")
     check_destination(out, option="--out", replaceable=False)

@@ -114,3 +114,12 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tiny_study, orphan, tmp_
     assert code == 1 and lines[-1].startswith("error: ") and message in lines[-1], err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("spelling", ["--finetune", "--finetune-epochs"])
+def test_export_finetune_and_its_alias(tiny_study, tmp_path, capsys, spelling):
+    study, _ = tiny_study
+    code, _, err = run(capsys, "export", str(study), spelling, "-1", "-o", str(tmp_path / "e"))
+    assert code == 1 and err.strip().splitlines()[-1] == "error: --finetune -1: give epochs ≥ 0 (0: " \
+                                                         "export as trained)"
+    assert not (tmp_path / "e").exists()

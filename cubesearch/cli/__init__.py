@@ -24,6 +24,7 @@ from cubesearch.cli import data as _data  # noqa: E402,F401  isort: skip
 from cubesearch.cli import search as _search  # noqa: E402,F401  isort: skip
 from cubesearch.cli import export as _export  # noqa: E402,F401  isort: skip
 from cubesearch.cli import finetune as _finetune  # noqa: E402,F401  isort: skip
+from cubesearch.cli import calibrate as _calibrate  # noqa: E402,F401  isort: skip
 from cubesearch.cli import profile as _profile  # noqa: E402,F401  isort: skip
 from cubesearch.cli import ablate as _ablate  # noqa: E402,F401  isort: skip
 

@@ -72,6 +72,9 @@ def finetune(
     val_tiles: int = typer.Option(None, help="Synthetic validation tiles (default: the recorded)."),
     batch_size: int = typer.Option(None, help="Batch size (default: the recorded)."),
     seed: int = typer.Option(None, help="Seed (default: the baseline's, so the search's tiles)."),
+    val_split: float = typer.Option(None, help="Fraction held out for validation (folders without val/)."),
+    crops_per_image: int = typer.Option(None, help="Random training crops per image and epoch."),
+    workers: int = typer.Option(None, help="Data-loader worker processes."),
     lr: float = RECIPE_LR,
     block_lr: float = BLOCK_LR,
     kd_weight: float = KD_WEIGHT,
@@ -92,7 +95,8 @@ def finetune(
 
     recipe = recipe_from(epochs, lr, block_lr, kd_weight, patience, distill_steps)
     options = dict(data=data, train_tiles=train_tiles, val_tiles=val_tiles, batch_size=batch_size,
-                   seed=seed, device=device,
+                   seed=seed, device=device, val_split=val_split, crops_per_image=crops_per_image,
+                   workers=workers,
                    input_size=parse_input_size(input_size) if input_size else None)
     console = out_console(as_json)
     with trust_model_code_for(trust_model_code):
