@@ -18,9 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 from cubesearch.data import make_datasets
 from cubesearch.errors import CubesearchError
 from cubesearch.exporting import open_study_source, study_baseline_dir, study_root
-from cubesearch.helpers import file_sha256
+from cubesearch.helpers import atomic_write, file_sha256
 from cubesearch.pareto import ParetoPoint, non_dominated
 from cubesearch.plan import Plan
 from cubesearch.search.record import study_points
@@ -89,15 +87,7 @@ def rank_figures(proxy: Sequence[float], per_seed: Sequence[Sequence[float]]) ->
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; search.json is not
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2, default=float))
 
 
 def calibrate(source: str | Path, *, study: str | None = None, plans: int = 8, seeds: int = 2,

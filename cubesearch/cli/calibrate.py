@@ -7,7 +7,15 @@ import typer
 
 from cubesearch.cli.app import app, out_console, print_json
 from cubesearch.cli.finetune import recipe_from
-from cubesearch.cli.options import BLOCK_LR, DISTILL_STEPS, KD_WEIGHT, PATIENCE, RECIPE_EPOCHS, RECIPE_LR
+from cubesearch.cli.options import (
+    BLOCK_LR,
+    DISTILL_STEPS,
+    KD_WEIGHT,
+    PATIENCE,
+    RECIPE_EPOCHS,
+    RECIPE_LR,
+    TRUST_MODEL_CODE,
+)
 
 
 @app.command()
@@ -26,9 +34,7 @@ def calibrate(
     patience: int = PATIENCE,
     distill_steps: int = DISTILL_STEPS,
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, …"),
-    trust_model_code: bool = typer.Option(False, "--trust-model-code",
-                                          help="Import the model.py / package.module:callable the "
-                                               "study names (only for code you trust)."),
+    trust_model_code: bool = TRUST_MODEL_CODE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Train K of a study's plans by the final recipe under several seeds and report how well the
