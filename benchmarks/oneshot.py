@@ -90,6 +90,8 @@ def make_context(args: argparse.Namespace, baseline: bool = True) -> Any:
     if args.smoke:  # a minute-long end-to-end check of the benchmark itself, not a measurement
         training.update(epochs_per_trial=0.25, baseline_epochs=0.5, tile_size=32, train_tiles=32,
                         val_tiles=8, distill_steps=5)
+    if getattr(args, "val_tiles", None):
+        training["val_tiles"] = args.val_tiles
     settings = api.SearchSettings(model=args.model, budget=args.budget, out=str(args.work),
                                   seed=args.seed, **training)
     kwargs = {"progress": False} if "progress" in inspect.signature(api.build_context).parameters else {}

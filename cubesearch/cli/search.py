@@ -34,6 +34,14 @@ def parse_duration(text: str | None) -> float | None:
     return value
 
 
+def parse_rungs(text: str) -> tuple[float, ...]:
+    """`1,3,9` → (1.0, 3.0, 9.0); the settings check they rise."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CubesearchError(f"--rungs {text!r}: give epochs separated by commas, e.g. 1,3,9") from None
+
+
 @app.command()
 def search(
     model: str = typer.Argument(..., help="Model spec: timm:NAME, smp:ARCH:ENCODER, model.py[:NAME]."),
@@ -43,10 +51,16 @@ def search(
     space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or a .yaml."),
     trials: int = typer.Option(20, min=1, help="Trained trials in the study (a resume counts earlier "
                                 "ones; plans over budget are rejected free and not counted). "
-                                "With --strategy oneshot: the plans confirmed by training."),
+                                "With --strategy oneshot: the plans confirmed by training; "
+                                "with halving: the plans rung 0 trains."),
     strategy: str = typer.Option("trials", help="trials: every plan sampled is trained; oneshot: a "
                                  "supernet trained once scores --proxy-trials plans, then "
-                                 "--trials plans covering its front are confirmed by training."),
+                                 "--trials plans covering its front are confirmed by training; "
+                                 "halving: successive halving over --rungs, the best 1/--eta of "
+                                 "each rung trained on (MO-ASHA)."),
+    rungs: str = typer.Option("1,3,9", help="halving: epochs of the final recipe at each rung; "
+                              "the last is the front's training."),
+    eta: int = typer.Option(3, min=2, help="halving: 1/eta of each rung is promoted."),
     proxy_trials: int = typer.Option(500, help="oneshot: plans scored in the supernet (about a "
                                      "second each on a GPU, several on a CPU)."),
     supernet_epochs: float = typer.Option(3.0, help="oneshot, --evaluator supernet: the supernet's "
@@ -116,7 +130,8 @@ def search(
         study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
         input_size=parse_input_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
         val_tiles=val_tiles, batch_size=batch_size, lr=lr, trial_lr=trial_lr, sampler=sampler,
-        strategy=strategy, proxy_trials=proxy_trials, supernet_epochs=supernet_epochs,
+        strategy=strategy, rungs=parse_rungs(rungs), eta=eta, proxy_trials=proxy_trials,
+        supernet_epochs=supernet_epochs,
         supernet_workers=supernet_workers,
         evaluator=evaluator, num_classes=classes,
         pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,

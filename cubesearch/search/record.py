@@ -32,15 +32,17 @@ from cubesearch.redact import mask_secrets, mask_url
 # trials only; this many rejections per wanted trial end a search whose budget the space can
 # hardly meet (with a message) instead of letting it sample forever.
 MAX_REJECTIONS_PER_TRIAL = 25
-# The user attribute that marks a plan scored in a supernet (one-shot search), not trained
+# The user attribute that marks a plan scored in a supernet (one-shot search) or trained only
+# to a lower halving rung: a proxy, not a model of the front
 SCORED = "scored"
+RUNG = "rung"  # the halving rung a trial was trained to (0 = the first)
 # Figures of the trainer's evaluation recorded with a fine-tuned trial (all are in metrics.json)
 RECORDED_METRICS = ("f1", "precision", "recall", "oa", "loss")
 # User attributes a trial's record sets itself; an evaluator's figures may not overwrite them
 RESERVED_ATTRS = frozenset({"iou", "seconds", "checkpoint", "plan", "sites_replaced", "gflops_estimate",
                             "constraint", "feasible", "infeasible", "reference", "fail_reason",
                             "trial", "backend", "ray_experiment", "ray_trial_id", SCORED,
-                            "confirms", "supernet_iou"})
+                            "confirms", "supernet_iou", RUNG, "promotes"})
 
 
 # --- storage ----------------------------------------------------------------------------------
@@ -175,6 +177,8 @@ class Phase:
     # plans rejected over budget before the phase began: an earlier phase's rejections do not
     # make this one give up
     rejected_before: int = 0
+    rung: int | None = None  # a halving rung: its count is the trials recorded at this rung
+    queued_only: bool = False  # it trains the queued trials only: done once the queue is empty
 
 
 @dataclass(frozen=True)
@@ -186,11 +190,18 @@ class TrialCounts:
     rejected: int
     failed: int
     scored: int = 0
+    rungs: tuple[int, ...] = ()  # trials recorded at each halving rung
+    waiting: int = 0  # queued, not started
 
     @classmethod
     def of(cls, study: optuna.Study) -> TrialCounts:
-        trained = rejected = failed = scored = 0
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        trained = rejected = failed = scored = waiting = 0
+        rungs: dict[int, int] = {}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
+                                                          TrialState.WAITING)):
+            if t.state == TrialState.WAITING:
+                waiting += 1
+                continue
             if t.state == TrialState.FAIL:
                 failed += 1
             elif t.user_attrs.get("infeasible"):
@@ -199,10 +210,17 @@ class TrialCounts:
                 scored += 1
             else:
                 trained += 1
-        return cls(trained, rejected, failed, scored)
+            if t.state == TrialState.COMPLETE and t.user_attrs.get(RUNG) is not None:
+                rung = int(t.user_attrs[RUNG])
+                rungs[rung] = rungs.get(rung, 0) + 1
+        return cls(trained, rejected, failed, scored,
+                   tuple(rungs.get(r, 0) for r in range(max(rungs, default=-1) + 1)), waiting)
 
     def done(self, phase: Phase | None = None) -> int:
-        """The phase's count so far: plans scored, or trials trained (no phase: trained)."""
+        """The phase's count so far: trials at its rung, plans scored, or trials trained (no
+        phase: trained)."""
+        if phase is not None and phase.rung is not None:
+            return self.rungs[phase.rung] if phase.rung < len(self.rungs) else 0
         return self.scored if phase is not None and phase.scored else self.trained
 
     def gave_up(self, wanted: int, phase: Phase | None = None) -> bool:
@@ -211,8 +229,10 @@ class TrialCounts:
         return self.done(phase) < wanted and rejected >= MAX_REJECTIONS_PER_TRIAL * wanted
 
     def finished(self, wanted: int, phase: Phase | None = None) -> bool:
-        """The search (or `phase`) has its trials, or has given up."""
-        return self.done(phase) >= wanted or self.gave_up(wanted, phase)
+        """The search (or `phase`) has its trials, or has given up, or (a phase of queued trials
+        only) has none left to run."""
+        drained = phase is not None and phase.queued_only and self.waiting == 0
+        return drained or self.done(phase) >= wanted or self.gave_up(wanted, phase)
 
     def all_failed(self) -> bool:
         return self.failed >= 3 and self.trained + self.scored + self.rejected == 0

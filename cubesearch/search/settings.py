@@ -13,7 +13,7 @@ from cubesearch.errors import ConfigError, validation_message
 from cubesearch.training import TrainConfig
 
 SAMPLERS = ("nsga2", "tpe", "random")
-STRATEGIES = ("trials", "oneshot")
+STRATEGIES = ("trials", "oneshot", "halving")
 TRIAL_LR_DIVISOR = 4
 DEFAULT_EVALUATOR = "finetune"
 
@@ -109,7 +109,12 @@ class SearchSettings(BaseModel):
     # "trials": every plan the sampler asks for is a trained trial. "oneshot" (search.oneshot): a
     # supernet trained once scores `proxy_trials` plans, and `trials` plans covering its front are
     # confirmed by training (extracted from the supernet, then fine-tuned as a trial)
-    strategy: Literal["trials", "oneshot"] = "trials"
+    # "halving" (search.halving): successive halving over `rungs` (epochs of the final recipe's
+    # schedule at each rung); `trials` plans start, the best 1/`eta` of each rung (MO-ASHA's
+    # promotion) train on to the next; the top rung's models are the front
+    strategy: Literal["trials", "oneshot", "halving"] = "trials"
+    rungs: tuple[float, ...] = (1.0, 3.0, 9.0)
+    eta: int = Field(3, ge=2)
     proxy_trials: int = Field(500, ge=1)
     supernet_epochs: float = Field(3.0, gt=0)  # the supernet's end-to-end epochs (oneshot)
     supernet_workers: int = Field(1, ge=1)  # data-parallel supernet training (Ray Train; ray backend)
@@ -142,6 +147,14 @@ class SearchSettings(BaseModel):
                              "may not be empty, '.' or '..', or hold / or \\ (use letters, digits "
                              "and -_.)")
         return v
+
+    @field_validator("rungs")
+    @classmethod
+    def _rising_rungs(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(b <= a for a, b in zip(v, v[1:], strict=False)) or v[0] <= 0:
+            raise ValueError(f"--rungs {','.join(f'{r:g}' for r in v)}: give rising, positive epochs "
+                             "(e.g. 1,3,9)")
+        return tuple(float(r) for r in v)
 
     @model_validator(mode="after")
     def _workers_need_ray(self) -> SearchSettings:

@@ -2,6 +2,8 @@
 
 - "trials": one phase, `trials` trained trials, each plan the sampler asks for.
 - "oneshot" (`cubesearch.search.oneshot`): plans scored in a supernet, then the best confirmed.
+- "halving" (`cubesearch.search.halving`): successive halving over rungs of the final recipe,
+  multi-objective promotion (MO-ASHA).
 
 A strategy is `fn(ctx, study, backend, console, progress)`; each phase sets `ctx.phase` and
 `ctx.evaluator` and calls `run_phase`, which gives it a progress bar and lets the backend fill it.
@@ -47,7 +49,8 @@ def run_trials(ctx: SearchContext, study: optuna.Study, backend: Any, console: C
 
 # name → the strategy, or "module:function" imported when chosen
 STRATEGIES: dict[str, Strategy | str] = {"trials": run_trials,
-                                         "oneshot": "cubesearch.search.oneshot:run_oneshot"}
+                                         "oneshot": "cubesearch.search.oneshot:run_oneshot",
+                                         "halving": "cubesearch.search.halving:run_halving"}
 
 
 def get_strategy(name: str) -> Strategy:

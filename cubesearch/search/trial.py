@@ -12,7 +12,7 @@ import optuna
 from cubesearch.blocks import CubeConfig
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import plan_cost, recorded_costs
-from cubesearch.search.record import SCORED, TrialOutcome, fail_reason, stored_checkpoint
+from cubesearch.search.record import RUNG, SCORED, TrialOutcome, fail_reason, stored_checkpoint
 
 
 def price_trial(ctx: SearchContext, trial: optuna.Trial
@@ -52,10 +52,13 @@ def evaluate_trial(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number:
 
 def record_outcome(ctx: SearchContext, trial: optuna.Trial, outcome: TrialOutcome) -> tuple[float, ...]:
     """Store an outcome as the trial's user attributes; return its objective values. A plan
-    scored in a supernet (a one-shot search's scoring phase) is marked so."""
+    scored in a supernet (a one-shot search's scoring phase) or trained to a lower halving rung
+    is marked so, and a halving trial with its rung."""
     attrs = outcome.to_user_attrs()
     if ctx.phase is not None and ctx.phase.scored:
         attrs[SCORED] = True
+    if ctx.phase is not None and ctx.phase.rung is not None:
+        attrs[RUNG] = ctx.phase.rung
     if attrs.get("checkpoint"):  # absolute; readers re-root it at the study folder if it moved
         attrs["checkpoint"] = stored_checkpoint(attrs["checkpoint"], ctx.out)
     for key, value in attrs.items():

@@ -47,6 +47,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "kd_weight": (lambda v: 0 <= v < math.inf, "must be ≥ 0"),
     "kd_temperature": (_positive, "must be a positive number"),
     "patience": (lambda v: v >= 1, "must be at least 1"),
+    "schedule_start": (lambda v: 0 <= v < math.inf, "must be ≥ 0"),
+    "schedule_epochs": (lambda v: v > 0, "must be positive"),
     "workers": (lambda v: v >= 0, "must be ≥ 0"),
     "warmup": (lambda v: 0 <= v < math.inf, "must be ≥ 0 (below 1: a fraction of the steps; "
                                             "else a number of steps)"),
@@ -98,6 +100,10 @@ class TrainConfig(BaseModel):
     kd_temperature: float = 1.0
     keep_best: bool = False
     patience: int | None = None
+    # a segment of a longer schedule (halving rungs): the lr follows the schedule of
+    # `schedule_epochs` from epoch `schedule_start` on; None: the schedule is this run's own
+    schedule_epochs: float | None = None
+    schedule_start: float = 0.0
     # the run
     seed: int = 0
     device: str | None = None  # None / auto: CUDA if there is one

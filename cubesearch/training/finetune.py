@@ -99,16 +99,17 @@ def train_final(plan: Plan, baseline: str | Path, *, recipe: Recipe | None = Non
     a plan without sites is the paired baseline itself. `start` (a module or a checkpoint
     folder of this plan): continue from its weights instead (a halving rung's survivor), the
     baseline still the teacher. `options`: `train`'s data and run options (data, input_size,
-    train_tiles, val_tiles, batch_size, progress, log, …)."""
+    train_tiles, val_tiles, batch_size, progress, log, …), and any `TrainConfig` field over
+    the recipe's (a rung's `epochs`, `schedule_start`, `keep_best`…)."""
     recipe = recipe or Recipe()
     converted = bool(plan.sites or plan.insertions)
     if start is not None:
         module = isinstance(start, Module)  # a folder carries its own plan
         return train(start if module else str(start), plan=plan if module else None, teacher=str(baseline),
-                     seed=seed, out=out, **{**recipe.train_options(converted), "distill_steps": 0},
-                     **options)
+                     seed=seed, out=out, **{**recipe.train_options(converted), "distill_steps": 0,
+                                            **options})
     return train(str(baseline), plan=plan if converted else None, init_from=str(baseline),
-                 seed=seed, out=out, **recipe.train_options(converted), **options)
+                 seed=seed, out=out, **{**recipe.train_options(converted), **options})
 
 
 def paired_baseline(baseline: str | Path, *, recipe: Recipe | None = None, seed: int = 0,

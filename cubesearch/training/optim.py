@@ -110,10 +110,12 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
 
 
 def create_scheduler(name: str, optimizer: torch.optim.Optimizer, *, total_steps: int,
-                     warmup: float = 0.0, min_lr_ratio: float = 0.01
+                     warmup: float = 0.0, min_lr_ratio: float = 0.01, start_step: int = 0
                      ) -> torch.optim.lr_scheduler.LambdaLR:
-    """`SCHEDULERS[name]` as a `LambdaLR` stepped once per optimiser step over `total_steps`."""
+    """`SCHEDULERS[name]` as a `LambdaLR` stepped once per optimiser step over `total_steps`;
+    `start_step`: this run is the schedule's continuation from that step (a halving rung's
+    survivor trains on where its rung stopped)."""
     schedule = _pick(SCHEDULERS, "scheduler", name)
     n_warm = warmup_steps(warmup, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: schedule(s, total_steps, n_warm, min_lr_ratio))
+        optimizer, lambda s: schedule(s + start_step, total_steps, n_warm, min_lr_ratio))

@@ -179,10 +179,12 @@ def _fit(run: _Run, model: nn.Module, inputs: Inputs, stream: Iterator, batch_si
                                                          by_epoch=cfg.steps is None),
                             batch_size=batch_size, loss=cfg.loss, workers=cfg.workers)
     extra = [BestWeights(cfg.patience)] if cfg.keep_best or cfg.patience else []
+    start = round(cfg.schedule_start * per_epoch)
+    span = max(total + start, round((cfg.schedule_epochs or 0) * per_epoch))
     state = FitState(
         model=model, optimizer=opt, loss_fn=make_loss(cfg.loss, run.num_classes), inputs=inputs,
-        scheduler=create_scheduler(cfg.scheduler, opt, total_steps=total, warmup=cfg.warmup,
-                                   min_lr_ratio=cfg.min_lr_ratio),
+        scheduler=create_scheduler(cfg.scheduler, opt, total_steps=span, warmup=cfg.warmup,
+                                   min_lr_ratio=cfg.min_lr_ratio, start_step=start),
         batches=stream, num_classes=run.num_classes, total_steps=total, steps_per_epoch=per_epoch,
         lr=cfg.lr, amp=run.amp, grad_clip=cfg.grad_clip, scaler=scaler, started=run.started,
         teacher=run.teacher, kd_weight=cfg.kd_weight, kd_temperature=cfg.kd_temperature,

@@ -1,0 +1,114 @@
+"""The multi-fidelity strategy (issue 23): successive halving with MO-ASHA promotion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import cubesearch.search as searching
+from cubesearch.errors import CubesearchError
+from cubesearch.search import halving
+from cubesearch.search.record import RUNG, SCORED, TrialCounts
+from cubesearch.training.optim import create_scheduler
+
+TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
+FAST = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
+            baseline_epochs=0.5, progress=False, space="shared", strategy="halving",
+            rungs=(0.5, 1.0), eta=3, distill_steps=2)
+
+
+def run(out: Path, trials: int = 3, **kw):
+    return searching.search(TINY, "90%", out=str(out), trials=trials, **{**FAST, **kw})
+
+
+def completed(study: optuna.Study, rung: int) -> list:
+    return [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get(RUNG) == rung]
+
+
+def test_a_rung_continues_the_schedule_where_the_rung_below_stopped():
+    p = torch_param()
+    opt = __import__("torch").optim.SGD([p], lr=1.0)
+    whole = create_scheduler("cosine", opt, total_steps=10, warmup=0, min_lr_ratio=0.0)
+    lrs_whole = []
+    for _ in range(10):
+        lrs_whole.append(opt.param_groups[0]["lr"])
+        opt.step()
+        whole.step()
+    opt = __import__("torch").optim.SGD([p], lr=1.0)
+    tail = create_scheduler("cosine", opt, total_steps=10, warmup=0, min_lr_ratio=0.0, start_step=4)
+    lrs_tail = []
+    for _ in range(6):
+        lrs_tail.append(opt.param_groups[0]["lr"])
+        opt.step()
+        tail.step()
+    assert lrs_tail == pytest.approx(lrs_whole[4:])
+
+
+def torch_param():
+    import torch
+
+    return torch.nn.Parameter(torch.zeros(1))
+
+
+def test_halving_trains_rungs_promotes_and_keeps_the_paired_baseline(tmp_path):
+    result = run(tmp_path / "s", trials=3)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    low, top = completed(study, 0), completed(study, 1)
+    assert len(low) == 3 and all(t.user_attrs[SCORED] for t in low)  # proxies: the cloud
+    promoted = study.user_attrs["halving_promoted_1"]
+    # 3 // eta = 1 by MO-ASHA's rule, plus the unconverted reference (the paired baseline)
+    baseline = [t.number for t in low if t.user_attrs.get("reference") == "baseline"]
+    assert baseline and set(baseline) <= set(promoted) and len(promoted) in (1, 2)
+    assert {t.user_attrs["promotes"] for t in top} == set(promoted)
+    for t in top:  # the front: trained on from its rung-0 checkpoint, every rung's IoU recorded
+        below = study.trials[t.user_attrs["promotes"]]
+        assert not t.user_attrs.get(SCORED) and t.user_attrs["rung_epochs"] == 1.0
+        assert t.user_attrs["iou_rung0"] == pytest.approx(below.user_attrs["iou"])
+        assert t.user_attrs["iou_rung1"] == pytest.approx(t.user_attrs["iou"])
+        assert t.params == below.params
+    counts = TrialCounts.of(study)
+    assert counts.rungs == (3, len(promoted)) and counts.trained == len(promoted)
+    assert {p.trial for p in result.points} == {t.number for t in top}
+    metrics = json.loads((Path(top[0].user_attrs["checkpoint"]) / "metrics.json").read_text())
+    assert metrics["scheduled_epochs"] == 0.5  # the top rung's segment: epochs 0.5 → 1 of 1
+
+
+def test_a_resumed_halving_search_repeats_no_finished_rung(tmp_path, monkeypatch):
+    calls, killed = [], []
+    real = halving.HalvingEvaluator.evaluate
+
+    def failing_top(self, ctx, trial):
+        calls.append(self.rung)
+        if self.rung == 1 and not killed:
+            killed.append(trial.number)
+            raise RuntimeError("killed at rung 1")
+        return real(self, ctx, trial)
+
+    monkeypatch.setattr(halving.HalvingEvaluator, "evaluate", failing_top)
+    run(tmp_path / "s", trials=3)  # one top-rung trial fails (recorded as failed)…
+    first = list(calls)
+    calls.clear()
+    run(tmp_path / "s", trials=3)  # …the resume trains only what is missing at rung 1
+    assert first.count(0) == 3 and 0 not in calls and calls and set(calls) == {1}
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert len(completed(study, 0)) == 3
+    assert {t.user_attrs["promotes"] for t in completed(study, 1)} == set(study.user_attrs["halving_promoted_1"])
+
+
+def test_halving_bad_input_is_a_clear_error(tmp_path):
+    with pytest.raises(CubesearchError, match=r"--rungs 3,1: give rising, positive epochs"):
+        run(tmp_path / "a", rungs=(3.0, 1.0))
+    with pytest.raises(CubesearchError, match="eta"):
+        run(tmp_path / "b", eta=1)
+    res = subprocess.run([sys.executable, "-m", "cubesearch", "search", TINY, "--budget", "90%",
+                          "--strategy", "halving", "--rungs", "1,x", "--out", str(tmp_path / "c")],
+                         capture_output=True, text=True, env={**os.environ, "CUBESEARCH_NO_PROGRESS": "1"})
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "error: --rungs '1,x': give epochs separated by commas, e.g. 1,3,9"]
