@@ -16,7 +16,8 @@ converged IoU, rank every cheap signal:
 Plus one reference a user would pick instead: structured channel pruning (Torch-Pruning, L1
 magnitude, global) of the unconverted model at FullCube's FLOPs, trained by the same recipe.
 
-Phases (each resumable; per-run JSON under `--cache`, gitignored; workers split the runs):
+Phases (each resumable; one JSON a finished run under `--cache`, kept in the repository so that
+a later session resumes where this one stopped; workers split the runs by claim files):
 
     python benchmarks/fidelity.py --phase runs --worker 0/2 &   # converged + rungs
     python benchmarks/fidelity.py --phase runs --worker 1/2 &
@@ -48,8 +49,8 @@ from cubesearch.supernet.ranking import kendall_tau, spearman_rho  # noqa: E402
 from cubesearch.training import train  # noqa: E402
 from cubesearch.training.finetune import Recipe, train_final  # noqa: E402
 
-CACHE = ROOT / "benchmarks" / ".fidelity-cache"
 RESULTS = ROOT / "benchmarks" / "results"
+CACHE = RESULTS / "fidelity-runs"  # one JSON a (plan, seed): committed, so a later run resumes
 RUNG_EPOCHS = (1, 3)  # the halving strategy's lower rungs (η = 3)
 FLAT_WINDOW, FLAT_DELTA = 4, 0.01  # converged: the last 4 epochs add < 0.01 to the best IoU before
 
@@ -127,7 +128,7 @@ def pruned_model(ctx: Any, target_flops: float) -> tuple[torch.nn.Module, dict[s
     base_macs, _ = tp.utils.count_ops_and_params(model, example)
     head = [m for n, m in model.named_modules() if n.startswith("segmentation_head")]
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                       global_pruning=True, pruning_ratio=0.9, iterative_steps=40,
+                                       global_pruning=False, pruning_ratio=0.9, iterative_steps=40,
                                        ignored_layers=head)
     macs = base_macs
     for _ in range(40):

@@ -56,6 +56,9 @@ BENCHMARKS = [
           "({threads} threads), {fullcube_ort_latency_ratio_1_thread:.2f}× (1 thread), on a loaded "
           "machine; the per-site map's ORT plan: {map_plan_ort_latency_ratio:.2f}× at "
           "{map_plan_ort_flops_ratio:.2f}× the FLOPs"),
+    Bench("fidelity", "Cheap signals vs converged training",
+          "{n_plans} plans × {seeds} seeds trained to convergence: FullCube {fullcube_iou_ratio:.2f}× its "
+          "paired baseline's IoU; default proxy by the evidence: {default_proxy}"),
     Bench("latency", "Latency model vs measured models",
           "{models[0][model]}: {models[0][within_10pct_share]:.0%} of plans within ±10 % corrected "
           "(raw sum {models[0][raw_within_10pct_share]:.0%}); {models[1][model]}: "

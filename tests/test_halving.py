@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 import cubesearch.search as searching
@@ -33,15 +34,15 @@ def completed(study: optuna.Study, rung: int) -> list:
 
 
 def test_a_rung_continues_the_schedule_where_the_rung_below_stopped():
-    p = torch_param()
-    opt = __import__("torch").optim.SGD([p], lr=1.0)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
     whole = create_scheduler("cosine", opt, total_steps=10, warmup=0, min_lr_ratio=0.0)
     lrs_whole = []
     for _ in range(10):
         lrs_whole.append(opt.param_groups[0]["lr"])
         opt.step()
         whole.step()
-    opt = __import__("torch").optim.SGD([p], lr=1.0)
+    opt = torch.optim.SGD([p], lr=1.0)
     tail = create_scheduler("cosine", opt, total_steps=10, warmup=0, min_lr_ratio=0.0, start_step=4)
     lrs_tail = []
     for _ in range(6):
@@ -49,12 +50,6 @@ def test_a_rung_continues_the_schedule_where_the_rung_below_stopped():
         opt.step()
         tail.step()
     assert lrs_tail == pytest.approx(lrs_whole[4:])
-
-
-def torch_param():
-    import torch
-
-    return torch.nn.Parameter(torch.zeros(1))
 
 
 def test_halving_trains_rungs_promotes_and_keeps_the_paired_baseline(tmp_path):
@@ -80,6 +75,7 @@ def test_halving_trains_rungs_promotes_and_keeps_the_paired_baseline(tmp_path):
     assert metrics["scheduled_epochs"] == 0.5  # the top rung's segment: epochs 0.5 → 1 of 1
 
 
+@pytest.mark.slow
 def test_a_resumed_halving_search_repeats_no_finished_rung(tmp_path, monkeypatch):
     calls, killed = [], []
     real = halving.HalvingEvaluator.evaluate
@@ -99,7 +95,8 @@ def test_a_resumed_halving_search_repeats_no_finished_rung(tmp_path, monkeypatch
     assert first.count(0) == 3 and 0 not in calls and calls and set(calls) == {1}
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
     assert len(completed(study, 0)) == 3
-    assert {t.user_attrs["promotes"] for t in completed(study, 1)} == set(study.user_attrs["halving_promoted_1"])
+    promoted = set(study.user_attrs["halving_promoted_1"])
+    assert {t.user_attrs["promotes"] for t in completed(study, 1)} == promoted
 
 
 def test_halving_bad_input_is_a_clear_error(tmp_path):

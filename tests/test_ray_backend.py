@@ -253,6 +253,24 @@ def test_oneshot_search_scores_on_workers_and_confirms_in_the_same_study(cluster
     assert res.stderr.count("supernet: training") == 1
 
 
+@pytest.mark.slow
+def test_halving_search_trains_its_rungs_on_workers(cluster, tmp_path):
+    out = tmp_path / "search"
+    res = cluster.search(out, "--budget", "90%", "--strategy", "halving", "--trials", "3",
+                         "--rungs", "0.25,0.5", "--distill-steps", "2", "--max-concurrent", "2",
+                         "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = load(out)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")]
+    low = [t for t in done if t.user_attrs.get("rung") == 0]
+    top = [t for t in done if t.user_attrs.get("rung") == 1]
+    assert len(low) == 3 and all(t.user_attrs.get("scored") for t in low)
+    assert {t.user_attrs["promotes"] for t in top} == set(study.user_attrs["halving_promoted_1"])
+    assert all(t.user_attrs["backend"] == "ray" and "ray_pid" in t.user_attrs for t in done)
+    assert all(t.user_attrs["iou_rung0"] == study.trials[t.user_attrs["promotes"]].user_attrs["iou"]
+               for t in top)
+
+
 def test_a_killed_worker_is_retried_and_the_search_completes(cluster, tmp_path):
     out = tmp_path / "search"
     proc = cluster.popen(out, "--budget", "100%", "--trials", "4", "--max-concurrent", "2",
