@@ -117,7 +117,8 @@ def converged(ctx: Any, plan: Plan | torch.nn.Module, seed: int, recipe: Recipe)
 
 
 def pruned_model(ctx: Any, target_flops: float) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The trained baseline, channel-pruned (Torch-Pruning, L1, the same ratio in every layer) until its FLOPs at the
+    """The trained baseline, channel-pruned (Torch-Pruning, L1, the same ratio in every layer)
+    until its FLOPs at the
     cost model's input size are at most `target_flops` (fvcore's unit, as the cost model's: one
     multiply-add counts one)."""
     import torch_pruning as tp  # the bench extra
@@ -388,7 +389,8 @@ def render(fig: dict, name: str) -> str:
                        for p in sorted(fig["plans"], key=lambda p: p["gflops"])]), ""]
     if fig["pruning"]:
         pr = fig["pruning"]
-        lines += [f"Channel pruning (Torch-Pruning, L1, uniform per layer) at {pr['gflops']:.2f} GFLOPs, same recipe: "
+        lines += ["Channel pruning (Torch-Pruning, L1, uniform per layer) at "
+                  f"{pr['gflops']:.2f} GFLOPs, same recipe: "
                   f"IoU {pr['iou']:.3f} ({pr['iou_ratio']:.3f}× the paired baseline; FullCube: "
                   f"{_f(fig['fullcube_iou_ratio'])}×).", ""]
     rp = fig["halving_replay"]
