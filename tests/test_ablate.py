@@ -4,6 +4,7 @@ reused; bad input is one error line naming the option."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -35,21 +36,32 @@ def small_supernet() -> SupernetEvaluator:
     return SupernetEvaluator(epochs=0.5, distill_steps=2, calib_batches=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and much faster when other jobs share the cores."""
+@contextlib.contextmanager
+def one_thread():
+    """Tiny tensors: one thread is faster, and much faster when other jobs share the cores. The
+    scores are compared to the bit across runs, so every run here sums in the same order: one
+    thread, whatever an earlier test left torch with."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablate") / "runs"
     lines: list[str] = []
-    result = ablate(TINY, out=str(out), supernet=small_supernet(), progress=False,
-                    log=lines.append, **OPTS)
+    with one_thread():  # a module fixture is set up before the autouse function fixture
+        result = ablate(TINY, out=str(out), supernet=small_supernet(), progress=False,
+                        log=lines.append, **OPTS)
     return result, out, lines
 
 
