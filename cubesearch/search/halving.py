@@ -34,7 +34,12 @@ from rich.console import Console
 
 from cubesearch.errors import CubesearchError
 from cubesearch.search.context import SearchContext, TrialInfo
-from cubesearch.search.evaluators.finetune import FineTuneEvaluator, TrialError, finish_trial
+from cubesearch.search.evaluators.finetune import (
+    FineTuneEvaluator,
+    TrialError,
+    finish_trial,
+    prepare_baseline,
+)
 from cubesearch.search.promotion import loss_rows, promote
 from cubesearch.search.record import (
     RECORDED_METRICS,
@@ -80,7 +85,7 @@ class HalvingEvaluator:
     name: str = "finetune"
 
     def prepare(self, ctx: SearchContext, *, progress: bool, log: Callable[[str], None]) -> None:
-        FineTuneEvaluator().prepare(ctx, progress=progress, log=log)
+        prepare_baseline(ctx, progress=progress, log=log)
 
     def evaluate(self, ctx: SearchContext, trial: TrialInfo) -> TrialOutcome:
         s, t0 = ctx.settings, time.perf_counter()

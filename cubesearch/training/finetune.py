@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import Module
 
 from cubesearch.errors import CubesearchError
-from cubesearch.helpers import atomic_write
+from cubesearch.helpers import atomic_write, file_sha256
 from cubesearch.plan import Plan
 from cubesearch.training.trainer import TrainResult, train
 
@@ -119,7 +119,7 @@ def paired_baseline(baseline: str | Path, *, recipe: Recipe | None = None, seed:
     recipe, seed, data and baseline weights are the same."""
     recipe = recipe or Recipe()
     data_key = {k: v for k, v in options.items() if k not in ("progress", "log", "console")}
-    key = recipe.key(seed=seed, baseline=_weights_id(baseline), **data_key)
+    key = recipe.key(seed=seed, baseline=file_sha256(Path(baseline) / "model.safetensors"), **data_key)
     file = Path(cache) / PAIRED_FILE if cache is not None else None
     if file is not None and file.is_file():
         stored = json.loads(file.read_text())
@@ -130,13 +130,6 @@ def paired_baseline(baseline: str | Path, *, recipe: Recipe | None = None, seed:
     if file is not None:
         atomic_write(file, json.dumps({"key": key, "metrics": metrics}, indent=2, default=float))
     return metrics
-
-
-def _weights_id(baseline: str | Path) -> str:
-    """The baseline's weights file as size + mtime (a retrained baseline is another one)."""
-    file = Path(baseline) / "model.safetensors"
-    stat = file.stat() if file.exists() else None
-    return f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}" if stat else str(file)
 
 
 def finetune(plan: Plan, baseline: str | Path, *, recipe: Recipe | None = None, seed: int = 0,
