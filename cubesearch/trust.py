@@ -184,7 +184,7 @@ def file_kwargs(kwargs: Any, source: str | os.PathLike) -> dict[str, Any]:
             raise CubesearchError(
                 f"{source}: model_kwargs.{key} is refused in a file (it makes the factory read "
                 f"weights from elsewhere); accepted: plain values such as num_classes, in_channels")
-        if not _plain(value):
+        if not plain_json(value):
             raise CubesearchError(
                 f"{source}: model_kwargs.{key} must be a plain JSON value (a number, string, "
                 f"true/false, null or a list of them), got {type(value).__name__}")
@@ -192,9 +192,10 @@ def file_kwargs(kwargs: Any, source: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def _plain(value: Any, depth: int = 0) -> bool:
+def plain_json(value: Any, depth: int = 0) -> bool:
+    """A plain JSON value: null, a number, string, true/false, or a list of them."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
     if isinstance(value, (list, tuple)) and depth < 4:
-        return all(_plain(v, depth + 1) for v in value)
+        return all(plain_json(v, depth + 1) for v in value)
     return False

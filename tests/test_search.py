@@ -301,3 +301,46 @@ def test_the_baseline_does_not_depend_on_what_ran_before(tmp_path):
         weights.append(load_file(folder / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_model_kwargs_reach_the_built_model_and_every_saved_plan(tmp_path):
+    from cubesearch.checkpoint import load
+    from cubesearch.search.settings import BASELINE_IDENTITY
+
+    spec = f"{TINY}:TinySeg"  # the class takes width (build_model does not)
+    result = searching.search(spec, "100%", model_kwargs={"width": 4}, trials=2,
+                              **{**FAST, "out": str(tmp_path / "search"), "space": "shared"})
+    (baseline,) = (tmp_path / "search" / "baselines").iterdir()
+    folders = [baseline] + [Path(p.checkpoint) for p in result.points if p.checkpoint]
+    assert len(folders) >= 3
+    for folder in folders:  # the plan records it, and the checkpoint rebuilds the 4-wide model
+        assert json.loads((folder / "plan.json").read_text())["model_kwargs"] == {
+            "num_classes": 1, "in_channels": 3, "width": 4}
+        assert load(folder).head.in_channels == 4
+    # FLOPs are priced on the 4-wide model: 3×3 convs 3→4, 4→8 at 64², 8→8 at 32², then 8→8,
+    # 8→4 at 64² again, the head 4→1 (one multiply-add counts one; BatchNorm adds the rest)
+    hw = 64 * 64
+    convs = 9 * (3 * 4 + 4 * 8 + 8 * 8 // 4 + 8 * 8 + 8 * 4) * hw + 4 * hw
+    assert result.baseline.gflops * 1e9 == pytest.approx(convs, rel=0.05)
+    with pytest.raises(CubesearchError, match=r"model_kwargs: \{'width': 4\} → \{'width': 8\}"):
+        searching.search(spec, "100%", model_kwargs={"width": 8}, trials=3,
+                         **{**FAST, "out": str(tmp_path / "search"), "space": "shared"})
+    # without any, a baseline keeps the key it had before the option existed
+    plain = searching.SearchSettings(model=TINY, budget="100%")
+    assert "model_kwargs" not in plain.identity(BASELINE_IDENTITY)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("width", "--model-arg 'width': expected KEY=VALUE"),
+    ("num_classes=3", "--model-arg num_classes=3: the search sets num_classes itself; use --classes"),
+    ("encoder_weights=imagenet", '--model-arg encoder_weights="imagenet": refused'),
+    ('width={"a": 1}', "--model-arg width={\"a\": 1}: give a plain JSON value"),
+])
+def test_a_bad_model_arg_is_one_error_line_naming_the_option(tmp_path, capsys, arg, message):
+    from cubesearch.cli import main
+
+    out = tmp_path / "o"
+    assert main(["search", TINY, "--budget", "50%", "--model-arg", arg, "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")
+    assert not out.exists()

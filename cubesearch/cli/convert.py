@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,24 +11,10 @@ from rich import box
 from rich.table import Table
 
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.cli.options import TRUST_MODEL_CODE
+from cubesearch.cli.options import MODEL_ARG, TRUST_MODEL_CODE, model_args
 from cubesearch.errors import CubesearchError
 
 MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], package.module:callable."
-
-
-def _model_args(items: list[str] | None) -> dict[str, Any]:
-    """`--model-arg KEY=VALUE` (VALUE parsed as JSON when it can be: 512, true, [1,2], "x")."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CubesearchError(f"--model-arg {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def _config(lattice_stride: int | None, groups: int | None, router: str | None,
@@ -90,8 +75,7 @@ def sites(
     input_size: str = typer.Option("3x512x512", "--input-size", help="Reference input CxHxW."),
     classes: int = typer.Option(1, "--classes", "--num-classes", help="Output classes."),
     pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
-    model_arg: list[str] = typer.Option(None, "--model-arg", help="KEY=VALUE passed to the model "
-                                        "factory (repeatable), e.g. img_size=512."),
+    model_arg: list[str] = MODEL_ARG,
     depthwise: bool = typer.Option(False, "--depthwise", help="Depthwise 3×3 convs are eligible too."),
     strided: bool = typer.Option(False, "--strided", help="Strided 3×3 convs are eligible too."),
     preset: str = typer.Option("decoder", help="Mark the sites this preset picks: fullcube, "
@@ -111,7 +95,7 @@ def sites(
 
     size = parse_input_size(input_size)
     t0 = time.perf_counter()
-    net = _load(model, size, classes, pretrained, _model_args(model_arg))
+    net = _load(model, size, classes, pretrained, model_args(model_arg))
     load_s = time.perf_counter() - t0
     report = find_sites(net, size, depthwise=depthwise, strided=strided, trace=trace, name=model,
                         flops=flops)
@@ -213,8 +197,7 @@ def convert(
                                    "(default 3x512x512, or the plan's)."),
     classes: int = typer.Option(None, "--classes", "--num-classes", help="Output classes (default 1)."),
     pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
-    model_arg: list[str] = typer.Option(None, "--model-arg", help="KEY=VALUE passed to the model "
-                                        "factory (repeatable)."),
+    model_arg: list[str] = MODEL_ARG,
     trace: str = typer.Option("auto", help="Tracing path: auto, export, fx or hooks."),
     trust_model_code: bool = TRUST_MODEL_CODE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -227,7 +210,7 @@ def convert(
         config=_config(lattice_stride, groups, router, attention, depth, fusion_kernel, act),
         include=include or (), exclude=exclude or (), insert=insert or (), depthwise=depthwise,
         strided=strided, input_size=input_size, num_classes=classes, pretrained=pretrained,
-        model_kwargs=_model_args(model_arg), trace=trace, out=out, trust_model_code=trust_model_code)
+        model_kwargs=model_args(model_arg), trace=trace, out=out, trust_model_code=trust_model_code)
     result = report.to_dict()
     if as_json:
         print_json(result)

@@ -3,8 +3,15 @@ definition each, so `search` and `ablate` cannot drift apart."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import typer
 
+from cubesearch.errors import CubesearchError
+
+MODEL_ARG = typer.Option(None, "--model-arg", help="KEY=VALUE passed to the model factory "
+                        "(repeatable; VALUE read as JSON when it parses), e.g. width=32.")
 FLOPS_INPUT = typer.Option("3x512x512", "--input-size", help="Reference input for FLOPs, CxHxW.")
 TILE_SIZE = typer.Option(128, "--tile-size", help="Training tile size.")
 TRAIN_TILES = typer.Option(192, "--train-tiles", help="Synthetic training tiles.")
@@ -32,3 +39,17 @@ DISTILL_STEPS = typer.Option(None, "--distill-steps", help="Batches fitting each
 TRUST_MODEL_CODE = typer.Option(False, "--trust-model-code",
                                 help="Import the model.py / package.module:callable that a "
                                      "checkpoint, --plan or study names (only for code you trust).")
+
+
+def model_args(items: list[str] | None) -> dict[str, Any]:
+    """`--model-arg KEY=VALUE` (VALUE parsed as JSON when it can be: 512, true, [1,2], "x")."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CubesearchError(f"--model-arg {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

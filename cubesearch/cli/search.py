@@ -10,10 +10,12 @@ from cubesearch.cli.options import (
     CLASSES,
     FLOPS_INPUT,
     LR,
+    MODEL_ARG,
     PRETRAINED,
     TILE_SIZE,
     TRAIN_TILES,
     VAL_TILES,
+    model_args,
 )
 from cubesearch.errors import CubesearchError
 from cubesearch.redact import mask_url
@@ -45,6 +47,7 @@ def parse_rungs(text: str) -> tuple[float, ...]:
 @app.command()
 def search(
     model: str = typer.Argument(..., help="Model spec: timm:NAME, smp:ARCH:ENCODER, model.py[:NAME]."),
+    model_arg: list[str] = MODEL_ARG,
     budget: str = typer.Option(..., "--budget", help="FLOPs (50GFLOPs, 50G, 5e10, 400MFLOPs), latency "
                                "(25ms, 0.5s; with a latency objective) or 60% of the first cost "
                                "objective named."),
@@ -136,7 +139,7 @@ def search(
         evaluator=evaluator, num_classes=classes,
         pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console,
-        latency_table=latency_table, reprofile=reprofile)
+        latency_table=latency_table, reprofile=reprofile, model_kwargs=model_args(model_arg))
     if as_json:
         print_json(result.to_dict())
         return

@@ -16,7 +16,7 @@ import contextlib
 import copy
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,22 +135,26 @@ def profile_latency(model: nn.Module, report: SiteReport, space: SearchSpace, *,
                     table: LatencyTable, device: torch.device, dtype: torch.dtype,
                     num_classes: int = 1, repeats: int = 5, warmup: int = 1,
                     calibrate: int = 0, seed: int = 0, progress: Progress | None = None,
-                    total: Callable[[int], None] | None = None) -> ProfileStats:
+                    total: Callable[[int], None] | None = None,
+                    model_kwargs: Mapping[str, Any] | None = None) -> ProfileStats:
     """Fill `table` with what `model`'s plans in `space` need (see the module docstring), with
-    the fingerprint's thread count."""
+    the fingerprint's thread count. `model_kwargs`: the factory's other arguments (`width=32`),
+    part of the model's key."""
     with torch_threads(table.fingerprint.threads or None):
         return _profile(model, report, space, spec=spec, table=table, device=device, dtype=dtype,
                         num_classes=num_classes, repeats=repeats, warmup=warmup,
-                        calibrate=calibrate, seed=seed, progress=progress, total=total)
+                        calibrate=calibrate, seed=seed, progress=progress, total=total,
+                        model_kwargs=model_kwargs)
 
 
 def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: LatencyTable,
              device: torch.device, dtype: torch.dtype, num_classes: int, repeats: int,
              warmup: int, calibrate: int, seed: int, progress: Progress | None,
-             total: Callable[[int], None] | None) -> ProfileStats:
+             total: Callable[[int], None] | None,
+             model_kwargs: Mapping[str, Any] | None = None) -> ProfileStats:
     t0 = time.perf_counter()
     size = tuple(report.input_size)
-    key = model_key(spec, size, num_classes)
+    key = model_key(spec, size, num_classes, model_kwargs)
     timer = make_timer(device)
     table.timer, table.repeats, table.warmup = timer.kind, repeats, warmup
     searchable = space.searchable(report.sites)

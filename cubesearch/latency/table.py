@@ -18,7 +18,7 @@ the device it was measured on: `LatencyTable.open` starts a new one when the fin
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,12 @@ from cubesearch.latency.fingerprint import Fingerprint
 TABLE_VERSION = 1
 
 
-def model_key(spec: str, input_size: Sequence[int], num_classes: int = 1) -> str:
+def model_key(spec: str, input_size: Sequence[int], num_classes: int = 1,
+              model_kwargs: Mapping[str, Any] | None = None) -> str:
+    """The table's key of a model: another factory argument (`width=32`) is another model."""
     c, h, w = (int(v) for v in input_size)
-    return f"{spec}|{c}x{h}x{w}|classes={num_classes}"
+    extra = "".join(f"|{k}={json.dumps(v)}" for k, v in sorted((model_kwargs or {}).items()))
+    return f"{spec}|{c}x{h}x{w}|classes={num_classes}{extra}"
 
 
 def conv_key(layout: str, cin: int, cout: int, stride: int, groups: int, bias: bool,

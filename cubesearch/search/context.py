@@ -68,9 +68,8 @@ class SearchContext:
 
     def plan_for(self, sites_cfg: dict[str, CubeConfig]) -> Plan:
         s = self.settings
-        return Plan(model=s.model, model_kwargs={"num_classes": s.num_classes,
-                                                 "in_channels": s.input_size[0]},
-                    input_size=s.input_size, sites=dict(sites_cfg))
+        return Plan(model=s.model, model_kwargs=s.model_args, input_size=s.input_size,
+                    sites=dict(sites_cfg))
 
     def trial_dir(self, number: int) -> Path:
         """OUT/trials/STUDY/trial_NNNN: several studies may share one --out (and one storage)."""
@@ -120,8 +119,7 @@ class Evaluator(Protocol):
 def build_context(settings: SearchSettings) -> SearchContext:
     """Load the model once, find its sites, price plans, check the budget is reachable."""
     space = SearchSpace.load(settings.space)
-    model = load_model(settings.model, num_classes=settings.num_classes,
-                       in_channels=settings.input_size[0], pretrained=settings.pretrained)
+    model = load_model(settings.model, pretrained=settings.pretrained, **settings.model_args)
     report = find_sites(model, input_size=settings.input_size)
     sites = list(report.sites)
     searchable = space.searchable(sites)
@@ -225,8 +223,7 @@ def ensure_baseline(ctx: SearchContext, *, progress: bool = True,
     log(f"baseline: training {s.model} for {s.baseline_epochs or s.epochs_per_trial:g} epochs")
     with torch.random.fork_rng():  # its initial weights depend on the seed, not on what ran before
         torch.manual_seed(s.seed)
-        model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0],
-                           pretrained=s.pretrained)
+        model = load_model(s.model, pretrained=s.pretrained, **s.model_args)
     plan = ctx.plan_for({})
     result = training.train(model, config=s.training, data=ctx.datasets, plan=plan,
                             epochs=s.baseline_epochs or s.epochs_per_trial, seed=s.seed,

@@ -55,7 +55,7 @@ def load_latency(settings: SearchSettings, model: nn.Module, report: SiteReport,
             table = LatencyTable(fingerprint=here)
     else:
         table = LatencyTable(fingerprint=current_fingerprint())
-    key = model_key(settings.model, settings.input_size, settings.num_classes)
+    key = model_key(settings.model, settings.input_size, settings.num_classes, settings.model_kwargs)
     searchable = space.searchable(report.sites)
     missing = key not in table.models
     if not missing:  # every op the space needs at every searchable site?
@@ -77,6 +77,7 @@ def load_latency(settings: SearchSettings, model: nn.Module, report: SiteReport,
         dtype = getattr(torch, fp.dtype)
         profile_latency(model, report, space, spec=settings.model, table=table, device=device,
                         dtype=dtype, num_classes=settings.num_classes,
+                        model_kwargs=settings.model_kwargs,
                         calibrate=4 if stats_need_calibration(table, key) else 0)
         table.save(path)
     return LatencyModel(table, key)

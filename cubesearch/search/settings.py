@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cubesearch.errors import ConfigError, validation_message
 from cubesearch.training import TrainConfig
+from cubesearch.trust import WEIGHT_KWARGS, plain_json
 
 SAMPLERS = ("nsga2", "tpe", "random")
 STRATEGIES = ("trials", "oneshot", "halving")
@@ -18,12 +19,15 @@ TRIAL_LR_DIVISOR = 4
 DEFAULT_EVALUATOR = "finetune"
 
 # Settings that define a study: resuming with different values would mix incomparable trials.
-STUDY_IDENTITY = ("model", "space", "budget", "objectives", "input_size", "data", "num_classes",
-                  "tile_size", "evaluator", "strategy")
+STUDY_IDENTITY = ("model", "model_kwargs", "space", "budget", "objectives", "input_size", "data",
+                  "num_classes", "tile_size", "evaluator", "strategy")
 # Settings the trained baseline depends on: studies in one --out that agree on them share it.
-BASELINE_IDENTITY = ("model", "num_classes", "input_size", "data", "tile_size", "train_tiles",
-                     "val_tiles", "batch_size", "lr", "seed", "epochs_per_trial", "baseline_epochs",
-                     "pretrained")
+BASELINE_IDENTITY = ("model", "model_kwargs", "num_classes", "input_size", "data", "tile_size",
+                     "train_tiles", "val_tiles", "batch_size", "lr", "seed", "epochs_per_trial",
+                     "baseline_epochs", "pretrained")
+# model_kwargs a search sets through its own options (--classes, --input-size, --pretrained)
+_OWN_KWARGS = {"num_classes": "--classes", "in_channels": "--input-size (its channels)",
+               "pretrained": "--pretrained"}
 
 
 # Training options a search spells at the top level (the CLI's flags, `search(lr=…)`, records
@@ -78,6 +82,9 @@ class SearchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: str
+    # The model factory's other keyword arguments (`--model-arg width=32`): plain JSON values,
+    # recorded in every plan, so that checkpoints and exports rebuild the same model
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
     budget: str
     space: str = "default"
     trials: int = Field(20, ge=1)
@@ -148,6 +155,23 @@ class SearchSettings(BaseModel):
                              "and -_.)")
         return v
 
+    @field_validator("model_kwargs")
+    @classmethod
+    def _plain_model_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Plain JSON values (the study and every plan store them), none that a search option
+        sets or that makes the factory read weights from elsewhere."""
+        for key, value in v.items():
+            shown = f"--model-arg {key}={json.dumps(value, default=str)}"
+            if key in _OWN_KWARGS:
+                raise ValueError(f"{shown}: the search sets {key} itself; use {_OWN_KWARGS[key]}")
+            if key in WEIGHT_KWARGS:
+                raise ValueError(f"{shown}: refused (it makes the factory read weights from "
+                                 "elsewhere; a search trains from its own baseline)")
+            if not plain_json(value):
+                raise ValueError(f"{shown}: give a plain JSON value (a number, string, true/false, "
+                                 f"null or a list of them), got {type(value).__name__}")
+        return dict(v)
+
     @field_validator("rungs")
     @classmethod
     def _rising_rungs(cls, v: tuple[float, ...]) -> tuple[float, ...]:
@@ -189,9 +213,18 @@ class SearchSettings(BaseModel):
         options outside TRAINING_OPTIONS that differ from TrainConfig's defaults come along
         under "training" (a baseline trained with another loss or optimiser is another one)."""
         values = {k: getattr(self, k) for k in keys}
+        if not values.get("model_kwargs", True):  # none given: the key of a study older than them
+            del values["model_kwargs"]
         extra = self.training.model_dump(mode="json", exclude_defaults=True,
                                          exclude={*TRAINING_OPTIONS, "progress"})
         return json.loads(json.dumps({**values, **({"training": extra} if extra else {})}))
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        """Every keyword argument the model is built with (`load_model(model, **model_args)`),
+        as a plan records them."""
+        return {"num_classes": self.num_classes, "in_channels": self.input_size[0],
+                **self.model_kwargs}
 
     def fine_tune_lr(self, warm_started: bool = True) -> float:
         """Peak learning rate of a trial's warm-started weights (`lr` with nothing to start from)."""

@@ -101,8 +101,7 @@ def fresh_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:
     s = ctx.settings
     with torch.random.fork_rng():
         torch.manual_seed(trial.seed)
-        return convert(load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0]),
-                       trial.plan)
+        return convert(load_model(s.model, **s.model_args), trial.plan)
 
 
 def warm_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:

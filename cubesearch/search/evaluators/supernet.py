@@ -103,9 +103,8 @@ class SupernetEvaluator:
 
     def _build(self, ctx: SearchContext) -> Supernet:
         s = ctx.settings
-        model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
-        sn = Supernet.build(model, ctx.searchable, ctx.space,
-                            model_kwargs={"num_classes": s.num_classes, "in_channels": s.input_size[0]},
+        model = load_model(s.model, **s.model_args)
+        sn = Supernet.build(model, ctx.searchable, ctx.space, model_kwargs=s.model_args,
                             input_size=s.input_size)
         sn.model_spec, sn.cost = s.model, ctx.cost
         return sn
@@ -151,7 +150,7 @@ class SupernetEvaluator:
         if key not in _SCORERS:
             ensure_datasets(ctx)
             assert ctx.datasets is not None
-            model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
+            model = load_model(s.model, **s.model_args)
             sn = Supernet.load(folder, model, report=ctx.searchable)
             sn.cost = ctx.cost
             train_ds, val_ds = ctx.datasets
