@@ -336,7 +336,8 @@ def settings_stub(tmp_path, **kw):
     from types import SimpleNamespace
 
     base = dict(model=TINY, input_size=(3, 32, 32), num_classes=1, objectives=("iou", "latency"),
-                budget="1000s", out=str(tmp_path), latency_table=None, reprofile=False)
+                budget="1000s", out=str(tmp_path), latency_table=None, reprofile=False,
+                model_kwargs={})
     return SimpleNamespace(**{**base, **kw})
 
 
