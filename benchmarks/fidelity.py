@@ -1,7 +1,8 @@
 """How well do the cheap signals rank *trained* models? (issue 23's calibration benchmark)
 
 In the demo's setting (`smp:Unet:resnet18`, the default space, 70% budget, 64×64 synthetic tiles,
-384/48 tiles, the demo's 12-epoch baseline) — or `--model examples/unet.py` — take plans
+384/48 tiles, the demo's 12-epoch baseline) — or `--model examples/unet.py --model-arg width=32`
+(results/fidelity-unet.*; the demo's are results/fidelity.*) — take plans
 stratified over FLOPs (fixed seed; the unconverted model, FullCube and the decoder preset among
 them) and train each, under ≥ 2 seeds, with the final recipe (`cubesearch.training.finetune`:
 KD from the baseline, annealed to 0, best weights kept, early stopping). Against the mean
@@ -14,7 +15,8 @@ converged IoU, rank every cheap signal:
 - `supernet`: the one-shot supernet's score (benchmarks/oneshot.py's cache, when its plans match).
 
 Plus one reference a user would pick instead: structured channel pruning (Torch-Pruning, L1
-magnitude, uniform per layer) of the unconverted model at FullCube's FLOPs, trained by the same recipe.
+magnitude, uniform per layer, the class head kept) of the unconverted model at FullCube's FLOPs,
+trained by the same recipe.
 
 Phases (each resumable; one JSON a finished run under `--cache`, kept in the repository so that
 a later session resumes where this one stopped; workers split the runs by claim files):
@@ -43,6 +45,7 @@ import torch  # noqa: E402
 from _common import machine, md_table  # noqa: E402
 
 from cubesearch.checkpoint import load  # noqa: E402
+from cubesearch.cli.options import model_args  # noqa: E402  (the CLI's --model-arg parser)
 from cubesearch.pareto import loss_hypervolume  # noqa: E402
 from cubesearch.plan import Plan, select_sites  # noqa: E402
 from cubesearch.supernet.ranking import kendall_tau, spearman_rho  # noqa: E402
@@ -127,7 +130,7 @@ def pruned_model(ctx: Any, target_flops: float) -> tuple[torch.nn.Module, dict[s
     size = tuple(ctx.settings.input_size)
     example = torch.zeros(1, *size)
     base_macs, _ = tp.utils.count_ops_and_params(model, example)
-    head = [m for n, m in model.named_modules() if n.startswith("segmentation_head")]
+    head = class_head(model, example, ctx.settings.num_classes)
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
                                        global_pruning=False, pruning_ratio=0.9, iterative_steps=40,
                                        ignored_layers=head)
@@ -138,6 +141,24 @@ def pruned_model(ctx: Any, target_flops: float) -> tuple[torch.nn.Module, dict[s
         if macs <= target_flops:
             break
     return model, {"macs_ratio": macs / base_macs, "gflops": macs / 1e9, "params": params}
+
+
+def class_head(model: torch.nn.Module, example: torch.Tensor, num_classes: int) -> list[torch.nn.Module]:
+    """The conv that makes the class logits (smp's `segmentation_head`, examples/unet.py's
+    `head`…): the last conv run in a forward pass with `num_classes` output channels. Pruning
+    must keep its outputs."""
+    ran: list[torch.nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m)) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.out_channels == num_classes]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not ran:
+        raise SystemExit(f"no conv with {num_classes} output channels: cannot find the class head")
+    return [ran[-1]]
 
 
 # --- the runs phase ---------------------------------------------------------------------------
@@ -181,7 +202,14 @@ def runs(args: argparse.Namespace) -> None:
 
 
 def tag(args: argparse.Namespace) -> str:
-    return f"{Path(args.model).stem.replace(':', '-')}-e{args.epochs:g}-p{args.patience}-n{args.plans}"
+    """The runs' folder name: model, its --model-arg values, recipe epochs, patience, plans."""
+    kw = "".join(f"-{k}{v}" for k, v in sorted(args.model_kwargs.items()))
+    return f"{Path(args.model).stem.replace(':', '-')}{kw}-e{args.epochs:g}-p{args.patience}-n{args.plans}"
+
+
+def result_name(args: argparse.Namespace) -> str:
+    """results/NAME.{md,json,png}: `fidelity` for the demo model, `fidelity-STEM` for another."""
+    return "fidelity" if "resnet18" in args.model else f"fidelity-{Path(args.model).stem.replace(':', '-')}"
 
 
 # --- the trial2 phase: today's search trial, for plans without the one-shot cache's -----------
@@ -329,7 +357,8 @@ def report(args: argparse.Namespace) -> None:
     curves_flat = [run["flattened"] for run in all_runs]
     replay = replay_halving(rows, args.epochs)
     fig = {
-        "model": args.model, "n_plans": len(rows), "seeds": args.seeds, "epochs": args.epochs,
+        "model": args.model, "model_kwargs": args.model_kwargs, "n_plans": len(rows),
+        "seeds": args.seeds, "epochs": args.epochs,
         "patience": args.patience, "convergence_criterion":
             f"the last {FLAT_WINDOW} epochs raise the best val IoU before them by < {FLAT_DELTA}",
         "flattened_share": sum(curves_flat) / len(curves_flat),
@@ -349,7 +378,7 @@ def report(args: argparse.Namespace) -> None:
             "curves": [r["seeds"][s]["curve"] for s in range(args.seeds)],
             "best_epochs": [r["seeds"][s]["best_epoch"] for s in range(args.seeds)]} for r in rows],
     }
-    name = "fidelity" if "resnet18" in args.model else f"fidelity-{Path(args.model).stem}"
+    name = result_name(args)
     results = Path(args.results)
     oneshot.write_json(results / f"{name}.json", fig)
     (results / f"{name}.md").write_text(render(fig, name))
@@ -362,7 +391,8 @@ def _f(v: Any, nd: int = 3) -> str:
 
 
 def render(fig: dict, name: str) -> str:
-    lines = [f"# Cheap signals vs converged IoU: `{fig['model']}`", "",
+    kw = " ".join(f"{k}={v}" for k, v in (fig.get("model_kwargs") or {}).items())
+    lines = [f"# Cheap signals vs converged IoU: `{fig['model']}`" + (f" ({kw})" if kw else ""), "",
              f"{fig['n_plans']} plans × {fig['seeds']} seeds, each trained by the final recipe "
              f"(`cubesearch.training.finetune.Recipe`: {fig['epochs']:g} epochs scheduled, KD from the "
              f"baseline, cosine to 0, best weights kept, "
@@ -434,6 +464,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase", choices=("runs", "trial2", "report", "all"), default="all")
     ap.add_argument("--model", default="smp:Unet:resnet18")
+    ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed to the model factory, as `cubesearch search --model-arg` (e.g. width=32)")
     ap.add_argument("--budget", default="70%")
     ap.add_argument("--plans", type=int, default=12, help="plans (3 references + random ones)")
     ap.add_argument("--pool", type=int, default=16, help="stratified plans to pick the random ones from")
@@ -454,6 +486,7 @@ def main() -> None:
     ap.add_argument("--worker", default="0/1", help="K/N: this process takes every N-th run from K")
     ap.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline only")
     args = ap.parse_args()
+    args.model_kwargs = model_args(args.model_arg)
     if args.phase in ("runs", "all"):
         runs(args)
     if args.phase in ("trial2", "all"):

@@ -92,8 +92,9 @@ def make_context(args: argparse.Namespace, baseline: bool = True) -> Any:
                         val_tiles=8, distill_steps=5)
     if getattr(args, "val_tiles", None):
         training["val_tiles"] = args.val_tiles
+    extra = {"model_kwargs": args.model_kwargs} if getattr(args, "model_kwargs", None) else {}
     settings = api.SearchSettings(model=args.model, budget=args.budget, out=str(args.work),
-                                  seed=args.seed, **training)
+                                  seed=args.seed, **extra, **training)
     kwargs = {"progress": False} if "progress" in inspect.signature(api.build_context).parameters else {}
     ctx = api.build_context(settings, **kwargs)
     if baseline:
