@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("blocks", "space", "trust", "flops", "data", "metrics"),
     ("models",),
     ("sites",),
-    ("plan", "conversion", "cost", "checkpoint", "conversion_report", "pareto"),
+    ("plan", "conversion", "cost", "checkpoint", "conversion_report", "pareto", "deploy"),
     ("training",),
     ("latency", "supernet"),
     ("search",),

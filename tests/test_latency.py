@@ -337,7 +337,7 @@ def settings_stub(tmp_path, **kw):
 
     base = dict(model=TINY, input_size=(3, 32, 32), num_classes=1, objectives=("iou", "latency"),
                 budget="1000s", out=str(tmp_path), latency_table=None, reprofile=False,
-                model_kwargs={})
+                model_kwargs={}, latency_backend="torch")
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -482,3 +482,83 @@ def test_search_with_a_latency_objective_and_budget(tmp_path, monkeypatch):
         searching.search(TINY, "4.2ms", **opts)
     again = searching.search(TINY, "4.2ms", reprofile=True, **opts)
     assert again.n_complete == result.n_complete  # nothing retrained
+
+
+# --- backends: what runs the ops (profile --backend, search --latency-backend) -----------------
+
+# the tiny model's 2 decoder sites, one block config: 5 ONNX exports to profile (~1 s each)
+ONE_CONFIG = {**SMALL_SPACE, "name": "one", "sites": "decoder",
+              "knobs": {**SMALL_SPACE["knobs"], "groups": [4]}}
+
+
+def test_old_tables_read_as_torch_and_the_backend_is_part_of_the_fingerprint():
+    old = {k: v for k, v in fp().to_dict().items() if k not in ("backend", "runtime")}
+    assert Fingerprint.from_dict(old) == fp() and fp().backend == "torch"
+    ort_fp = fp(backend="ort", runtime="onnxruntime 1.0")
+    assert fp().differences(ort_fp) == ["backend: 'torch' → 'ort'",
+                                        "runtime: '' → 'onnxruntime 1.0'"]
+    assert "backend ort, onnxruntime 1.0" in ort_fp.label()
+
+
+def test_ort_table_for_the_tiny_model_and_another_backend_refused(tmp_path, tiny):
+    """A real ONNX Runtime table (no timing asserted): recorded, reused by a search asking for
+    ort, refused by one asking for torch."""
+    pytest.importorskip("onnxruntime")
+    from cubesearch.cost import CostModel
+    from cubesearch.latency.profile import profile_model
+    from cubesearch.search import limits
+    from cubesearch.search.objectives.latency import measure_ms
+
+    out = tmp_path / "ort.json"
+    _, stats, status = profile_model(TINY, backend="ort", threads=1, input_size="3x32x32",
+                                     space=SearchSpace.from_dict(ONE_CONFIG), out=str(out),
+                                     calibrate=1, repeats=1, warmup=0)
+    assert status == "new" and stats.ops_measured == 4 and stats.layout == "contiguous"
+    saved = json.loads(out.read_text())
+    assert saved["fingerprint"]["backend"] == "ort"
+    assert saved["fingerprint"]["runtime"].startswith("onnxruntime ")
+    assert len(saved["ops"]) == 4 and all(v > 0 for v in saved["ops"].values())
+    assert all(k.startswith("contiguous|") for k in saved["ops"])
+    entry = saved["models"][stats.key]
+    assert entry["base_us"] > 0 and list(entry["base_us_by_layout"]) == ["contiguous"]
+    assert len(entry["calibration"]) == entry["correction"]["n"] == 1
+    # the same file asked for in eager: `profile` re-measures it, a search refuses it
+    _, status = LatencyTable.open(out, device_fingerprint("cpu", threads=1))
+    assert status.startswith("re-measuring") and "backend: 'ort' → 'torch'" in status
+
+    from cubesearch.sites import find_sites
+
+    model = tiny[0]
+    report = find_sites(model, (3, 32, 32))
+    space = SearchSpace.from_dict(ONE_CONFIG)
+    args = (model, report, space, space.searchable(report.sites), CostModel(report))
+    with pytest.raises(CubesearchError, match=r"timed in backend 'ort', not --latency-backend "
+                       r"torch.*profile MODEL --backend torch"):
+        limits.setup(settings_stub(tmp_path, latency_table=str(out)), *args)
+    lat, _ = limits.setup(settings_stub(tmp_path, latency_table=str(out), latency_backend="ort",
+                                        threads=1), *args)
+    assert lat.fingerprint.backend == "ort"
+
+    class Ctx:
+        latency, settings = lat, settings_stub(tmp_path)
+
+    assert measure_ms(Ctx, model) > 0  # the ONNX graph export writes, timed in ONNX Runtime
+
+
+def test_backend_options_bad_input_is_one_error_line(tmp_path, capsys):
+    from cubesearch.cli import main
+
+    for argv, expect in (
+            (["profile", TINY, "--backend", "foo", "-o", str(tmp_path / "t.json")],
+             "error: --backend 'foo': choose torch or ort"),
+            (["profile", TINY, "--backend", "compile", "-o", str(tmp_path / "t.json")],
+             "error: --backend 'compile': choose torch or ort (torch.compile builds every op"),
+            (["profile", TINY, "--backend", "ort", "--dtype", "bfloat16", "-o",
+              str(tmp_path / "t.json")], "error: --backend ort times float32 models"),
+            (["search", TINY, "--budget", "90%", "--objectives", "iou,latency",
+              "--latency-backend", "foo", "-o", str(tmp_path / "s")],
+             "error: --latency-backend 'foo': choose torch or ort")):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(expect), err
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "s").exists()

@@ -13,6 +13,9 @@ MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], 
 def profile(
     model: str = typer.Argument(..., help=MODEL_HELP),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
+    backend: str = typer.Option("torch", help="Runtime the ops are timed in: torch (eager, blocks "
+                                "folded) or ort (ONNX Runtime CPU on the folded ONNX graph "
+                                "`export` writes)."),
     batch: int = typer.Option(1, help="Batch size to measure at."),
     threads: int = typer.Option(None, help="CPU threads (default: torch's count here)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, or float16 (cuda)."),
@@ -46,7 +49,7 @@ def profile(
         table, stats, status = profile_model(
             model, device=device, batch=batch, threads=threads, dtype=dtype,
             input_size=input_size, space=space, out=out, num_classes=classes,
-            pretrained=pretrained, reprofile=reprofile, calibrate=calibrate, repeats=repeats,
+            pretrained=pretrained, reprofile=reprofile, backend=backend, calibrate=calibrate, repeats=repeats,
             warmup=warmup, progress=lambda n, what: bar.update(task, advance=n, description=what),
             total=lambda n: bar.update(task, total=n), log=console.print)
     lat = LatencyModel(table, stats.key)

@@ -85,6 +85,9 @@ def search(
                                    "device, see `cubesearch profile`)."),
     latency_table: str = typer.Option(None, help="Latency table (default: OUT/latency.json; "
                                       "profiled here when it lacks the model)."),
+    latency_backend: str = typer.Option("torch", help="Runtime the latency table is timed in: torch "
+                                        "(eager, folded) or ort (ONNX Runtime CPU, the exported "
+                                        "model); as `cubesearch profile --backend`."),
     reprofile: bool = typer.Option(False, "--reprofile", help="Measure this device's latency "
                                    "table again (needed to resume a study on another device)."),
     input_size: str = FLOPS_INPUT,
@@ -139,7 +142,8 @@ def search(
         evaluator=evaluator, num_classes=classes,
         pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console,
-        latency_table=latency_table, reprofile=reprofile, model_kwargs=model_args(model_arg))
+        latency_table=latency_table, latency_backend=latency_backend, reprofile=reprofile,
+        model_kwargs=model_args(model_arg))
     if as_json:
         print_json(result.to_dict())
         return

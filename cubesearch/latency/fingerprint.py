@@ -1,8 +1,9 @@
 """The device a latency table was measured on, as a comparable fingerprint.
 
-A latency figure is only meaningful on the device, thread count, torch build, batch size and
-dtype it was measured with: `Fingerprint` is those, and a table is reused only when its
-fingerprint equals the current one (`cubesearch.latency.table`).
+A latency figure is only meaningful on the device, thread count, torch build, batch size, dtype
+and runtime (`backend`: PyTorch eager or ONNX Runtime, and the runtime's version) it was measured
+with: `Fingerprint` is those, and a table is reused only when its fingerprint equals the current
+one (`cubesearch.latency.table`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from cubesearch import helpers
 from cubesearch.errors import CubesearchError
+from cubesearch.latency.backends import DEFAULT_BACKEND, runtime_version
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
@@ -31,21 +33,27 @@ class Fingerprint:
     torch: str
     batch: int
     dtype: str
+    backend: str = "torch"  # what ran the ops: torch (eager) or ort (ONNX Runtime CPU)
+    runtime: str = ""  # the backend's version beside torch's, e.g. "onnxruntime 1.32.0"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
+        optional = {"backend": "torch", "runtime": ""}  # tables from before backends
         try:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: data[k] if k in data or k not in optional else optional[k]
+                          for k in cls.__dataclass_fields__})
         except (KeyError, TypeError) as exc:
             raise CubesearchError(f"latency table: bad device fingerprint ({exc})") from None
 
     def label(self) -> str:
         where = (f"{self.name}, {self.threads} thread{'s' if self.threads != 1 else ''}"
                  if self.device == "cpu" else self.name)
-        return f"{self.device} ({where}), torch {self.torch}, batch {self.batch}, {self.dtype}"
+        runtime = f"{self.runtime}, " if self.runtime else ""
+        return (f"{self.device} ({where}), backend {self.backend}, {runtime}torch {self.torch}, "
+                f"batch {self.batch}, {self.dtype}")
 
     def differences(self, other: Fingerprint) -> list[str]:
         """`field: mine → other` for every field that differs."""
@@ -98,8 +106,10 @@ def resolve_threads(threads: int | None) -> int:
 
 
 def device_fingerprint(device: torch.device | str = "cpu", *, threads: int | None = None,
-                       batch: int = 1, dtype: torch.dtype | str = torch.float32) -> Fingerprint:
-    """The fingerprint of measuring on `device` now (`threads` default: torch's current count)."""
+                       batch: int = 1, dtype: torch.dtype | str = torch.float32,
+                       backend: str = DEFAULT_BACKEND) -> Fingerprint:
+    """The fingerprint of measuring on `device` in `backend` now (`threads` default: torch's
+    current count)."""
     dev = torch.device(device) if isinstance(device, str) else device
     dt = dtype if isinstance(dtype, torch.dtype) else DTYPES[DTYPE_ALIASES.get(dtype, dtype)]
     if dev.type == "cuda":
@@ -110,15 +120,19 @@ def device_fingerprint(device: torch.device | str = "cpu", *, threads: int | Non
         n_threads = resolve_threads(threads)
     return Fingerprint(device=dev.type, name=name, threads=n_threads,
                        torch=str(torch.__version__), batch=int(batch),
-                       dtype=str(dt).removeprefix("torch."))
+                       dtype=str(dt).removeprefix("torch."), backend=backend,
+                       runtime=runtime_version(backend))
 
 
-def current_fingerprint(like: Fingerprint | None = None) -> Fingerprint:
-    """This machine, measured the way `like` was (threads, batch, dtype); a CPU if no table."""
+def current_fingerprint(like: Fingerprint | None = None, *, backend: str | None = None
+                        ) -> Fingerprint:
+    """This machine in `backend` (default: `like`'s, else torch), measured the way `like` was
+    (threads, batch, dtype); a CPU if no table."""
+    backend = backend or (like.backend if like is not None else DEFAULT_BACKEND)
     if like is None:
-        return device_fingerprint("cpu")
+        return device_fingerprint("cpu", backend=backend)
     if like.device == "cuda" and not torch.cuda.is_available():
-        return device_fingerprint("cpu", batch=like.batch)
+        return device_fingerprint("cpu", batch=like.batch, backend=backend)
     fits = like.device == "cpu" and 1 <= like.threads <= (os.cpu_count() or 1)
     return device_fingerprint(like.device, threads=like.threads if fits else None,
-                              batch=like.batch, dtype=like.dtype)
+                              batch=like.batch, dtype=like.dtype, backend=backend)

@@ -1,9 +1,9 @@
 """`profile_latency`: measure a model's latency table on this device (what `cubesearch profile`
-runs).
+runs), in the table's backend (`latency.backends`: PyTorch eager or ONNX Runtime).
 
-For the unconverted model (deploy form, the faster of contiguous and channels_last, which then
-is the layout every op of this model is measured in), and for every searchable site: its conv
-at each call's shape and every block configuration the space allows there, folded. Ops already
+For the unconverted model (deploy form; in eager the faster of contiguous and channels_last,
+which then is the layout every op of this model is measured in), and for every searchable site:
+its conv at each call's shape and every block configuration the space allows there, folded. Ops already
 in the table (same device fingerprint) are not measured again; a shape shared by several sites
 is measured once. Each shape's conv and its blocks are timed round-robin, side by side.
 Optionally (`calibrate=K`) K random plans are converted and timed as whole models, next to the
@@ -27,14 +27,15 @@ from torch import nn
 from cubesearch.blocks import CubeBlock, CubeConfig
 from cubesearch.conversion import convert
 from cubesearch.errors import CubesearchError
-from cubesearch.latency.fingerprint import device_fingerprint, resolve_device, resolve_dtype
-from cubesearch.latency.measure import (
-    deploy_form,
-    make_timer,
-    prepare,
-    runner,
-    time_interleaved,
+from cubesearch.latency.backends import (
+    DEFAULT_BACKEND,
+    check_backend,
+    check_target,
+    layouts,
+    make_runner,
 )
+from cubesearch.latency.fingerprint import device_fingerprint, resolve_device, resolve_dtype
+from cubesearch.latency.measure import deploy_form, make_timer, time_interleaved
 from cubesearch.latency.model import LatencyModel, SiteShape, fit_correction
 from cubesearch.latency.table import LatencyTable, block_key, conv_key, model_key
 from cubesearch.models import load_model
@@ -96,33 +97,35 @@ def _block(shape: SiteShape, cfg: CubeConfig) -> nn.Module:
 def measure_plans(model: nn.Module, plans: Sequence[dict[str, CubeConfig]], *, layout: str,
                   device: torch.device, dtype: torch.dtype, batch: int,
                   input_size: Sequence[int], repeats: int, warmup: int,
-                  progress: Progress | None = None, seed: int = 0, threads: int | None = None
-                  ) -> list[tuple[float, float]]:
-    """Whole-model µs of each plan in deploy form, each timed round-robin next to the unconverted
-    model: [(plan µs, unconverted µs measured alongside)], with `threads` intra-op threads."""
+                  progress: Progress | None = None, seed: int = 0, threads: int | None = None,
+                  backend: str = DEFAULT_BACKEND) -> list[tuple[float, float]]:
+    """Whole-model µs of each plan in deploy form in `backend`, each timed round-robin next to
+    the unconverted model: [(plan µs, unconverted µs measured alongside)], with `threads`
+    intra-op threads."""
     with torch_threads(threads):
         return _measure_plans(model, plans, layout=layout, device=device, dtype=dtype,
                               batch=batch, input_size=input_size, repeats=repeats, warmup=warmup,
-                              progress=progress, seed=seed)
+                              progress=progress, seed=seed, backend=backend,
+                              threads=torch.get_num_threads())
 
 
 def _measure_plans(model: nn.Module, plans: Sequence[dict[str, CubeConfig]], *, layout: str,
                    device: torch.device, dtype: torch.dtype, batch: int,
                    input_size: Sequence[int], repeats: int, warmup: int,
-                   progress: Progress | None, seed: int, group: int = 4
-                   ) -> list[tuple[float, float]]:
+                   progress: Progress | None, seed: int, backend: str, threads: int,
+                   group: int = 4) -> list[tuple[float, float]]:
     timer = make_timer(device)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_size, generator=gen)
-    base, xb = prepare(deploy_form(model), x, layout, device, dtype)
+    how = {"layout": layout, "device": device, "dtype": dtype, "threads": threads}
+    base = make_runner(backend, deploy_form(model), x, **how)
     out = []
     # `group` plans at a time, round-robin with the unconverted model
     for start in range(0, len(plans), group):
-        fns = {"base": runner(base, xb)}
+        fns = {"base": base}
         for i, sites in enumerate(plans[start:start + group]):
             plan = Plan(model="model", input_size=tuple(input_size), sites=dict(sites))
-            converted, xc = prepare(deploy_form(convert(model, plan)), x, layout, device, dtype)
-            fns[f"plan{i}"] = runner(converted, xc)
+            fns[f"plan{i}"] = make_runner(backend, deploy_form(convert(model, plan)), x, **how)
         t = time_interleaved(fns, timer, repeats=repeats, warmup=warmup)
         out += [(t[f"plan{i}"], t["base"]) for i in range(len(fns) - 1)]
         del fns
@@ -164,10 +167,12 @@ def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: Lat
     model = model.eval()
     timing = {"device": device, "dtype": dtype, "repeats": repeats, "warmup": warmup}
 
+    backend = table.fingerprint.backend
+    timing["threads"] = torch.get_num_threads()
     entry = table.models.get(key)
     if entry is None:
         entry = _base_entry(model, spec, size, num_classes, table.fingerprint.batch, timer, gen,
-                            progress, **timing)
+                            progress, backend=backend, **timing)
         table.models[key] = entry
     layout = entry["layout"]
     entry["sites"] = {**entry.get("sites", {}), **{n: s.to_dict() for n, s in shapes.items()}}
@@ -176,7 +181,8 @@ def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: Lat
     missing = {k for k in needed if k not in table.ops}
     if total:
         total(len(missing) + calibrate)
-    _measure_ops(groups, missing, table, layout, table.fingerprint.batch, timer, gen, progress, **timing)
+    _measure_ops(groups, missing, table, layout, table.fingerprint.batch, timer, gen, progress,
+                 backend=backend, **timing)
     if calibrate:
         _calibrate(model, space, searchable, table, key, entry, calibrate, seed, progress, **timing)
     return ProfileStats(key=key, layout=layout, base_us=entry["base_us"], sites=len(shapes),
@@ -188,17 +194,18 @@ def _profile(model: nn.Module, report: Any, space: Any, *, spec: str, table: Lat
 
 
 def _base_entry(model: nn.Module, spec: str, size: tuple, num_classes: int, batch: int, timer: Any,
-                gen: torch.Generator, progress: Progress | None, *, device: torch.device,
-                dtype: torch.dtype, repeats: int, warmup: int) -> dict[str, Any]:
-    """Time the unconverted model in deploy form in both layouts; the faster one is the model's."""
+                gen: torch.Generator, progress: Progress | None, *, backend: str,
+                device: torch.device, dtype: torch.dtype, repeats: int, warmup: int, threads: int
+                ) -> dict[str, Any]:
+    """Time the unconverted model in deploy form in each layout the backend takes; the fastest
+    is the model's."""
     x = torch.randn(batch, *size, generator=gen)
     deployed = deploy_form(model)
-    fns = {}
-    for layout in ("contiguous", "channels_last"):
-        m, xi = prepare(copy.deepcopy(deployed), x, layout, device, dtype)
-        fns[layout] = runner(m, xi)
+    fns = {layout: make_runner(backend, copy.deepcopy(deployed), x, layout=layout, device=device,
+                               dtype=dtype, threads=threads)
+           for layout in layouts(backend)}
     if progress:
-        progress(0, "unconverted model, both layouts")
+        progress(0, "unconverted model")
     times = time_interleaved(fns, timer, repeats=repeats, warmup=warmup)
     layout = min(times, key=times.get)
     return {"model": spec, "input_size": list(size), "num_classes": num_classes,
@@ -227,23 +234,23 @@ def _op_groups(shapes: dict[str, SiteShape], configs: dict[str, Any], layout: st
 
 def _measure_ops(groups: dict[tuple, dict[str, Any]], missing: set[str], table: LatencyTable,
                  layout: str, batch: int, timer: Any, gen: torch.Generator,
-                 progress: Progress | None, *, device: torch.device, dtype: torch.dtype,
-                 repeats: int, warmup: int) -> None:
+                 progress: Progress | None, *, backend: str, device: torch.device,
+                 dtype: torch.dtype, repeats: int, warmup: int, threads: int) -> None:
     """Time the missing blocks of each shape in chunks, each chunk side by side with its conv."""
+    how = {"layout": layout, "device": device, "dtype": dtype, "threads": threads}
     for g in groups.values():
         shape, hw = g["shape"], g["hw"]
         todo = [(k, c) for k, c in g["blocks"].items() if k in missing]
         if not todo and g["conv"] not in missing:
             continue
         x = torch.randn(batch, shape.in_channels, *hw, generator=gen)
-        conv, xc = prepare(_conv(shape), x, layout, device, dtype)
+        conv = make_runner(backend, _conv(shape), x, **how)
         conv_times = []
         label = f"{shape.in_channels}→{shape.out_channels} at {hw[0]}×{hw[1]}"
         for chunk in [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)] or [[]]:
-            fns = {"conv": runner(conv, xc)}
+            fns = {"conv": conv}
             for k, cfg in chunk:
-                b, xb = prepare(_block(shape, cfg), x, layout, device, dtype)
-                fns[k] = runner(b, xb)
+                fns[k] = make_runner(backend, _block(shape, cfg), x, **how)
             times = time_interleaved(fns, timer, repeats=repeats, warmup=warmup)
             conv_times.append(times.pop("conv"))
             table.ops.update(times)
@@ -257,7 +264,8 @@ def _measure_ops(groups: dict[tuple, dict[str, Any]], missing: set[str], table: 
 
 def _calibrate(model: nn.Module, space: Any, searchable: list, table: LatencyTable, key: str,
                entry: dict[str, Any], calibrate: int, seed: int, progress: Progress | None, *,
-               device: torch.device, dtype: torch.dtype, repeats: int, warmup: int) -> None:
+               device: torch.device, dtype: torch.dtype, repeats: int, warmup: int, threads: int
+               ) -> None:
     """Fit the per-device correction on a few random plans measured as whole models."""
     lat = LatencyModel(table, key)
     lat.correction = None
@@ -266,7 +274,8 @@ def _calibrate(model: nn.Module, space: Any, searchable: list, table: LatencyTab
     plans = [p for p in plans if p] or plans
     measured = measure_plans(model, plans, layout=entry["layout"], device=device, dtype=dtype,
                              batch=table.fingerprint.batch, input_size=tuple(entry["input_size"]),
-                             repeats=repeats, warmup=warmup, progress=progress, seed=seed)
+                             repeats=repeats, warmup=warmup, progress=progress, seed=seed,
+                             threads=threads, backend=table.fingerprint.backend)
     samples = []
     for plan, (plan_us, base_us) in zip(plans, measured, strict=True):
         removed, added, n = lat.terms(plan)
@@ -282,20 +291,22 @@ def profile_model(spec: str, *, device: str = "cpu", batch: int = 1, threads: in
                   dtype: str = "float32", input_size: Any = (3, 512, 512), space: Any = "default",
                   out: str | Any = "runs/search/latency.json", num_classes: int = 1,
                   pretrained: bool = False, reprofile: bool = False, calibrate: int = 4,
-                  repeats: int = 5, warmup: int = 1, seed: int = 0,
+                  repeats: int = 5, warmup: int = 1, seed: int = 0, backend: str = DEFAULT_BACKEND,
                   progress: Progress | None = None, total: Callable[[int], None] | None = None,
                   log: Callable[[str], None] | None = None
                   ) -> tuple[LatencyTable, ProfileStats, str]:
     """Load `spec`, find its sites and profile them into the table at `out` (reused when it was
-    measured on this device; re-measured when not, or with `reprofile`). Returns (table, stats,
-    status)."""
+    measured on this device in `backend`; re-measured when not, or with `reprofile`). Returns
+    (table, stats, status)."""
+    backend = check_backend(backend)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    check_target(backend, dev, dt)
     if batch < 1:
         raise CubesearchError(f"--batch {batch}: must be at least 1")
     if repeats < 1 or warmup < 0 or calibrate < 0:
         raise CubesearchError("--repeats must be ≥ 1, --warmup and --calibrate ≥ 0")
-    fp = device_fingerprint(dev, threads=threads, batch=batch, dtype=dt)
+    fp = device_fingerprint(dev, threads=threads, batch=batch, dtype=dt, backend=backend)
     size = parse_input_size(input_size)
     sp = space if isinstance(space, SearchSpace) else SearchSpace.load(space)
     table, status = LatencyTable.open(out, fp, reprofile=reprofile)

@@ -3,8 +3,9 @@ named) and, when latency is an objective or the budget, this device's latency mo
 
 `setup` loads the latency table (`--latency-table`, default OUT/latency.json), profiles this
 device into it when it lacks the model or the space's configs, refuses a table measured on
-another device unless `--reprofile`, resolves `--budget` and refuses a latency budget below the
-fastest plan. `build_context` calls it once; the plan-by-plan hooks are `search.objectives`.
+another device or timed in another backend than `--latency-backend` unless `--reprofile`,
+resolves `--budget` and refuses a latency budget below the fastest plan. `build_context` calls
+it once; the plan-by-plan hooks are `search.objectives`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,16 @@ def load_latency(settings: SearchSettings, model: nn.Module, report: SiteReport,
                  *, log: Callable[[str], None] | None = None) -> LatencyModel:
     """The latency model of `settings.model` on this device (profiling what is missing)."""
     path = table_path(settings)
+    backend = settings.latency_backend
     if path.exists():
         table = LatencyTable.load(path)
-        here = current_fingerprint(table.fingerprint)
+        if table.fingerprint.backend != backend and not settings.reprofile:
+            raise CubesearchError(
+                f"latency table {path} was timed in backend {table.fingerprint.backend!r}, not "
+                f"--latency-backend {backend}: profile one (`cubesearch profile MODEL --backend "
+                f"{backend} -o FILE`) and pass --latency-table FILE, or add --reprofile to "
+                "re-measure this one")
+        here = current_fingerprint(table.fingerprint, backend=backend)
         if table.fingerprint != here:
             if not settings.reprofile:
                 diffs = "; ".join(table.fingerprint.differences(here))
@@ -54,7 +62,7 @@ def load_latency(settings: SearchSettings, model: nn.Module, report: SiteReport,
                     "--reprofile to measure this one (or --latency-table FILE)")
             table = LatencyTable(fingerprint=here)
     else:
-        table = LatencyTable(fingerprint=current_fingerprint())
+        table = LatencyTable(fingerprint=current_fingerprint(backend=backend))
     key = model_key(settings.model, settings.input_size, settings.num_classes, settings.model_kwargs)
     searchable = space.searchable(report.sites)
     missing = key not in table.models

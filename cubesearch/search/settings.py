@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cubesearch.errors import ConfigError, validation_message
+from cubesearch.errors import ConfigError, CubesearchError, validation_message
+from cubesearch.latency.backends import DEFAULT_BACKEND, check_backend
 from cubesearch.training import TrainConfig
 from cubesearch.trust import WEIGHT_KWARGS, plain_json
 
@@ -132,8 +133,10 @@ class SearchSettings(BaseModel):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     # Latency (cubesearch.latency): the table of this device's measured ops (default
-    # OUT/latency.json), and whether to measure this device again (another device, or asked)
+    # OUT/latency.json), the runtime they are timed in (torch: eager; ort: ONNX Runtime CPU,
+    # `profile --backend`), and whether to measure this device again (another device, or asked)
     latency_table: str | None = None
+    latency_backend: str = DEFAULT_BACKEND
     reprofile: bool = False
 
     def __init__(self, **data: Any) -> None:
@@ -171,6 +174,14 @@ class SearchSettings(BaseModel):
                 raise ValueError(f"{shown}: give a plain JSON value (a number, string, true/false, "
                                  f"null or a list of them), got {type(value).__name__}")
         return dict(v)
+
+    @field_validator("latency_backend")
+    @classmethod
+    def _latency_backend(cls, v: str) -> str:
+        try:
+            return check_backend(v, "--latency-backend")
+        except CubesearchError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("rungs")
     @classmethod

@@ -150,7 +150,7 @@ def check_study_device(study: optuna.Study, ctx: SearchContext) -> None:
     if stored is None or ctx.settings.reprofile:
         study.set_user_attr(DEVICE_ATTR, mine)
         return
-    if stored != mine:
+    if Fingerprint.from_dict(stored) != lat.fingerprint:
         diffs = "; ".join(Fingerprint.from_dict(stored).differences(lat.fingerprint))
         raise CubesearchError(
             f"study {study.study_name!r} measured latency on another device ({diffs}); its "

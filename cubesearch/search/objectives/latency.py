@@ -10,6 +10,7 @@ from torch import nn
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError
 from cubesearch.latency import measure
+from cubesearch.latency.backends import make_runner
 from cubesearch.latency.fingerprint import current_fingerprint
 from cubesearch.latency.profile import torch_threads
 from cubesearch.search.context import SearchContext
@@ -21,8 +22,9 @@ def estimate_ms(ctx: SearchContext, sites_cfg: dict[str, CubeConfig]) -> float:
 
 
 def measure_ms(ctx: SearchContext, model: nn.Module) -> float:
-    """The evaluated model's measured latency (ms): deploy form, the table's layout, threads,
-    batch and dtype, the median of 5 runs after a warm-up."""
+    """The evaluated model's measured latency (ms): deploy form in the table's backend (under
+    ort: the ONNX graph `export` writes), layout, threads, batch and dtype, the median of 5 runs
+    after a warm-up."""
     lat = ctx.latency
     assert lat is not None, "a latency objective loads the latency model (search.limits)"
     fp = lat.fingerprint
@@ -34,8 +36,9 @@ def measure_ms(ctx: SearchContext, model: nn.Module) -> float:
     device = torch.device("cuda" if fp.device == "cuda" else "cpu")
     size = ctx.settings.input_size
     with torch_threads(fp.threads or None):
-        m, x = measure.prepare(measure.deploy_form(model.cpu()), torch.randn(fp.batch, *size),
-                               lat.layout, device, getattr(torch, fp.dtype))
-        us = measure.time_interleaved({"m": measure.runner(m, x)}, measure.make_timer(device),
-                                      repeats=5, warmup=1)["m"]
+        run = make_runner(fp.backend, measure.deploy_form(model.cpu()),
+                          torch.randn(fp.batch, *size), layout=lat.layout, device=device,
+                          dtype=getattr(torch, fp.dtype), threads=torch.get_num_threads())
+        us = measure.time_interleaved({"m": run}, measure.make_timer(device), repeats=5,
+                                      warmup=1)["m"]
     return us / 1e3
