@@ -12,7 +12,8 @@ converged IoU, rank every cheap signal:
   recipe's schedule (a promoted trial continues where it stopped, as in ASHA);
 - `tse3`: the sum of training losses over those 3 epochs (Ru et al. 2021; lower is better);
 - `trial2`: today's 2-epoch search trial (the search's `evaluate_plan`);
-- `supernet`: the one-shot supernet's score (benchmarks/oneshot.py's cache, when its plans match).
+- `supernet`: the one-shot supernet's score (benchmarks/oneshot.py's cache, when its plans match;
+  for another model `--phase supernet` trains one supernet as oneshot.py does and scores the plans).
 
 Plus one reference a user would pick instead: structured channel pruning (Torch-Pruning, L1
 magnitude, uniform per layer, the class head kept) of the unconverted model at FullCube's FLOPs,
@@ -232,6 +233,31 @@ def trial2(args: argparse.Namespace) -> None:
             print(f"[{time.strftime('%H:%M:%S')}] trial2 {label} seed {seed}: {out['iou']:.4f}", flush=True)
 
 
+# --- the supernet phase: the one-shot signal for a model without the one-shot benchmark's cache --
+
+
+def supernet(args: argparse.Namespace) -> None:
+    """One supernet trained as benchmarks/oneshot.py trains it (its main variant, from the same
+    baseline), every plan scored with BatchNorm re-estimation: CACHE/TAG/supernet.json."""
+    ctx = oneshot.make_context(args)
+    plans = choose(ctx, args)
+    file = Path(args.cache) / tag(args) / "supernet.json"
+    if file.exists():
+        print(f"supernet: cached in {file}")
+        return
+    sn, info = oneshot.build_trained_supernet(ctx, args, "main")
+    info["scores"] = oneshot.score_all(sn, ctx, plans, True, args.calib)
+    info["threads"] = torch.get_num_threads()
+    oneshot.write_json(file, info)
+    for row in info["scores"]:
+        print(f"supernet: {row['label']}: {row['iou']:.4f}", flush=True)
+
+
+def own_supernet(args: argparse.Namespace) -> dict[str, Any] | None:
+    file = Path(args.cache) / tag(args) / "supernet.json"
+    return json.loads(file.read_text()) if file.exists() else None
+
+
 def oneshot_record(args: argparse.Namespace, ctx: Any, sites: dict) -> dict | None:
     """The one-shot benchmark's recorded row for this plan (same FLOPs and sites), if any."""
     file = Path(args.results) / "oneshot.json"
@@ -260,6 +286,13 @@ SIGNALS = {  # name → (what it is, epochs of training per plan it costs, highe
 }
 
 
+NOT_MEASURED = {  # why a signal has no figure
+    "supernet": "no supernet scores for these plans: the one-shot benchmark's cache covers the demo "
+                "model only, and `--phase supernet` was not run",
+    "trial2": "no 2-epoch trials for these plans: `--phase trial2` was not run",
+}
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -267,6 +300,8 @@ def _mean(values: list[float]) -> float:
 def gather(args: argparse.Namespace, ctx: Any, plans: list[tuple[str, dict]]) -> list[dict[str, Any]]:
     """One row a plan with every seed's results and every signal (mean over seeds)."""
     cache = Path(args.cache) / tag(args)
+    own = own_supernet(args)
+    scores = {r["plan"]: r["iou"] for r in own["scores"]} if own else {}
     rows = []
     for i, (label, sites) in enumerate(plans):
         runs_ = [json.loads(f.read_text()) for f in sorted(cache.glob(f"plan{i:02d}-seed*.json"))]
@@ -286,7 +321,7 @@ def gather(args: argparse.Namespace, ctx: Any, plans: list[tuple[str, dict]]) ->
                 trials.append(v)
         row["trial2"] = _mean(trials) if len(trials) == args.seeds else None
         record = oneshot_record(args, ctx, sites) if args.reuse_oneshot else None
-        row["supernet"] = record.get("supernet") if record else None
+        row["supernet"] = record.get("supernet") if record else scores.get(i)
         rows.append(row)
     return rows
 
@@ -348,6 +383,8 @@ def report(args: argparse.Namespace) -> None:
             r["delta_vs_paired"], r["delta_spread"] = _mean(deltas), max(deltas) - min(deltas)
     seed_tau = kendall_tau([r["seeds"][0]["iou"] for r in rows], [r["seeds"][1]["iou"] for r in rows])
     signals = {name: rank(rows, name) for name in SIGNALS}
+    not_measured = {n: NOT_MEASURED.get(n, "fewer than 3 plans have it") for n, f in signals.items()
+                    if f["kendall_tau"] is None}
     ok = [n for n, f in signals.items() if f["kendall_tau"] is not None
           and f["kendall_tau"] >= 0.65 and f["kendall_tau"] >= 0.8 * seed_tau]
     default = min(ok, key=lambda n: SIGNALS[n][1]) if ok else "halving"
@@ -364,13 +401,15 @@ def report(args: argparse.Namespace) -> None:
         "flattened_share": sum(curves_flat) / len(curves_flat),
         "default_proxy": default,
         "default_proxy_kendall_tau": signals[default]["kendall_tau"] if default in signals else None,
-        "converged_seed_kendall_tau": seed_tau, "signals": signals,
+        "converged_seed_kendall_tau": seed_tau, "signals": signals, "not_measured": not_measured,
         "fullcube_iou_ratio": full["iou"] / paired["iou"] if full and paired else None,
         "paired_baseline_iou": paired["iou"] if paired else None,
         "pruning": ({"iou": _mean([p["iou"] for p in pruned]), "gflops": pruned[0]["gflops"],
                      "iou_ratio": _mean([p["iou"] for p in pruned]) / paired["iou"] if paired else None,
                      "seeds": len(pruned)} if pruned else None),
         "halving_hv_ratio": replay["halving_hv_ratio"], "halving_replay": replay,
+        "supernet_training": ({k: own[k] for k in ("seconds", "baseline_epochs", "passes", "threads")
+                               if k in own} if (own := own_supernet(args)) else None),
         "machine": machine(), "load_range": [min(run["load_start"] for run in all_runs),
                                              max(run["load_end"] for run in all_runs)],
         "plans": [{k: v for k, v in r.items() if k != "seeds"} | {
@@ -407,6 +446,8 @@ def render(fig: dict, name: str) -> str:
                         _f(f["spearman_rho"])] for n, f in fig["signals"].items()]
                       + [["converged seed 0 vs seed 1 (the ceiling)", "", str(fig["n_plans"]),
                           _f(fig["converged_seed_kendall_tau"]), ""]]), "",
+             *[f"Not measured on this model: `{n}` ({why}).\n"
+               for n, why in fig.get("not_measured", {}).items()],
              "Default proxy by the rule (τ ≥ 0.65 and ≥ 0.8× the seed τ, cheapest): "
              f"**{fig['default_proxy']}**.",
              "", "## Plans", "",
@@ -462,7 +503,8 @@ def plot(fig: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phase", choices=("runs", "trial2", "report", "all"), default="all")
+    ap.add_argument("--phase", choices=("runs", "trial2", "supernet", "report", "all"), default="all",
+                    help="all: runs, trial2, report (supernet only when asked)")
     ap.add_argument("--model", default="smp:Unet:resnet18")
     ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="passed to the model factory, as `cubesearch search --model-arg` (e.g. width=32)")
@@ -484,6 +526,10 @@ def main() -> None:
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--worker", default="0/1", help="K/N: this process takes every N-th run from K")
+    ap.add_argument("--sn-epochs", type=float, default=3.0, help="supernet phase: end-to-end epochs")
+    ap.add_argument("--sn-distill", type=int, default=100, help="supernet phase: distillation batches")
+    ap.add_argument("--sn-paths", type=int, default=2, help="supernet phase: random paths per step")
+    ap.add_argument("--calib", type=int, default=8, help="supernet phase: BatchNorm re-estimation batches")
     ap.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline only")
     args = ap.parse_args()
     args.model_kwargs = model_args(args.model_arg)
@@ -491,6 +537,8 @@ def main() -> None:
         runs(args)
     if args.phase in ("trial2", "all"):
         trial2(args)
+    if args.phase == "supernet":
+        supernet(args)
     if args.phase in ("report", "all"):
         report(args)
 

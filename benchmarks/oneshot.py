@@ -286,9 +286,9 @@ def build_trained_supernet(ctx: Any, args: argparse.Namespace, variant: str) -> 
     folder = Path(args.work) / f"supernet-{variant}-{tag}"
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)  # the blocks' initial weights
-        model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
+        model = load_model(s.model, **s.model_args)
         sn = Supernet.build(model, ctx.searchable, ctx.space, input_size=s.input_size,
-                            model_kwargs={"num_classes": s.num_classes, "in_channels": s.input_size[0]})
+                            model_kwargs=s.model_args)
     sn.model_spec, sn.cost = s.model, ctx.cost
     sn.load_baseline(load_file(str(Path(ctx.baseline_dir) / "model.safetensors")))
     load0 = os.getloadavg()[0]
@@ -357,7 +357,7 @@ def speed_phase(args: argparse.Namespace) -> None:
     from cubesearch.models import load_model
 
     s = ctx.settings
-    model = load_model(s.model, num_classes=s.num_classes, in_channels=s.input_size[0])
+    model = load_model(s.model, **s.model_args)
     sn = Supernet.load(Path(info["folder"]) / "final", model, report=ctx.searchable)
     sn.cost = ctx.cost
     api = search_api()

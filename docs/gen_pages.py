@@ -59,6 +59,10 @@ BENCHMARKS = [
     Bench("fidelity", "Cheap signals vs converged training",
           "{n_plans} plans × {seeds} seeds trained to convergence: FullCube {fullcube_iou_ratio:.2f}× its "
           "paired baseline's IoU; default proxy by the evidence: {default_proxy}"),
+    Bench("fidelity-unet", "Cheap signals vs converged training: examples/unet.py",
+          "{n_plans} plans × {seeds} seeds trained by the final recipe: FullCube {fullcube_iou_ratio:.2f}× "
+          "its paired baseline's IoU; default proxy by the evidence: {default_proxy} (seed-to-seed τ "
+          "{converged_seed_kendall_tau:.2f})"),
     Bench("latency", "Latency model vs measured models",
           "{models[0][model]}: {models[0][within_10pct_share]:.0%} of plans within ±10 % corrected "
           "(raw sum {models[0][raw_within_10pct_share]:.0%}); {models[1][model]}: "
