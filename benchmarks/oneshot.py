@@ -94,7 +94,7 @@ def make_context(args: argparse.Namespace, baseline: bool = True) -> Any:
         training["val_tiles"] = args.val_tiles
     extra = {"model_kwargs": args.model_kwargs} if getattr(args, "model_kwargs", None) else {}
     settings = api.SearchSettings(model=args.model, budget=args.budget, out=str(args.work),
-                                  seed=args.seed, **extra, **training)
+                                  strategy="trials", seed=args.seed, **extra, **training)
     kwargs = {"progress": False} if "progress" in inspect.signature(api.build_context).parameters else {}
     ctx = api.build_context(settings, **kwargs)
     if baseline:

@@ -106,7 +106,7 @@ def fresh_start(model: str, budget: str, out: Path, common: dict[str, Any]) -> N
     for path in out.glob("*"):
         if path.name != "baselines":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    ctx = build_context(SearchSettings(model=model, budget=budget, **common))
+    ctx = build_context(SearchSettings(model=model, budget=budget, strategy="trials", **common))
     ensure_datasets(ctx)
     ensure_baseline(ctx, progress=False)
 

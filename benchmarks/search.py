@@ -177,7 +177,7 @@ def run_samplers(args) -> tuple[str, dict]:
             shutil.rmtree(out)
         for sampler in order:
             t0 = time.perf_counter()
-            res = search(args.model, args.budget, sampler=sampler, trials=budgets[sampler],
+            res = search(args.model, args.budget, sampler=sampler, trials=budgets[sampler], strategy="trials",
                          out=str(out), study=f"{sampler}-seed{seed}", seed=seed, progress=False,
                          **common)
             wall = time.perf_counter() - t0

@@ -47,7 +47,7 @@ def run(label: str, out: Path, args: argparse.Namespace, extra: list[str]) -> di
 
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "cubesearch", "search", args.model, "--budget", "100%",
-           "--space", "shared", "--trials", str(args.trials), "--sampler", "random",
+           "--space", "shared", "--trials", str(args.trials), "--sampler", "random", "--strategy", "trials",
            "--seed", "0", "--input-size", args.input_size, "--tile-size", str(args.tile_size),
            "--train-tiles", str(args.train_tiles), "--val-tiles", str(args.val_tiles),
            "--epochs-per-trial", str(args.epochs), "--out", str(out), "--json", *extra]

@@ -70,7 +70,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     settings = SearchSettings(model=args.model, budget=args.budget, out=args.work, seed=args.seed,
-                              **DEMO_TRAINING)
+                              strategy="trials", **DEMO_TRAINING)
     ctx = build_context(settings)
     ensure_datasets(ctx)
     ensure_baseline(ctx, progress=False)

@@ -315,7 +315,7 @@ def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None
     log = log or get_logger(__name__).info
     presets = parse_presets(preset)
     options.setdefault("evaluator", "supernet")
-    settings = SearchSettings(model=model, budget=budget, **options)
+    settings = SearchSettings(model=model, budget=budget, **{"strategy": "trials", **options})
     check_destination(settings.out, option="--out", replaceable=False)
     supernet = supernet or SupernetEvaluator.from_settings(settings)
     ctx = build_context(settings)  # no searchable site: an error

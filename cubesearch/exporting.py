@@ -174,10 +174,15 @@ def final_training_lines(metrics: dict[str, Any]) -> list[str]:
     final, paired = metrics.get("final_iou"), metrics.get("paired_baseline_iou")
     if final is None:
         return []
-    proxy, epochs = metrics.get("proxy_iou"), metrics.get("finetune_epochs", metrics.get("scheduled_epochs"))
+    proxy = metrics.get("proxy_iou")
+    epochs = next((metrics[k] for k in ("finetune_epochs", "final_epochs", "scheduled_epochs")
+                   if metrics.get(k) is not None), None)
     epochs = "?" if epochs is None else f"{epochs:g}"
+    ranked_on = ("IoU at the search's first rung (the proxy the plan was ranked on)"
+                 if metrics.get("final_source") == "halving" else
+                 "IoU in the search (the proxy: a short fine-tune)")
     lines = ["", "## Final training", "",
-             f"IoU in the search (the proxy: a short fine-tune) "
+             f"{ranked_on} "
              f"{'–' if proxy is None else f'{proxy:.4f}'} → final IoU **{final:.4f}**, trained by the "
              f"final recipe for {epochs} epochs (warm start from the "
              "baseline, distillation from it, annealed to 0, the weights of the best validation "
@@ -195,7 +200,7 @@ def study_baseline_dir(points: Sequence[ParetoPoint], root: Path | None, setting
     """The trained, unconverted baseline a study's trials were warm-started from."""
     if root is not None:
         try:
-            folder = search_baseline_dir(SearchSettings(**settings), root)
+            folder = search_baseline_dir(SearchSettings(**{"strategy": "trials", **settings}), root)
         except CubesearchError:  # a record older than today's settings
             folder = None
         if folder is not None and (folder / "model.safetensors").is_file():
@@ -206,6 +211,19 @@ def study_baseline_dir(points: Sequence[ParetoPoint], root: Path | None, setting
             return found
     raise CubesearchError(f"the study's trained baseline is not found (looked in {root}/baselines "
                           "and the trials' metrics); it is what the final recipe trains from")
+
+
+def halving_figures(point: ParetoPoint, baseline: ParetoPoint | None) -> dict[str, Any]:
+    """A halving search's front is trained already: its top rung is the final recipe, and its
+    unconverted reference, trained on alike, the paired baseline. Its figures, as `--finetune`
+    records them (the proxy: the first rung's IoU, on which the plan was ranked)."""
+    epochs = point.extra.get("rung_epochs")
+    if epochs is None or "iou_rung0" not in point.extra:
+        return {}
+    paired = baseline.iou if baseline is not None and baseline.extra.get("rung_epochs") == epochs else None
+    return {"proxy_iou": float(point.extra["iou_rung0"]), "final_iou": point.iou,
+            "paired_baseline_iou": paired, "final_epochs": epochs, "final_source": "halving",
+            "delta_iou_vs_paired": point.iou - paired if paired is not None else None}
 
 
 def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetune_epochs: float,
@@ -229,6 +247,8 @@ def export_one(point: ParetoPoint, dest: Path, *, formats: Sequence[str], finetu
         model = done.result.model
         metrics.update(done.result.metrics, **done.summary(), finetune_epochs=finetune_epochs,
                        recipe=recipe.model_dump())
+    else:
+        metrics.update(halving_figures(point, baseline))
     model = model.eval()
     metrics.update(
         trial=point.trial, gflops=count_flops(model, plan.input_size) / 1e9,
@@ -333,7 +353,9 @@ def export(source: str | Path, *, study: str | None = None, out: str | Path = "e
                            trust_code=trust_code, fold=fold, opset=opset, baseline_dir=base_dir,
                            recipe=recipe, paired_cache=out)
             if console is not None:
-                console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}, "
+                paired = m.get("paired_baseline_iou")
+                versus = f" vs paired baseline {paired:.4f}" if paired is not None else ""
+                console.print(f"exported trial {p.trial} → {dest} (IoU {m['iou']:.4f}{versus}, "
                               f"{m['gflops']:.3f} GFLOPs)")
             result.models.append({"trial": p.trial, "folder": str(dest), "iou": m["iou"],
                                   "gflops": m["gflops"], "params": m["params"],
@@ -430,8 +452,9 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
                   + ("".join(f" {'' if v == '' else f'{v:+.4f}' if i == 2 else f'{v:.4f}'} |"
                              for i, v in enumerate(final)) if finals else ""))
     if finals:
-        md += ["", "IoU: the search's (the proxy); final IoU: trained by the final recipe before "
-                   "export, beside the paired baseline (the unconverted model trained alike)."]
+        md += ["", "Final IoU: trained by the final recipe (in a halving search's top rung, or "
+                   "before export with --finetune), beside the paired baseline (the unconverted "
+                   "model trained alike)."]
     md += ["", "![Pareto plot](pareto.png)", ""]
     md_path.write_text("\n".join(md))
     png, html = out / "pareto.png", out / "pareto.html"

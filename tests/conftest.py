@@ -28,5 +28,6 @@ def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
     result = search(str(Path(__file__).parent / "assets" / "tiny_seg.py"), "100%", out=str(out),
                     space="shared", trials=6, sampler="random", input_size=(3, 64, 64), tile_size=32,
-                    train_tiles=16, val_tiles=8, batch_size=8, epochs_per_trial=1.0, progress=False)
+                    train_tiles=16, val_tiles=8, batch_size=8, epochs_per_trial=1.0, progress=False,
+                    strategy="trials")
     return out, result

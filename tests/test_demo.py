@@ -34,19 +34,27 @@ def test_cost_table_matches_the_conv_formulas():
 
 def test_demo_searches_exports_and_resumes(tmp_path):
     args = ("demo", "--model", TINY, "--trials", "4", "--train-tiles", "16", "--tile-size", "32",
-            "--baseline-epochs", "1", "--epochs-per-trial", "1", "--distill-steps", "2",
+            "--baseline-epochs", "1", "--rungs", "0.5,1", "--distill-steps", "2",
             "--out", str(tmp_path), "--json")
     done = cli(*args)
     assert done.returncode == 0, done.stderr[-2000:]
     payload = json.loads(done.stdout)
-    assert payload["search"]["trials_complete"] == 4
+    # the default strategy: 4 plans on rung 0, 4 // 3 = 1 promoted plus the unconverted
+    # reference, which, trained on alike, is the paired baseline of every exported model
+    complete = payload["search"]["trials_complete"]
+    assert complete in (1, 2)
+    paired = payload["search"]["baseline"]["iou"]
+    assert "final IoU vs the paired baseline" in done.stderr
     exported = tmp_path / "exported"
     for name in ("pareto.png", "pareto.html", "pareto.csv", "pareto.md"):
         assert (exported / name).stat().st_size > 0
     models = payload["export"]["models"]
     assert models and all(Path(m["folder"]).is_dir() for m in models)
     assert all(m["onnx_max_abs_error"] <= 1e-4 for m in models)
+    for m in models:  # what the user gets, against the like-for-like baseline
+        assert m["final_iou"] == m["iou"] and m["paired_baseline_iou"] == paired
+        assert m["delta_iou_vs_paired"] == m["final_iou"] - paired and 0 <= m["proxy_iou"] <= 1
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "baseline: reusing" in again.stderr and "baseline: training" not in again.stderr
-    assert json.loads(again.stdout)["search"]["trials_complete"] == 4
+    assert json.loads(again.stdout)["search"]["trials_complete"] == complete

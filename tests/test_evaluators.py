@@ -18,7 +18,8 @@ ROOT = Path(__file__).parent.parent
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 EXAMPLE = f"{ROOT / 'examples' / 'evaluator.py'}:evaluate"
 FAST = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
-            epochs_per_trial=1.0, distill_steps=5, progress=False, space="shared", budget="100%")
+            epochs_per_trial=1.0, distill_steps=5, progress=False, space="shared", budget="100%",
+            strategy="trials")
 
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,21 @@ def test_halving_bad_input_is_a_clear_error(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "CUBESEARCH_NO_PROGRESS": "1"})
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         "error: --rungs '1,x': give epochs separated by commas, e.g. 1,3,9"]
+
+
+def test_the_default_strategy_is_the_one_the_fidelity_evidence_picked():
+    """benchmarks/fidelity.py: the first rung of 3 epochs is the cheapest signal that ranks
+    trained models well enough (issue 23's rule), so a plain search ranks on it and trains the
+    best on by the final recipe; a baseline trained as long as the top rung is its teacher."""
+    results = Path(__file__).parents[1] / "benchmarks" / "results"
+    fidelity = json.loads((results / "fidelity.json").read_text())
+    plain = searching.SearchSettings(model=TINY, budget="90%")
+    assert fidelity["default_proxy"] == f"rung{plain.rungs[0]:g}"
+    assert (plain.strategy, plain.rungs, plain.baseline_epochs) == ("halving", (3.0, 9.0), 9.0)
+    assert searching.SearchSettings(model=TINY, budget="90%", strategy="auto",
+                                    rungs=(1, 4)).baseline_epochs == 4
+    assert searching.SearchSettings(model=TINY, budget="90%", baseline_epochs=12).baseline_epochs == 12
+    user = searching.SearchSettings(model=TINY, budget="90%", evaluator="eval.py:score")
+    assert (user.strategy, user.baseline_epochs) == ("trials", None)  # it scores every plan
+    trials = searching.SearchSettings(model=TINY, budget="90%", strategy="trials")
+    assert trials.baseline_epochs is None  # a trial's epochs, as before

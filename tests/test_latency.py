@@ -453,7 +453,8 @@ def test_search_with_a_latency_objective_and_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(measure, "make_timer", lambda device: timer)
     opts = dict(input_size=(3, 32, 32), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
                 epochs_per_trial=1.0, progress=False, out=str(tmp_path / "s"), space="shared",
-                trials=3, sampler="random", objectives=("iou", "latency"), distill_steps=0)
+                trials=3, sampler="random", objectives=("iou", "latency"), distill_steps=0,
+                strategy="trials")
     with pytest.raises(CubesearchError, match="below the fastest plan"):
         searching.search(TINY, "2ms", **opts)  # 5 convs: at best 5 × 0.5 ms
     result = searching.search(TINY, "4.2ms", **opts)

@@ -63,7 +63,8 @@ def postgres_url():
 def test_two_processes_share_one_study(postgres_url, tmp_path):
     out = tmp_path / "search"
     cmd = [sys.executable, "-m", "cubesearch", "search", TINY, "--budget", "100%", "--space", "shared",
-           "--trials", "6", "--out", str(out), "--storage", postgres_url, "--study", "shared-test",
+           "--trials", "6", "--strategy", "trials", "--out", str(out), "--storage", postgres_url,
+           "--study", "shared-test",
            "--input-size", "3x64x64", "--tile-size", "32", "--train-tiles", "16", "--val-tiles", "8",
            "--json"]
     env = {**os.environ, "CUBESEARCH_NO_PROGRESS": "1"}

@@ -31,7 +31,7 @@ TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 RAY = str(Path(sys.executable).parent / "ray")
 MARKER_VAR = "CUBESEARCH_TEST_RAY_CLUSTER"
 SMALL = ["--space", "shared", "--input-size", "3x64x64", "--tile-size", "32", "--train-tiles", "16",
-         "--val-tiles", "8", "--batch-size", "8"]
+         "--val-tiles", "8", "--batch-size", "8", "--strategy", "trials"]
 
 
 def free_port() -> int:
@@ -388,7 +388,7 @@ def _searcher(tmp_path, trials: int, budget: str = "90%"):
 
     settings = SearchSettings(model=TINY, budget=budget, space="shared", trials=trials,
                               sampler="random", input_size=(3, 64, 64), tile_size=32,
-                              out=str(tmp_path / "s"), backend="ray")
+                              out=str(tmp_path / "s"), backend="ray", strategy="trials")
     ctx = build_context(settings)
     study = open_study(settings)
     return CubeOptunaSearch(ctx, str(tmp_path / "s" / "ray" / "x-1")), study, ctx

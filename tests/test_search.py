@@ -22,7 +22,7 @@ from cubesearch.search.evaluators import finetune
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 FAST = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
-            epochs_per_trial=1.0, progress=False)
+            epochs_per_trial=1.0, progress=False, strategy="trials")
 
 
 def run(tmp_path, budget="90%", trials=4, **kw):
@@ -173,7 +173,8 @@ def test_kill_9_loses_no_completed_trial(tmp_path):
     # Enough trials, and trials long enough, that the kill lands while the search is running.
     trials = 10
     cmd = [sys.executable, "-m", "cubesearch", "search", TINY, "--budget", "100%", "--space",
-           "shared", "--trials", str(trials), "--out", str(out), "--input-size", "3x64x64",
+           "shared", "--trials", str(trials), "--strategy", "trials", "--out", str(out),
+           "--input-size", "3x64x64",
            "--tile-size", "32", "--train-tiles", "48", "--val-tiles", "8", "--json"]
     env = {**os.environ, "CUBESEARCH_HEARTBEAT": "1,2", "CUBESEARCH_NO_PROGRESS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

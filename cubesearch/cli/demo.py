@@ -1,19 +1,23 @@
 """`cubesearch demo`: the main job on the embedded default, start to finish.
 
 The Cube block's cost table, then a search on the embedded synthetic buildings under a budget
-(baseline trained once, trials warm-started from it), then the Pareto models exported with the
-plot and index. Re-running resumes the study instead of starting over.
+with the search's default strategy (baseline trained once; plans ranked on the first rung, the
+best trained on by the final recipe beside the paired baseline), then the Pareto models exported
+with the plot and index, and their final IoUs against the paired baseline. Re-running resumes the
+study instead of starting over.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.demo import DEMO_BUDGET, DEMO_MODEL, DEMO_TRAINING, DEMO_TRIALS, cost_table_rows
+from cubesearch.cli.options import RUNGS, parse_rungs
+from cubesearch.demo import DEMO_BUDGET, DEMO_MODEL, DEMO_RUNGS, DEMO_TRAINING, DEMO_TRIALS, cost_table_rows
 
 
 def cost_table(rows: list[dict], channels: int, size: int) -> Table:
@@ -26,21 +30,40 @@ def cost_table(rows: list[dict], channels: int, size: int) -> Table:
     return table
 
 
+def final_table(models: list[dict[str, Any]], baseline_gflops: float | None) -> Table:
+    """What the user gets: each exported model's final IoU beside the paired baseline's, and
+    the first-rung IoU it was ranked on."""
+    table = Table(title="Exported models: final IoU vs the paired baseline (same recipe, epochs, seed)")
+    for col in ("trial", "GFLOPs", "saving", "ranked on (rung 0)", "final IoU", "paired baseline",
+                "ΔIoU", "ratio"):
+        table.add_column(col, justify="right")
+    for m in sorted(models, key=lambda m: m["gflops"]):
+        final, paired, proxy = m.get("final_iou", m["iou"]), m.get("paired_baseline_iou"), m.get("proxy_iou")
+        saving = f"{1 - m['gflops'] / baseline_gflops:.1%}" if baseline_gflops else "–"
+        table.add_row(str(m["trial"]), f"{m['gflops']:.3f}", saving,
+                      "–" if proxy is None else f"{proxy:.4f}", f"{final:.4f}",
+                      "–" if paired is None else f"{paired:.4f}",
+                      "–" if paired is None else f"{final - paired:+.4f}",
+                      f"{final / paired:.3f}×" if paired else "–")
+    return table
+
+
 @app.command()
 def demo(
     model: str = typer.Option(DEMO_MODEL, help="Model spec to search."),
     budget: str = typer.Option(DEMO_BUDGET, help="FLOPs budget (of the unconverted model at 3×512×512)."),
-    trials: int = typer.Option(DEMO_TRIALS, help="Trained trials (the baseline and FullCube references "
-                               "included; plans over budget are rejected free and not counted)."),
+    trials: int = typer.Option(DEMO_TRIALS, help="Plans ranked on the first rung (the baseline and "
+                               "FullCube references included; plans over budget are rejected free "
+                               "and not counted)."),
     out: str = typer.Option("runs/demo", "--out", "-o", help="Folder for the study and exports."),
-    epochs_per_trial: float = typer.Option(DEMO_TRAINING["epochs_per_trial"],
-                                           help="Training epochs per trial."),
+    rungs: str = typer.Option(",".join(f"{r:g}" for r in DEMO_RUNGS), "--rungs",
+                              help=RUNGS.help),
     baseline_epochs: float = typer.Option(DEMO_TRAINING["baseline_epochs"],
                                          help="Training epochs of the baseline."),
     tile_size: int = typer.Option(DEMO_TRAINING["tile_size"], help="Synthetic tile size for training."),
     train_tiles: int = typer.Option(DEMO_TRAINING["train_tiles"], help="Synthetic training tiles."),
     distill_steps: int = typer.Option(DEMO_TRAINING["distill_steps"],
-                                       help="Distillation batches per trial before training."),
+                                       help="Distillation batches per plan before training."),
     space: str = typer.Option("default", help="Search space."),
     cost_only: bool = typer.Option(False, "--cost-only", help="Only print the block's cost table."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -61,15 +84,17 @@ def demo(
     from cubesearch.search import front_table, search
 
     folder = Path(out)
-    console.rule(f"search: {model}, budget {budget}, {trials} trials")
+    epochs = parse_rungs(rungs)
+    console.rule(f"search: {model}, budget {budget}, {trials} plans, rungs {rungs} epochs")
     result = search(model, budget, space=space, trials=trials, out=str(folder / "search"),
-                    epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs,
-                    tile_size=tile_size, train_tiles=train_tiles, val_tiles=DEMO_TRAINING["val_tiles"],
-                    distill_steps=distill_steps,
-                    console=console)
+                    rungs=epochs, baseline_epochs=baseline_epochs, tile_size=tile_size,
+                    train_tiles=train_tiles, val_tiles=DEMO_TRAINING["val_tiles"],
+                    distill_steps=distill_steps, console=console)
     console.print(front_table(result, f"Pareto front (budget {result.budget_gflops:.3f} GFLOPs)"))
     console.rule("export")
     exported = export(folder / "search", out=folder / "exported", select="pareto", console=console)
+    base = result.baseline.gflops if result.baseline else None
+    console.print(final_table(exported.models, base))
     console.print(f"\nmodels: {folder / 'exported'}/trial_*  plot: {exported.index['png']}  "
                   f"index: {exported.index['md']}")
     if as_json:

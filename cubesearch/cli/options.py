@@ -53,3 +53,15 @@ def model_args(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+RUNGS = typer.Option("3,9", "--rungs", help="halving: epochs of the final recipe at each rung; plans "
+                                            "are ranked on the first, the last is the front's training.")
+
+
+def parse_rungs(text: str) -> tuple[float, ...]:
+    """`3,9` → (3.0, 9.0); the settings check they rise."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CubesearchError(f"--rungs {text!r}: give epochs separated by commas, e.g. 1,3,9") from None

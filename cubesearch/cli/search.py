@@ -12,10 +12,12 @@ from cubesearch.cli.options import (
     LR,
     MODEL_ARG,
     PRETRAINED,
+    RUNGS,
     TILE_SIZE,
     TRAIN_TILES,
     VAL_TILES,
     model_args,
+    parse_rungs,
 )
 from cubesearch.errors import CubesearchError
 from cubesearch.redact import mask_url
@@ -36,14 +38,6 @@ def parse_duration(text: str | None) -> float | None:
     return value
 
 
-def parse_rungs(text: str) -> tuple[float, ...]:
-    """`1,3,9` → (1.0, 3.0, 9.0); the settings check they rise."""
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise CubesearchError(f"--rungs {text!r}: give epochs separated by commas, e.g. 1,3,9") from None
-
-
 @app.command()
 def search(
     model: str = typer.Argument(..., help="Model spec: timm:NAME, smp:ARCH:ENCODER, model.py[:NAME]."),
@@ -56,13 +50,15 @@ def search(
                                 "ones; plans over budget are rejected free and not counted). "
                                 "With --strategy oneshot: the plans confirmed by training; "
                                 "with halving: the plans rung 0 trains."),
-    strategy: str = typer.Option("trials", help="trials: every plan sampled is trained; oneshot: a "
-                                 "supernet trained once scores --proxy-trials plans, then "
-                                 "--trials plans covering its front are confirmed by training; "
-                                 "halving: successive halving over --rungs, the best 1/--eta of "
-                                 "each rung trained on (MO-ASHA)."),
-    rungs: str = typer.Option("1,3,9", help="halving: epochs of the final recipe at each rung; "
-                              "the last is the front's training."),
+    strategy: str = typer.Option("auto", help="auto (the default): halving with cubesearch's trainer, "
+                                 "trials with another --evaluator. halving: plans ranked on the "
+                                 "first of --rungs (epochs of the final recipe), the best 1/--eta "
+                                 "trained on to the next (MO-ASHA), so the front holds trained "
+                                 "models and their paired baseline; trials: every plan sampled "
+                                 "is trained --epochs-per-trial; oneshot: a supernet trained once "
+                                 "scores --proxy-trials plans, --trials plans covering its front "
+                                 "are confirmed by training."),
+    rungs: str = RUNGS,
     eta: int = typer.Option(3, min=2, help="halving: 1/eta of each rung is promoted."),
     proxy_trials: int = typer.Option(500, help="oneshot: plans scored in the supernet (about a "
                                      "second each on a GPU, several on a CPU)."),
@@ -72,8 +68,10 @@ def search(
                                          "supernet training on N Ray Train workers."),
     timeout: str = typer.Option(None, help="Stop after this long: 90s, 30m, 2h."),
     data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
-    epochs_per_trial: float = typer.Option(1.0, help="Training epochs per trial (fractions allowed)."),
-    baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: per trial)."),
+    epochs_per_trial: float = typer.Option(1.0, help="--strategy trials / oneshot: training epochs "
+                                           "per trial (fractions allowed)."),
+    baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: the top rung's "
+                                          "with halving, else --epochs-per-trial)."),
     distill_steps: int = typer.Option(100, min=0, help="Fit each Cube block to the conv it replaces for "
                                       "N batches before a trial trains (0: off)."),
     storage: str = typer.Option(None, help="Optuna storage URL (default: sqlite in --out)."),

@@ -38,6 +38,8 @@ SCORED = "scored"
 RUNG = "rung"  # the halving rung a trial was trained to (0 = the first)
 # Figures of the trainer's evaluation recorded with a fine-tuned trial (all are in metrics.json)
 RECORDED_METRICS = ("f1", "precision", "recall", "oa", "loss")
+# User attributes a point carries besides its objectives (and each halving rung's `iou_rungN`)
+POINT_EXTRAS = frozenset({"seconds", "latency", "supernet_iou", "rung_epochs", *RECORDED_METRICS[:-1]})
 # User attributes a trial's record sets itself; an evaluator's figures may not overwrite them
 RESERVED_ATTRS = frozenset({"iou", "seconds", "checkpoint", "plan", "sites_replaced", "gflops_estimate",
                             "constraint", "feasible", "infeasible", "reference", "fail_reason",
@@ -301,6 +303,5 @@ def study_points(study: optuna.Study, root: str | os.PathLike | None = None, *,
             feasible=bool(a.get("feasible", True)) and not a.get("infeasible", False),
             plan_path=a.get("checkpoint") and str(Path(a["checkpoint"]) / "plan.json"),
             checkpoint=a.get("checkpoint"),
-            extra={k: a[k] for k in ("seconds", "latency", "supernet_iou", *RECORDED_METRICS[:-1])
-                   if k in a}))
+            extra={k: a[k] for k in a if k in POINT_EXTRAS or k.startswith("iou_rung")}))
     return points

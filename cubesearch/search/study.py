@@ -48,7 +48,8 @@ def check_identity(study: optuna.Study, settings: SearchSettings) -> None:
         study.set_user_attr("settings", mine)
         return
     stored, mine = flat(stored), flat(mine)  # training options at the top level, old and new
-    defaults = flat(json.loads(SearchSettings(model="", budget="").model_dump_json()))
+    # a record older than `strategy` ran trials
+    defaults = flat(json.loads(SearchSettings(model="", budget="", strategy="trials").model_dump_json()))
     changed = [k for k in STUDY_IDENTITY
                if json.dumps(stored.get(k, defaults.get(k))) != json.dumps(mine.get(k))]
     if changed:
