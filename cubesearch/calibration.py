@@ -9,8 +9,9 @@ figures go into the study (user attribute `calibration`) and its `search.json`, 
 shows them beside the front.
 
 Resumable: each (plan, seed) is `OUT/calibration/trial_NNNN-seedS.json` once trained (written
-atomically); a re-run with the same recipe and data trains only what is missing. Training runs
-in this process, also for a study searched on Ray.
+atomically by the driver); a re-run with the same recipe and data trains only what is missing.
+A study searched on Ray is calibrated on Ray (each run a Ray task, as a trial is); `backend`
+says otherwise. A halving study's proxy is its first rung: the pool is that rung's plans.
 """
 
 from __future__ import annotations
@@ -18,20 +19,22 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cubesearch.data import make_datasets
-from cubesearch.errors import CubesearchError
+from cubesearch.errors import CubesearchError, one_line
 from cubesearch.exporting import open_study_source, study_baseline_dir, study_root
 from cubesearch.helpers import atomic_write, file_sha256
 from cubesearch.pareto import ParetoPoint, non_dominated
 from cubesearch.plan import Plan
+from cubesearch.search.cluster import connect, require_ray
 from cubesearch.search.record import study_points
-from cubesearch.search.settings import study_train_options
+from cubesearch.search.settings import SearchSettings, study_train_options
 from cubesearch.supernet.ranking import kendall_tau, spearman_rho
 from cubesearch.training.finetune import Recipe, train_final
 
@@ -90,13 +93,108 @@ def _write_json(path: Path, payload: Any) -> None:
     atomic_write(path, json.dumps(payload, indent=2, default=float))
 
 
+@dataclass(frozen=True)
+class CalibrationRun:
+    """One (plan, seed) to train by the final recipe: what a local or a Ray worker needs."""
+
+    trial: int
+    seed: int
+    plan_file: str
+    proxy_iou: float
+    gflops: float
+    label: str
+
+
+def train_run(run: CalibrationRun, baseline: str, recipe: Recipe, key: str, data: dict[str, Any],
+              progress: bool = False) -> dict[str, Any]:
+    """Train one run by the final recipe and return its record (the same wherever it runs).
+    `data`: `train`'s options, `data` the datasets themselves or the spec to build them from."""
+    r = train_final(Plan.load(run.plan_file), baseline, recipe=recipe, seed=run.seed,
+                    progress=progress, **data)
+    return {"key": key, "trial": run.trial, "seed": run.seed, "iou": float(r.metrics["iou"]),
+            "proxy_iou": run.proxy_iou, "gflops": run.gflops, "label": run.label,
+            "epochs_run": r.metrics.get("epochs"), "best_epoch": r.metrics.get("best_epoch"),
+            "curve": [float(h["val_iou"]) for h in r.history if "val_iou" in h],
+            "seconds": r.metrics.get("seconds"), "pid": os.getpid()}
+
+
+def shared_datasets(data: dict[str, Any], seed: int) -> Any:
+    """The search's datasets, built once (one validation set for every plan and seed)."""
+    return make_datasets(
+        data["data"], data["input_size"][1], train_tiles=data.get("train_tiles"),
+        val_tiles=data.get("val_tiles"), seed=seed, num_classes=data.get("num_classes") or 1,
+        in_channels=data["input_size"][0], val_split=data.get("val_split"),
+        crops_per_image=data.get("crops_per_image"))
+
+
+def run_here(pending: Sequence[CalibrationRun], baseline: str, recipe: Recipe, key: str,
+             data: dict[str, Any], data_seed: int, progress: bool,
+             log: Callable[[str], None] | None) -> Iterator[dict[str, Any]]:
+    """The runs in this process, one after the other, on datasets built once."""
+    datasets = shared_datasets(data, data_seed) if pending else None
+    for run in pending:
+        if log:
+            log(f"calibration: trial {run.trial} ({run.gflops:.3f} GFLOPs), seed {run.seed}: "
+                f"{recipe.epochs:g} epochs of the final recipe")
+        yield train_run(run, baseline, recipe, key, {**data, "data": datasets}, progress)
+
+
+def _train_on_worker(run: CalibrationRun, baseline: str, recipe: Recipe, key: str,
+                     data: dict[str, Any], data_seed: int) -> dict[str, Any]:
+    """A Ray task: the worker builds the search's datasets itself (the same, by their seed)."""
+    return train_run(run, baseline, recipe, key, {**data, "data": shared_datasets(data, data_seed)})
+
+
+def run_on_ray(pending: Sequence[CalibrationRun], settings: SearchSettings, baseline: str,
+               recipe: Recipe, key: str, data: dict[str, Any], data_seed: int,
+               log: Callable[[str], None] | None) -> Iterator[dict[str, Any]]:
+    """The runs as Ray tasks on the study's cluster (`--address`; each with the study's CPUs and
+    GPUs per trial), yielded as they finish: the driver writes each record, so a kill loses at
+    most the runs still in flight."""
+    if not pending:
+        return
+    ray = require_ray()
+    started = connect(settings)
+    try:
+        task = ray.remote(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial,
+                          max_retries=0)(_train_on_worker)
+        refs = {task.remote(run, baseline, recipe, key, data, data_seed): run for run in pending}
+        if log:
+            log(f"calibration: {len(refs)} runs of {recipe.epochs:g} epochs sent to Ray")
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            run = refs.pop(done[0])
+            try:
+                yield ray.get(done[0])
+            except Exception as exc:  # one run's failure, named; the finished ones are kept
+                raise CubesearchError(f"calibration: trial {run.trial}, seed {run.seed} failed on "
+                                      f"Ray: {one_line(exc)}") from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def halving_pool(record: dict[str, Any]) -> bool:
+    """A halving study ranks plans on its first rung: calibrate that (the lower rungs are its
+    scored trials); its front is already trained by the final recipe."""
+    return record.get("strategy") == "halving" and len(record.get("rungs") or ()) > 1
+
+
+def proxy_name(record: dict[str, Any]) -> str:
+    if halving_pool(record):
+        return f"rung 0 IoU ({float(record['rungs'][0]):g} epochs of the final recipe)"
+    return f"trial IoU ({float(record.get('epochs_per_trial', 1.0)):g}-epoch fine-tune)"
+
+
 def calibrate(source: str | Path, *, study: str | None = None, plans: int = 8, seeds: int = 2,
               recipe: Recipe | None = None, out: str | Path | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None, **options: Any) -> CalibrationResult:
+              log: Callable[[str], None] | None = None, backend: str | None = None,
+              address: str | None = None, **options: Any) -> CalibrationResult:
     """Train `plans` of the study's plans by `recipe` under `seeds` seeds (resuming what
     `out/calibration/` holds; `out` defaults to the study's folder), rank the proxy against
-    them, and record the figures in the study and its `search.json`. `options`: `train`'s
-    (device…) over the study's own data settings."""
+    them, and record the figures in the study and its `search.json`. `backend`: "local" (this
+    process) or "ray" (Ray tasks; `address` the cluster); default: the study's own. `options`:
+    `train`'s (device…) over the study's own data settings."""
     if plans < 2:
         raise CubesearchError(f"--plans {plans}: calibration ranks at least 2 plans")
     if seeds < 2:
@@ -104,6 +202,9 @@ def calibrate(source: str | Path, *, study: str | None = None, plans: int = 8, s
     recipe = recipe or Recipe()
     st = open_study_source(source, study)
     record = st.user_attrs.get("settings") or {}
+    backend = backend or record.get("backend") or "local"
+    if backend not in ("local", "ray"):
+        raise CubesearchError(f"--backend {backend!r}: choose local or ray")
     root = study_root(source, record)
     home = Path(out) if out is not None else root
     if home is None:
@@ -111,7 +212,7 @@ def calibrate(source: str | Path, *, study: str | None = None, plans: int = 8, s
     folder = home / FOLDER
     if folder.exists() and not folder.is_dir():
         raise CubesearchError(f"{folder} is a file; calibration keeps its runs in that folder")
-    points = study_points(st, root)
+    points = study_points(st, root, scored=halving_pool(record))
     chosen = choose_plans(points, plans, tuple(record.get("objectives", ("iou", "gflops"))))
     baseline = study_baseline_dir(points, root, record)
     data = {**study_train_options(record), **options}
@@ -121,7 +222,7 @@ def calibrate(source: str | Path, *, study: str | None = None, plans: int = 8, s
     run_seeds = [data_seed + i for i in range(seeds)]
     folder.mkdir(parents=True, exist_ok=True)
     result = CalibrationResult(figures={}, folder=folder)
-    datasets = None
+    pending = []
     for p in chosen:
         for seed in run_seeds:
             file = folder / f"trial_{p.trial:04d}-seed{seed}.json"
@@ -130,26 +231,20 @@ def calibrate(source: str | Path, *, study: str | None = None, plans: int = 8, s
                 result.runs.append(stored)
                 result.reused += 1
                 continue
-            if datasets is None:  # one validation set for every plan and seed: the search's
-                datasets = make_datasets(
-                    data["data"], data["input_size"][1], train_tiles=data.get("train_tiles"),
-                    val_tiles=data.get("val_tiles"), seed=data_seed,
-                    num_classes=data.get("num_classes") or 1, in_channels=data["input_size"][0],
-                    val_split=data.get("val_split"), crops_per_image=data.get("crops_per_image"))
-            if log:
-                log(f"calibration: trial {p.trial} ({p.gflops:.3f} GFLOPs), seed {seed}: "
-                    f"{recipe.epochs:g} epochs of the final recipe")
-            r = train_final(Plan.load(Path(p.checkpoint) / "plan.json"), baseline, recipe=recipe,
-                            seed=seed, progress=progress, **{**data, "data": datasets})
-            run = {"key": key, "trial": p.trial, "seed": seed, "iou": float(r.metrics["iou"]),
-                   "proxy_iou": p.iou, "gflops": p.gflops, "label": p.label,
-                   "epochs_run": r.metrics.get("epochs"), "best_epoch": r.metrics.get("best_epoch"),
-                   "curve": [float(h["val_iou"]) for h in r.history if "val_iou" in h],
-                   "seconds": r.metrics.get("seconds")}
-            _write_json(file, run)
-            result.runs.append(run)
-            result.trained += 1
-    result.figures = summarize(chosen, result.runs, run_seeds, recipe)
+            pending.append(CalibrationRun(p.trial, seed, str(Path(p.checkpoint) / "plan.json"),
+                                          p.iou, p.gflops, p.label))
+    if backend == "ray":
+        ray_settings = SearchSettings(**{"strategy": "trials", **record, "backend": "ray",
+                                         "address": address or record.get("address")})
+        runs = run_on_ray(pending, ray_settings, str(baseline), recipe, key, data, data_seed, log)
+    else:
+        runs = run_here(pending, str(baseline), recipe, key, data, data_seed, progress, log)
+    for run in runs:
+        _write_json(folder / f"trial_{run['trial']:04d}-seed{run['seed']}.json", run)
+        result.runs.append(run)
+        result.trained += 1
+    result.figures = {**summarize(chosen, result.runs, run_seeds, recipe),
+                      "proxy": proxy_name(record), "backend": backend}
     record_figures(st, root, result.figures)
     return result
 
@@ -164,7 +259,7 @@ def summarize(chosen: Sequence[ParetoPoint], runs: Sequence[dict[str, Any]], see
              "final_iou": statistics.fmean(iou[p.trial, s] for s in seeds)} for p in chosen]
     reference = next((r for r in rows if r["label"] == "baseline"), None)
     return {"n_plans": len(chosen), "n_seeds": len(seeds), "seeds": list(seeds),
-            "epochs": recipe.epochs, "recipe": recipe.model_dump(), "proxy": "iou",
+            "epochs": recipe.epochs, "recipe": recipe.model_dump(),
             **rank_figures([p.iou for p in chosen], per_seed),
             "reference_final_iou": reference["final_iou"] if reference else None, "plans": rows}
 

@@ -392,7 +392,8 @@ def calibration_line(calibration: dict[str, Any] | None) -> str:
         return ""
     tau, rho, ceiling = (calibration.get(k) for k in ("kendall_tau", "spearman_rho", "seed_kendall_tau"))
     fmt = lambda v: "–" if v is None or v != v else f"{v:.2f}"  # noqa: E731  (NaN: a constant scoring)
-    return (f"Calibration: the search's IoU ranks {calibration.get('n_plans')} of its plans trained "
+    proxy = calibration.get("proxy", "IoU")
+    return (f"Calibration: the search's {proxy} ranks {calibration.get('n_plans')} of its plans trained "
             f"{calibration.get('epochs', 0):g} epochs by the final recipe ({calibration.get('n_seeds')} "
             f"seeds) at Kendall τ {fmt(tau)} (Spearman ρ {fmt(rho)}); seed-to-seed τ {fmt(ceiling)}.")
 

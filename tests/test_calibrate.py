@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -70,13 +71,16 @@ def test_calibrate_resumes_and_records_its_figures(tiny_study, tmp_path, monkeyp
     res = exporting.export(study, out=tmp_path / "e", select="trial:0", formats=("safetensors",),
                            progress=False)
     assert res.calibration["n_plans"] == 2
-    assert "Calibration: the search's IoU ranks 2 of its plans" in (tmp_path / "e" / "pareto.md").read_text()
+    assert fig["proxy"] == "trial IoU (1-epoch fine-tune)" and fig["backend"] == "local"
+    assert ("Calibration: the search's trial IoU (1-epoch fine-tune) ranks 2 of its plans"
+            in (tmp_path / "e" / "pareto.md").read_text())
 
 
 @pytest.mark.parametrize("args, message", [
     (["--plans", "1"], "--plans 1: calibration ranks at least 2 plans"),
     (["--seeds", "1"], "--seeds 1: at least 2"),
     (["--kd-weight", "-1"], "--kd-weight: Input should be greater than or equal to 0"),
+    (["--backend", "slurm"], "--backend 'slurm': choose local or ray"),
 ])
 def test_bad_calibrate_input_is_one_error_line(tiny_study, capsys, args, message):
     src, _ = tiny_study
@@ -85,3 +89,21 @@ def test_bad_calibrate_input_is_one_error_line(tiny_study, capsys, args, message
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
     assert sorted(p.name for p in src.iterdir()) == before  # no calibration folder made
+
+
+@pytest.mark.slow  # starts a local Ray instance (~15 s) and trains 4 tiny runs on its workers
+def test_calibration_runs_on_ray_and_resumes_anywhere(tiny_study, tmp_path):
+    pytest.importorskip("ray")
+    src, _ = tiny_study
+    study = tmp_path / "study"
+    shutil.copytree(src, study)
+    recipe = Recipe(epochs=0.5, distill_steps=2, patience=None)
+    res = calibrate(study, plans=2, seeds=2, recipe=recipe, backend="ray")
+    assert (res.trained, res.reused) == (4, 0) and res.figures["backend"] == "ray"
+    runs = [json.loads(f.read_text()) for f in (study / "calibration").glob("trial_*-seed*.json")]
+    assert len(runs) == 4 and all(r["pid"] != os.getpid() for r in runs)  # trained on Ray workers
+    # the records are the driver's: a local re-run (same recipe and data) reuses every one
+    again = calibrate(study, plans=2, seeds=2, recipe=recipe, backend="local")
+    assert (again.trained, again.reused) == (0, 4)
+    assert {k: again.figures[k] for k in ("kendall_tau", "seed_kendall_tau", "plans")} == \
+        {k: res.figures[k] for k in ("kendall_tau", "seed_kendall_tau", "plans")}

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
+import cubesearch.calibration as calibration
 import cubesearch.search as searching
 from cubesearch.errors import CubesearchError
 from cubesearch.search import halving
 from cubesearch.search.record import RUNG, SCORED, TrialCounts
+from cubesearch.training.finetune import Recipe
 from cubesearch.training.optim import create_scheduler
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
@@ -52,9 +56,16 @@ def test_a_rung_continues_the_schedule_where_the_rung_below_stopped():
     assert lrs_tail == pytest.approx(lrs_whole[4:])
 
 
-def test_halving_trains_rungs_promotes_and_keeps_the_paired_baseline(tmp_path):
-    result = run(tmp_path / "s", trials=3)
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+@pytest.fixture(scope="module")
+def halved(tmp_path_factory):
+    """One finished halving search (3 plans, rungs 0.5 → 1): the module's tests read it."""
+    out = tmp_path_factory.mktemp("halving") / "s"
+    return out, run(out, trials=3)
+
+
+def test_halving_trains_rungs_promotes_and_keeps_the_paired_baseline(halved):
+    out, result = halved
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
     low, top = completed(study, 0), completed(study, 1)
     assert len(low) == 3 and all(t.user_attrs[SCORED] for t in low)  # proxies: the cloud
     promoted = study.user_attrs["halving_promoted_1"]
@@ -127,3 +138,26 @@ def test_the_default_strategy_is_the_one_the_fidelity_evidence_picked():
     assert (user.strategy, user.baseline_epochs) == ("trials", None)  # it scores every plan
     trials = searching.SearchSettings(model=TINY, budget="90%", strategy="trials")
     assert trials.baseline_epochs is None  # a trial's epochs, as before
+
+
+def test_a_halving_study_is_calibrated_on_the_rung_it_ranks_plans_on(halved, tmp_path, monkeypatch):
+    """calibrate's pool is rung 0 (every plan, its proxy the rung-0 IoU), not the trained front."""
+    src, _ = halved
+    study_dir = tmp_path / "s"
+    shutil.copytree(src, study_dir)
+    final = {}
+
+    def fake_train_final(plan, baseline, *, seed, **kw):  # the ranking, not the training, is tested
+        iou = 0.1 * len(plan.sites) + 0.01 * seed
+        final[len(plan.sites), seed] = iou
+        return SimpleNamespace(metrics={"iou": iou, "epochs": 1.0}, history=[{"val_iou": iou}])
+
+    monkeypatch.setattr(calibration, "train_final", fake_train_final)
+    res = calibration.calibrate(study_dir, plans=3, seeds=2, recipe=Recipe(epochs=1, patience=None))
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{study_dir / 'study.db'}")
+    rung0 = {t.number: t.user_attrs["iou"] for t in completed(study, 0)}
+    # rung 0's feasible plans: the unconverted reference is over the 90% budget
+    feasible = {t.number for t in completed(study, 0) if t.user_attrs.get("feasible", True)}
+    assert {p["trial"] for p in res.figures["plans"]} == feasible and len(feasible) >= 2
+    assert all(p["proxy_iou"] == rung0[p["trial"]] for p in res.figures["plans"])
+    assert res.figures["proxy"] == "rung 0 IoU (0.5 epochs of the final recipe)"

@@ -34,6 +34,11 @@ def calibrate(
     patience: int = PATIENCE,
     distill_steps: int = DISTILL_STEPS,
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, …"),
+    backend: str = typer.Option(None, help="local (this process) or ray (each run a Ray task, with "
+                                "the study's --cpus-per-trial / --gpus-per-trial); default: the "
+                                "study's backend."),
+    address: str = typer.Option(None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                                "(default: the study's, else a local Ray instance)."),
     trust_model_code: bool = TRUST_MODEL_CODE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -42,7 +47,8 @@ def calibrate(
     beside the seed-to-seed τ. Recorded in the study and its search.json; `export` shows it.
 
     Resumable: each (plan, seed) is kept in OUT/calibration/ once trained; a re-run trains only
-    what is missing. Runs in this process (also for a study searched on Ray)."""
+    what is missing. A study searched on Ray is calibrated on Ray (--backend says otherwise); a
+    halving study's proxy is its first rung."""
     from rich.table import Table
 
     from cubesearch.calibration import calibrate as run_calibration
@@ -53,7 +59,8 @@ def calibrate(
     console = out_console(as_json)
     with trust_model_code_for(trust_model_code):
         result = run_calibration(source, study=study, plans=plans, seeds=seeds, recipe=recipe, out=out,
-                                 progress=not as_json, log=console.print,
+                                 progress=not as_json, log=console.print, backend=backend,
+                                 address=address,
                                  **({"device": device} if device else {}))
     if as_json:
         print_json(result.to_dict())
@@ -61,12 +68,13 @@ def calibrate(
     fig = result.figures
     table = Table(title=f"calibration: {fig['n_plans']} plans × {fig['n_seeds']} seeds, "
                         f"{fig['epochs']:g} epochs of the final recipe")
-    for col in ("trial", "GFLOPs", "proxy IoU", "final IoU (mean)", "per seed"):
+    for col in ("trial", "GFLOPs", "proxy", "final IoU (mean)", "per seed"):
         table.add_column(col, justify="right")
     for row in fig["plans"]:
         table.add_row(f"{row['trial']}{' (' + row['label'] + ')' if row['label'] else ''}",
                       f"{row['gflops']:.3f}", f"{row['proxy_iou']:.4f}", f"{row['final_iou']:.4f}",
                       " ".join(f"{v:.4f}" for v in row["final_ious"]))
     console.print(table)
+    console.print(f"proxy: {fig['proxy']}")
     console.print(calibration_line(fig))
     console.print(f"{result.trained} runs trained now, {result.reused} reused from {result.folder}")
