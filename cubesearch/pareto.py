@@ -84,12 +84,14 @@ def loss_hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
 def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png: Path | None,
                 html: Path | None, *, title: str = "IoU vs GFLOPs",
                 budget_gflops: float | None = None, axis: str = "gflops",
-                budget: float | None = None, cloud: Sequence[ParetoPoint] = ()) -> None:
+                budget: float | None = None, cloud: Sequence[ParetoPoint] = (),
+                labels: tuple[str, str] = ("scored in the supernet", "trials")) -> None:
     """Every trial as a dot, the front as a line, baseline and FullCube marked, front labelled.
 
     `axis`: the cost on x, `gflops` (the default) or another recorded cost such as `latency`
     (ms, measured); `budget` is the budget line in that cost (`budget_gflops` for GFLOPs).
-    `cloud`: plans scored in a supernet (a one-shot search), drawn faintly under the trials."""
+    `cloud`: plans scored, not trained (a one-shot search's supernet scores, a halving search's
+    lower rungs), drawn faintly under the trials; `labels`: the legend's for the cloud and trials."""
     import math
 
     if axis != "gflops":
@@ -115,12 +117,12 @@ def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png
         scored = [p for p in cloud if p.feasible]
         if scored:
             ax.scatter(X(scored), [p.iou for p in scored], s=6, c="#f2b36b", alpha=0.5,
-                       label=f"scored in the supernet ({len(scored)})")
+                       label=f"{labels[0]} ({len(scored)})")
         feas = [p for p in others if p.feasible]
         infeas = [p for p in others if not p.feasible]
         if feas:
             ax.scatter(X(feas), [p.iou for p in feas], s=18, c="#9ab",
-                       label="trials")
+                       label=labels[1])
         if infeas:
             ax.scatter(X(infeas), [p.iou for p in infeas], s=14, marker="x",
                        c="#ccc", label="over budget")

@@ -20,6 +20,7 @@ import cubesearch.search as searching
 from cubesearch.errors import CubesearchError
 from cubesearch.search import halving
 from cubesearch.search.record import RUNG, SCORED, TrialCounts
+from cubesearch.search.result import plot_labels
 from cubesearch.training.finetune import Recipe
 from cubesearch.training.optim import create_scheduler
 
@@ -130,6 +131,7 @@ def test_the_default_strategy_is_the_one_the_fidelity_evidence_picked():
     fidelity = json.loads((results / "fidelity.json").read_text())
     plain = searching.SearchSettings(model=TINY, budget="90%")
     assert fidelity["default_proxy"] == f"rung{plain.rungs[0]:g}"
+    assert plot_labels(plain) == ("ranked on 3 epochs (lower rungs)", "trained 9 epochs (final recipe)")
     assert (plain.strategy, plain.rungs, plain.baseline_epochs) == ("halving", (3.0, 9.0), 9.0)
     assert searching.SearchSettings(model=TINY, budget="90%", strategy="auto",
                                     rungs=(1, 4)).baseline_epochs == 4

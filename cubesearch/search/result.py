@@ -14,6 +14,7 @@ from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
 from cubesearch.redact import mask_url
 from cubesearch.search.context import SearchContext
 from cubesearch.search.record import TrialCounts, study_points
+from cubesearch.search.settings import SearchSettings
 
 
 @dataclass
@@ -73,12 +74,20 @@ def collect_result(study: optuna.Study, ctx: SearchContext) -> SearchResult:
                         scored=study_points(study, ctx.out, scored=True))
 
 
+def plot_labels(settings: SearchSettings) -> tuple[str, str]:
+    """The legend of the plot's cloud and trials: a halving search's cloud is its lower rungs."""
+    if settings.strategy == "halving" and len(settings.rungs) > 1:
+        return (f"ranked on {settings.rungs[0]:g} epochs (lower rungs)",
+                f"trained {settings.rungs[-1]:g} epochs (final recipe)")
+    return ("scored in the supernet", "trials")
+
+
 def write_summary(result: SearchResult, ctx: SearchContext) -> None:
     """`search.json` and the plot next to the study, written atomically."""
     atomic_write(ctx.out / "search.json", json.dumps(result.to_dict(), indent=2, default=str))
     plot_pareto(result.points, result.front, ctx.out / "pareto.png", None,
                 title=f"{ctx.settings.model}: IoU vs GFLOPs", budget_gflops=result.budget_gflops,
-                cloud=result.scored)
+                cloud=result.scored, labels=plot_labels(ctx.settings))
     if result.device is not None and "latency" in ctx.settings.objectives:  # a latency axis
         plot_pareto(result.points, result.front, ctx.out / "pareto-latency.png", None,
                     title=f"{ctx.settings.model}: IoU vs latency ({result.device.get('name')})",
