@@ -147,7 +147,10 @@ def search(
         return
     console.print(front_table(result, f"Pareto front of {result.study_name} "
                                       f"(budget {result.budget_label()})"))
-    scored = f"{result.n_scored} plans scored in the supernet, " if result.n_scored else ""
-    console.print(f"{scored}{result.n_complete} trials trained, {result.n_rejected} plans rejected over "
+    halving = any("rung_epochs" in p.extra for p in result.scored)  # its lower rungs: the cloud
+    cloud = "ranked on the first rung" if halving else "scored in the supernet"
+    scored = f"{result.n_scored} plans {cloud}, " if result.n_scored else ""
+    trained = "trained on to the top rung" if halving else "trials trained"
+    console.print(f"{scored}{result.n_complete} {trained}, {result.n_rejected} plans rejected over "
                   f"budget (not trained), {result.n_failed} failed; study: "
                   f"{mask_url(result.storage)}; plot: {result.out / 'pareto.png'}")
