@@ -121,6 +121,12 @@ def test_halving_bad_input_is_a_clear_error(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "CUBESEARCH_NO_PROGRESS": "1"})
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         "error: --rungs '1,x': give epochs separated by commas, e.g. 1,3,9"]
+    res = subprocess.run([sys.executable, "-m", "cubesearch", "search", TINY, "--budget", "90%",
+                          "--strategy", "fastest", "--out", str(tmp_path / "d")],
+                         capture_output=True, text=True, env={**os.environ, "CUBESEARCH_NO_PROGRESS": "1"})
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "error: --strategy 'fastest': choose auto, trials, oneshot, halving"]
+    assert not (tmp_path / "d").exists()
 
 
 def test_the_default_strategy_is_the_one_the_fidelity_evidence_picked():

@@ -118,10 +118,13 @@ def search(
     # imported when the command runs (torch, optuna, rich…): `cubesearch --help` stays fast
     from cubesearch.search import BACKENDS, SAMPLERS, front_table, parse_objectives
     from cubesearch.search import search as run_search
+    from cubesearch.search.settings import STRATEGIES
     from cubesearch.sites import parse_input_size
 
     if sampler not in SAMPLERS:
         raise CubesearchError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    if strategy not in ("auto", *STRATEGIES):
+        raise CubesearchError(f"--strategy {strategy!r}: choose auto, {', '.join(STRATEGIES)}")
     if backend not in BACKENDS:
         raise CubesearchError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if address is not None:
