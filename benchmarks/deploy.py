@@ -375,10 +375,20 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     else:
         out["fullcube_ort_latency_ratio"] = None
         out["fullcube_ort_latency_ratio_reason"] = "r18 at 3×512² not run under ONNX Runtime"
-    out["best_plan_latency_ratio"] = None
-    out["best_plan_latency_ratio_reason"] = (
-        "no latency search was run for this benchmark (issue 24 item 4 not done); "
-        "map_plan_ort_* below is the per-site map's plan, measured")
+    lat = latency_results()
+    demo = lat.get("demo_search") or {}
+    out["best_plan_latency_ratio"] = demo.get("best_plan_latency_ratio")
+    if demo and out["best_plan_latency_ratio"] is not None:
+        best = demo["best_plan"]
+        out["best_plan_latency_ratio_from"] = (
+            f"latency search on {demo['model']} at {'×'.join(map(str, demo['input_size']))}, "
+            f"{demo['backend']}, budget {demo['budget']}, {demo['threads']} thread: trial "
+            f"{best['trial']} at {best['flops_ratio']:.2f}× FLOPs (benchmarks/latency.py "
+            "--demo-search, latency.md)")
+    else:
+        out["best_plan_latency_ratio_reason"] = (
+            "the latency search found no trained feasible plan with ≥ 30 % fewer FLOPs"
+            if demo else "benchmarks/latency.py --demo-search not run")
     mp = r18["variants"].get("map plan (ort)") if r18 else None
     if mp:
         out["map_plan_ort_latency_ratio"] = mp["ratio"].get("ort")
@@ -392,11 +402,57 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                 mp = m["variants"]["map plan (ort)"]
                 out[f"map_plan_ort_latency_ratio_{t}_thread"] = mp["ratio"].get("ort")
                 out[f"map_plan_ort_flops_ratio_{t}_thread"] = mp["flops_ratio"]
-    out["latency_within_10pct_share"] = None
-    out["latency_within_10pct_share_reason"] = (
-        "per-backend latency tables (profile --backend) not built in this session; the eager "
-        "latency model's figure is in latency.json")
+    out["latency_within_10pct_share"] = lat.get("latency_within_10pct_share")
+    if out["latency_within_10pct_share"] is None:
+        out["latency_within_10pct_share_reason"] = "benchmarks/latency.py not run per backend"
+    else:
+        out["latency_within_10pct_share_by_backend"] = {
+            m["backend"]: m["within_10pct_share"] for m in lat["models"]}
+        out["latency_raw_within_10pct_share_by_backend"] = {
+            m["backend"]: m["raw_within_10pct_share"] for m in lat["models"]}
     return out
+
+
+def latency_results() -> dict[str, Any]:
+    """The latency model's per-backend accuracy and the latency search, measured by
+    benchmarks/latency.py (their one home); {} when it has not run per backend."""
+    path = ROOT / "benchmarks" / "results" / "latency.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    return data if all("backend" in m for m in data.get("models", [])) else {}
+
+
+def latency_markdown() -> list[str]:
+    """The per-backend table of latency.md, and the latency search's measured front."""
+    lat = latency_results()
+    if not lat.get("models"):
+        return []
+    lines = ["## Latency model per backend (`benchmarks/latency.py`)", "",
+             f"{lat.get('pinning', '')} Load average {lat['load_start']:.1f} at the start, "
+             f"{lat['load_end']:.1f} at the end. Share of r18 plans at "
+             f"{lat.get('input_size', '3×512×512')} within ±10 % of measured (random plans, the "
+             "latency search's trained plans and the latency front's); details in "
+             "[latency.md](latency.md).", ""]
+    header = ["model", "backend", "plans", "within ±10 % (plain sum)",
+              "within ±10 % (corrected)", "median abs error, corrected", "correction a, b, c µs"]
+    rows = [[m["model"], m["backend"], str(m["validation"]["all"]["corrected"]["n"]),
+             f"{m['raw_within_10pct_share']:.0%}", f"**{m['within_10pct_share']:.0%}**",
+             f"{m['median_abs_error_pct']:.1f} %",
+             ", ".join(f"{m['validation']['correction'][k]:.2f}" for k in "abc")]
+            for m in lat["models"]]
+    lines += [md_table(header, rows), ""]
+    d = lat.get("demo_search")
+    if d:
+        lines += [f"### Latency search: {d['model']} at {'×'.join(map(str, d['input_size']))}, "
+                  f"{d['backend']}, budget {d['budget']}", "",
+                  "Every trained feasible plan measured beside the unconverted model (× = "
+                  "plan / unconverted).", ""]
+        header = ["trial", "front", "FLOPs ×", "predicted ×", "measured ×", "error"]
+        rows = [[str(r["trial"]), "yes" if r["front"] else "", f"{r['flops_ratio']:.2f}",
+                 f"{r['pred_ratio']:.2f}", f"**{r['measured_ratio']:.2f}**",
+                 f"{r['error_pct']:+.1f} %"]
+                for r in sorted(d["rows"], key=lambda r: r["flops_ratio"])]
+        lines += [md_table(header, rows), ""]
+    return lines
 
 
 def _ops_row(prof: dict[str, Any], ops: list[str]) -> list[str]:
@@ -506,6 +562,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     for k, v in s.items():
         lines.append(f"- `{k}`: {v:.3f}" if isinstance(v, float) else f"- `{k}`: {v}")
     lines += ["", "## What bounds it", "", *findings(result), ""]
+    lines += latency_markdown()
     lines += ["", "## Whole models: latency / unconverted (deploy form: blocks folded)", "",
               "Medians after warm-up; eager and compile in channels_last, ORT on NCHW input. "
               "`(before)`: the fold as it was at " + BEFORE + " (grouped lattice convs, "
@@ -577,6 +634,7 @@ def main() -> None:
         for key in result.get("summary", {}):  # the headline keys sit at the top level too
             result.pop(key, None)
         result["summary"] = summary(result)
+        result["latency_model"] = latency_results() or None
         path.write_text(json.dumps({**result["summary"], **result,
                                     "summary_keys": list(result["summary"])}, indent=1))
         (Path(args.out) / "deploy.md").write_text(to_markdown(result))
@@ -633,6 +691,7 @@ def main() -> None:
     result["seconds"] = time.perf_counter() - t_start
     result["machine"] = machine(args.threads)
     result["summary"] = summary(result)
+    result["latency_model"] = latency_results() or None
     (out / "deploy.json").write_text(json.dumps({**result["summary"], **result,
                                                  "summary_keys": list(result["summary"])},
                                                 indent=1, default=float))

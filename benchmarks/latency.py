@@ -1,25 +1,33 @@
-"""Latency benchmark: the latency model against measured whole models, and the latency front
-against the FLOPs front (issue 18).
+"""Latency benchmark: the latency model against measured whole models per backend, the plans a
+latency search draws among them, and the latency front against the FLOPs front (issues 18, 24).
 
-Per model (default `smp:Unet:resnet18` and `examples/unet.py`, 3×512×512, batch 1, CPU):
+Per model (default `smp:Unet:resnet18`, 3×512×512, batch 1, CPU) and per backend (`--backends
+torch,ort`: PyTorch eager, ONNX Runtime CPU; `cubesearch profile --backend`):
 
-1. `profile`: the latency table for the benchmark's space (timed; ops deduplicated by shape).
-2. `calibration`: K random plans measured as whole models, a per-device `Correction` fitted.
-3. `validation`: N other random plans (the share of sites replaced stratified over [0, 1], so
-   they span the FLOPs range), each predicted (plain sum and corrected) and measured as a whole
-   model in deploy form (eval, blocks folded, the table's layout). Plans are timed round-robin
-   in groups with the unconverted model; a plan's measured time is scaled by the table's base
-   over the base measured alongside it (load drift), its raw time is kept too. Medians after
-   warm-up.
-4. `fronts`: from the cost models alone (no training, so no IoU): for k = sites replaced, the
-   plan with the fewest FLOPs (each site's lowest-FLOPs config, the k largest savings) and the
-   plan with the lowest predicted latency; a few k measured as whole models. Which sites each
-   replaces, and how much measured time the FLOPs-optimal plan leaves on the table.
+1. `profile`: the latency table for `latency-space.yaml` (16 configs per site) in that backend.
+2. `calibration`: K random plans measured as whole models, the `Correction` fitted on them and
+   stored in the table (so the search below predicts with it).
+3. `search`: a latency search (`--objectives iou,latency --latency-backend B`, the table above,
+   tiny training: it is the plans it draws that matter here) — its trained trials' plans.
+4. `validation`: N other random plans (the share of sites replaced stratified over [0, 1]), the
+   search's plans and the latency front's plans (the k sites with the largest predicted saving,
+   k = ¼, ½, all of the sites that save time), each predicted (plain sum and corrected) and
+   measured as a whole model in deploy form in the backend, timed round-robin in groups with the
+   unconverted model; a plan's time is scaled by the table's base over the base measured beside
+   it (load drift). Medians after warm-up. `within_10pct_share`: corrected, over all of them.
 
-    nice -n 10 python benchmarks/latency.py                  # both models (≈ 30–60 min on 2 cores)
-    python benchmarks/latency.py --models smp:Unet:resnet18 --plans 20
+`--demo-search` instead runs the latency search of the issue's done-when on `examples/unet.py`
+at 3×256² (ONNX Runtime, budget 80 % of the unconverted model's predicted latency, tiny
+training) and measures every trained feasible plan of it, the front marked, beside the
+unconverted model: predicted vs measured per point, and the best plan with ≥ 30 % fewer FLOPs.
 
-Writes benchmarks/results/latency.md and latency.json (`--out` for another folder).
+Run pinned to one core with one thread when other jobs share the machine:
+
+    taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/latency.py --threads 1
+    taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/latency.py --threads 1 --demo-search
+
+Writes benchmarks/results/latency.md and latency.json (`--out` for another folder); then
+`python benchmarks/deploy.py --rerender` copies the headline keys into deploy.json.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import machine  # noqa: E402  benchmarks/ is on sys.path when run as a script
 
+from cubesearch.blocks import CubeConfig  # noqa: E402
 from cubesearch.cost import CostModel  # noqa: E402
 from cubesearch.latency import (  # noqa: E402
     LatencyModel,
@@ -51,16 +61,15 @@ from cubesearch.latency import (  # noqa: E402
     profile_latency,
 )
 from cubesearch.models import load_model  # noqa: E402
+from cubesearch.search import search  # noqa: E402
 from cubesearch.sites import find_sites, parse_input_size  # noqa: E402
 from cubesearch.space import SearchSpace  # noqa: E402
 
-# A narrower space than `default` for the large U-Net (its 14 site shapes at up to 512×512 would
-# take 144 block configs each): the knobs that move FLOPs and time most.
-BENCH_SPACE = {"name": "latency-bench", "sites": "all", "mode": "per_site",
-               "knobs": {"lattice_stride": [1, 2], "groups": [1, 4], "router": ["pre"],
-                         "attention": [True, False], "depth": [1], "fusion_kernel": [1, 3],
-                         "act": ["gelu"]}}
-SPACES = {"smp:Unet:resnet18": "default", "examples/unet.py": "bench"}
+SPACE = Path(__file__).resolve().parent / "latency-space.yaml"
+# The latency searches train as little as a search can: the plans they draw are what is measured
+SEARCH_TRAINING = {"strategy": "trials", "tile_size": 64, "train_tiles": 16, "val_tiles": 8, "batch_size": 8,
+                   "epochs_per_trial": 0.25, "baseline_epochs": 0.25, "distill_steps": 0,
+                   "data": "synthetic", "seed": 0}
 
 
 def load() -> float:
@@ -70,7 +79,9 @@ def load() -> float:
 def errors(pred: list[float], meas: list[float]) -> dict[str, Any]:
     errs = [(p - m) / m * 100 for p, m in zip(pred, meas, strict=True)]
     a = sorted(abs(e) for e in errs)
-    return {"within_10pct_share": sum(e <= 10 for e in a) / len(a),
+    if not a:
+        return {"n": 0}
+    return {"n": len(a), "within_10pct_share": sum(e <= 10 for e in a) / len(a),
             "within_5pct_share": sum(e <= 5 for e in a) / len(a),
             "median_abs_error_pct": statistics.median(a),
             "p90_abs_error_pct": a[min(len(a) - 1, int(0.9 * len(a)))],
@@ -101,34 +112,66 @@ def greedy_fronts(space: SearchSpace, sites: list[Any], cost: CostModel, lat: La
     return flops_plans, lat_plans
 
 
-def run_model(spec: str, args: argparse.Namespace, log) -> dict[str, Any]:
+def search_plans(spec: str, size: tuple[int, ...], backend: str, table_path: Path, out: Path,
+                 args: argparse.Namespace, budget: str, trials: int) -> tuple[Any, list[dict]]:
+    """Run a latency search (tiny training; `trials` plans besides the unconverted reference)
+    and return (result, its trained feasible plans as {"number", "plan", "measured_ms_by_search",
+    "iou", "gflops", "front"})."""
+    result = search(spec, budget, objectives=("iou", "latency"), latency_backend=backend,
+                    latency_table=str(table_path), space=str(SPACE), input_size=size,
+                    trials=trials + 1, out=str(out), progress=False, **SEARCH_TRAINING)
+    front = {p.trial for p in result.front}
+    rows = []
+    for t in result.study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        a = t.user_attrs
+        if a.get("infeasible") or not a.get("plan") or a.get("reference"):
+            continue
+        rows.append({"number": t.number,
+                     "plan": {n: CubeConfig.from_dict(d) for n, d in a["plan"].items()},
+                     "measured_ms_by_search": a.get("latency"), "iou": a.get("iou"),
+                     "gflops": a.get("gflops"), "front": t.number in front})
+    return result, rows
+
+
+def plan_rows(plans: list[dict], lat: LatencyModel, cost: CostModel, measured: list[float],
+              unscaled: list[float]) -> list[dict[str, Any]]:
+    return [{"sites": len(p), "gflops": cost.flops(p) / 1e9, "pred_raw_ms": lat.raw_us(p) / 1e3,
+             "pred_ms": lat.predict_us(p) / 1e3, "measured_ms": m / 1e3,
+             "measured_unscaled_ms": u / 1e3, "configs": {n: c.short() for n, c in p.items()}}
+            for p, m, u in zip(plans, measured, unscaled, strict=True)]
+
+
+def run_model(spec: str, backend: str, args: argparse.Namespace, log) -> dict[str, Any]:
     size = parse_input_size(args.input_size)
-    name = args.space or SPACES.get(spec, "default")
-    space = SearchSpace.from_dict(BENCH_SPACE) if name == "bench" else SearchSpace.load(name)
+    space = SearchSpace.load(str(SPACE))
     model = load_model(spec).eval()
     report = find_sites(model, size)
     cost = CostModel(report)
     searchable = space.searchable(report.sites)
     device = torch.device("cpu")
-    fp = device_fingerprint(device, threads=args.threads, batch=1, dtype=torch.float32)
+    fp = device_fingerprint(device, threads=args.threads, batch=1, dtype=torch.float32,
+                            backend=backend)
     table = LatencyTable(fingerprint=fp)
-    out: dict[str, Any] = {"model": spec, "space": space.name, "sites": len(searchable),
+    stem = Path(spec).stem.replace(":", "_")
+    table_path = Path(args.tables) / f"latency-table-{stem}-{backend}.json"
+    out: dict[str, Any] = {"model": spec, "backend": backend, "runtime": fp.runtime,
+                           "space": space.name, "sites": len(searchable),
                            "load_start": load(), "repeats": args.repeats, "warmup": args.warmup,
                            "profile_repeats": args.profile_repeats, "calibrate": args.calibrate,
                            "threads": args.threads}
-    log(f"{spec}: profiling {len(searchable)} sites, space {space.name} (load {load():.1f})")
+    log(f"{spec}, {backend}: profiling {len(searchable)} sites, space {space.name} "
+        f"(load {load():.1f})")
     done = [0, 0]
 
     def progress(n: int, what: str) -> None:
         done[0] += n
-        if done[0] >= done[1] + 100:  # a line every 100 ops
+        if done[0] >= done[1] + 50:
             done[1] = done[0]
             log(f"    {done[0]} ops measured ({what}; load {load():.1f})")
 
     stats = profile_latency(model, report, space, spec=spec, table=table, device=device,
                             dtype=torch.float32, repeats=args.profile_repeats, warmup=args.warmup,
                             progress=progress)
-    table.save(Path(args.tables) / f"latency-table-{Path(spec).stem.replace(':', '_')}.json")
     out["profile"] = {**stats.to_dict(), "load_end": load()}
     log(f"  profile: {stats.ops_measured} ops in {stats.seconds:.0f} s, layout {stats.layout}, "
         f"base {stats.base_us / 1e3:.1f} ms (load {load():.1f})")
@@ -137,188 +180,286 @@ def run_model(spec: str, args: argparse.Namespace, log) -> dict[str, Any]:
     n, k = args.plans, args.calibrate
     calib = [space.random_plan(searchable, rng, share=(i + 0.5) / k) for i in range(k)]
     valid = [space.random_plan(searchable, rng, share=(i + 0.5) / n) for i in range(n)]
-    t0 = time.perf_counter()
-    log(f"  measuring {k + n} whole models (load {load():.1f})")
-    meas = measure_plans(model, calib + valid, layout=stats.layout, device=device,
-                         dtype=torch.float32, batch=1, input_size=size, repeats=args.repeats,
-                         warmup=args.warmup, threads=args.threads, seed=args.seed,
-                         progress=lambda n, what: log(f"    +{n} {what} (load {load():.1f})"))
-    out["measure_seconds"] = time.perf_counter() - t0
     base = lat.base_us
-    norm = [m * base / b for m, b in meas]
-    samples = [(*lat.terms(p), m) for p, m in zip(calib, norm[:k], strict=True)]
+    timing = {"layout": stats.layout, "device": device, "dtype": torch.float32, "batch": 1,
+              "input_size": size, "repeats": args.repeats, "warmup": args.warmup,
+              "threads": args.threads, "seed": args.seed, "backend": backend}
+
+    def measure(plans: list[dict], what: str) -> tuple[list[float], list[float]]:
+        t0 = time.perf_counter()
+        log(f"  measuring {len(plans)} whole models: {what} (load {load():.1f})")
+        meas = measure_plans(model, plans, **timing,
+                             progress=lambda n, w: log(f"    +{n} {w} (load {load():.1f})"))
+        out.setdefault("measure_seconds", {})[what] = time.perf_counter() - t0
+        out.setdefault("base_alongside_ms", {})[what] = [round(b / 1e3, 2) for _, b in meas]
+        return [m * base / b for m, b in meas], [m for m, _ in meas]
+
+    cal_m, cal_u = measure(calib, "calibration")
+    samples = [(*lat.terms(p), m) for p, m in zip(calib, cal_m, strict=True)]
     corr = fit_correction(samples, base)
     lat.correction = corr
-    raw_pred = [lat.raw_us(p) for p in valid]
-    cor_pred = [lat.predict_us(p) for p in valid]
-    mv, mv_raw = norm[k:], [m for m, _ in meas[k:]]
-    out["validation"] = {
-        "plans": n, "calibration_plans": k, "correction": corr.to_dict(),
-        "raw": errors(raw_pred, mv), "corrected": errors(cor_pred, mv),
-        "raw_vs_unscaled": errors(raw_pred, mv_raw), "corrected_vs_unscaled": errors(cor_pred, mv_raw),
-        "base_alongside_ms": [round(b / 1e3, 2) for _, b in meas],
-        "rows": [{"sites": len(p), "gflops": cost.flops(p) / 1e9, "pred_raw_ms": r / 1e3,
-                  "pred_ms": c / 1e3, "measured_ms": m / 1e3, "measured_unscaled_ms": u / 1e3}
-                 for p, r, c, m, u in zip(valid, raw_pred, cor_pred, mv, mv_raw, strict=True)],
-    }
-    # overall within-10% of the better of the two predictions is what the README quotes
-    out["within_10pct_share"] = out["validation"]["corrected"]["within_10pct_share"]
-    out["median_abs_error_pct"] = out["validation"]["corrected"]["median_abs_error_pct"]
-    out["raw_within_10pct_share"] = out["validation"]["raw"]["within_10pct_share"]
-    out["raw_median_abs_error_pct"] = out["validation"]["raw"]["median_abs_error_pct"]
-    log(f"  validation: within ±10 % raw {out['raw_within_10pct_share']:.0%}, corrected "
-        f"{out['within_10pct_share']:.0%}; median |err| raw {out['raw_median_abs_error_pct']:.1f} %"
-        f", corrected {out['median_abs_error_pct']:.1f} % (load {load():.1f})")
+    entry = table.models[stats.key]
+    entry["correction"] = corr.to_dict()
+    entry["calibration"] = [{"plan": {nm: c.to_dict() for nm, c in p.items()}, "measured_us": m}
+                            for p, m in zip(calib, cal_m, strict=True)]
+    table.save(table_path)
+    out["calibration"] = {"correction": corr.to_dict(),
+                          "rows": plan_rows(calib, lat, cost, cal_m, cal_u)}
 
     flops_plans, lat_plans = greedy_fronts(space, searchable, cost, lat)
-    fronts: dict[str, Any] = {
-        "flops_front_sites": [len(p) for p in flops_plans],
-        "latency_front_sites": [len(p) for p in lat_plans],
-        "flops_optimal_all": sorted(flops_plans[-1]) if flops_plans else [],
-        "latency_optimal_all": sorted(lat_plans[-1]) if lat_plans else [],
-    }
-    # compare at equal sites replaced: a few k on both fronts, measured
     ks = sorted({max(1, round(f * len(lat_plans))) for f in (0.25, 0.5, 1.0)}) if lat_plans else []
-    pairs = [(flops_plans[kk - 1], lat_plans[kk - 1]) for kk in ks if kk <= len(flops_plans)]
-    flat = [p for pair in pairs for p in pair]
-    if flops_plans:
-        flat.append(flops_plans[-1])  # the lowest-FLOPs plan overall
-    m2 = measure_plans(model, flat, layout=stats.layout, device=device, dtype=torch.float32,
-                       batch=1, input_size=size, repeats=args.repeats, warmup=args.warmup,
-                       threads=args.threads, seed=args.seed) if flat else []
-    m2n = [m * base / b for m, b in m2]
-    rows = []
-    for i, (fp_plan, lp_plan) in enumerate(pairs):
-        rows.append({
-            "k": len(lp_plan),
-            "flops_plan": {"gflops": cost.flops(fp_plan) / 1e9, "pred_ms": lat.predict_us(fp_plan) / 1e3,
-                           "measured_ms": m2n[2 * i] / 1e3, "sites": sorted(fp_plan),
-                           "configs": {n: c.short() for n, c in fp_plan.items()}},
-            "latency_plan": {"gflops": cost.flops(lp_plan) / 1e9, "pred_ms": lat.predict_us(lp_plan) / 1e3,
-                             "measured_ms": m2n[2 * i + 1] / 1e3, "sites": sorted(lp_plan),
-                             "configs": {n: c.short() for n, c in lp_plan.items()}},
-            "left_on_table_pct": (m2n[2 * i] - m2n[2 * i + 1]) / m2n[2 * i] * 100})
-    fronts["pairs"] = rows
-    if flops_plans:
-        lowest = flops_plans[-1]
-        fronts["lowest_flops_plan"] = {"sites": len(lowest), "gflops": cost.flops(lowest) / 1e9,
-                                       "pred_ms": lat.predict_us(lowest) / 1e3,
-                                       "measured_ms": m2n[-1] / 1e3}
-    fronts["fastest_plan"] = {"sites": len(lat_plans[-1]) if lat_plans else 0,
-                              "pred_ms": lat.predict_us(lat_plans[-1] if lat_plans else {}) / 1e3}
-    fronts["base_ms"] = base / 1e3
-    fronts["base_gflops"] = cost.flops({}) / 1e9
-    out["fronts"] = fronts
+    front = [lat_plans[kk - 1] for kk in ks]
+    found: list[dict] = []
+    if args.search_trials:
+        log(f"  latency search: {args.search_trials} trials, budget {args.search_budget} "
+            f"(load {load():.1f})")
+        t0 = time.perf_counter()
+        _, found = search_plans(spec, size, backend, table_path,
+                                Path(args.tables) / f"search-{stem}-{backend}", args,
+                                args.search_budget, args.search_trials)
+        out["search_seconds"] = time.perf_counter() - t0
+        log(f"  latency search: {len(found)} trained feasible plans in "
+            f"{out['search_seconds']:.0f} s (load {load():.1f})")
+    groups = {"random": valid, "search": [f["plan"] for f in found], "latency front": front}
+    flat = [p for ps in groups.values() for p in ps]
+    all_m, all_u = measure(flat, "validation")
+    out["validation"] = {"correction": corr.to_dict(), "groups": {}}
+    i = 0
+    pooled_raw, pooled_cor, pooled_m = [], [], []
+    for name, plans in groups.items():
+        m, u = all_m[i:i + len(plans)], all_u[i:i + len(plans)]
+        i += len(plans)
+        raw = [lat.raw_us(p) for p in plans]
+        cor = [lat.predict_us(p) for p in plans]
+        pooled_raw += raw
+        pooled_cor += cor
+        pooled_m += m
+        rows = plan_rows(plans, lat, cost, m, u)
+        if name == "search":
+            for row, f in zip(rows, found, strict=True):
+                row.update(trial=f["number"], front=f["front"], iou=f["iou"],
+                           measured_ms_by_search=f["measured_ms_by_search"])
+        out["validation"]["groups"][name] = {"raw": errors(raw, m), "corrected": errors(cor, m),
+                                             "rows": rows}
+    out["validation"]["all"] = {"raw": errors(pooled_raw, pooled_m),
+                                "corrected": errors(pooled_cor, pooled_m)}
+    out["within_10pct_share"] = out["validation"]["all"]["corrected"]["within_10pct_share"]
+    out["raw_within_10pct_share"] = out["validation"]["all"]["raw"]["within_10pct_share"]
+    out["median_abs_error_pct"] = out["validation"]["all"]["corrected"]["median_abs_error_pct"]
+    out["raw_median_abs_error_pct"] = out["validation"]["all"]["raw"]["median_abs_error_pct"]
+    log(f"  {backend}: within ±10 % raw {out['raw_within_10pct_share']:.0%}, corrected "
+        f"{out['within_10pct_share']:.0%} of {len(pooled_m)} plans; median |err| raw "
+        f"{out['raw_median_abs_error_pct']:.1f} %, corrected {out['median_abs_error_pct']:.1f} % "
+        f"(load {load():.1f})")
+    out["fronts"] = {"flops_front_sites": len(flops_plans), "latency_front_sites": len(lat_plans),
+                     "base_ms": base / 1e3, "base_gflops": cost.flops({}) / 1e9,
+                     "fastest_plan_pred_ms": lat.predict_us(lat_plans[-1] if lat_plans else {}) / 1e3}
     out["load_end"] = load()
-    log(f"  fronts: {len(lat_plans)} sites worth replacing for latency, {len(flops_plans)} for "
-        f"FLOPs (load {load():.1f})")
     return out
 
 
+def demo_search(args: argparse.Namespace, log) -> dict[str, Any]:
+    """The issue's done-when: a latency search on examples/unet.py at 3×256² in ONNX Runtime,
+    every trained feasible plan then measured beside the unconverted model."""
+    spec, backend = args.demo_model, args.demo_backend
+    size = parse_input_size(args.demo_size)
+    folder = Path(args.tables) / f"search-demo-{backend}"
+    table_path = folder / "latency.json"
+    log(f"demo search: {spec} at {size}, {backend}, budget {args.demo_budget}, "
+        f"{args.demo_trials} trials (load {load():.1f})")
+    t0 = time.perf_counter()
+    result, found = search_plans(spec, size, backend, table_path, folder, args, args.demo_budget,
+                                 args.demo_trials)
+    seconds = time.perf_counter() - t0
+    table = LatencyTable.load(table_path)
+    key = next(iter(table.models))
+    lat = LatencyModel(table, key)
+    model = load_model(spec).eval()
+    cost = CostModel(find_sites(model, size))
+    plans = [f["plan"] for f in found]
+    log(f"  {len(found)} trained feasible plans in {seconds:.0f} s; measuring them "
+        f"(load {load():.1f})")
+    meas = measure_plans(model, plans, layout=lat.layout, device=torch.device("cpu"),
+                         dtype=torch.float32, batch=1, input_size=size, repeats=args.repeats,
+                         warmup=args.warmup, threads=args.threads, seed=args.seed, backend=backend)
+    base_gflops = cost.flops({}) / 1e9
+    rows = []
+    for f, (m, b) in zip(found, meas, strict=True):
+        p = f["plan"]
+        rows.append({"trial": f["number"], "front": f["front"], "iou": f["iou"], "sites": len(p),
+                     "gflops": cost.flops(p) / 1e9, "flops_ratio": cost.flops(p) / 1e9 / base_gflops,
+                     "pred_ms": lat.predict_us(p) / 1e3, "pred_ratio": lat.predict_us(p) / lat.base_us,
+                     "measured_ms": m / 1e3, "base_alongside_ms": b / 1e3, "measured_ratio": m / b,
+                     "measured_ms_by_search": f["measured_ms_by_search"],
+                     "error_pct": (lat.predict_us(p) / lat.base_us - m / b) / (m / b) * 100})
+    cut = [r for r in rows if r["flops_ratio"] <= 0.7]
+    best = min(cut, key=lambda r: r["measured_ratio"]) if cut else None
+    return {"model": spec, "input_size": list(size), "backend": backend, "runtime": table.fingerprint.runtime,
+            "budget": args.demo_budget, "budget_ms": result.budget_ms, "trials": args.demo_trials,
+            "training": SEARCH_TRAINING, "space": str(SPACE.name), "seconds": seconds,
+            "n_complete": result.n_complete, "base_pred_ms": lat.base_us / 1e3,
+            "base_gflops": base_gflops, "correction": lat.correction.to_dict() if lat.correction else None,
+            "rows": rows, "within_10pct_share": (sum(abs(r["error_pct"]) <= 10 for r in rows) / len(rows)
+                                                 if rows else None),
+            "best_plan_latency_ratio": best["measured_ratio"] if best else None,
+            "best_plan": best, "threads": args.threads, "load_end": load()}
+def conditions(results: dict[str, Any]) -> str:
+    return (f"Machine: {results['machine']}. {results.get('pinning', '')} Load average (1 min) "
+            f"at start {results['load_start']:.1f}, at end {results.get('load_end', 0):.1f}. "
+            "Batch 1, float32, deploy form (blocks folded; eager in the faster layout of the "
+            "unconverted model, ONNX Runtime on NCHW input with the table's threads intra-op and "
+            "one inter-op). Medians after warm-up; plans timed round-robin with the unconverted "
+            "model, a plan's time scaled by the table's base over the base measured beside it.")
+
+
 def write_md(results: dict[str, Any], path: Path) -> None:
-    lines = ["# Latency model and latency front (issue 18)", "",
-             f"Machine: {results['machine']}. Load average (1 min) at start {results['load_start']:.1f}, "
-             f"at end {results['load_end']:.1f} (other jobs shared the 2 cores: the figures are "
-             f"noisier than on an idle machine). Input {results.get('input_size', '3×512×512')}, "
-             "batch 1, float32, deploy form (eval, blocks folded, the faster layout of the "
-             "unconverted model). Medians of the timed runs after warm-up (per model below), plans "
-             "timed round-robin with the unconverted model; a plan's time is scaled by the table's "
-             "base over the base measured alongside it (load drift).", ""]
-    lines += ["| model | space | sites | runs (warm-up + timed) | load during | profile (ops, s) | "
-              "base ms | within ±10 % raw | within ±10 % corrected | median abs err raw | corrected | "
-              "correction a, b, c (µs) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in results["models"]:
+    lines = ["# Latency model per backend, and the latency search (issues 18, 24)", "",
+             conditions(results), "",
+             f"Space: `benchmarks/{SPACE.name}` (16 block configs per site). Predictions: the "
+             "plain sum of per-op times (raw) and the per-table correction fitted on the "
+             "calibration plans (corrected). Plans checked: random (share of sites stratified), "
+             "the latency search's trained plans (`search --objectives iou,latency "
+             "--latency-backend B`, tiny training), and the latency front's (the k sites with "
+             "the largest predicted saving).", ""]
+    if results.get("models"):
+        lines += ["| model | backend | sites | ops (s) | base ms | plans | within ±10 % raw | "
+                  "corrected | random | search | front | median abs err corrected | "
+                  "correction a, b, c (µs) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results.get("models", []):
         v, p = r["validation"], r["profile"]
-        c = v["correction"]
+        c, g = v["correction"], v["groups"]
+
+        def share(name: str, g=g) -> str:
+            e = g.get(name, {}).get("corrected", {})
+            return f"{e['within_10pct_share']:.0%} of {e['n']}" if e.get("n") else "–"
         lines.append(
-            f"| {r['model']} | {r['space']} | {r['sites']} | "
-            f"{r.get('warmup', results.get('warmup'))} + {r.get('repeats', results.get('repeats'))} | "
-            f"{r['load_start']:.1f}–{r.get('load_end', r['load_start']):.1f} | "
-            f"{p['ops_measured']}, {p['seconds']:.0f} | "
-            f"{p['base_us'] / 1e3:.1f} | {v['raw']['within_10pct_share']:.0%} | "
-            f"{v['corrected']['within_10pct_share']:.0%} | {v['raw']['median_abs_error_pct']:.1f} % | "
-            f"{v['corrected']['median_abs_error_pct']:.1f} % | {c['a']:.2f}, {c['b']:.2f}, {c['c']:.0f} |")
-    for r in results["models"]:
-        v = r["validation"]
-        lines += ["", f"## {r['model']}: {v['plans']} validation plans ({v['calibration_plans']} more "
-                  "fitted the correction)", "",
-                  "| sites replaced | GFLOPs | predicted raw ms | predicted ms | measured ms | error |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        for row in sorted(v["rows"], key=lambda t: t["gflops"]):
-            err = (row["pred_ms"] - row["measured_ms"]) / row["measured_ms"] * 100
-            lines.append(f"| {row['sites']} | {row['gflops']:.2f} | {row['pred_raw_ms']:.1f} | "
-                         f"{row['pred_ms']:.1f} | {row['measured_ms']:.1f} | {err:+.1f} % |")
-        f = r["fronts"]
-        lines += ["", f"Fronts of cost (cost models only, no training): replacing the k sites with "
-                  f"the largest savings. {len(f['latency_front_sites'])} sites save predicted time, "
-                  f"{len(f['flops_front_sites'])} save FLOPs. Unconverted: {f['base_gflops']:.2f} GFLOPs, "
-                  f"{f['base_ms']:.1f} ms.", "",
-                  "| k | FLOPs-optimal GFLOPs | its measured ms | latency-optimal GFLOPs | its measured ms "
-                  "| time the FLOPs plan leaves |", "|---:|---:|---:|---:|---:|---:|"]
-        for row in f["pairs"]:
-            a, b = row["flops_plan"], row["latency_plan"]
-            lines.append(f"| {row['k']} | {a['gflops']:.2f} | {a['measured_ms']:.1f} | {b['gflops']:.2f} "
-                         f"| {b['measured_ms']:.1f} | {row['left_on_table_pct']:.1f} % |")
-        if "lowest_flops_plan" in f:
-            lo = f["lowest_flops_plan"]
-            lines += ["", f"Lowest-FLOPs plan ({lo['sites']} sites): {lo['gflops']:.2f} GFLOPs, "
-                      f"measured {lo['measured_ms']:.1f} ms (predicted {lo['pred_ms']:.1f})."]
-        only_f = sorted(set(f["flops_optimal_all"]) - set(f["latency_optimal_all"]))
-        only_l = sorted(set(f["latency_optimal_all"]) - set(f["flops_optimal_all"]))
-        lines += ["", f"Sites the FLOPs front replaces but the latency front keeps as convs: "
-                  f"{', '.join(only_f) or 'none'}.",
-                  f"Sites only the latency front replaces: {', '.join(only_l) or 'none'}."]
-    lines += ["", "The GPU table was not measured (no GPU in this session)."]
+            f"| {r['model']} | {r['backend']} | {r['sites']} | {p['ops_measured']} "
+            f"({p['seconds']:.0f}) | {p['base_us'] / 1e3:.1f} | {v['all']['corrected']['n']} | "
+            f"{v['all']['raw']['within_10pct_share']:.0%} | "
+            f"**{v['all']['corrected']['within_10pct_share']:.0%}** | {share('random')} | "
+            f"{share('search')} | {share('latency front')} | "
+            f"{v['all']['corrected']['median_abs_error_pct']:.1f} % | "
+            f"{c['a']:.2f}, {c['b']:.2f}, {c['c']:.0f} |")
+    for r in results.get("models", []):
+        lines += ["", f"## {r['model']}, {r['backend']} ({r['runtime'] or 'eager'}), "
+                  f"{r['threads']} thread(s); load {r['load_start']:.1f}–{r['load_end']:.1f}", "",
+                  "| plans | sites | GFLOPs | predicted raw ms | predicted ms | measured ms | error |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, grp in r["validation"]["groups"].items():
+            for row in sorted(grp["rows"], key=lambda t: t["gflops"]):
+                err = (row["pred_ms"] - row["measured_ms"]) / row["measured_ms"] * 100
+                tag = f"{name} (trial {row['trial']}{', front' if row.get('front') else ''})" \
+                    if "trial" in row else name
+                lines.append(f"| {tag} | {row['sites']} | {row['gflops']:.2f} | "
+                             f"{row['pred_raw_ms']:.1f} | {row['pred_ms']:.1f} | "
+                             f"{row['measured_ms']:.1f} | {err:+.1f} % |")
+    d = results.get("demo_search")
+    if d:
+        best = d["best_plan"]
+        lines += ["", f"## Latency search: {d['model']} at {'×'.join(map(str, d['input_size']))}, "
+                  f"{d['backend']} ({d['runtime']}), {d['threads']} thread(s)", "",
+                  f"`cubesearch search {d['model']} --objectives iou,latency --strategy trials "
+                  f"--latency-backend "
+                  f"{d['backend']} --budget {d['budget']} --space benchmarks/{d['space']} "
+                  f"--input-size {'x'.join(map(str, d['input_size']))} --trials {d['trials']}` "
+                  f"with tiny training ({', '.join(f'{k} {v}' for k, v in d['training'].items())}): "
+                  f"{d['n_complete']} trials in {d['seconds'] / 60:.0f} min. Budget "
+                  f"{d['budget_ms']:.1f} ms (predicted); unconverted {d['base_pred_ms']:.1f} ms "
+                  f"predicted, {d['base_gflops']:.1f} GFLOPs. Every trained feasible plan "
+                  "measured beside the unconverted model (ratio = plan / unconverted, both "
+                  "measured in the same round-robin); `by search`: the trial's own measurement of "
+                  "its trained model's ONNX graph.", "",
+                  "| trial | front | IoU | sites | FLOPs × | predicted × | measured × | error | "
+                  "predicted ms | measured ms | by search ms |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in sorted(d["rows"], key=lambda t: t["flops_ratio"]):
+            lines.append(f"| {row['trial']} | {'yes' if row['front'] else ''} | {row['iou']:.3f} | "
+                         f"{row['sites']} | {row['flops_ratio']:.2f} | {row['pred_ratio']:.2f} | "
+                         f"{row['measured_ratio']:.2f} | {row['error_pct']:+.1f} % | "
+                         f"{row['pred_ms']:.1f} | {row['measured_ms']:.1f} | "
+                         f"{row['measured_ms_by_search']:.1f} |")
+        share = d["within_10pct_share"]
+        lines += ["", f"Within ±10 % of measured: {share:.0%} of {len(d['rows'])} plans." if share
+                  is not None else "", "",
+                  (f"Best feasible plan with ≥ 30 % fewer FLOPs: trial {best['trial']}, "
+                   f"{best['flops_ratio']:.2f}× FLOPs, measured **{best['measured_ratio']:.2f}×** "
+                   f"the unconverted latency (`best_plan_latency_ratio`)." if best else
+                   "No trained feasible plan has ≥ 30 % fewer FLOPs: `best_plan_latency_ratio` "
+                   "is null.")]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="smp:Unet:resnet18,examples/unet.py")
+    ap.add_argument("--models", default="smp:Unet:resnet18")
+    ap.add_argument("--backends", default="torch,ort")
     ap.add_argument("--input-size", default="3x512x512")
-    ap.add_argument("--space", default=None, help="a space for every model (bench: the "
-                    "benchmark's narrow one); default: default for smp, bench for the U-Net")
-    ap.add_argument("--plans", type=int, default=20)
+    ap.add_argument("--plans", type=int, default=16, help="random validation plans")
     ap.add_argument("--calibrate", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                    help="torch threads (default: torch's count here)")
+    ap.add_argument("--search-trials", type=int, default=8,
+                    help="trials of the latency search whose plans are checked too (0: none)")
+    ap.add_argument("--search-budget", default="100%")
+    ap.add_argument("--threads", type=int, default=1, help="torch / ORT intra-op threads")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per whole model")
-    ap.add_argument("--profile-repeats", type=int, default=3, help="timed runs per op")
+    ap.add_argument("--profile-repeats", type=int, default=5, help="timed runs per op")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--demo-search", action="store_true",
+                    help="run the examples/unet.py latency search (and nothing else)")
+    ap.add_argument("--demo-model", default="examples/unet.py")
+    ap.add_argument("--demo-size", default="3x256x256")
+    ap.add_argument("--demo-backend", default="ort")
+    ap.add_argument("--demo-budget", default="80%")
+    ap.add_argument("--demo-trials", type=int, default=10)
+    ap.add_argument("--pinning", default="",
+                    help="how the run was pinned, recorded in the results (e.g. '1 thread, "
+                         "pinned to core 1, another job on core 0')")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tables", default=str(ROOT / "runs" / "latency-bench"))
-    ap.add_argument("--append", action="store_true",
-                    help="keep the other models' results already in latency.json")
     ap.add_argument("--md-only", action="store_true",
                     help="rewrite latency.md from latency.json without measuring")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
+    path = out / "latency.json"
     if args.md_only:
-        write_md(json.loads((out / "latency.json").read_text()), out / "latency.md")
+        write_md(json.loads(path.read_text()), out / "latency.md")
         return
     out.mkdir(parents=True, exist_ok=True)
-    previous = json.loads((out / "latency.json").read_text()) if args.append and (
-        out / "latency.json").exists() else None
-    results: dict[str, Any] = {"machine": machine(args.threads), "load_start": load(),
-                               "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
-                               "input_size": args.input_size.replace("x", "×"),
-                               "models": []}
+    Path(args.tables).mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    if any("backend" not in m for m in previous.get("models", [])):
+        previous = {}  # results from before backends: replaced whole
+    results: dict[str, Any] = {**previous, "machine": machine(args.threads), "threads": args.threads,
+                               "pinning": args.pinning, "load_start": load(),
+                               "input_size": args.input_size.replace("x", "×")}
+    results.setdefault("models", [])
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    specs = [s for s in args.models.split(",") if s]
-    if previous:  # keep the other models' figures (and the earliest start's load)
-        results["models"] = [m for m in previous["models"] if m["model"] not in specs]
-        results["load_start"] = previous.get("load_start", results["load_start"])
-    for spec in specs:
-        results["models"].append(run_model(spec, args, log))
+    def save() -> None:
         results["load_end"] = load()
-        (out / "latency.json").write_text(json.dumps(results, indent=1) + "\n")
+        shares = [m["within_10pct_share"] for m in results["models"]]
+        results["latency_within_10pct_share"] = min(shares) if shares else None
+        results["within_10pct_share_by_backend"] = {
+            f"{m['model']} {m['backend']}": m["within_10pct_share"] for m in results["models"]}
+        path.write_text(json.dumps(results, indent=1, default=float) + "\n")
         write_md(results, out / "latency.md")
+
+    if args.demo_search:
+        results["demo_search"] = demo_search(args, log)
+        save()
+        log(f"wrote {out / 'latency.md'} and latency.json")
+        return
+    for spec in [s for s in args.models.split(",") if s]:
+        for backend in [b for b in args.backends.split(",") if b]:
+            results["models"] = [m for m in results["models"]
+                                 if (m["model"], m.get("backend")) != (spec, backend)]
+            results["models"].append(run_model(spec, backend, args, log))
+            save()
     log(f"wrote {out / 'latency.md'} and latency.json")
 
 

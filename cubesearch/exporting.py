@@ -145,8 +145,12 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
     lines.append(f"| GFLOPs (fvcore, {'×'.join(map(str, plan.input_size))}) | {metrics['gflops']:.3f} | "
                  + (f"{base_gflops:.3f} |" if base_gflops is not None else "– |"))
     if "latency" in metrics:  # measured by a search with a latency objective, on its device
-        lines.append(f"| latency, ms (measured, deploy form, on the profiled device) | "
+        backend = metrics.get("latency_backend", "torch")
+        lines.append(f"| latency, ms (measured, deploy form, {backend}, on the profiled device) | "
                      f"{metrics['latency']:.2f} | |")
+    if "latency_predicted" in metrics:  # what the latency model priced the plan at
+        lines.append(f"| latency, ms (predicted by the latency table) | "
+                     f"{metrics['latency_predicted']:.2f} | |")
     lines.append(f"| parameters | {metrics['params']:,} | |")
     lines += final_training_lines(metrics)
     lines += ["", "## Plan", "", "| site | block |", "|---|---|"]

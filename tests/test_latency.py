@@ -24,6 +24,7 @@ from cubesearch.latency import (
 )
 from cubesearch.latency import fingerprint as fpmod
 from cubesearch.latency.fingerprint import Fingerprint, resolve_device, resolve_dtype
+from cubesearch.latency.model import _rel_rms, _solve
 from cubesearch.latency.table import block_key, conv_key
 from cubesearch.space import SearchSpace
 
@@ -201,9 +202,19 @@ def test_fit_correction_recovers_a_known_law():
     fit = fit_correction(samples, base)
     assert (fit.a, fit.b, fit.c) == pytest.approx((0.8, 1.3, 4.0), rel=1e-6)
     assert fit.n == 5 and fit.rms_pct == pytest.approx(0, abs=1e-6)
-    # too few samples for three terms: one common scale
-    one = fit_correction(samples[:2], base)
-    assert one.a == one.b and one.c == 0
+    # too few samples to judge a fit on plans it did not see: the plain sum
+    two = fit_correction(samples[:2], base)
+    assert (two.a, two.b, two.c) == (1.0, 1.0, 0.0)
+    # a plain-sum device, one calibration plan an outlier (+30 %): three terms bend to it and
+    # beat the plain sum in-sample, but predict the plans they did not see worse, so the plain
+    # sum is kept (the selection is by leave-one-out error)
+    shapes = [(100, 50, 1), (300, 120, 3), (200, 300, 2), (400, 100, 5), (50, 90, 1), (250, 200, 4)]
+    outlier = [(r, ad, n, (base - r + ad) * (1.3 if i == 2 else 1.0))
+               for i, (r, ad, n) in enumerate(shapes)]
+    in_sample = _solve(outlier, base, 3)
+    assert _rel_rms(in_sample, outlier, base) < _rel_rms(Correction(), outlier, base)
+    kept = fit_correction(outlier, base)
+    assert (kept.a, kept.b, kept.c) == (1.0, 1.0, 0.0) and kept.n == 6
     # implausible scales (load noise, not a law of the device): the plain sum is kept
     wild = [(r, ad, n, base - 10 * r + 10 * ad) for r, ad, n, _ in samples]
     assert (fit_correction(wild, base).a, fit_correction(wild, base).b) == (1.0, 1.0)
@@ -563,3 +574,16 @@ def test_backend_options_bad_input_is_one_error_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(expect), err
     assert not (tmp_path / "t.json").exists() and not (tmp_path / "s").exists()
+
+
+def test_card_states_measured_latency_beside_predicted():
+    from cubesearch.exporting import model_card
+    from cubesearch.pareto import ParetoPoint
+    from cubesearch.plan import Plan
+
+    plan = Plan(model="tiny", input_size=(3, 32, 32), sites={"decoder.0.0": B})
+    metrics = {"iou": 0.5, "gflops": 0.01, "params": 100, "latency": 1.25,
+               "latency_predicted": 1.5, "latency_backend": "ort"}
+    card = model_card(ParetoPoint(trial=3, iou=0.5, gflops=0.01, params=100), plan, metrics, ())
+    assert "| latency, ms (measured, deploy form, ort, on the profiled device) | 1.25 |" in card
+    assert "| latency, ms (predicted by the latency table) | 1.50 |" in card

@@ -47,6 +47,9 @@ def finish_trial(ctx: SearchContext, trial: TrialInfo, model: nn.Module, metrics
     """Measure the evaluated model's costs, save its checkpoint, and make its outcome."""
     costs = measure_costs(ctx, model)
     seconds = time.perf_counter() - started
+    if ctx.latency is not None and "latency" in costs:  # measured beside predicted, in the card
+        metrics = {**metrics, "latency_predicted": ctx.latency.latency_ms(trial.plan.sites),
+                   "latency_backend": ctx.latency.fingerprint.backend}
     metrics = {**metrics, **costs, "trial": trial.number, "seconds": seconds,
                "baseline_iou": trial.baseline_metrics.get("iou"),
                "baseline_gflops": ctx.base_flops / 1e9, "recorded_metrics": sorted(recorded)}
