@@ -65,6 +65,10 @@ BENCHMARKS = [
           "{n_plans} plans × {seeds} seeds trained by the final recipe: FullCube {fullcube_iou_ratio:.2f}× "
           "its paired baseline's IoU; default proxy by the evidence: {default_proxy} (seed-to-seed τ "
           "{converged_seed_kendall_tau:.2f})"),
+    Bench("kd-ablation", "Distillation in the final recipe, on and off",
+          "KD from the search's baseline minus none: unconverted {plans[unconverted][delta]:+.3f} IoU, "
+          "FullCube {plans[FullCube][delta]:+.3f}; FullCube / paired {fullcube_ratio_kd:.3f}× with, "
+          "{fullcube_ratio_no_kd:.3f}× without"),
     Bench("latency", "Latency model vs measured models",
           "{models[0][model]}, {models[0][backend]}: {models[0][within_10pct_share]:.0%} of plans "
           "within ±10 % corrected (raw sum {models[0][raw_within_10pct_share]:.0%}); "

@@ -278,7 +278,7 @@ def test_finetune_trains_by_the_final_recipe_beside_the_paired_baseline(searched
     out, result = searched
     runs = []
     monkeypatch.setattr(final, "train", lambda *a, **k: runs.append(k.get("plan")) or train(*a, **k))
-    recipe = Recipe(distill_steps=2, patience=None)
+    recipe = Recipe(distill_steps=2, patience=None, kd_weight=0.5)
     res = exporting.export(out, out=tmp_path / "e", select="pareto", formats=("safetensors",),
                            finetune_epochs=1, progress=False, recipe=recipe)
     # each model, and the paired baseline once for the whole export (plan None: unconverted)

@@ -24,7 +24,7 @@ from cubesearch.training.losses import distillation_loss
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 FAST = dict(input_size=(3, 32, 32), batch_size=8, progress=False)
-RECIPE = Recipe(epochs=2, patience=None, distill_steps=2)
+RECIPE = Recipe(epochs=2, patience=None, distill_steps=2, kd_weight=1.0)  # the KD path too
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_train_reports_the_best_epoch_and_stops_early(data):
 
 def test_recipe_options_and_key():
     opts = Recipe().train_options(converted=True)
-    assert opts["min_lr_ratio"] == 0.0 and opts["keep_best"] and opts["kd_weight"] > 0
+    assert opts["min_lr_ratio"] == 0.0 and opts["keep_best"] and opts["kd_weight"] == 0  # kd-ablation
     assert opts["new_lr"] > opts["lr"]
     assert Recipe().train_options(converted=False)["distill_steps"] == 0
     assert Recipe().key(seed=0) == Recipe().key(seed=0) != Recipe(epochs=3).key(seed=0)

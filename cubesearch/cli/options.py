@@ -31,7 +31,8 @@ RECIPE_LR = typer.Option(None, "--lr", help="Peak learning rate of the warm-star
 BLOCK_LR = typer.Option(None, "--block-lr", help="Peak learning rate of the new Cube blocks "
                                                  "(default 2e-3).")
 KD_WEIGHT = typer.Option(None, "--kd-weight", help="Weight of the logit distillation from the "
-                                                   "baseline (default 1; 0: none).")
+                                                   "baseline (default 0: none; it held the demo's "
+                                                   "models back, see the kd-ablation benchmark).")
 PATIENCE = typer.Option(None, "--patience", help="Stop after N epochs without a better val IoU "
                                                  "(default 4; 0: never stop early).")
 DISTILL_STEPS = typer.Option(None, "--distill-steps", help="Batches fitting each block to the conv it "

@@ -2,7 +2,7 @@
 promotion (MO-ASHA, Schmucker et al. 2021), synchronous, on Optuna's study.
 
 Rung r trains to `rungs[r]` epochs of the final recipe's schedule (`training.finetune.Recipe`:
-KD from the baseline, cosine to 0 over the top rung's epochs): rung 0 trains `trials` plans the
+warm start, cosine to 0 over the top rung's epochs): rung 0 trains `trials` plans the
 sampler proposes from the warm start; each later rung takes the best 1/`eta` of the rung below
 (`promotion.promote`: non-dominated rank, then hypervolume contribution) and trains them on from
 that rung's checkpoint for `rungs[r] - rungs[r-1]` more epochs, where the schedule left off. A
