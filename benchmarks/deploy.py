@@ -427,8 +427,9 @@ def latency_markdown() -> list[str]:
     if not lat.get("models"):
         return []
     lines = ["## Latency model per backend (`benchmarks/latency.py`)", "",
-             f"{lat.get('pinning', '')} Load average {lat['load_start']:.1f} at the start, "
-             f"{lat['load_end']:.1f} at the end. Share of r18 plans at "
+             f"{lat.get('pinning', '')} Load average "
+             f"{min(m['load_start'] for m in lat['models']):.1f}–"
+             f"{max(m['load_end'] for m in lat['models']):.1f}. Share of r18 plans at "
              f"{lat.get('input_size', '3×512×512')} within ±10 % of measured (random plans, the "
              "latency search's trained plans and the latency front's); details in "
              "[latency.md](latency.md).", ""]
