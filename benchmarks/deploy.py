@@ -52,6 +52,7 @@ from cubesearch.blocks import CubeBlock, CubeConfig, fold_blocks  # noqa: E402
 from cubesearch.conversion import convert  # noqa: E402
 from cubesearch.cost import CostModel  # noqa: E402
 from cubesearch.exporting import write_onnx  # noqa: E402
+from cubesearch.latency.backends import ort_runner  # noqa: E402
 from cubesearch.latency.model import SiteShape  # noqa: E402
 from cubesearch.models import load_model  # noqa: E402
 from cubesearch.plan import Plan  # noqa: E402
@@ -124,15 +125,8 @@ def compile_fn(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
 
 
 def ort_fn(module: nn.Module, x: torch.Tensor, folder: Path, threads: int) -> Callable[[], Any]:
-    import onnxruntime as ort
-
-    path = Path(tempfile.mkstemp(suffix=".onnx", dir=folder)[1])
-    write_onnx(module.eval(), path, tuple(x.shape[1:]))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
+    """The `ort` latency tables' runner: `export`'s ONNX graph in an ONNX Runtime session."""
+    return ort_runner(module, x, threads=threads)
 
 
 def ort_op_profile(module: nn.Module, x: torch.Tensor, folder: Path, threads: int,
