@@ -248,8 +248,16 @@ def block_cost_table() -> str:
     return "\n".join(out) + "\n"
 
 
-with mkdocs_gen_files.open("reference/cli.md", "w") as f:
-    f.write(cli_reference())
-benchmark_pages()
-with mkdocs_gen_files.open("block.md", "a") as f:
-    f.write(block_cost_table())
+def generate() -> None:
+    with mkdocs_gen_files.open("reference/cli.md", "w") as f:
+        f.write(cli_reference())
+    benchmark_pages()
+    with mkdocs_gen_files.open("block.md", "a") as f:
+        f.write(block_cost_table())
+
+
+# mkdocs-gen-files runs this file with runpy.run_path (its __name__ "<run_path>"): only then do the
+# pages go into the site being built. Imported (a check of BENCHMARKS' headlines, say), outside a
+# build mkdocs_gen_files.open would write into docs/ itself.
+if __name__ == "<run_path>":
+    generate()
