@@ -188,9 +188,9 @@ def final_training_lines(metrics: dict[str, Any]) -> list[str]:
     lines = ["", "## Final training", "",
              f"{ranked_on} "
              f"{'–' if proxy is None else f'{proxy:.4f}'} → final IoU **{final:.4f}**, trained by the "
-             f"final recipe for {epochs} epochs (warm start from the "
-             "baseline, distillation from it, annealed to 0, the weights of the best validation "
-             f"IoU kept: epoch {metrics.get('best_epoch', '?')})."]
+             f"final recipe for {epochs} epochs (warm start from the baseline, "
+             f"{'distillation from it, ' if metrics.get('kd_weight') else ''}annealed to 0, the "
+             f"weights of the best validation IoU kept: epoch {metrics.get('best_epoch', '?')})."]
     if paired is not None:
         ratio = f" ({final / paired:.3f}×)" if paired else ""
         lines += ["", f"Paired baseline (the unconverted model trained by the same recipe, epochs "

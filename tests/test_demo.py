@@ -54,6 +54,8 @@ def test_demo_searches_exports_and_resumes(tmp_path):
     for m in models:  # what the user gets, against the like-for-like baseline
         assert m["final_iou"] == m["iou"] and m["paired_baseline_iou"] == paired
         assert m["delta_iou_vs_paired"] == m["final_iou"] - paired and 0 <= m["proxy_iou"] <= 1
+        card = (Path(m["folder"]) / "README.md").read_text()  # the recipe as it ran: no KD by default
+        assert "annealed to 0" in card and "distillation from it" not in card
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "baseline: reusing" in again.stderr and "baseline: training" not in again.stderr

@@ -300,6 +300,7 @@ def test_finetune_trains_by_the_final_recipe_beside_the_paired_baseline(searched
         assert "| metric | this model | paired baseline |" in card
         assert (f"{metrics['proxy_iou']:.4f} → final IoU **{metrics['iou']:.4f}**" in card
                 and f"final IoU {paired['iou']:.4f}; ΔIoU vs paired" in card)
+        assert "distillation from it" in card  # this recipe distils (kd_weight 0.5)
         assert float(rows[m["trial"]]["paired_baseline_iou"]) == pytest.approx(paired["iou"])
         assert float(rows[m["trial"]]["final_iou"]) == pytest.approx(metrics["iou"])
     assert "paired baseline IoU" in (tmp_path / "e" / "pareto.md").read_text()
