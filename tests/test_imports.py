@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).parent.parent / "cubesearch"
 # docs/design.md "Package map", bottom first: a module may import its own layer and the layers
 # below it, never one above. A new top-level module or subpackage must be placed here.
 LAYERS: list[tuple[str, ...]] = [
-    ("_version", "errors", "logging", "progressbar", "helpers", "redact", "resources", "specs",
+    ("_version", "errors", "logging", "progressbar", "helpers", "redact", "resources", "threads", "specs",
      "budget"),
     ("blocks", "space", "trust", "flops", "data", "metrics"),
     ("models",),
