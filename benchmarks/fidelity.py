@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import fidelity_stats  # noqa: E402
 import numpy as np  # noqa: E402
 import oneshot  # noqa: E402  (benchmarks/ on sys.path: the plan choice and context are shared)
 import torch  # noqa: E402
@@ -338,6 +339,18 @@ def rank(rows: list[dict], name: str) -> dict[str, Any]:
             "spearman_rho": spearman_rho(score, truth)}
 
 
+def pick_proxy(taus: dict[str, float | None], seed_tau: float) -> str:
+    """The rule: the cheapest signal whose τ is ≥ 0.65 and ≥ 0.8× the seed-to-seed τ."""
+    ok = [n for n, t in taus.items() if t is not None and t >= 0.65 and t >= 0.8 * seed_tau]
+    return min(ok, key=lambda n: SIGNALS[n][1]) if ok else "halving"
+
+
+def add_second_look(fig: dict, cache: Path, args: argparse.Namespace) -> None:
+    """The cross-seed statistics, and the rule re-applied to the cross-seed τ."""
+    fig.update(fidelity_stats.second_look(fig, cache, oneshot_plans(args)))
+    fig["default_proxy_cross_seed"] = pick_proxy(fig["cross_seed"], fig["seed_to_seed_tau"])
+
+
 def replay_halving(rows: list[dict], top_epochs: float, eta: int = 3) -> dict[str, Any]:
     """Both strategies replayed on the measured plans at equal training epochs, each front
     judged by the converged IoU of the plans it would export: `trials` trains every plan for 2
@@ -387,9 +400,7 @@ def report(args: argparse.Namespace) -> None:
     signals = {name: rank(rows, name) for name in SIGNALS}
     not_measured = {n: NOT_MEASURED.get(n, "fewer than 3 plans have it") for n, f in signals.items()
                     if f["kendall_tau"] is None}
-    ok = [n for n, f in signals.items() if f["kendall_tau"] is not None
-          and f["kendall_tau"] >= 0.65 and f["kendall_tau"] >= 0.8 * seed_tau]
-    default = min(ok, key=lambda n: SIGNALS[n][1]) if ok else "halving"
+    default = pick_proxy({n: f["kendall_tau"] for n, f in signals.items()}, seed_tau)
     pruned = [json.loads(f.read_text()) for f in sorted(cache.glob("pruned-seed*.json"))]
     full = next((r for r in rows if r["label"] == "FullCube"), None)
     all_runs = [run for r in rows for run in r["seeds"].values()]
@@ -419,60 +430,173 @@ def report(args: argparse.Namespace) -> None:
             "curves": [r["seeds"][s]["curve"] for s in range(args.seeds)],
             "best_epochs": [r["seeds"][s]["best_epoch"] for s in range(args.seeds)]} for r in rows],
     }
-    name = result_name(args)
-    results = Path(args.results)
+    add_second_look(fig, cache, args)
+    write(fig, Path(args.results), result_name(args))
+
+
+def oneshot_plans(args: argparse.Namespace) -> list[dict] | None:
+    """The one-shot benchmark's plans (its 2-epoch trials and supernet scores), demo model only."""
+    file = Path(args.results) / "oneshot.json"
+    return json.loads(file.read_text())["plans"] if "resnet18" in args.model and file.exists() else None
+
+
+def write(fig: dict, results: Path, name: str) -> None:
     oneshot.write_json(results / f"{name}.json", fig)
     (results / f"{name}.md").write_text(render(fig, name))
     plot(fig, results / f"{name}.png")
     print((results / f"{name}.md").read_text())
 
 
+def rerender(args: argparse.Namespace) -> None:
+    """The report again from the stored JSON and runs (no model, no training): the second look's
+    statistics (benchmarks/fidelity_stats.py) added, the page re-rendered."""
+    name = result_name(args)
+    results = Path(args.results)
+    fig = json.loads((results / f"{name}.json").read_text())
+    args.epochs, args.patience, args.plans = fig["epochs"], fig["patience"], fig["n_plans"]
+    add_second_look(fig, Path(args.cache) / tag(args), args)
+    write(fig, results, name)
+
+
 def _f(v: Any, nd: int = 3) -> str:
     return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def trained_label(fig: dict) -> str:
+    """"converged" only when every run met the flattening criterion; else "after N epochs"."""
+    return "converged" if fig.get("flattened_share") == 1 else f"after {fig['epochs']:g} epochs"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "–" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def recipe_line(fig: dict) -> str:
+    """Exactly which recipe trained the runs (it is not today's default: KD was on)."""
+    stop = (f"early stopping after {fig['patience']} epochs without improvement"
+            if fig["patience"] else "no early stopping")
+    return (f"`cubesearch.training.finetune.Recipe` with {fig['epochs']:g} epochs scheduled, "
+            f"KD from the baseline on (`kd_weight 1`; today's default is off), cosine to 0, "
+            f"best weights kept, {stop}. Final IoU is the best epoch's on the validation set that "
+            "also reports it (no separate test split).")
+
+
 def render(fig: dict, name: str) -> str:
     kw = " ".join(f"{k}={v}" for k, v in (fig.get("model_kwargs") or {}).items())
-    lines = [f"# Cheap signals vs converged IoU: `{fig['model']}`" + (f" ({kw})" if kw else ""), "",
-             f"{fig['n_plans']} plans × {fig['seeds']} seeds, each trained by the final recipe "
-             f"(`cubesearch.training.finetune.Recipe`: {fig['epochs']:g} epochs scheduled, KD from the "
-             f"baseline, cosine to 0, best weights kept, "
-             + (f"early stopping after {fig['patience']} epochs without improvement)."
-                if fig["patience"] else "no early stopping).")
-             + f" Converged: {fig['convergence_criterion']} — "
-             f"{fig['flattened_share']:.0%} of the runs. Generated by `benchmarks/fidelity.py`; "
-             f"{fig['machine']}; load {fig['load_range'][0]:.1f}–{fig['load_range'][1]:.1f}.", "",
-             "## Signals", "",
-             md_table(["signal", "epochs a plan", "plans", "Kendall τ", "Spearman ρ"],
-                      [[f"{n} — {SIGNALS[n][0]}", f"{SIGNALS[n][1]:g}", str(f['n']), _f(f["kendall_tau"]),
-                        _f(f["spearman_rho"])] for n, f in fig["signals"].items()]
-                      + [["converged seed 0 vs seed 1 (the ceiling)", "", str(fig["n_plans"]),
-                          _f(fig["converged_seed_kendall_tau"]), ""]]), "",
-             *[f"Not measured on this model: `{n}` ({why}).\n"
-               for n, why in fig.get("not_measured", {}).items()],
-             "Default proxy by the rule (τ ≥ 0.65 and ≥ 0.8× the seed τ, cheapest): "
-             f"**{fig['default_proxy']}**.",
-             "", "## Plans", "",
-             md_table(["plan", "GFLOPs", "sites", "converged IoU (seeds)", "Δ vs paired baseline",
-                       "rung1", "rung3", "trial2", "supernet"],
-                      [[p["label"], f"{p['gflops']:.2f}", str(p["sites"]),
-                        f"{p['iou']:.3f} ({', '.join(f'{v:.3f}' for v in p['seed_iou'])})",
-                        f"{p.get('delta_vs_paired', 0):+.3f} ± {p.get('delta_spread', 0) / 2:.3f}",
-                        _f(p["rung1"]), _f(p["rung3"]), _f(p["trial2"]), _f(p["supernet"])]
-                       for p in sorted(fig["plans"], key=lambda p: p["gflops"])]), ""]
+    after = trained_label(fig)
+    lines = [f"# Cheap signals vs IoU {after}: `{fig['model']}`" + (f" ({kw})" if kw else ""), "",
+             f"{fig['n_plans']} plans × {fig['seeds']} seeds, each trained by {recipe_line(fig)} "
+             f"Flattened ({fig['convergence_criterion']}): {fig['flattened_share']:.0%} of the runs"
+             + (f"; the last 2 epochs still raised the best IoU by a median "
+                f"{fig['late_gain']['last_2_epochs_gain_median']:+.3f} (max "
+                f"{fig['late_gain']['last_2_epochs_gain_max']:+.3f}), so these are figures {after}, "
+                "not converged" if "late_gain" in fig and after != "converged" else "")
+             + f". Generated by `benchmarks/fidelity.py`; {fig['machine']}; load "
+             f"{fig['load_range'][0]:.1f}–{fig['load_range'][1]:.1f}.", ""]
+    lines += cross_seed_section(fig) if "cross_seed" in fig else []
+    lines += ["## Signals against the mean of the same runs", "",
+              "rung1, rung3 and tse3 are read off the very runs whose final IoU is the target, so "
+              "they share its seed noise: these τ are optimistic (see the cross-seed table).", "",
+              md_table(["signal", "epochs a plan", "plans", "Kendall τ", "95 % CI", "Spearman ρ"],
+                       [[f"{n} — {SIGNALS[n][0]}", f"{SIGNALS[n][1]:g}", str(f['n']), _f(f["kendall_tau"]),
+                         _ci(fig.get("same_run_tau_ci95", {}).get(n)), _f(f["spearman_rho"])]
+                        for n, f in fig["signals"].items()]), "",
+              *[f"Not measured on this model: `{n}` ({why}).\n"
+                for n, why in fig.get("not_measured", {}).items()],
+              "Default proxy by the rule on these same-run τ (τ ≥ 0.65 and ≥ 0.8× the seed τ, "
+              f"cheapest): {fig['default_proxy']}.", "", "## Plans", "",
+              md_table(["plan", "GFLOPs", "sites", f"IoU {after} (seeds)", "Δ vs paired baseline",
+                        "rung1", "rung3", "trial2", "supernet"],
+                       [[p["label"], f"{p['gflops']:.2f}", str(p["sites"]),
+                         f"{p['iou']:.3f} ({', '.join(f'{v:.3f}' for v in p['seed_iou'])})",
+                         f"{p.get('delta_vs_paired', 0):+.3f} ± {p.get('delta_spread', 0) / 2:.3f}",
+                         _f(p["rung1"]), _f(p["rung3"]), _f(p["trial2"]), _f(p["supernet"])]
+                        for p in sorted(fig["plans"], key=lambda p: p["gflops"])]), ""]
+    lines += ratio_lines(fig) + replay_lines(fig) + [f"![proxy vs IoU {after}]({name}.png)", ""]
+    return "\n".join(lines)
+
+
+def cross_seed_section(fig: dict) -> list[str]:
+    """The second look's table: τ with signal and target from different seeds, with intervals."""
+    ci, vs = fig["tau_ci95"], fig.get("vs_trial2", {})
+    rows = [[f"{n} — {SIGNALS[n][0]}", f"{SIGNALS[n][1]:g}", f"{t:.3f}",
+             ", ".join(f"{k} {v:.2f}" for k, v in fig["cross_seed_pairs"][n].items()), _ci(ci.get(n)),
+             (f"{vs[n]['diff']:+.2f} {_ci(vs[n]['ci95'])} (n {vs[n]['n']})" if n in vs else "")]
+            for n, t in fig["cross_seed"].items()]
+    rows.append(["seed 0 vs seed 1 final IoU (the ceiling)", "", _f(fig["seed_to_seed_tau"]), "",
+                 _ci(ci.get("seed_to_seed")), ""])
+    return ["## Signals across seeds (the figures to trust)", "",
+            "Each signal from one seed's run against the *other* seed's final IoU (both directions "
+            "averaged; a seedless signal against each seed), so signal and target share no run. "
+            f"Intervals: {fig['bootstrap']}.", "",
+            md_table(["signal", "epochs a plan", "cross-seed τ", "directions", "95 % CI",
+                      "τ − trial2's τ, same plans [95 % CI]"], rows), "",
+            decision_line(fig), "",
+            "The rule (cheapest signal with τ ≥ 0.65 and ≥ 0.8× the seed τ) on the cross-seed τ: "
+            f"**{fig.get('default_proxy_cross_seed', '–')}** (on the same-run τ it was "
+            f"{fig['default_proxy']}). " + overlap_line(fig), ""]
+
+
+def overlap_line(fig: dict) -> str:
+    """Whether the signals' cross-seed intervals all overlap (then the rule's pick is a point
+    estimate, not a measured difference)."""
+    cis = [c for n, c in fig["tau_ci95"].items() if n in fig["cross_seed"] and c]
+    if len(cis) > 1 and max(c[0] for c in cis) <= min(c[1] for c in cis):
+        return "All the signals' intervals share a common range: the pick is not a measured difference."
+    return "Some intervals do not overlap."
+
+
+def decision_line(fig: dict) -> str:
+    """What the statistics say about ranking on rung 3 (halving) vs the 2-epoch trial."""
+    vs = fig.get("vs_trial2", {}).get("rung3")
+    if not vs or not vs["ci95"]:
+        return "rung 3 and the 2-epoch trial cannot be compared on these plans."
+    tie = vs["ci95"][0] <= 0 <= vs["ci95"][1]
+    return (f"Rung 3 against the 2-epoch trial across seeds: τ difference {vs['diff']:+.2f} "
+            f"{_ci(vs['ci95'])} over {vs['n']} plans: "
+            + ("**no better within the interval** — these runs do not tell the two apart."
+               if tie and vs["diff"] <= 0 else "a tie within the interval." if tie
+               else "rung 3 ranks better." if vs["diff"] > 0 else "the 2-epoch trial ranks better."))
+
+
+def ratio_lines(fig: dict) -> list[str]:
+    out = []
     if fig["pruning"]:
         pr = fig["pruning"]
-        lines += ["Channel pruning (Torch-Pruning, L1, uniform per layer) at "
-                  f"{pr['gflops']:.2f} GFLOPs, same recipe: "
-                  f"IoU {pr['iou']:.3f} ({pr['iou_ratio']:.3f}× the paired baseline; FullCube: "
-                  f"{_f(fig['fullcube_iou_ratio'])}×).", ""]
+        out += ["Channel pruning (Torch-Pruning, L1, uniform per layer, one ratio) at "
+                f"{pr['gflops']:.2f} GFLOPs, same recipe (KD on): IoU {pr['iou']:.3f} "
+                f"({pr['iou_ratio']:.3f}× the paired baseline; "
+                f"FullCube: {_f(fig['fullcube_iou_ratio'])}×).", ""]
+    r = fig.get("ratios", {})
+    for key, what in (("fullcube", "FullCube"), ("pruning", "channel pruning")):
+        if key in r:
+            out.append(f"- {what} / paired baseline: {r[key]['ratio']:.3f}× (per seed "
+                       f"{', '.join(f'{v:.3f}' for v in r[key]['per_seed'])}; seed bootstrap "
+                       f"{_ci(r[key]['ci95_seed_bootstrap'])}: with {fig['seeds']} seeds, the seeds' span).")
+    if "fullcube_last_epoch" in r:
+        out.append(f"- FullCube / paired on the last epoch instead of the best: "
+                   f"{r['fullcube_last_epoch']:.3f}× (the best epoch is chosen on the validation set "
+                   "that reports it).")
+    return out + ([""] if r else [])
+
+
+def replay_lines(fig: dict) -> list[str]:
     rp = fig["halving_replay"]
-    lines += ["## Halving vs trials (replayed on these plans)", "",
-              f"trials front {rp['trials_front']} (HV {rp['trials_hv']:.3f}, "
-              f"{rp['epochs']['trials']:g} epochs); "
-              f"halving front {rp['halving_front']} (HV {rp['halving_hv']:.3f}, {rp['epochs']['halving']:g} "
-              f"epochs); ratio {_f(rp['halving_hv_ratio'])}.", "", f"![proxy vs converged]({name}.png)", ""]
-    return "\n".join(lines)
+    out = ["## Halving vs trials (replayed on these plans)", "",
+           f"First replay (unequal: trials credited with final IoUs it did not train): trials front "
+           f"{rp['trials_front']} (HV {rp['trials_hv']:.3f}, {rp['epochs']['trials']:g} epochs); halving "
+           f"front {rp['halving_front']} (HV {rp['halving_hv']:.3f}, {rp['epochs']['halving']:g} epochs); "
+           f"ratio {_f(rp['halving_hv_ratio'])}.", ""]
+    eq = fig.get("equal_epoch_replay")
+    if eq:
+        out += [f"At equal epochs ({eq['plans']} plans with a 2-epoch trial; each side credited only "
+                f"with models it trained): halving {eq['epochs']['halving']:g} epochs, front "
+                f"{eq['halving_front']} (HV {eq['halving_hv']:.3f}); trials {eq['epochs']['trials']:g} "
+                f"epochs ({eq['trials_finalists']} of its front trained on by the final recipe, the rest "
+                f"credited their 2-epoch IoU), front {eq['trials_front']} (HV {eq['trials_hv']:.3f}); "
+                f"halving / trials **{_f(eq['halving_hv_ratio'])}** "
+                f"{_ci(eq['halving_hv_ratio_ci95'])}.", ""]
+    return out
 
 
 def plot(fig: dict, path: Path) -> None:
@@ -487,9 +611,11 @@ def plot(fig: dict, path: Path) -> None:
     for ax, n in zip(axes, names, strict=False):
         pts = [(p[n], truth[p["label"]]) for p in fig["plans"] if p.get(n) is not None]
         ax.scatter([a for a, _ in pts], [b for _, b in pts], s=18)
-        ax.set_title(f"{n}: τ {fig['signals'][n]['kendall_tau']:.2f}", fontsize=9)
+        ax.set_title(f"{n}: τ {fig['signals'][n]['kendall_tau']:.2f} same run"
+                     + (f", {fig['cross_seed'][n]:.2f} cross-seed" if n in fig.get("cross_seed", {}) else ""),
+                     fontsize=9)
         ax.set_xlabel(n)
-        ax.set_ylabel("converged IoU")
+        ax.set_ylabel(f"IoU {trained_label(fig)}")
     ax = axes[-1]
     for p in fig["plans"]:
         ax.plot(range(1, len(p["curves"][0]) + 1), p["curves"][0], lw=0.8,
@@ -505,8 +631,9 @@ def plot(fig: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phase", choices=("runs", "trial2", "supernet", "report", "all"), default="all",
-                    help="all: runs, trial2, report (supernet only when asked)")
+    ap.add_argument("--phase", choices=("runs", "trial2", "supernet", "report", "rerender", "all"),
+                    default="all", help="all: runs, trial2, report (supernet only when asked); "
+                    "rerender: the report from the stored JSON and runs, no model built")
     ap.add_argument("--model", default="smp:Unet:resnet18")
     ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="passed to the model factory, as `cubesearch search --model-arg` (e.g. width=32)")
@@ -543,6 +670,8 @@ def main() -> None:
         supernet(args)
     if args.phase in ("report", "all"):
         report(args)
+    if args.phase == "rerender":
+        rerender(args)
 
 
 if __name__ == "__main__":

@@ -58,13 +58,15 @@ BENCHMARKS = [
           "{map_plan_ort_flops_ratio:.2f}× the FLOPs; the latency search's best plan with ≥ 30 % "
           "fewer FLOPs: {best_plan_latency_ratio:.2f}×; latency model within ±10 %: "
           "{latency_within_10pct_share:.0%} (worst backend)"),
-    Bench("fidelity", "Cheap signals vs converged training",
-          "{n_plans} plans × {seeds} seeds trained to convergence: FullCube {fullcube_iou_ratio:.2f}× its "
-          "paired baseline's IoU; default proxy by the evidence: {default_proxy}"),
-    Bench("fidelity-unet", "Cheap signals vs converged training: examples/unet.py",
-          "{n_plans} plans × {seeds} seeds trained by the final recipe: FullCube {fullcube_iou_ratio:.2f}× "
-          "its paired baseline's IoU; default proxy by the evidence: {default_proxy} (seed-to-seed τ "
-          "{converged_seed_kendall_tau:.2f})"),
+    Bench("fidelity", "Cheap signals vs training by the final recipe",
+          "{n_plans} plans × {seeds} seeds, {epochs:g} epochs (not converged): across seeds rung 3 τ "
+          "{cross_seed[rung3]:.2f}, the 2-epoch trial {cross_seed[trial2]:.2f}; FullCube "
+          "{fullcube_iou_ratio:.2f}× its paired baseline's IoU"),
+    Bench("fidelity-unet", "Cheap signals vs training by the final recipe: examples/unet.py",
+          "{n_plans} plans × {seeds} seeds, {epochs:g} epochs: across seeds rung 1 τ "
+          "{cross_seed[rung1]:.2f}, rung 3 {cross_seed[rung3]:.2f} (seed-to-seed "
+          "{seed_to_seed_tau:.2f}); FullCube "
+          "{fullcube_iou_ratio:.2f}× its paired baseline's IoU"),
     Bench("kd-ablation", "Distillation in the final recipe, on and off",
           "KD from the search's baseline minus none: unconverted {plans[unconverted][delta]:+.3f} IoU, "
           "FullCube {plans[FullCube][delta]:+.3f}; FullCube / paired {fullcube_ratio_kd:.3f}× with, "

@@ -130,13 +130,17 @@ def test_halving_bad_input_is_a_clear_error(tmp_path):
 
 
 def test_the_default_strategy_is_the_one_the_fidelity_evidence_picked():
-    """benchmarks/fidelity.py: the first rung of 3 epochs is the cheapest signal that ranks
-    trained models well enough (issue 23's rule), so a plain search ranks on it and trains the
-    best on by the final recipe; a baseline trained as long as the top rung is its teacher."""
+    """benchmarks/fidelity.py: issue 23's rule picked the rung of 3 epochs on τ against the same
+    runs; across seeds (issue 30) it ties with the 2-epoch trial within the bootstrap interval, as
+    settings.py's comment says, so halving is the default for its trained front. A plain search
+    ranks on rung 3 and trains the best on; a baseline trained as long as the top rung is its
+    teacher."""
     results = Path(__file__).parents[1] / "benchmarks" / "results"
     fidelity = json.loads((results / "fidelity.json").read_text())
     plain = searching.SearchSettings(model=TINY, budget="90%")
     assert fidelity["default_proxy"] == f"rung{plain.rungs[0]:g}"
+    lo, hi = fidelity["vs_trial2"]["rung3"]["ci95"]
+    assert lo < 0 < hi and fidelity["cross_seed"]["rung3"] <= fidelity["cross_seed"]["trial2"]
     assert plot_labels(plain) == ("ranked on 3 epochs (lower rungs)", "trained 9 epochs (final recipe)")
     assert (plain.strategy, plain.rungs, plain.baseline_epochs) == ("halving", (3.0, 9.0), 9.0)
     assert searching.SearchSettings(model=TINY, budget="90%", strategy="auto",
