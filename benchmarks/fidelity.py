@@ -126,7 +126,7 @@ def pruned_model(ctx: Any, target_flops: float) -> tuple[torch.nn.Module, dict[s
     until its FLOPs at the
     cost model's input size are at most `target_flops` (fvcore's unit, as the cost model's: one
     multiply-add counts one)."""
-    import torch_pruning as tp  # the bench extra
+    import torch_pruning as tp  # a dependency since Plan.widths (cubesearch.width)
 
     model = load(ctx.baseline_dir).eval()
     size = tuple(ctx.settings.input_size)

@@ -5,7 +5,10 @@ The rewrite swaps submodules by qualified name, so the user gets back their own 
 conv.out_channels, cfg, stride=conv.stride[0])` (same output shape), and every insertion point
 `M` becomes `CubeInsertion(M, CubeBlock(C, C, cfg))`, computing `y = M(x); y + block(y)`.
 `CubeInsertion` keeps `M`'s state-dict keys unchanged, so pretrained / baseline weights load
-into the converted model by name. The input model is never modified.
+into the converted model by name. A plan's `widths` are applied first (`cubesearch.width.narrow`:
+the named convs lose their smallest-L1 output channels), so a block at a site downstream of a
+narrowed conv is built for the conv's narrowed shape, as is a block inserted after a narrowed
+module. The input model is never modified.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cubesearch.errors import CubesearchError
 from cubesearch.helpers import close_names, model_device, model_dtype
 from cubesearch.plan import Plan
 from cubesearch.sites import module_output_shapes, replaceable
+from cubesearch.width import narrow
 
 BLOCK_KEY = "cube_block"  # the inserted block's attribute in a CubeInsertion
 _INNER = "module"
@@ -106,9 +110,10 @@ def _module(root: nn.Module, name: str, modules: Mapping[str, nn.Module], what: 
 def convert(model: nn.Module, plan: Plan, *, input_size: Sequence[int] | None = None) -> nn.Module:
     """A new model with `plan`'s blocks in place; `model` itself is left untouched.
 
-    `plan` is a `Plan` (or anything with `sites`, `insertions` and `input_size`). Insertion
-    points need the inserted module's output channels: they are read from a fake-tensor run at
-    `plan.input_size` (or `input_size`).
+    `plan` is a `Plan` (or anything with `sites`, `insertions` and `input_size`; `widths` if
+    any). Narrowing (`plan.widths`) traces a real forward, and insertion points read the
+    inserted module's output channels from a fake-tensor run, both at `plan.input_size` (or
+    `input_size`).
     """
     sites: Mapping[str, CubeConfig] = getattr(plan, "sites", None)
     if sites is None:
@@ -125,19 +130,13 @@ def convert(model: nn.Module, plan: Plan, *, input_size: Sequence[int] | None = 
     overlap = set(sites) & set(inserts)
     if overlap:
         raise CubesearchError(f"{sorted(overlap)[0]!r} is both replaced and an insertion point")
-    channels: dict[str, int] = {}
-    if inserts:
-        size = input_size or getattr(plan, "input_size", None) or (3, 512, 512)
-        for name, shapes in module_output_shapes(model, inserts, size).items():
-            if not shapes:
-                raise CubesearchError(f"cannot insert a block after {name!r}: the model's forward "
-                                      "never calls it")
-            if any(len(s) != 4 for s in shapes):
-                raise CubesearchError(
-                    f"cannot insert a block after {name!r}: its output has shape {shapes[0]}, a "
-                    "block needs (B, C, H, W)")
-            channels[name] = shapes[0][1]
-    new = copy.deepcopy(model)
+    widths: Mapping[str, float] = getattr(plan, "widths", {}) or {}
+    both = set(sites) & set(widths)
+    if both:
+        raise CubesearchError(f"{sorted(both)[0]!r} is both a Cube site and narrowed (widths)")
+    size = input_size or getattr(plan, "input_size", None) or (3, 512, 512)
+    new = narrow(copy.deepcopy(model), widths, size)
+    channels = _insertion_channels(new, inserts, size) if inserts else {}
     new_modules = dict(new.named_modules())
     for name, cfg in sites.items():
         _replace(new, name, _block_for(name, new_modules[name], cfg))
@@ -150,6 +149,22 @@ def convert(model: nn.Module, plan: Plan, *, input_size: Sequence[int] | None = 
             raise CubesearchError(f"insertion after {name!r}: {exc}") from None
         _replace(new, name, CubeInsertion(inner, _like(block, inner)).train(inner.training))
     return new
+
+
+def _insertion_channels(model: nn.Module, inserts: Mapping[str, CubeConfig],
+                        size: Sequence[int]) -> dict[str, int]:
+    """Each insertion point's output channels, from a fake-tensor run at `size`."""
+    channels = {}
+    for name, shapes in module_output_shapes(model, inserts, size).items():
+        if not shapes:
+            raise CubesearchError(f"cannot insert a block after {name!r}: the model's forward "
+                                  "never calls it")
+        if any(len(s) != 4 for s in shapes):
+            raise CubesearchError(
+                f"cannot insert a block after {name!r}: its output has shape {shapes[0]}, a "
+                "block needs (B, C, H, W)")
+        channels[name] = shapes[0][1]
+    return channels
 
 
 def cube_blocks(model: nn.Module) -> dict[str, CubeBlock]:

@@ -126,6 +126,10 @@ def _request(model: str | None, plan_file: str | Path | None, input_size: Any,
 def _plan(req: _Request, report: SiteReport, preset: str, config: CubeConfig,
           include: Sequence[str], exclude: Sequence[str]) -> tuple[Plan, list[str]]:
     fp = req.file_plan
+    if fp is not None and fp.widths:
+        raise CubesearchError("--plan: this plan narrows convs (widths), which `convert` does not "
+                              "report on yet; build it with cubesearch.convert(model, plan) and "
+                              "price it with cubesearch.cost.plan_flops_params")
     if fp is None:
         return make_plan(report, req.model, preset=preset, config=config, include=include,
                          exclude=exclude, insertions=req.insertions, model_kwargs=req.kwargs)

@@ -2,16 +2,23 @@
 `base − Σ site MACs + Σ block MACs(cfg, shape)`, equal to fvcore's eval-mode count of the
 converted model; microseconds per plan (per-site tables, filled on first use).
 
+The cost model prices Cube-only plans. A plan that narrows convs (`Plan.widths`) changes the
+shapes of everything coupled with them, so its cost is counted on the built model:
+`plan_flops_params` (fvcore, like every reported figure).
+
 fvcore's own counts (`count_flops`, `reference_flops`, …) live in `cubesearch.flops` and are
 re-exported here, where the public API has always had them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from torch import nn
+
 from cubesearch.blocks import CubeConfig, block_cost
+from cubesearch.conversion import convert
 from cubesearch.errors import CubesearchError
 from cubesearch.flops import (
     count_flops,
@@ -27,7 +34,7 @@ from cubesearch.plan import Plan
 from cubesearch.sites import Site, SiteReport
 
 __all__ = ["CostModel", "count_flops", "count_flops_by_module", "count_params", "fvcore_counts",
-           "fvcore_flops", "reference_flops", "reference_flops_by_module"]
+           "fvcore_flops", "plan_flops_params", "reference_flops", "reference_flops_by_module"]
 
 PlanLike = Plan | Mapping[str, CubeConfig] | None
 
@@ -129,6 +136,9 @@ class CostModel:
     @staticmethod
     def _split(plan: PlanLike, insertions: Mapping[str, CubeConfig] | None
                ) -> tuple[Mapping[str, CubeConfig], Mapping[str, CubeConfig]]:
+        if getattr(plan, "widths", None):
+            raise CubesearchError("the cost model prices Cube-only plans; a plan with widths is "
+                                  "priced on the built model (cubesearch.cost.plan_flops_params)")
         if hasattr(plan, "sites") and hasattr(plan, "insertions"):
             return plan.sites, plan.insertions if insertions is None else insertions
         return plan or {}, insertions or {}
@@ -165,3 +175,21 @@ class CostModel:
 
     def gflops(self, plan: PlanLike = None, insertions: Mapping[str, CubeConfig] | None = None) -> float:
         return self.flops(plan, insertions) / 1e9
+
+
+def plan_flops_params(model: nn.Module | Callable[[], nn.Module], plan: Plan,
+                      input_size: Sequence[int] | None = None) -> tuple[int, int]:
+    """(FLOPs, params) of `convert(model, plan)`, counted on the built model: fvcore in eval mode
+    at batch 1 and `plan.input_size` (or `input_size`), the unit of `CostModel` and of every
+    reported figure; params are all of the built model's parameters.
+
+    The exact cost of a chosen plan, whatever it holds: this is how a plan with `widths`
+    (narrowed convs, alone or mixed with Cube sites) is priced, since narrowing reshapes every
+    layer coupled with the conv. `model` is the unconverted model (left untouched) or a
+    zero-argument factory building it. Costs a real forward or two at the input size: price
+    cells once and cache, not per candidate plan.
+    """
+    base = model if isinstance(model, nn.Module) else model()
+    size = tuple(input_size or plan.input_size)
+    built = convert(base, plan, input_size=size)
+    return reference_flops(built, size), count_params(built)

@@ -5,10 +5,13 @@ A plan is plain, versioned JSON, enough with the model spec and the weights to r
     {"version": 1, "model": "smp:Unet:resnet34", "model_kwargs": {"num_classes": 1, "in_channels": 3},
      "input_size": [3, 512, 512],
      "sites": {"decoder.blocks.0.conv1.0": {"lattice_stride": 2, "groups": 4, ...}},
-     "insertions": {"encoder.layer4": {...}}}
+     "insertions": {"encoder.layer4": {...}}, "widths": {"decoder.blocks.1.conv1.0": 0.5}}
 
 `sites` maps a conv's qualified module name to the `CubeConfig` of the block that replaces it;
-`insertions` maps a module name to a block inserted after it as `x + block(x)`. Loading checks
+`insertions` maps a module name to a block inserted after it as `x + block(x)`; `widths` maps a
+conv's name to the kept fraction R (0 < R < 1) of its output channels, narrowed by channel
+pruning (`cubesearch.width`; written only when non-empty, so Cube-only plans are unchanged). A
+conv is either a Cube site or narrowed, not both. Loading checks
 the version and every knob; `Plan.check(report)` checks the site names against the model.
 Presets (`make_plan`): `fullcube` (every eligible site), `decoder` (eligible sites outside the
 encoder; the default), `encoder`, `none`.
@@ -23,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError
@@ -46,6 +49,7 @@ class Plan(BaseModel):
     input_size: tuple[int, int, int] = (3, 512, 512)
     sites: dict[str, CubeConfig] = Field(default_factory=dict)
     insertions: dict[str, CubeConfig] = Field(default_factory=dict)
+    widths: dict[str, float] = Field(default_factory=dict)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -86,6 +90,25 @@ class Plan(BaseModel):
                 raise ValueError(f"{name!r}: {exc}") from None
         return out
 
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, ratio in v.items():
+            if not name:
+                raise ValueError("narrowed conv names must be non-empty strings")
+            if not 0 < ratio < 1:
+                raise ValueError(f"{name!r}: width {ratio} is not a kept fraction of the output "
+                                 "channels (give 0 < R < 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _cube_or_narrowed(self) -> Plan:
+        both = sorted(set(self.sites) & set(self.widths))
+        if both:
+            raise ValueError(f"{both[0]!r} is both a Cube site and narrowed (widths): a conv is "
+                             "one or the other")
+        return self
+
     # --- (de)serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +119,7 @@ class Plan(BaseModel):
             "input_size": list(self.input_size),
             "sites": {n: c.to_dict() for n, c in self.sites.items()},
             "insertions": {n: c.to_dict() for n, c in self.insertions.items()},
+            **({"widths": dict(self.widths)} if self.widths else {}),
         }
 
     def to_json(self) -> str:
@@ -137,7 +161,16 @@ class Plan(BaseModel):
     # --- checks ------------------------------------------------------------------------------
 
     def check(self, report: SiteReport) -> Plan:
-        """Every site must be an eligible conv of the traced model."""
+        """Every site must be an eligible conv of the traced model; every narrowed conv a conv
+        the model's forward calls."""
+        convs = set(report.names) | set(report.skipped)
+        strays = [n for n in self.widths if n not in convs]
+        if strays:
+            name = strays[0]
+            where = (" (the model's forward never calls it)" if name in report.uncalled
+                     else close_names(name, sorted(convs)))
+            raise CubesearchError(f"plan narrows {name!r}, which is not a conv of {report.model}"
+                                  f"{where}")
         known = set(report.names)
         bad = [n for n in self.sites if n not in known]
         if bad:

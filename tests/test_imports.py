@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parent.parent / "cubesearch"
 LAYERS: list[tuple[str, ...]] = [
     ("_version", "errors", "logging", "progressbar", "helpers", "redact", "resources", "threads", "specs",
      "budget"),
-    ("blocks", "space", "trust", "flops", "data", "metrics"),
+    ("blocks", "space", "trust", "flops", "data", "metrics", "width"),
     ("models",),
     ("sites",),
     ("plan", "conversion", "cost", "checkpoint", "conversion_report", "pareto", "deploy"),
