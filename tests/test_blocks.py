@@ -313,6 +313,24 @@ def test_fold_matches_block_in_eval(cfg, stride):
     assert block.training is False  # fold() does not change the block
 
 
+@pytest.mark.parametrize("c_in,c_out,cfg", [
+    (30, 16, CubeConfig(router="post")),  # was "INDICES element is out of DATA bounds"
+    (30, 16, CubeConfig(router="post", lattice_stride=1)),
+    (30, 18, CubeConfig(router="post", depth=2)),  # the second unit's input: 18, padded to 20
+    (30, 16, CubeConfig(router="pre")),
+    (7, 10, CubeConfig(router="post", groups=1)),
+    (32, 18, CubeConfig(router="none"))])  # 'none' is allowed only where C_in % 4 == 0
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fold_pads_inputs_that_are_not_a_multiple_of_4(c_in, c_out, cfg, stride):
+    block = randomize_norms(CubeBlock(c_in, c_out, cfg, stride=stride))
+    for p in block.parameters():
+        p.data.normal_(0, 0.3)
+    block.eval()
+    x = torch.randn(2, c_in, 8, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(block.fold()(x), block(x), rtol=1e-5, atol=1e-5)
+
+
 def test_fold_blocks_folds_every_block_once_and_leaves_the_model_alone():
     block = randomize_norms(CubeBlock(8, 8, CubeConfig(lattice_stride=1))).eval()
     model = torch.nn.Sequential(block, torch.nn.ReLU(), block)  # one block under two names
@@ -372,6 +390,17 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
         assert (torch.from_numpy(out) - module(x)).abs().max().item() <= 1e-4
+
+
+def test_onnx_export_of_a_folded_block_whose_input_is_not_a_multiple_of_4(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    folded = randomize_norms(CubeBlock(30, 16, CubeConfig(router="post"))).eval().fold()
+    x = torch.randn(2, 30, 8, 8)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(folded, (x,), str(path), dynamo=True, verbose=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    assert (torch.from_numpy(out) - folded(x)).abs().max().item() <= 1e-4
 
 
 def test_torch_compile_forward_and_backward():

@@ -162,7 +162,7 @@ class FoldedCubeUnit(nn.Module):
             self.router = nn.Conv2d(unit.in_channels, self.channels, 1, bias=True)
             self.router.weight.copy_(w)
             self.router.bias.copy_(b)
-        else:  # router='none' needs in_channels % 4 == 0: no padding, only the lattice order
+        else:  # router 'post' or 'none': the input itself feeds ℛ, zero-padded to C, reordered
             self.router = None
             self.register_buffer("order", unit.order.clone(), persistent=False)
         self.attention = None
@@ -213,8 +213,17 @@ class FoldedCubeUnit(nn.Module):
         return F.conv2d(F.pixel_shuffle(r, 2), self.lattice_depthwise, self.lattice_bias,
                         stride=2, padding=1, groups=self.q)
 
+    def to_lattice(self, x: Tensor) -> Tensor:
+        """The lattice-order input of ℛ: the folded router, or (as `CubeUnit.to_lattice`) the
+        input zero-padded to a multiple of 4 channels, then reordered."""
+        if self.router is not None:
+            return self.router(x)
+        if self.channels != self.in_channels:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.channels - self.in_channels))
+        return x.index_select(1, self.order)
+
     def forward(self, x: Tensor) -> Tensor:
-        r = self.router(x) if self.router is not None else x.index_select(1, self.order)
+        r = self.to_lattice(x)
         y = self.act(self.lattice(r))
         if self.attention is not None:
             y = y * torch.sigmoid(self.attention(SpatialAttention.pool(r)))
