@@ -15,6 +15,7 @@ plan (which gives the same shapes), then loading its weights.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from cubesearch.errors import CubesearchError, one_line
 from cubesearch.helpers import close_names, eval_mode, first_tensor, zero_input
 
 MULTIPLE = 8  # kept channels are a multiple of this (what tensor cores and SIMD widths like)
+NARROWED = "cubesearch_widths"  # attribute of a narrowed model: the widths it was narrowed by
 
 
 def kept_channels(out_channels: int, ratio: float) -> int:
@@ -78,10 +80,15 @@ def narrow(model: nn.Module, widths: Mapping[str, float], input_size: Sequence[i
     One `DependencyGraph` is built (a real forward at `(1, *input_size)`, eval mode), then each
     conv's pruning group is cut. Targets are set by each conv's channels before any cut; two
     convs coupled by a residual add or a concat must then be given the same width. A conv whose
-    cut would change the model's output (the one computing the logits) is refused.
+    cut would change the model's output (the one computing the logits) is refused. The model
+    records its widths (`narrowed_by`): narrowing it again is refused, since R is a fraction of
+    the unnarrowed channels.
     """
     if not widths:
         return model
+    if narrowed_by(model):
+        raise CubesearchError(f"the model is narrowed already (widths {narrowed_by(model)}); "
+                              "narrow the unnarrowed model")
     with warnings.catch_warnings():  # its import warns that torch.jit.script is deprecated
         warnings.simplefilter("ignore", FutureWarning)
         import torch_pruning as tp  # lazy: only plans with widths need it, and it imports slowly
@@ -110,7 +117,28 @@ def narrow(model: nn.Module, widths: Mapping[str, float], input_size: Sequence[i
         culprits = [n for n in convs if targets[n] in changed] or list(convs)
         raise CubesearchError(f"{culprits[0]!r} cannot be narrowed: it changes the model's output "
                               f"from {shapes[0]} to {after[0]} (it computes the output)")
+    setattr(model, NARROWED, dict(widths))
     return model
+
+
+def narrowed_by(model: nn.Module) -> dict[str, float]:
+    """The widths `narrow` applied to `model` ({} for a model it never narrowed)."""
+    return dict(getattr(model, NARROWED, None) or {})
+
+
+def narrowed_like(model: nn.Module, widths: Mapping[str, float], input_size: Sequence[int]
+                  ) -> nn.Module:
+    """A trained, unnarrowed `model` narrowed by `widths` (a copy; `model` itself when there
+    are no widths or it is narrowed by these already): the warm start and the distillation
+    teacher of a plan with widths, whose narrowed convs keep the trained model's own
+    largest-L1 filters (a model narrowed fresh keeps other filters, by its random weights)."""
+    done = narrowed_by(model)
+    if not widths or done == dict(widths):
+        return model
+    if done:
+        raise CubesearchError(f"the baseline is narrowed by other widths ({done}) than the plan's "
+                              f"({dict(widths)})")
+    return narrow(copy.deepcopy(model), widths, input_size)
 
 
 def _cut(graph: Any, tp: Any, name: str, conv: nn.Conv2d, target: int, before: int) -> None:

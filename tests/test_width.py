@@ -197,3 +197,29 @@ def test_coupled_convs_are_cut_together_and_must_share_a_width():
     with pytest.raises(CubesearchError, match="'b' shares its output channels .* give coupled "
                                               "convs the same width"):
         narrow(Residual().eval(), {"a": 0.5, "b": 0.75}, SIZE)
+
+
+def test_a_plan_with_widths_warm_starts_from_the_narrowed_baseline(tmp_path):
+    from cubesearch.data import make_datasets
+    from cubesearch.training import load_init, train, warm_source
+
+    baseline = load_model(TINY).eval()  # width 8; stands for a trained baseline
+    save(tmp_path / "baseline", baseline, Plan(model=TINY, input_size=SIZE))
+    plan = Plan(model=TINY, model_kwargs={"num_classes": 1, "in_channels": 3}, input_size=SIZE,
+                widths={"encoder.3.0": 0.5}, sites={"decoder.0.0": CubeConfig()})
+    model = convert(load_model(TINY), plan)  # a fresh model: its own (random) filters kept
+    l1 = baseline.encoder[3][0].weight.abs().sum(dim=(1, 2, 3))
+    keep = sorted(torch.topk(l1, 8).indices.tolist())
+    source = warm_source(tmp_path / "baseline", plan)
+    assert warm_source(source, plan) is source  # narrowed by these widths already
+    report = load_init(model, source)
+    assert torch.equal(model.encoder[3][0].weight, baseline.encoder[3][0].weight[keep])
+    assert torch.equal(model.decoder[0][1].running_mean, baseline.decoder[0][1].running_mean)
+    blocks = {k for k in model.state_dict() if k.startswith("decoder.0.0.")}
+    assert report["loaded"] == report["total"] - len(blocks) and report["shape_mismatch"] == 0
+    data = make_datasets("synthetic", 32, train_tiles=16, val_tiles=8, seed=0)
+    r = train(TINY, plan=plan, data=data, steps=1, distill_steps=2, init_from=tmp_path / "baseline",
+              input_size=SIZE, batch_size=8, progress=False)
+    assert r.distill["steps"] == 2 and r.init["loaded"] == report["loaded"]
+    with pytest.raises(CubesearchError, match="narrowed already"):
+        narrow(source, {"encoder.1.0": 0.5}, SIZE)

@@ -43,10 +43,10 @@ from cubesearch.training.optim import (
 )
 from cubesearch.training.resolve import resolve_model
 from cubesearch.training.trainer import TrainResult, train
-from cubesearch.training.warmstart import load_init
+from cubesearch.training.warmstart import load_init, warm_source
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_EPOCHS", "DEFAULT_LR", "LOSSES", "OPTIMIZERS", "SCHEDULERS",
            "Callback", "Evaluation", "FitState", "History", "Inputs", "ProgressBar", "TrainConfig",
            "TrainResult", "TrainingDiverged", "cosine", "create_optimizer", "create_scheduler", "distill",
            "evaluate", "fit", "load_init", "logits_of", "make_loss", "param_groups", "pick_device",
-           "resolve_model", "train"]
+           "resolve_model", "train", "warm_source"]

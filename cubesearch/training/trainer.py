@@ -27,7 +27,7 @@ from cubesearch.training.loop import FitState, fit
 from cubesearch.training.losses import make_loss
 from cubesearch.training.optim import create_optimizer, create_scheduler, param_groups
 from cubesearch.training.resolve import resolve_model
-from cubesearch.training.warmstart import load_init, teacher_for
+from cubesearch.training.warmstart import load_init, teacher_for, warm_source
 
 logger = get_logger(__name__)
 
@@ -131,7 +131,9 @@ def _batches(run: _Run, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.T
 
 def _warm_start(run: _Run, model: nn.Module, plan: Plan | None, source: Any, inputs: Inputs,
                 stream: Iterator, teacher: Any = None) -> None:
-    """Load what matches from `source`, then fit the new blocks to the baseline's convs."""
+    """Load what matches from `source`, then fit the new blocks to the baseline's convs (for a
+    plan with widths, both from the baseline narrowed by the plan: `warm_source`)."""
+    source = warm_source(source, plan)
     if source is not None:
         run.init = r = load_init(model, source)
         run.log(f"warm start from {r['source']}: loaded {r['loaded']} of {r['total']} tensors "

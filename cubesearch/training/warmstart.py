@@ -1,5 +1,7 @@
 """Warm start: copy into a model every tensor of a checkpoint whose name and shape match, and
-rebuild the unconverted teacher that distillation needs."""
+rebuild the unconverted teacher that distillation needs. For a plan with widths the source is
+the trained baseline narrowed by the plan (`warm_source`), so the narrowed convs start from the
+baseline's own largest-L1 filters and each block is distilled from the narrowed conv's input."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from cubesearch.checkpoint import load
 from cubesearch.errors import CubesearchError, one_line
 from cubesearch.models import load_model_from
 from cubesearch.plan import Plan
+from cubesearch.width import narrowed_like
 
 
 def _read_weights(path: Path) -> Any:
@@ -91,3 +94,13 @@ def teacher_for(init_from: Any, plan: Plan | None) -> nn.Module:
     teacher = load_model_from(plan.model, source="the plan", **dict(plan.model_kwargs))
     load_init(teacher, init_from)
     return teacher
+
+
+def warm_source(source: Any, plan: Plan | None) -> Any:
+    """What to warm-start (and distil) a model built from `plan` from: `source` itself, or, when
+    the plan narrows convs, the unconverted trained model `source` holds, narrowed by the plan's
+    widths (its kept filters are the trained ones)."""
+    widths = getattr(plan, "widths", None)
+    if source is None or not widths:
+        return source
+    return narrowed_like(teacher_for(source, plan), widths, plan.input_size)

@@ -109,16 +109,19 @@ def fresh_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:
 
 def warm_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:
     """The plan's converted model as "finetune" starts it: the blocks seeded by the trial, every
-    other weight from the trained baseline, each block distilled from the conv it replaces."""
+    other weight from the trained baseline (narrowed by the plan's widths, if any), each block
+    distilled from the conv it replaces."""
     s = ctx.settings
     model = fresh_model(ctx, trial)
     if trial.baseline_dir is None:
         return model
-    training.load_init(model, trial.baseline_dir)
+    source = training.warm_source(trial.baseline_dir, trial.plan)  # narrowed, for widths
+    training.load_init(model, source)
     sites, inserted = list(trial.plan.sites), list(trial.plan.insertions)
     if s.distill_steps and (sites or inserted) and trial.datasets is not None:
         batches = _input_batches(trial.datasets[0], s.batch_size, s.input_size[0], trial.seed)
-        training.distill(model, load(trial.baseline_dir), sites, batches, s.distill_steps,
+        teacher = source if isinstance(source, nn.Module) else load(trial.baseline_dir)
+        training.distill(model, teacher, sites, batches, s.distill_steps,
                          insertions=inserted, device=torch.device("cpu"))
     return model
 
