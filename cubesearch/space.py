@@ -11,6 +11,11 @@ decided (`per_site`: keep-or-replace and knobs per site; `shared`:
 keep-or-replace per site, one config for all; `fullcube`: every searchable site replaced, one
 config), and the values each `CubeConfig` knob may take. `sample_plan` turns an Optuna trial into
 site → `CubeConfig` (define-by-run), the same function for every sampler and backend.
+
+`widths` (the `joint` space; empty elsewhere) adds a second kind of option per site: the conv
+narrowed by channel pruning to a kept fraction R of its output channels (`Plan.widths`,
+`cubesearch.width`). Only the site map (`search --strategy map`) searches them; `site_widths`
+lists those that differ at a site.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError, one_line
+from cubesearch.width import kept_channels
 
 _SHIPPED = resources.files("cubesearch") / "spaces"
 # The shipped spaces' folder on disk (inside the installed package); read it through
@@ -101,6 +107,27 @@ class SearchSpace(BaseModel):
     prediction_conv: bool = False
     mode: Literal["per_site", "shared", "fullcube"] = "per_site"
     knobs: KnobChoices = Field(default_factory=KnobChoices)
+    # Kept fractions of a site's output channels to try as options beside the Cube configs (the
+    # conv narrowed by channel pruning); searched by the site map only (--strategy map).
+    widths: list[float] = Field(default_factory=list)
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, values: list[float]) -> list[float]:
+        for r in values:
+            if not 0 < r < 1:
+                raise ValueError(f"{r} is not a kept fraction of the output channels (give "
+                                 "0 < R < 1)")
+        if len(set(values)) != len(values):
+            raise ValueError(f"repeated values {values}")
+        return sorted(values)
+
+    @model_validator(mode="after")
+    def _widths_per_site(self) -> SearchSpace:
+        if self.widths and self.mode != "per_site":
+            raise ValueError(f"widths: a site is narrowed or not on its own, so widths need "
+                             f"mode per_site (this space is {self.mode})")
+        return self
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -134,7 +161,7 @@ class SearchSpace(BaseModel):
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            raise CubesearchError(f"{source}: {where}: {msg}") from None
+            raise CubesearchError(f"{source}: {where + ': ' if where else ''}{msg}") from None
 
     # --- sites -------------------------------------------------------------------------------
 
@@ -148,6 +175,17 @@ class SearchSpace(BaseModel):
         return [s for s in sites
                 if any(re.search(p, s.name) for p in flt.include)
                 and not any(re.search(p, s.name) for p in flt.exclude)]
+
+    def site_widths(self, site: SiteLike) -> list[float]:
+        """The space's widths that narrow `site` to different channel counts (R ascending; of
+        several R that keep the same count, the first). None at the prediction conv (its output
+        channels are the model's) or at a conv with ≤ 8 output channels (nothing to remove)."""
+        if getattr(site, "prediction", False) or site.out_channels <= 8:
+            return []
+        seen: dict[int, float] = {}
+        for r in self.widths:
+            seen.setdefault(kept_channels(site.out_channels, r), r)
+        return list(seen.values())
 
     def no_router_none(self, site: SiteLike) -> bool:
         """router='none' feeds the lattice straight from the input: it needs C_in % 4 == 0, and

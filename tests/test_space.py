@@ -141,3 +141,39 @@ def test_router_none_is_never_offered_where_the_block_cannot_take_it():
         plan = stacked.sample_plan(trial, [head])
         assert all(cfg.router != "none" for cfg in plan.values())
         study.tell(trial, 0.0)
+
+
+def test_the_joint_space_offers_widths_beside_the_default_knobs():
+    joint, default = SearchSpace.load("joint"), SearchSpace.load("default")
+    assert joint.widths == [0.25, 0.5, 0.75] and joint.mode == "per_site"
+    assert joint.knobs == default.knobs and default.widths == []
+    # kept channels (R·C_out to a multiple of 8, within [8, C_out - 8]): 64 → 16, 32, 48;
+    # 24 → 8, 16, 16 (0.75 repeats 0.5's count); 16 → 8, 8, 8; 8 → nothing to remove
+    assert joint.site_widths(FakeSite("a", 32, "decoder", out_channels=64)) == [0.25, 0.5, 0.75]
+    assert joint.site_widths(FakeSite("a", 32, "decoder", out_channels=24)) == [0.25, 0.5]
+    assert joint.site_widths(FakeSite("a", 32, "decoder", out_channels=16)) == [0.25]
+    assert joint.site_widths(FakeSite("a", 32, "decoder", out_channels=8)) == []
+    assert joint.site_widths(FakeSite("head", 32, "decoder", 64, prediction=True)) == []
+    assert default.site_widths(FakeSite("a", 32, "decoder", out_channels=64)) == []
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"widths": [0.5, 1.2]}, r"^s.yaml: widths: 1.2 is not a kept fraction .*\(give 0 < R < 1\)$"),
+    ({"widths": [0.5, 0.5]}, r"^s.yaml: widths: repeated values"),
+    ({"widths": [0.5], "mode": "shared"}, r"^s.yaml: widths: .* need mode per_site \(this space is "
+                                          r"shared\)$")])
+def test_bad_widths_are_one_line(data, message):
+    with pytest.raises(CubesearchError, match=message):
+        SearchSpace.from_dict(data, source="s.yaml")
+
+
+def test_a_space_with_widths_is_searched_by_the_map_strategy_only(tmp_path):
+    from pathlib import Path
+
+    from cubesearch.search import search
+
+    tiny = str(Path(__file__).parent / "assets" / "tiny_seg.py")
+    with pytest.raises(CubesearchError, match="space 'joint' offers widths .* only `search "
+                                              "--strategy map` searches; --strategy trials"):
+        search(tiny, "100%", out=str(tmp_path / "s"), space="joint", trials=2, strategy="trials",
+               input_size=(3, 32, 32), progress=False)

@@ -119,6 +119,11 @@ class Evaluator(Protocol):
 def build_context(settings: SearchSettings) -> SearchContext:
     """Load the model once, find its sites, price plans, check the budget is reachable."""
     space = SearchSpace.load(settings.space)
+    if space.widths and settings.strategy != "map":
+        raise CubesearchError(
+            f"space {space.name!r} offers widths (narrowed convs), which only `search --strategy "
+            f"map` searches; --strategy {settings.strategy} and the commands built on it take a "
+            "Cube-only space (e.g. default)")
     model = load_model(settings.model, pretrained=settings.pretrained, **settings.model_args)
     report = find_sites(model, input_size=settings.input_size)
     sites = list(report.sites)
