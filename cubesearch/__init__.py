@@ -30,6 +30,7 @@ _LAZY = {
     "convert_spec": "cubesearch.conversion_report",
     "ConvertReport": "cubesearch.conversion_report",
     "search": "cubesearch.search",  # the package, callable as its `search`
+    "site_map": "cubesearch.sitemap",
     "export": "cubesearch.exporting",
     "Supernet": "cubesearch.supernet",
     "ablate": "cubesearch.ablation",

@@ -108,3 +108,25 @@ def resolve_budget(text: str, objectives: Sequence[str] = ("iou", "gflops"), *,
         raise CubesearchError(f"budget {text!r} is relative to the latency, which is unknown "
                               "(profile the model first: cubesearch profile)")
     return Budget("latency", base_latency_us * value, str(text))
+
+
+COSTS = ("gflops", "params", "latency")  # what a plan chooser (the site map's MILP) can bound
+
+
+def parse_cost_budget(text: str) -> tuple[str, Kind, float]:
+    """A budget on one named cost: `COST:BUDGET` (`params:80%`, `params:1.5M`, `gflops:12G`,
+    `latency:25ms`), or a plain budget, whose form names its cost (a time: latency; FLOPs or a
+    percentage: gflops). → (cost, kind, value), the value as `parse` gives it."""
+    raw = str(text).strip()
+    cost, sep, rest = raw.partition(":")
+    if not sep:
+        kind, value = parse(raw)
+        return ("latency" if kind == "time" else "gflops"), kind, value
+    cost = cost.strip().lower()
+    if cost not in COSTS:
+        raise CubesearchError(f"budget {raw!r}: unknown cost {cost!r} (choose from {', '.join(COSTS)})")
+    kind, value = parse(rest)
+    if (kind == "time") != (cost == "latency") and kind != "relative":
+        what = "a time (25ms)" if cost == "latency" else "a count (12G, 1.5M)"
+        raise CubesearchError(f"budget {raw!r}: {cost} takes {what} or a percentage (80%)")
+    return cost, kind, value

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("training",),
     ("latency", "supernet"),
     ("search",),
-    ("exporting", "finetuning", "calibration", "ablation", "demo"),
+    ("exporting", "finetuning", "calibration", "ablation", "demo", "sitemap"),
     ("cli", "__main__", "__init__"),
 ]
 # Where a function-local import of the package's own modules is allowed: the CLI imports the

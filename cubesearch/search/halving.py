@@ -78,21 +78,24 @@ class RungStart:
 
 @dataclass
 class HalvingEvaluator:
-    """Trains a plan to its rung: from the warm start (rung 0), else from the rung below."""
+    """Trains a plan to its rung: from the warm start (rung 0), else from the rung below.
+    `direct`: from the warm start straight to `rung` (a map search's finalists: the top rung)."""
 
     rung: int = 0
     starts: dict[str, RungStart] = field(default_factory=dict)
     name: str = "finetune"
+    direct: bool = False
 
     def prepare(self, ctx: SearchContext, *, progress: bool, log: Callable[[str], None]) -> None:
         prepare_baseline(ctx, progress=progress, log=log)
 
     def evaluate(self, ctx: SearchContext, trial: TrialInfo) -> TrialOutcome:
         s, t0 = ctx.settings, time.perf_counter()
-        start = self.starts.get(plan_key(dict(trial.plan.sites))) if self.rung else None
-        if self.rung and start is None:
+        below = self.rung and not self.direct  # continues from the rung below's checkpoint
+        start = self.starts.get(plan_key(dict(trial.plan.sites))) if below else None
+        if below and start is None:
             raise TrialError(f"rung {self.rung}: no checkpoint of the rung below for this plan")
-        done = s.rungs[self.rung - 1] if self.rung else 0.0
+        done = s.rungs[self.rung - 1] if below else 0.0
         top = self.rung == len(s.rungs) - 1
         recipe = recipe_for(ctx)
         result = train_final(

@@ -39,7 +39,8 @@ RUNG = "rung"  # the halving rung a trial was trained to (0 = the first)
 # Figures of the trainer's evaluation recorded with a fine-tuned trial (all are in metrics.json)
 RECORDED_METRICS = ("f1", "precision", "recall", "oa", "loss")
 # User attributes a point carries besides its objectives (and each halving rung's `iou_rungN`)
-POINT_EXTRAS = frozenset({"seconds", "latency", "supernet_iou", "rung_epochs", *RECORDED_METRICS[:-1]})
+POINT_EXTRAS = frozenset({"seconds", "latency", "supernet_iou", "rung_epochs", "predicted_iou",
+                          *RECORDED_METRICS[:-1]})
 # User attributes a trial's record sets itself; an evaluator's figures may not overwrite them
 RESERVED_ATTRS = frozenset({"iou", "seconds", "checkpoint", "plan", "sites_replaced", "gflops_estimate",
                             "constraint", "feasible", "infeasible", "reference", "fail_reason",

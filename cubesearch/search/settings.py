@@ -15,7 +15,7 @@ from cubesearch.training import TrainConfig
 from cubesearch.trust import WEIGHT_KWARGS, plain_json
 
 SAMPLERS = ("nsga2", "tpe", "random")
-STRATEGIES = ("trials", "oneshot", "halving")
+STRATEGIES = ("trials", "oneshot", "halving", "map")
 # The default strategy. Issue 23 chose halving on benchmarks/fidelity.py's τ of rung 3 against
 # the mean IoU of the same runs (0.73 vs the 2-epoch trial's 0.67), but rung 3 is read off those
 # runs. Across seeds (issue 30: rung 3 from one seed, the other seed's IoU after 8 epochs) rung 3
@@ -131,7 +131,9 @@ class SearchSettings(BaseModel):
     # schedule at each rung); `trials` plans start, the best 1/`eta` of each rung (MO-ASHA's
     # promotion) train on to the next; the top rung's models are the front
     # "auto" (or None): DEFAULT_STRATEGY with the finetune evaluator, else "trials"
-    strategy: Literal["trials", "oneshot", "halving"] = DEFAULT_STRATEGY
+    # "map" (cubesearch.sitemap): every site's options scored alone in the baseline (the site
+    # map), plans chosen by integer programming, `trials` finalists trained to the top rung
+    strategy: Literal["trials", "oneshot", "halving", "map"] = DEFAULT_STRATEGY
     rungs: tuple[float, ...] = DEFAULT_RUNGS
     eta: int = Field(3, ge=2)
     proxy_trials: int = Field(500, ge=1)
@@ -228,7 +230,7 @@ class SearchSettings(BaseModel):
         if data.get("strategy", "auto") in (None, "auto"):
             evaluator = data.get("evaluator") or DEFAULT_EVALUATOR
             data = {**data, "strategy": DEFAULT_STRATEGY if evaluator == DEFAULT_EVALUATOR else "trials"}
-        if data["strategy"] == "halving" and data.get("baseline_epochs") is None:
+        if data["strategy"] in ("halving", "map") and data.get("baseline_epochs") is None:
             # the final recipe's teacher and warm start: trained as long as the front trains
             try:
                 top = float(max(data.get("rungs") or DEFAULT_RUNGS))

@@ -4,6 +4,8 @@
 - "oneshot" (`cubesearch.search.oneshot`): plans scored in a supernet, then the best confirmed.
 - "halving" (`cubesearch.search.halving`): successive halving over rungs of the final recipe,
   multi-objective promotion (MO-ASHA).
+- "map" (`cubesearch.sitemap.strategy`): each site's options scored alone in the baseline (the
+  site map), plans chosen from it by integer programming, the finalists trained.
 
 A strategy is `fn(ctx, study, backend, console, progress)`; each phase sets `ctx.phase` and
 `ctx.evaluator` and calls `run_phase`, which gives it a progress bar and lets the backend fill it.
@@ -50,7 +52,8 @@ def run_trials(ctx: SearchContext, study: optuna.Study, backend: Any, console: C
 # name → the strategy, or "module:function" imported when chosen
 STRATEGIES: dict[str, Strategy | str] = {"trials": run_trials,
                                          "oneshot": "cubesearch.search.oneshot:run_oneshot",
-                                         "halving": "cubesearch.search.halving:run_halving"}
+                                         "halving": "cubesearch.search.halving:run_halving",
+                                         "map": "cubesearch.sitemap.strategy:run_map"}
 
 
 def get_strategy(name: str) -> Strategy:

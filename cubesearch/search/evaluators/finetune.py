@@ -29,7 +29,7 @@ from cubesearch.search.record import RECORDED_METRICS, TrialOutcome
 from cubesearch.search.settings import DEFAULT_EVALUATOR
 from cubesearch.training.inputs import normalised
 
-__all__ = ["FineTuneEvaluator", "TrialError", "evaluate_plan", "fresh_model", "warm_model"]
+__all__ = ["FineTuneEvaluator", "TrialError", "evaluate_plan", "fresh_model", "warm_model", "warm_start"]
 
 
 class TrialError(RuntimeError):
@@ -111,19 +111,25 @@ def warm_model(ctx: SearchContext, trial: TrialInfo) -> nn.Module:
     """The plan's converted model as "finetune" starts it: the blocks seeded by the trial, every
     other weight from the trained baseline (narrowed by the plan's widths, if any), each block
     distilled from the conv it replaces."""
+    return warm_start(ctx, trial)[0]
+
+
+def warm_start(ctx: SearchContext, trial: TrialInfo) -> tuple[nn.Module, dict[str, Any]]:
+    """`warm_model`, with what its distillation reported (`training.distill`'s figures:
+    `loss_start`, `loss_end`, `block_loss`; empty when nothing was distilled)."""
     s = ctx.settings
     model = fresh_model(ctx, trial)
     if trial.baseline_dir is None:
-        return model
+        return model, {}
     source = training.warm_source(trial.baseline_dir, trial.plan)  # narrowed, for widths
     training.load_init(model, source)
     sites, inserted = list(trial.plan.sites), list(trial.plan.insertions)
     if s.distill_steps and (sites or inserted) and trial.datasets is not None:
         batches = _input_batches(trial.datasets[0], s.batch_size, s.input_size[0], trial.seed)
         teacher = source if isinstance(source, nn.Module) else load(trial.baseline_dir)
-        training.distill(model, teacher, sites, batches, s.distill_steps,
-                         insertions=inserted, device=torch.device("cpu"))
-    return model
+        return model, training.distill(model, teacher, sites, batches, s.distill_steps,
+                                       insertions=inserted, device=torch.device("cpu"))
+    return model, {}
 
 
 def _input_batches(dataset: Dataset, batch_size: int, channels: int, seed: int) -> Callable[[], torch.Tensor]:

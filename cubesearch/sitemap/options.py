@@ -1,0 +1,91 @@
+"""What the map measures at a site: keep its conv, or each Cube config the space allows there.
+
+A space whose knobs allow many configs per site (the `default` space: 144) is scored on a stated
+subset, the one `ablate` uses: the default config (`SearchSpace.default_config`, the paper's
+block where the space allows it) and every config that differs from it in one knob
+(`ablation.knob_values`). `subset_rule` says in words which subset a map holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cubesearch.ablation import DEFAULT, knob_values
+from cubesearch.blocks import CubeConfig
+from cubesearch.errors import CubesearchError
+from cubesearch.plan import router_problem
+from cubesearch.space import SearchSpace, SiteLike
+
+KEEP = "keep"
+SUBSETS = ("auto", "all", "one-knob")
+# "auto": every config while a site has at most this many, else the one-knob subset
+MAX_FULL = 12
+
+Subset = Literal["auto", "all", "one-knob"]
+
+
+@dataclass(frozen=True)
+class SiteOption:
+    """One option at a site: `keep` (the conv as it is) or a Cube config (`config`)."""
+
+    name: str  # stable: "keep", or the config's `short()` label
+    kind: Literal["keep", "cube"]
+    config: CubeConfig | None = None
+    change: str = ""  # the one-knob subset's row: "default" or "knob=value"; "" otherwise
+
+    @property
+    def label(self) -> str:
+        """What a plot or table shows: keep, default, router=post…, or the config."""
+        return self.change or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"option": self.name, "kind": self.kind, "change": self.change,
+                "config": self.config.to_dict() if self.config is not None else None}
+
+
+KEEP_OPTION = SiteOption(KEEP, "keep")
+
+
+def cube_option(config: CubeConfig, change: str = "") -> SiteOption:
+    return SiteOption(config.short(), "cube", config, change)
+
+
+def resolve_subset(space: SearchSpace, sites: list[SiteLike], subset: str = "auto") -> str:
+    """`all` or `one-knob`: what `subset` means for this space (`auto`: all configs while every
+    site has at most MAX_FULL, else the one-knob subset)."""
+    if subset not in SUBSETS:
+        raise CubesearchError(f"--subset {subset!r}: choose from {', '.join(SUBSETS)}")
+    if subset != "auto":
+        return subset
+    largest = max((len(space.site_combos(s)) for s in sites), default=0)
+    return "all" if largest <= MAX_FULL else "one-knob"
+
+
+def site_options(space: SearchSpace, site: SiteLike, subset: str) -> list[SiteOption]:
+    """`keep`, then the Cube configs of `subset` (`all` / `one-knob`) that the space allows at
+    `site` (router 'none' only where the channels take it)."""
+    allowed = space.site_combos(site)
+    if subset == "all":
+        return [KEEP_OPTION, *(cube_option(c) for c in allowed)]
+    default = space.default_config()
+    rows = [(DEFAULT, default)] + [(f"{k}={_show(v)}", CubeConfig(**{**default.to_dict(), k: v}))
+                                   for k, v in knob_values(space, default)]
+    return [KEEP_OPTION, *(cube_option(cfg, change) for change, cfg in rows
+                           if cfg in allowed and router_problem(site.in_channels, site.out_channels,
+                                                                cfg) is None)]
+
+
+def subset_rule(space: SearchSpace, subset: str) -> str:
+    """The subset in words, as map.json and the CLI state it."""
+    if subset == "all":
+        return f"every Cube config space {space.name!r} allows at each site, and keep"
+    return (f"one-knob subset of space {space.name!r}: keep, the default config "
+            f"`{space.default_config().short()}` and each config that differs from it in one knob "
+            "(as `cubesearch ablate` rows)")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
