@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 
+# The label of a uniform channel-pruning reference (`search --strategy map` trains them at the
+# finalists' budgets): drawn as its own curve, never part of the search's front
+PRUNING_LABEL = "pruning"
+
 
 @dataclass
 class ParetoPoint:
@@ -105,7 +109,9 @@ def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png
         return [objective_value(p, axis) for p in pts]
 
     refs = {p.label: p for p in points if p.label in ("baseline", "fullcube")}
-    others = [p for p in points if p.label not in refs]
+    pruning = sorted((p for p in points if p.label == PRUNING_LABEL),
+                     key=lambda p: objective_value(p, axis))
+    others = [p for p in points if p.label not in refs and p.label != PRUNING_LABEL]
     front_ids = {p.trial for p in front}
     if png is not None:
         import matplotlib
@@ -132,6 +138,9 @@ def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png
             for p in front:
                 ax.annotate(f"#{p.trial}", (objective_value(p, axis), p.iou), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
+        if pruning:
+            ax.plot(X(pruning), [p.iou for p in pruning], "--s", c="#7f7f7f", ms=5,
+                    label=f"uniform channel pruning ({len(pruning)})")
         styles = {"baseline": ("s", "#1f77b4"), "fullcube": ("D", "#2ca02c")}
         for label, p in refs.items():
             marker, colour = styles[label]

@@ -11,12 +11,13 @@ import pytest
 
 from cubesearch.checkpoint import load
 from cubesearch.conversion import convert
-from cubesearch.cost import count_flops, count_params
+from cubesearch.cost import count_flops, count_params, plan_flops_params
 from cubesearch.errors import CubesearchError
 from cubesearch.models import load_model
 from cubesearch.plan import Plan
 from cubesearch.sitemap import MapTable, choose, predicted_front, resolve_limits, site_map, sweep
 from cubesearch.sitemap.options import resolve_subset, site_options
+from cubesearch.sitemap.plans import plan_parts
 from cubesearch.space import SearchSpace
 
 ASSETS = Path(__file__).parent / "assets"
@@ -141,10 +142,11 @@ def test_one_knob_subset_of_a_large_space():
 
 @pytest.fixture(scope="module")
 def tiny_map(tmp_path_factory):
-    """The tiny model's decoder sites, keep + 2 configs each (4 cells measured), 3 distil steps."""
+    """The tiny model's decoder sites: keep and 2 configs each, and width 0.5 at decoder.0.0 (16
+    output channels; decoder.1.0 has 8, nothing to remove): 7 cells, 3 distillation steps."""
     out = tmp_path_factory.mktemp("map")
     space = out / "decoder.yaml"
-    space.write_text(Path(SPACE).read_text().replace("sites: all", "sites: decoder"))
+    space.write_text(Path(SPACE).read_text().replace("sites: all", "sites: decoder") + "widths: [0.5]\n")
     result = site_map(TINY, out=str(out), space=str(space), budgets=["90%"], **TINY_OPTIONS)
     return out, result
 
@@ -152,19 +154,29 @@ def tiny_map(tmp_path_factory):
 def test_cells_measure_the_option_alone(tiny_map):
     out, result = tiny_map
     data = json.loads((out / "map.json").read_text())
-    assert data["cells"] == result.cells and result.measured == 6
+    assert data["cells"] == result.cells and result.measured == 7
     assert [s["name"] for s in data["sites"]] == ["decoder.0.0", "decoder.1.0"]  # data-flow order
-    assert "every Cube config" in data["subset_rule"]
+    assert "every Cube config" in data["subset_rule"] and "width 0.5" in data["subset_rule"]
+    assert [c["option"] for c in data["cells"]] == [
+        "keep", "s1 g4 pre att d1 k3 gelu", "s2 g4 pre att d1 k3 gelu", "width=0.5",
+        "keep", "s1 g4 pre att d1 k3 gelu", "s2 g4 pre att d1 k3 gelu"]
     baseline = load(data["baseline"])
     from cubesearch.search.context import build_context  # the search's own objects
     from cubesearch.search.settings import SearchSettings
 
     ctx = build_context(SearchSettings(model=TINY, budget="100%", space=str(out / "decoder.yaml"),
-                                       input_size=(3, 64, 64)))
+                                       input_size=(3, 64, 64), strategy="map"))
     for cell in data["cells"]:
         if cell["option"] == "keep":
             assert cell["delta_iou"] == 0.0 and cell["iou"] == data["baseline_iou"]
             assert cell["delta_gflops"] == 0.0 and cell["delta_params"] == 0
+            continue
+        if cell["kind"] == "width":  # counted on the built model; nothing distilled
+            plan = Plan(model=TINY, input_size=(3, 64, 64), widths={cell["site"]: cell["width"]})
+            flops, params = plan_flops_params(load_model(TINY).eval(), plan)
+            assert cell["delta_gflops"] == (flops - count_flops(baseline, (3, 64, 64))) / 1e9
+            assert cell["delta_params"] == params - count_params(baseline) < 0
+            assert cell["distill_loss"] is None and cell["delta_ms"] is None
             continue
         cfg_flops, cfg_params = ctx.cost.site_delta(cell["site"], _config(cell))
         assert cell["delta_gflops"] == cfg_flops / 1e9 and cell["delta_params"] == cfg_params
@@ -216,11 +228,12 @@ def test_chosen_plans_respect_the_budget_on_the_built_model(tiny_map):
         if choice is None:
             assert table.lowest("gflops") > limits["gflops"]
             continue
-        sites = {s: _config(next(c for c in result.cells if c["site"] == s and c["option"] == o))
-                 for s, o in choice.changed().items()}
-        built = convert(load_model(TINY), Plan(model=TINY, input_size=(3, 64, 64), sites=sites)).eval()
+        sites, widths = plan_parts(result.data, choice.options)
+        built = convert(load_model(TINY), Plan(model=TINY, input_size=(3, 64, 64), sites=sites,
+                                               widths=widths)).eval()
         exact = count_flops(built, (3, 64, 64)) / 1e9
-        assert exact == pytest.approx(choice.costs["gflops"], rel=1e-12)
+        if not widths:  # Cube-only: the cells' Δs add up exactly
+            assert exact == pytest.approx(choice.costs["gflops"], rel=1e-12)
         assert exact <= limits["gflops"] * (1 + 1e-12)
     assert result.front and all(c.costs["gflops"] <= 0.9 * table.base["gflops"] + 1e-12
                                 for c in result.front)
@@ -303,12 +316,15 @@ def test_map_on_ray_matches_local(tiny_map, tmp_path):
     shutil.copytree(out / "baselines", ray_out / "baselines")  # the same trained baseline
     result = site_map(TINY, out=str(ray_out), space=str(ray_out / "decoder.yaml"), backend="ray",
                       max_concurrent=2, **TINY_OPTIONS)
-    assert result.measured == 6 and result.data["baseline_iou"] == local.data["baseline_iou"]
+    assert result.measured == 7 and result.data["baseline_iou"] == local.data["baseline_iou"]
     mine = {(c["site"], c["option"]): c for c in local.cells}
     for c in result.cells:
         here = mine[(c["site"], c["option"])]
         assert (c["delta_gflops"], c["delta_params"]) == (here["delta_gflops"], here["delta_params"])
         # a worker runs 1 thread, this process 2: Adam's first steps amplify the float noise
+        if here["kind"] == "width":  # nothing distilled: the same model, up to float noise
+            assert c["distill_loss"] is None and c["iou"] == pytest.approx(here["iou"], abs=1e-3)
+            continue
         assert c["distill_loss"] == pytest.approx(here["distill_loss"], rel=0.05)
         assert c["iou"] == pytest.approx(here["iou"], abs=0.03)
 
@@ -336,11 +352,18 @@ def test_search_strategy_map_trains_the_milps_finalists(tiny_map, tmp_path):
     finalists = result.study.user_attrs[FINALISTS_ATTR]
     assert 1 <= len(finalists) <= 2 and (out / "map.json").is_file()
     trained = [p for p in result.points if not p.label]
-    assert len(trained) == len(finalists) and {p.label for p in result.points} >= {"baseline", "fullcube"}
+    assert len(trained) == len(finalists)
+    assert {p.label for p in result.points} == {"", "baseline", "fullcube", "pruning"}
+    for pruned in (p for p in result.points if p.label == "pruning"):  # decoder.0.0 at one width
+        plan = json.loads(Path(pruned.plan_path).read_text())
+        assert plan["widths"] == {"decoder.0.0": pruned.extra["pruning_ratio"]} and not plan["sites"]
+        assert pruned.gflops <= max(f["gflops"] for f in finalists) + 1e-12
+        assert pruned not in result.front
     table = json.loads((out / "map.json").read_text())
     for point in trained:  # each a finalist: its plan, its prediction
-        plan = json.loads(Path(point.plan_path).read_text())["sites"]
-        f = next(f for f in finalists if f["sites"] == plan)
+        plan = json.loads(Path(point.plan_path).read_text())
+        f = next(f for f in finalists
+                 if f["sites"] == plan["sites"] and f["widths"] == plan.get("widths", {}))
         assert point.extra["predicted_iou"] == f["predicted_iou"]
         deltas = {(c["site"], c["option"]): c["delta_iou"] for c in table["cells"]}
         assert f["predicted_iou"] == pytest.approx(

@@ -36,16 +36,20 @@ MAX_REJECTIONS_PER_TRIAL = 25
 # to a lower halving rung: a proxy, not a model of the front
 SCORED = "scored"
 RUNG = "rung"  # the halving rung a trial was trained to (0 = the first)
+# A queued plan's narrowed convs (conv → kept fraction; `Plan.widths`): the study's parameters
+# say only which sites are Cube blocks (the site map's finalists and pruning plans carry these)
+WIDTHS = "widths"
 # Figures of the trainer's evaluation recorded with a fine-tuned trial (all are in metrics.json)
 RECORDED_METRICS = ("f1", "precision", "recall", "oa", "loss")
 # User attributes a point carries besides its objectives (and each halving rung's `iou_rungN`)
 POINT_EXTRAS = frozenset({"seconds", "latency", "supernet_iou", "rung_epochs", "predicted_iou",
+                          "pruning_ratio",
                           *RECORDED_METRICS[:-1]})
 # User attributes a trial's record sets itself; an evaluator's figures may not overwrite them
 RESERVED_ATTRS = frozenset({"iou", "seconds", "checkpoint", "plan", "sites_replaced", "gflops_estimate",
                             "constraint", "feasible", "infeasible", "reference", "fail_reason",
                             "trial", "backend", "ray_experiment", "ray_trial_id", SCORED,
-                            "confirms", "supernet_iou", RUNG, "promotes"})
+                            "confirms", "supernet_iou", RUNG, "promotes", WIDTHS})
 
 
 # --- storage ----------------------------------------------------------------------------------

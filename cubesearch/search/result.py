@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from cubesearch.helpers import atomic_write
-from cubesearch.pareto import ParetoPoint, non_dominated, plot_pareto
+from cubesearch.pareto import PRUNING_LABEL, ParetoPoint, non_dominated, plot_pareto
 from cubesearch.redact import mask_url
 from cubesearch.search.context import SearchContext
 from cubesearch.search.record import TrialCounts, study_points
@@ -69,7 +69,8 @@ def collect_result(study: optuna.Study, ctx: SearchContext) -> SearchResult:
                         baseline=baseline, points=points,
                         budget_ms=budget_ms,
                         device=ctx.latency.fingerprint.to_dict() if ctx.latency else None,
-                        front=non_dominated(points, ctx.settings.objectives), n_complete=counts.trained,
+                        front=non_dominated([p for p in points if p.label != PRUNING_LABEL],
+                                            ctx.settings.objectives), n_complete=counts.trained,
                         n_failed=counts.failed, n_rejected=counts.rejected, study=study,
                         scored=study_points(study, ctx.out, scored=True))
 

@@ -12,7 +12,7 @@ import optuna
 from cubesearch.blocks import CubeConfig
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import plan_cost, recorded_costs
-from cubesearch.search.record import RUNG, SCORED, TrialOutcome, fail_reason, stored_checkpoint
+from cubesearch.search.record import RUNG, SCORED, WIDTHS, TrialOutcome, fail_reason, stored_checkpoint
 
 
 def price_trial(ctx: SearchContext, trial: optuna.Trial
@@ -26,7 +26,7 @@ def price_trial(ctx: SearchContext, trial: optuna.Trial
     reference = trial.user_attrs.get("reference", "")
     if reference == "baseline":  # the unconverted model, whatever the space's mode samples
         sites_cfg = {}
-    cost = plan_cost(ctx, sites_cfg)
+    cost = plan_cost(ctx, sites_cfg, trial.user_attrs.get(WIDTHS))  # a queued plan's narrowed convs
     trial.set_user_attr("plan", {name: cfg.to_dict() for name, cfg in sites_cfg.items()})
     trial.set_user_attr("sites_replaced", len(sites_cfg))
     trial.set_user_attr("gflops_estimate", cost["gflops"])

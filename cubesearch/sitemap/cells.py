@@ -9,12 +9,19 @@ training follows: the cell is the parent model's validation IoU with that one bl
 uses the same seed, so every block sees the same distillation batches: differences between cells
 are the options', not the sampling's.
 
-Costs are exact: the cost model's Δ of the site (equal to fvcore's count of the built model)
-and, with a latency table, the table's Δ (plain sum, microseconds → ms).
+A width cell narrows the site's conv to a kept fraction of its output channels
+(`cubesearch.width`: the largest-L1 filters of the trained conv kept, everything coupled cut by
+Torch-Pruning) and measures the model as it is: no distillation (nothing new to fit, the kept
+filters are the trained ones) and no re-estimation of BatchNorm statistics.
+
+Costs are exact: a Cube cell's Δ is the cost model's (equal to fvcore's count of the built
+model) and, with a latency table, the table's Δ (plain sum, microseconds → ms); a width cell's
+is counted on the built model (`plan_flops_params`), and the latency table has none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +31,9 @@ import torch
 
 from cubesearch import training
 from cubesearch.checkpoint import load
+from cubesearch.cost import plan_flops_params
 from cubesearch.errors import CubesearchError
+from cubesearch.models import load_model
 from cubesearch.search.context import SearchContext
 from cubesearch.search.evaluators.finetune import warm_start
 from cubesearch.sitemap.options import SiteOption
@@ -62,6 +71,10 @@ def baseline_iou(ctx: SearchContext) -> float:
 def cell_costs(ctx: SearchContext, job: CellJob) -> dict[str, float | None]:
     """ΔGFLOPs, Δparams (cost model) and Δms (latency table, if any) of the option at the site."""
     cfg = job.option.config
+    if job.option.width is not None:
+        flops, params = narrowed_cost(ctx, {job.site: job.option.width})
+        return {"delta_gflops": (flops - ctx.base_flops) / 1e9,
+                "delta_params": int(params - ctx.base_params), "delta_ms": None}
     if cfg is None:
         return {"delta_gflops": 0.0, "delta_params": 0, "delta_ms": 0.0 if ctx.latency else None}
     flops, params = ctx.cost.site_delta(job.site, cfg)
@@ -69,14 +82,25 @@ def cell_costs(ctx: SearchContext, job: CellJob) -> dict[str, float | None]:
     return {"delta_gflops": flops / 1e9, "delta_params": int(params), "delta_ms": ms}
 
 
+def narrowed_cost(ctx: SearchContext, widths: dict[str, float],
+                  sites: dict[str, Any] | None = None) -> tuple[int, int]:
+    """(FLOPs, params) of the model with `widths` (and Cube `sites`), counted on the built model."""
+    s = ctx.settings
+    plan = ctx.plan_for(sites or {}).model_copy(update={"widths": dict(widths)})
+    return plan_flops_params(lambda: load_model(s.model, **s.model_args).eval(), plan)
+
+
 def measure_cell(ctx: SearchContext, job: CellJob, base_iou: float) -> dict[str, Any]:
     """The cell's record: ΔIoU against `base_iou`, the distillation loss, Δcosts, seconds."""
     t0 = time.perf_counter()
     record: dict[str, Any] = {"site": job.site, **job.option.to_dict(), **cell_costs(ctx, job)}
-    if job.option.config is None:  # keep: the baseline itself
+    if job.option.kind == "keep":  # the baseline itself
         return {**record, "iou": base_iou, "delta_iou": 0.0, "distill_loss": 0.0,
                 "distill_loss_start": 0.0, "seconds": 0.0}
-    trial = ctx.trial_info(0, {job.site: job.option.config})
+    trial = ctx.trial_info(0, {job.site: job.option.config} if job.option.config else {})
+    if job.option.width is not None:
+        plan = trial.plan.model_copy(update={"widths": {job.site: job.option.width}})
+        trial = dataclasses.replace(trial, plan=plan)
     model, distilled = warm_start(ctx, trial)
     iou = validation_iou(ctx, model)
     loss = float(distilled.get("loss_end", math.nan))

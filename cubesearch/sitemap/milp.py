@@ -32,6 +32,7 @@ BASE_KEYS = {"gflops": "base_gflops", "params": "base_params", "latency": "base_
 UNITS = {"gflops": "GFLOPs", "params": "params", "latency": "ms"}
 TIE_BREAK = 1e-7  # per unit of relative FLOPs: of two plans predicted equal, the cheaper
 MAX_TIGHTENING = 8
+MAX_UNBUILDABLE = 16  # plans excluded because they cannot be built, before giving up
 
 Exact = Callable[[dict[str, str]], Mapping[str, float]]
 
@@ -100,9 +101,10 @@ class MapTable:
         return base + sum(min(self.delta(c, cost) for c in self.cells if c["site"] == s)
                           for s in self.sites)
 
-    def solve(self, limits: Mapping[str, float]) -> Choice | None:
-        """The plan of highest predicted IoU within `limits` (cost → absolute bound); None if
-        no plan meets them."""
+    def solve(self, limits: Mapping[str, float], exclude: Sequence[Mapping[str, str]] = ()
+              ) -> Choice | None:
+        """The plan of highest predicted IoU within `limits` (cost → absolute bound) other than
+        those in `exclude` (site → option: no-good cuts); None if no plan meets them."""
         n = len(self.cells)
         gain = np.array([float(c["delta_iou"]) for c in self.cells])
         flops = np.array([float(c.get("delta_gflops") or 0.0) for c in self.cells])
@@ -119,6 +121,10 @@ class MapTable:
             norm = abs(base) or 1.0  # rows of order 1: HiGHS's tolerances are absolute
             row = np.array([self.delta(c, cost) for c in self.cells]) / norm
             constraints.append(LinearConstraint(row[None, :], -np.inf, (limit - base) / norm))
+        for options in exclude:  # Σ x over the plan's changed cells ≤ their number − 1
+            changed = {(s, o) for s, o in options.items() if o != "keep"}
+            row = np.array([1.0 if (c["site"], c["option"]) in changed else 0.0 for c in self.cells])
+            constraints.append(LinearConstraint(row[None, :], -np.inf, len(changed) - 1))
         res = milp(objective, integrality=np.ones(n), bounds=Bounds(0, 1), constraints=constraints,
                    options={"mip_rel_gap": 0.0})
         if res.x is None:
@@ -129,13 +135,21 @@ class MapTable:
 
 def choose(table: MapTable, limits: Mapping[str, float], exact: Exact | None = None) -> Choice | None:
     """`table.solve(limits)`, its costs replaced by `exact(options)` where given; while the exact
-    cost is over a limit, that limit is tightened by the excess and the MILP solved again."""
+    cost is over a limit, that limit is tightened by the excess and the MILP solved again. A plan
+    `exact` cannot build (it raises `CubesearchError`) is excluded and the MILP solved again."""
     bounds = dict(limits)
-    for _ in range(MAX_TIGHTENING):
-        choice = table.solve(bounds)
+    unbuildable: list[dict[str, str]] = []
+    for _ in range(MAX_TIGHTENING + MAX_UNBUILDABLE):
+        choice = table.solve(bounds, unbuildable)
         if choice is None or exact is None:
             return choice
-        costs = {**choice.costs, **exact(choice.options)}
+        try:
+            costs = {**choice.costs, **exact(choice.options)}
+        except CubesearchError:
+            if len(unbuildable) >= MAX_UNBUILDABLE or not choice.changed():
+                raise
+            unbuildable.append(choice.changed())
+            continue
         over = {k: costs[k] - limits[k] for k in limits if costs[k] > limits[k] * (1 + 1e-12)}
         if not over:
             return Choice(choice.options, choice.predicted_iou, costs)

@@ -1,4 +1,6 @@
-"""What the map measures at a site: keep its conv, or each Cube config the space allows there.
+"""What the map measures at a site: keep its conv, each Cube config the space allows there, and
+(a space with `widths`, as `joint`) the conv narrowed to each width that differs there
+(`SearchSpace.site_widths`).
 
 A space whose knobs allow many configs per site (the `default` space: 144) is scored on a stated
 subset, the one `ablate` uses: the default config (`SearchSpace.default_config`, the paper's
@@ -27,12 +29,14 @@ Subset = Literal["auto", "all", "one-knob"]
 
 @dataclass(frozen=True)
 class SiteOption:
-    """One option at a site: `keep` (the conv as it is) or a Cube config (`config`)."""
+    """One option at a site: `keep` (the conv as it is), a Cube config (`config`), or the conv
+    narrowed to a kept fraction `width` of its output channels."""
 
-    name: str  # stable: "keep", or the config's `short()` label
-    kind: Literal["keep", "cube"]
+    name: str  # stable: "keep", the config's `short()` label, or "width=R"
+    kind: Literal["keep", "cube", "width"]
     config: CubeConfig | None = None
     change: str = ""  # the one-knob subset's row: "default" or "knob=value"; "" otherwise
+    width: float | None = None
 
     @property
     def label(self) -> str:
@@ -41,7 +45,8 @@ class SiteOption:
 
     def to_dict(self) -> dict[str, Any]:
         return {"option": self.name, "kind": self.kind, "change": self.change,
-                "config": self.config.to_dict() if self.config is not None else None}
+                "config": self.config.to_dict() if self.config is not None else None,
+                "width": self.width}
 
 
 KEEP_OPTION = SiteOption(KEEP, "keep")
@@ -49,6 +54,10 @@ KEEP_OPTION = SiteOption(KEEP, "keep")
 
 def cube_option(config: CubeConfig, change: str = "") -> SiteOption:
     return SiteOption(config.short(), "cube", config, change)
+
+
+def width_option(ratio: float) -> SiteOption:
+    return SiteOption(f"width={ratio:g}", "width", width=ratio)
 
 
 def resolve_subset(space: SearchSpace, sites: list[SiteLike], subset: str = "auto") -> str:
@@ -63,26 +72,29 @@ def resolve_subset(space: SearchSpace, sites: list[SiteLike], subset: str = "aut
 
 
 def site_options(space: SearchSpace, site: SiteLike, subset: str) -> list[SiteOption]:
-    """`keep`, then the Cube configs of `subset` (`all` / `one-knob`) that the space allows at
-    `site` (router 'none' only where the channels take it)."""
+    """`keep`, the Cube configs of `subset` (`all` / `one-knob`) that the space allows at
+    `site` (router 'none' only where the channels take it), then its widths."""
+    widths = [width_option(r) for r in space.site_widths(site)]
     allowed = space.site_combos(site)
     if subset == "all":
-        return [KEEP_OPTION, *(cube_option(c) for c in allowed)]
+        return [KEEP_OPTION, *(cube_option(c) for c in allowed), *widths]
     default = space.default_config()
     rows = [(DEFAULT, default)] + [(f"{k}={_show(v)}", CubeConfig(**{**default.to_dict(), k: v}))
                                    for k, v in knob_values(space, default)]
     return [KEEP_OPTION, *(cube_option(cfg, change) for change, cfg in rows
                            if cfg in allowed and router_problem(site.in_channels, site.out_channels,
-                                                                cfg) is None)]
+                                                                cfg) is None), *widths]
 
 
 def subset_rule(space: SearchSpace, subset: str) -> str:
     """The subset in words, as map.json and the CLI state it."""
+    widths = (f"; and each width {', '.join(f'{r:g}' for r in space.widths)} that keeps a "
+              "different channel count at the site" if space.widths else "")
     if subset == "all":
-        return f"every Cube config space {space.name!r} allows at each site, and keep"
+        return f"every Cube config space {space.name!r} allows at each site, and keep{widths}"
     return (f"one-knob subset of space {space.name!r}: keep, the default config "
             f"`{space.default_config().short()}` and each config that differs from it in one knob "
-            "(as `cubesearch ablate` rows)")
+            f"(as `cubesearch ablate` rows){widths}")
 
 
 def _show(value: Any) -> str:

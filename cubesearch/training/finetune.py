@@ -106,13 +106,14 @@ def train_final(plan: Plan, baseline: str | Path, *, recipe: Recipe | None = Non
     train_tiles, val_tiles, batch_size, progress, log, …), and any `TrainConfig` field over
     the recipe's (a rung's `epochs`, `schedule_start`, `keep_best`…)."""
     recipe = recipe or Recipe()
-    converted = bool(plan.sites or plan.insertions)
+    converted = bool(plan.sites or plan.insertions)  # new blocks to distil
+    built = converted or bool(plan.widths)  # a model other than the baseline's (narrowed convs)
     if start is not None:
         module = isinstance(start, Module)  # a folder carries its own plan
         return train(start if module else str(start), plan=plan if module else None, teacher=str(baseline),
                      seed=seed, out=out, **{**recipe.train_options(converted), "distill_steps": 0,
                                             **options})
-    return train(str(baseline), plan=plan if converted else None, init_from=str(baseline),
+    return train(str(baseline), plan=plan if built else None, init_from=str(baseline),
                  seed=seed, out=out, **{**recipe.train_options(converted), **options})
 
 

@@ -9,14 +9,15 @@ the table. `latency`: the latency objective's estimate and measurement.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.cost import count_flops, count_params
+from cubesearch.cost import count_flops, count_params, plan_flops_params
 from cubesearch.errors import CubesearchError
+from cubesearch.models import load_model
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import latency
 
@@ -76,18 +77,38 @@ def recorded_costs(objectives: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(["gflops", "params", *(o for o in objectives if o != IOU)]))
 
 
-def plan_cost(ctx: SearchContext, sites_cfg: dict[str, CubeConfig]) -> dict[str, float]:
+def plan_cost(ctx: SearchContext, sites_cfg: dict[str, CubeConfig],
+              widths: Mapping[str, float] | None = None) -> dict[str, float]:
     """Cost-model figures of a plan; microseconds, no model built. The budget decides `feasible`
     and `constraint` (relative cost over budget, ≤ 0 is feasible): FLOPs, or the latency model's
-    prediction under a latency budget."""
-    flops = ctx.cost.flops(sites_cfg)
-    figures = {name: COST_OBJECTIVES[name].estimate(ctx, sites_cfg)
-               for name in recorded_costs(ctx.settings.objectives)}
+    prediction under a latency budget. A plan that narrows convs (`widths`) is counted on the
+    built model (`plan_flops_params`: the cost model prices Cube-only plans)."""
+    if widths:
+        figures = _built_figures(ctx, sites_cfg, widths)
+        flops = int(round(figures["gflops"] * 1e9))
+    else:
+        flops = ctx.cost.flops(sites_cfg)
+        figures = {name: COST_OBJECTIVES[name].estimate(ctx, sites_cfg)
+                   for name in recorded_costs(ctx.settings.objectives)}
     used, bound = float(flops), ctx.budget_flops
     if ctx.budget is not None and ctx.budget.objective == "latency":
         used, bound = figures["latency"] * 1e3, ctx.budget.value  # µs
     return {**figures, "flops": flops, "feasible": used <= bound,
             "constraint": (used - bound) / bound}
+
+
+def _built_figures(ctx: SearchContext, sites_cfg: dict[str, CubeConfig],
+                   widths: Mapping[str, float]) -> dict[str, float]:
+    """GFLOPs and params of a plan with narrowed convs, on the built model (fvcore)."""
+    extra = [o for o in recorded_costs(ctx.settings.objectives) if o not in ("gflops", "params")]
+    if extra:
+        raise CubesearchError(f"a plan with narrowed convs has no {extra[0]} estimate (the latency "
+                              "table times Cube blocks and convs, not narrowed convs); use "
+                              "--objectives iou,gflops or iou,gflops,params")
+    s = ctx.settings
+    plan = ctx.plan_for(sites_cfg).model_copy(update={"widths": dict(widths)})
+    flops, params = plan_flops_params(lambda: load_model(s.model, **s.model_args).eval(), plan)
+    return {"gflops": flops / 1e9, "params": params}
 
 
 def measure_costs(ctx: SearchContext, model: nn.Module) -> dict[str, float]:
