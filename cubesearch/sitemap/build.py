@@ -75,15 +75,15 @@ def map_jobs(ctx: SearchContext, subset: str) -> list[CellJob]:
     return [CellJob(s.name, o) for s in ctx.searchable for o in site_options(ctx.space, s, subset)]
 
 
-def map_header(ctx: SearchContext, subset: str, base_iou: float) -> dict[str, Any]:
+def map_header(ctx: SearchContext, subset: str, base_iou: float, seed: int) -> dict[str, Any]:
     """What map.json says besides its cells: what was measured, how, and what it is against."""
     s, lat = ctx.settings, ctx.latency
     identity = {"model": s.model, "model_kwargs": s.model_kwargs, "baseline": str(ctx.baseline_dir),
-                "input_size": list(s.input_size), "distill_steps": s.distill_steps, "seed": s.seed,
+                "input_size": list(s.input_size), "distill_steps": s.distill_steps, "seed": seed,
                 "batch_size": s.batch_size,
                 "latency_device": lat.fingerprint.to_dict() if lat is not None else None}
     return {"model": s.model, "space": ctx.space.name, "subset": subset,
-            "subset_rule": subset_rule(ctx.space, subset), "seed": s.seed,
+            "subset_rule": subset_rule(ctx.space, subset), "seed": seed, "baseline_seed": s.seed,
             "input_size": list(s.input_size), "baseline": str(ctx.baseline_dir),
             "baseline_iou": base_iou, "baseline_train_iou": ctx.baseline_metrics.get("iou"),
             "base_gflops": ctx.base_flops / 1e9, "base_params": ctx.base_params,
@@ -102,20 +102,24 @@ def map_header(ctx: SearchContext, subset: str, base_iou: float) -> dict[str, An
 
 
 def build_map(ctx: SearchContext, *, subset: str = "auto", backend: str = "local",
-              console: Console | None = None, progress: bool = True) -> SiteMap:
-    """Measure the cells OUT/map.json lacks (the context's baseline prepared), write the plot."""
+              seed: int | None = None, console: Console | None = None, progress: bool = True
+              ) -> SiteMap:
+    """Measure the cells OUT/map.json lacks (the context's baseline prepared), write the plot.
+    `seed` (default: the search's): every cell's block initialisation and distillation batches;
+    the baseline and the data keep the search's seed."""
     t0 = time.perf_counter()
     check_space(ctx)
     console = console or Console(stderr=True)
     subset = resolve_subset(ctx.space, ctx.searchable, subset)
     jobs = map_jobs(ctx, subset)
     base = baseline_iou(ctx)
-    store = MapStore.open(ctx.out, map_header(ctx, subset, base))
+    seed = ctx.settings.seed if seed is None else seed
+    store = MapStore.open(ctx.out, map_header(ctx, subset, base, seed))
     todo = [j for j in jobs if not store.has(j.key)]
     console.print(f"map: {len(jobs)} cells ({len(ctx.searchable)} sites; {store.header['subset_rule']}); "
                   f"{len(jobs) - len(todo)} in {store.path} already, {len(todo)} to measure; "
                   f"baseline IoU {base:.4f}")
-    run_cells(ctx, todo, store, base, backend=backend, console=console, progress=progress)
+    run_cells(ctx, todo, store, base, seed=seed, backend=backend, console=console, progress=progress)
     path = store.write([j.key for j in jobs])
     data = json.loads(path.read_text())
     png = plot_map(data, ctx.out / PLOT_FILE)
@@ -124,7 +128,8 @@ def build_map(ctx: SearchContext, *, subset: str = "auto", backend: str = "local
 
 
 def site_map(model: str, *, budgets: Sequence[str] = (), subset: str = "auto", backend: str = "local",
-             progress: bool = True, console: Console | None = None, **options: Any) -> SiteMap:
+             map_seed: int | None = None, progress: bool = True, console: Console | None = None,
+             **options: Any) -> SiteMap:
     """Build (or resume) the site map of `model` in `out` (default runs/search: the search's
     folder, whose trained baseline it reuses, or trains there).
 
@@ -132,7 +137,9 @@ def site_map(model: str, *, budgets: Sequence[str] = (), subset: str = "auto", b
     val_tiles, distill_steps, baseline_epochs, seed, latency_table, address, cpus_per_trial…);
     with a `latency_table` every cell also gets its Δms. `budgets` (`60%`, `12G`, `25ms`,
     `params:80%`…): the predicted front under them (`SiteMap.front`), swept along the first.
-    `subset`: `all` configs, the `one-knob` subset, or `auto` (all while a site has ≤ 12)."""
+    `subset`: `all` configs, the `one-knob` subset, or `auto` (all while a site has ≤ 12).
+    `map_seed` (default: `seed`): the cells' own seed (blocks' initial weights, distillation
+    batches), so a map can be measured on another seed than the plans it predicts train on."""
     if options.get("latency_table"):
         options.setdefault("objectives", ("iou", "gflops", "latency"))
     settings = SearchSettings(model=model, budget="100%", strategy="map", backend=backend, **options)
@@ -145,7 +152,8 @@ def site_map(model: str, *, budgets: Sequence[str] = (), subset: str = "auto", b
     with file_lock(ctx.out / ".baseline.lock"):  # as a search: processes sharing --out prepare once
         prepare_baseline(ctx, progress=show, log=console.print)
     with file_lock(ctx.out / ".map.lock"):  # one process measures a map at a time
-        result = build_map(ctx, subset=subset, backend=backend, console=console, progress=show)
+        result = build_map(ctx, subset=subset, backend=backend, seed=map_seed, console=console,
+                           progress=show)
     if budgets:
         result.front = predicted_front(result.table, budgets)
     return result

@@ -90,14 +90,17 @@ def narrowed_cost(ctx: SearchContext, widths: dict[str, float],
     return plan_flops_params(lambda: load_model(s.model, **s.model_args).eval(), plan)
 
 
-def measure_cell(ctx: SearchContext, job: CellJob, base_iou: float) -> dict[str, Any]:
-    """The cell's record: ΔIoU against `base_iou`, the distillation loss, Δcosts, seconds."""
+def measure_cell(ctx: SearchContext, job: CellJob, base_iou: float, seed: int | None = None
+                 ) -> dict[str, Any]:
+    """The cell's record: ΔIoU against `base_iou`, the distillation loss, Δcosts, seconds.
+    `seed` (default: the search's): the block's initial weights and the distillation batches."""
     t0 = time.perf_counter()
     record: dict[str, Any] = {"site": job.site, **job.option.to_dict(), **cell_costs(ctx, job)}
     if job.option.kind == "keep":  # the baseline itself
         return {**record, "iou": base_iou, "delta_iou": 0.0, "distill_loss": 0.0,
                 "distill_loss_start": 0.0, "seconds": 0.0}
     trial = ctx.trial_info(0, {job.site: job.option.config} if job.option.config else {})
+    trial = dataclasses.replace(trial, seed=ctx.settings.seed if seed is None else seed)
     if job.option.width is not None:
         plan = trial.plan.model_copy(update={"widths": {job.site: job.option.width}})
         trial = dataclasses.replace(trial, plan=plan)

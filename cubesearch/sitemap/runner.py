@@ -31,8 +31,9 @@ Done = Callable[[dict[str, Any]], None]
 
 
 def run_cells(ctx: SearchContext, jobs: Sequence[CellJob], store: MapStore, base_iou: float, *,
-              backend: str, console: Console, progress: bool) -> None:
-    """Measure `jobs` (the cells the store lacks) and record each as it finishes."""
+              seed: int, backend: str, console: Console, progress: bool) -> None:
+    """Measure `jobs` (the cells the store lacks; every one with `seed`) and record each as it
+    finishes."""
     if backend not in RUNNERS:
         raise CubesearchError(f"unknown backend {backend!r} (choose from {', '.join(RUNNERS)})")
     if not jobs:
@@ -48,22 +49,24 @@ def run_cells(ctx: SearchContext, jobs: Sequence[CellJob], store: MapStore, base
 
         if backend == "local":
             for job in jobs:
-                done(measure_cell(ctx, job, base_iou))
+                done(measure_cell(ctx, job, base_iou, seed))
         else:
-            _run_ray(ctx, jobs, base_iou, done)
+            _run_ray(ctx, jobs, base_iou, seed, done)
 
 
-def _ray_cell(ctx: SearchContext, job: CellJob, base_iou: float, cwd: str) -> dict[str, Any]:
+def _ray_cell(ctx: SearchContext, job: CellJob, base_iou: float, seed: int, cwd: str
+              ) -> dict[str, Any]:
     """A Ray task: one cell, on as many threads as the task's CPUs."""
     import torch
 
     if Path(cwd).is_dir():
         os.chdir(cwd)  # relative model paths as the driver sees them
     torch.set_num_threads(max(1, int(ctx.settings.cpus_per_trial)))
-    return measure_cell(ctx, job, base_iou)
+    return measure_cell(ctx, job, base_iou, seed)
 
 
-def _run_ray(ctx: SearchContext, jobs: Sequence[CellJob], base_iou: float, done: Done) -> None:
+def _run_ray(ctx: SearchContext, jobs: Sequence[CellJob], base_iou: float, seed: int,
+             done: Done) -> None:
     """Cells as Ray tasks, at most as many at once as the cluster fits (or `--max-concurrent`)."""
     ray = require_ray()
     s = ctx.settings
@@ -79,7 +82,7 @@ def _run_ray(ctx: SearchContext, jobs: Sequence[CellJob], base_iou: float, done:
         while queue or running:
             while queue and len(running) < concurrent:
                 job = queue.pop(0)
-                running[task.remote(shared, job, base_iou, os.getcwd())] = job
+                running[task.remote(shared, job, base_iou, seed, os.getcwd())] = job
             finished, _ = ray.wait(list(running), num_returns=1)
             for ref in finished:
                 job = running.pop(ref)

@@ -1,0 +1,446 @@
+"""Where a Cube block pays (issue 29, item 5): the site map's additive prediction against trained
+IoU, and the fronts it gives.
+
+One map of the `joint` space (every searchable site × keep, the one-knob Cube subset and the
+widths; `cubesearch.sitemap.build_map`) is measured on its own seed (`--map-seed`), from the
+search's trained baseline. From it, without training anything:
+
+- `cube-i`: `--finalists` plans spread over the MILP's predicted front of the Cube-only cells;
+- `joint-i`: as many over the front of all the cells (Cube blocks and narrowed convs);
+- `random-i`: `--random` plans with random Cube cells (about half the sites), predicted by the
+  same additive sum, so the ranking is not judged on the MILP's own choices only;
+- `pruning-R`: uniform channel pruning, every narrowable searchable conv at kept fraction R
+  (`--ratios`, ≥ 4), and `unconverted`: the paired baseline.
+
+Each plan is trained by the final recipe (`train_final`, `--epochs`, KD off, no early stopping)
+under each of `--seeds` (not the map's seed). Reported (results/`--tag`.{md,json,png}):
+
+- (a) `additive_kendall_tau`: Kendall τ of the predicted IoU against the trained IoU of the last
+  seed, over the predicted plans, with a percentile-bootstrap 95 % interval over plans;
+  `cross_seed_rung3_kendall_tau`: the halving rung-3 signal of the first seed (val IoU after 3
+  epochs of the same schedule) against the same target, computed the same way;
+- (c) hypervolumes of the trained fronts (GFLOPs ↓, mean IoU ↑; reference: 1.1 × the model's
+  GFLOPs, IoU 0) of the joint plans, the Cube-only plans and the pruning curve (each with the
+  unconverted model), their ratios, and how many sites of the joint front's plans are Cube blocks;
+- (b) `map_hv_ratio_vs_halving`: with `--halving`, `search --strategy map` and `search --strategy
+  halving` (its `--timeout` the map search's wall-clock) from the same baseline, HV of their
+  trained fronts; null when not run.
+
+Every step resumes: the map from OUT/map.json, the plans from OUT/plans.json, each trained run
+from OUT/runs/ID-sSEED.json (written atomically). Run it once the machine is quiet:
+
+    nice -n 10 env OMP_NUM_THREADS=1 flock /work/heavy.lock python benchmarks/map.py \\
+        --model examples/unet.py --model-arg width=32 --tag map-unet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import machine, md_table  # noqa: E402
+from _stats import bootstrap_ci, tau  # noqa: E402
+
+from cubesearch.cli.options import model_args  # noqa: E402  (the CLI's --model-arg parser)
+from cubesearch.cost import count_flops, count_params  # noqa: E402
+from cubesearch.helpers import atomic_write  # noqa: E402
+from cubesearch.pareto import ParetoPoint, loss_hypervolume, non_dominated  # noqa: E402
+from cubesearch.plan import Plan  # noqa: E402
+from cubesearch.search.context import build_context  # noqa: E402
+from cubesearch.search.evaluators.finetune import prepare_baseline  # noqa: E402
+from cubesearch.search.settings import SearchSettings  # noqa: E402
+from cubesearch.sitemap.build import build_map  # noqa: E402
+from cubesearch.sitemap.milp import MapTable, spread, sweep  # noqa: E402
+from cubesearch.sitemap.plans import exact_costs, plan_dict, plan_parts  # noqa: E402
+from cubesearch.sitemap.strategy import prunable  # noqa: E402
+from cubesearch.training.finetune import Recipe, train_final  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+RUNG = 3  # the halving rung whose signal is compared (val IoU after 3 epochs)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", default="all", choices=("all", "map", "train", "halving", "report"))
+    p.add_argument("--model", default="smp:Unet:resnet18")
+    p.add_argument("--model-arg", action="append", default=[])
+    p.add_argument("--space", default="joint", help="a space with widths (the Cube-only plans use "
+                   "its Cube cells)")
+    p.add_argument("--subset", default="one-knob")
+    p.add_argument("--tile-size", type=int, default=64)
+    p.add_argument("--input-size", type=int, default=256, help="FLOPs reference H = W")
+    p.add_argument("--train-tiles", type=int, default=384)
+    p.add_argument("--val-tiles", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--baseline-epochs", type=float, default=12)
+    p.add_argument("--distill-steps", type=int, default=100)
+    p.add_argument("--epochs", type=float, default=8, help="the final recipe's epochs")
+    p.add_argument("--seeds", default="0,1", help="training seeds (the baseline's: the first)")
+    p.add_argument("--map-seed", type=int, default=100)
+    p.add_argument("--finalists", type=int, default=4, help="per space (Cube-only, joint)")
+    p.add_argument("--random", type=int, default=4)
+    p.add_argument("--ratios", default="0.25,0.5,0.75,0.875")
+    p.add_argument("--halving", action="store_true", help="(b): also run both searches")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench-map"))
+    p.add_argument("--tag", default="map")
+    args = p.parse_args()
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    args.ratio_list = [float(r) for r in args.ratios.split(",")]
+    return args
+
+
+def settings_of(args: argparse.Namespace, **extra: Any) -> SearchSettings:
+    return SearchSettings(
+        model=args.model, model_kwargs=model_args(args.model_arg), budget="100%", strategy="map",
+        space=args.space, out=args.out, seed=args.seed_list[0], tile_size=args.tile_size,
+        input_size=(3, args.input_size, args.input_size), train_tiles=args.train_tiles,
+        val_tiles=args.val_tiles, batch_size=args.batch_size, baseline_epochs=args.baseline_epochs,
+        distill_steps=args.distill_steps, **extra)
+
+
+def context(args: argparse.Namespace) -> Any:
+    ctx = build_context(settings_of(args))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    prepare_baseline(ctx, progress=False, log=print)
+    return ctx
+
+
+def the_map(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    sm = build_map(ctx, subset=args.subset, seed=args.map_seed, progress=False)
+    data = dict(sm.data)
+    data["wall_seconds_this_run"] = time.perf_counter() - t0
+    return data
+
+
+# --- the plans ------------------------------------------------------------------------------------
+
+
+def cube_table(data: dict[str, Any]) -> MapTable:
+    return MapTable([c for c in data["cells"] if c.get("kind") != "width"], data["baseline_iou"],
+                    {"gflops": data["base_gflops"], "params": data["base_params"]})
+
+
+def random_plans(data: dict[str, Any], n: int) -> list[dict[str, str]]:
+    """`n` random Cube plans (each site a random Cube cell with probability 1/2), seed 0."""
+    rng = random.Random(0)
+    by_site: dict[str, list[str]] = {}
+    for c in data["cells"]:
+        if c.get("kind") == "cube":
+            by_site.setdefault(c["site"], []).append(c["option"])
+    plans = []
+    while len(plans) < n:
+        options = {s: rng.choice(o) for s, o in by_site.items() if rng.random() < 0.5}
+        if options and options not in plans:
+            plans.append(options)
+    return plans
+
+
+def choose_plans(args: argparse.Namespace, ctx: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The benchmark's plans (see the module docstring), each with its prediction."""
+    exact = exact_costs(ctx, data)
+    joint = MapTable.from_map(data)
+    cube = cube_table(data)
+    base = data["base_gflops"]
+    plans: list[dict[str, Any]] = [{"id": "unconverted", "group": "unconverted", "sites": {},
+                                    "widths": {}, "predicted_iou": data["baseline_iou"]}]
+    for group, table in (("cube", cube), ("joint", joint)):
+        front = [c for c in sweep(table, "gflops", base, points=61, exact=exact) if c.changed()]
+        for i, c in enumerate(spread(front, args.finalists, "gflops")):
+            plans.append({"id": f"{group}-{i}", "group": group, "options": c.changed(),
+                          **plan_dict(plan_parts(data, c.options)), "predicted_iou": c.predicted_iou,
+                          "predicted_gflops": c.costs["gflops"]})
+    for i, options in enumerate(random_plans(data, args.random)):
+        c = cube.predict(options)
+        plans.append({"id": f"random-{i}", "group": "random", "options": options,
+                      **plan_dict(plan_parts(data, options)), "predicted_iou": c.predicted_iou,
+                      "predicted_gflops": c.costs["gflops"]})
+    convs = prunable(ctx)
+    for r in args.ratio_list:
+        plans.append({"id": f"pruning-{r:g}", "group": "pruning", "sites": {},
+                      "widths": {c: r for c in convs}, "predicted_iou": None})
+    return plans
+
+
+def stored_plans(args: argparse.Namespace, ctx: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
+    file = Path(args.out) / "plans.json"
+    if file.is_file():
+        return json.loads(file.read_text())
+    plans = choose_plans(args, ctx, data)
+    atomic_write(file, json.dumps(plans, indent=2))
+    return plans
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def run_file(args: argparse.Namespace, plan_id: str, seed: int) -> Path:
+    return Path(args.out) / "runs" / f"{plan_id}-s{seed}.json"
+
+
+def train_plan(args: argparse.Namespace, ctx: Any, p: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One plan, one seed, by the final recipe (KD off, `--epochs`, no early stopping)."""
+    s = ctx.settings
+    plan = Plan(model=s.model, model_kwargs=s.model_args, input_size=s.input_size,
+                sites=p["sites"], widths=p["widths"])
+    recipe = Recipe(epochs=args.epochs, distill_steps=args.distill_steps, patience=None)
+    t0 = time.perf_counter()
+    r = train_final(plan, ctx.baseline_dir, recipe=recipe, seed=seed, data=ctx.datasets,
+                    input_size=(s.input_size[0], s.tile_size, s.tile_size), batch_size=s.batch_size,
+                    progress=False)
+    model = r.model.eval()
+    curve = [float(h["val_iou"]) for h in r.history if "val_iou" in h]
+    return {"id": p["id"], "seed": seed, "iou": float(r.metrics["iou"]), "curve": curve,
+            "gflops": count_flops(model, s.input_size) / 1e9, "params": count_params(model),
+            "seconds": time.perf_counter() - t0, "epochs": args.epochs}
+
+
+def train_all(args: argparse.Namespace, ctx: Any, plans: list[dict[str, Any]]) -> None:
+    """Every plan under the first seed, then under the next: a stopped run has whole seeds."""
+    for seed in args.seed_list:
+        for p in plans:
+            file = run_file(args, p["id"], seed)
+            if file.is_file():
+                continue
+            rec = train_plan(args, ctx, p, seed)
+            atomic_write(file, json.dumps(rec, indent=2))
+            print(f"{p['id']} seed {seed}: IoU {rec['iou']:.4f}, {rec['gflops']:.3f} GFLOPs, "
+                  f"{rec['seconds']:.0f} s", flush=True)
+
+
+def runs_of(args: argparse.Namespace, plans: list[dict[str, Any]]) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for p in plans:
+        for seed in args.seed_list:
+            file = run_file(args, p["id"], seed)
+            if file.is_file():
+                out.setdefault(p["id"], {})[seed] = json.loads(file.read_text())
+    return out
+
+
+# --- (b): the two searches at equal wall-clock ----------------------------------------------------
+
+
+def halving_ratio(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
+    """`search --strategy map` (its wall-clock T), then `--strategy halving --timeout T`, both
+    from this baseline (copied), fronts' HV of trained IoU."""
+    from cubesearch.search import search
+
+    common = dict(model_kwargs=model_args(args.model_arg), space=args.space.replace("joint", "default"),
+                  tile_size=args.tile_size, input_size=(3, args.input_size, args.input_size),
+                  train_tiles=args.train_tiles, val_tiles=args.val_tiles, batch_size=args.batch_size,
+                  baseline_epochs=args.baseline_epochs, distill_steps=args.distill_steps,
+                  seed=args.seed_list[0], progress=False, rungs=(1.0, args.epochs))
+    fronts, seconds = {}, {}
+    for name in ("map", "halving"):
+        out = Path(args.out) / f"b-{name}"
+        if not (out / "baselines").exists():
+            shutil.copytree(Path(args.out) / "baselines", out / "baselines")
+        extra = {"trials": args.finalists} if name == "map" else {
+            "trials": 3 * args.finalists, "timeout": seconds["map"]}
+        t0 = time.perf_counter()
+        if name == "map":
+            extra["rungs"] = (args.epochs,)
+        result = search(args.model, "100%", out=str(out), strategy=name, **{**common, **extra})
+        seconds[name] = time.perf_counter() - t0
+        fronts[name] = [p for p in result.front]
+    ref = ctx.base_flops / 1e9 * 1.1
+    hv = {n: loss_hypervolume(np.array([[p.gflops, -p.iou] for p in f]).reshape(-1, 2),
+                              np.array([ref, 0.0])) for n, f in fronts.items()}
+    return {"hv": hv, "seconds": seconds,
+            "ratio": hv["map"] / hv["halving"] if hv["halving"] else None}
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def rank_with_ci(signal: list[float], target: list[float]) -> dict[str, Any]:
+    s, t = np.asarray(signal, float), np.asarray(target, float)
+    return {"n": len(s), "tau": tau(s, t),
+            "ci95": bootstrap_ci(lambda idx: tau(s[idx], t[idx]), len(s))}
+
+
+def group_points(plans: list[dict], runs: dict, groups: tuple[str, ...]) -> list[ParetoPoint]:
+    """The groups' trained plans (and the unconverted model) as points: mean IoU over seeds."""
+    pts = []
+    for i, p in enumerate(plans):
+        if p["group"] not in (*groups, "unconverted") or p["id"] not in runs:
+            continue
+        rs = list(runs[p["id"]].values())
+        pts.append(ParetoPoint(trial=i, iou=float(np.mean([r["iou"] for r in rs])),
+                               gflops=rs[0]["gflops"], params=rs[0]["params"],
+                               sites_replaced=len(p["sites"]), label=p["id"]))
+    return pts
+
+
+def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
+            halving: dict | None) -> dict[str, Any]:
+    last, first = args.seed_list[-1], args.seed_list[0]
+    predicted = [p for p in plans if p["predicted_iou"] is not None and p["group"] != "unconverted"
+                 and last in runs.get(p["id"], {})]
+    target = [runs[p["id"]][last]["iou"] for p in predicted]
+    additive = rank_with_ci([p["predicted_iou"] for p in predicted], target)
+    with_rung = [(runs[p["id"]][first]["curve"][RUNG - 1], runs[p["id"]][last]["iou"]) for p in predicted
+                 if first in runs[p["id"]] and len(runs[p["id"]][first]["curve"]) >= RUNG]
+    rung3 = rank_with_ci([a for a, _ in with_rung], [b for _, b in with_rung]) if first != last else \
+        {"n": 0, "tau": None, "ci95": None}
+    ref = data["base_gflops"] * 1.1
+    fronts, hv = {}, {}
+    for name, groups in (("joint", ("joint",)), ("cube", ("cube",)), ("pruning", ("pruning",))):
+        pts = group_points(plans, runs, groups)
+        fronts[name] = non_dominated(pts)
+        hv[name] = loss_hypervolume(np.array([[q.gflops, -q.iou] for q in pts]).reshape(-1, 2),
+                                    np.array([ref, 0.0]))
+    by_id = {p["id"]: p for p in plans}
+    cube_sites = sum(len(by_id[q.label]["sites"]) for q in fronts["joint"])
+    paired = {s: runs["unconverted"][s]["iou"] for s in args.seed_list if s in runs.get("unconverted", {})}
+    gaps = [{"id": p["id"], "predicted_delta": p["predicted_iou"] - data["baseline_iou"],
+             "trained_delta": runs[p["id"]][last]["iou"] - paired[last]} for p in predicted if last in paired]
+    return {
+        "additive_kendall_tau": additive["tau"], "additive_kendall_tau_ci95": additive["ci95"],
+        "additive_plans": additive["n"],
+        "cross_seed_rung3_kendall_tau": rung3["tau"], "cross_seed_rung3_kendall_tau_ci95": rung3["ci95"],
+        "map_hv_ratio_vs_halving": halving["ratio"] if halving else None, "halving": halving,
+        "joint_hv_ratio_vs_pruning": hv["joint"] / hv["pruning"] if hv["pruning"] else None,
+        "cube_hv_ratio_vs_pruning": hv["cube"] / hv["pruning"] if hv["pruning"] else None,
+        "hypervolume": hv, "hv_reference": [ref, 0.0],
+        "cube_sites_on_joint_front": cube_sites,
+        "joint_front": [q.label for q in fronts["joint"]],
+        "finalists_below_prediction_by_over_0.05": [g["id"] for g in gaps
+                                                   if g["trained_delta"] < g["predicted_delta"] - 0.05],
+        "prediction_gaps": gaps,
+        "cells": len(data["cells"]), "cells_measured": sum(c["option"] != "keep" for c in data["cells"]),
+        "map_seconds": sum(float(c.get("seconds") or 0) for c in data["cells"]),
+        "baseline_iou": data["baseline_iou"], "subset_rule": data["subset_rule"],
+        "plans": plans, "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()},
+        "conditions": conditions(args), "machine": machine(),
+    }
+
+
+def conditions(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": args.model, "model_args": args.model_arg, "space": args.space,
+            "subset": args.subset, "tile_size": args.tile_size, "flops_input": args.input_size,
+            "train_tiles": args.train_tiles, "val_tiles": args.val_tiles,
+            "baseline_epochs": args.baseline_epochs, "distill_steps": args.distill_steps,
+            "final_recipe_epochs": args.epochs, "kd": "off", "early_stopping": "off",
+            "training_seeds": args.seed_list, "map_seed": args.map_seed,
+            "threads": torch.get_num_threads(), "load_average": list(os.getloadavg())}
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def render(fig: dict[str, Any]) -> str:
+    c = fig["conditions"]
+    runs = fig["runs"]
+    rows = []
+    for p in fig["plans"]:
+        rs = runs.get(p["id"], {})
+        ious = [rs[str(s)]["iou"] for s in c["training_seeds"] if str(s) in rs]
+        gflops = next(iter(rs.values()))["gflops"] if rs else None
+        rows.append([p["id"], str(len(p["sites"])), str(len(p["widths"])), _f(gflops),
+                     _f(p["predicted_iou"]), " / ".join(_f(i) for i in ious) or "—"])
+    lines = [f"# Where a Cube block pays: the site map ({c['model']} {' '.join(c['model_args'])})", "",
+             f"Conditions: {json.dumps({k: v for k, v in c.items() if k != 'load_average'})}; "
+             f"load average at the end {', '.join(f'{v:.1f}' for v in c['load_average'])}. "
+             f"{fig['machine']}.", "",
+             f"Map: {fig['cells']} cells ({fig['cells_measured']} measured, {fig['subset_rule']}), "
+             f"{fig['map_seconds']:.0f} s of cell measurement; baseline IoU {fig['baseline_iou']:.4f}.", "",
+             "| figure | value |", "|---|---:|",
+             f"| additive_kendall_tau (n={fig['additive_plans']}) | {_f(fig['additive_kendall_tau'], 2)}"
+             f"{_ci(fig['additive_kendall_tau_ci95'])} |",
+             f"| cross_seed_rung3_kendall_tau | {_f(fig['cross_seed_rung3_kendall_tau'], 2)}"
+             f"{_ci(fig['cross_seed_rung3_kendall_tau_ci95'])} |",
+             f"| map_hv_ratio_vs_halving | {_f(fig['map_hv_ratio_vs_halving'], 2)} |",
+             f"| joint_hv_ratio_vs_pruning | {_f(fig['joint_hv_ratio_vs_pruning'], 2)} |",
+             f"| cube_hv_ratio_vs_pruning | {_f(fig['cube_hv_ratio_vs_pruning'], 2)} |",
+             f"| cube_sites_on_joint_front | {fig['cube_sites_on_joint_front']} |", "",
+             f"Finalists trained more than 0.05 below their predicted ΔIoU (against the paired "
+             f"baseline): {', '.join(fig['finalists_below_prediction_by_over_0.05']) or 'none'}.", "",
+             md_table(["plan", "Cube sites", "narrowed", "GFLOPs", "predicted IoU", "trained IoU by seed"],
+                      rows), ""]
+    return "\n".join(lines)
+
+
+def plot(fig: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = str(fig["conditions"]["training_seeds"][-1])
+    f, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    colours = {"cube": "#2ca02c", "joint": "#d62728", "random": "#9467bd", "pruning": "#7f7f7f",
+               "unconverted": "#1f77b4"}
+    for p in fig["plans"]:
+        r = fig["runs"].get(p["id"], {})
+        if last in r and p["predicted_iou"] is not None and p["group"] != "unconverted":
+            a.scatter(p["predicted_iou"], r[last]["iou"], c=colours[p["group"]], s=20)
+        if r:
+            mean = np.mean([x["iou"] for x in r.values()])
+            b.scatter(next(iter(r.values()))["gflops"], mean, c=colours[p["group"]], s=20,
+                      label=p["group"])
+    a.set_xlabel("predicted IoU (baseline + Σ ΔIoU of the cells)")
+    a.set_ylabel(f"trained IoU (seed {last})")
+    a.set_title(f"τ {_f(fig['additive_kendall_tau'], 2)}{_ci(fig['additive_kendall_tau_ci95'])}")
+    handles = {h.get_label(): h for h in b.collections}
+    b.legend(handles.values(), handles.keys(), fontsize=7)
+    b.set_xlabel("GFLOPs (fvcore)")
+    b.set_ylabel("trained IoU (mean over seeds)")
+    b.set_title("joint / Cube-only / uniform pruning")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    f.tight_layout()
+    f.savefig(png)
+    plt.close(f)
+
+
+def report(args: argparse.Namespace, ctx: Any, data: dict, plans: list[dict]) -> None:
+    halving_file = Path(args.out) / "halving.json"
+    halving = json.loads(halving_file.read_text()) if halving_file.is_file() else None
+    fig = figures(args, data, plans, runs_of(args, plans), halving)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write(RESULTS / f"{args.tag}.json", json.dumps(fig, indent=2, default=float))
+    atomic_write(RESULTS / f"{args.tag}.md", render(fig))
+    plot(fig, RESULTS / f"{args.tag}.png")
+    print(render(fig).split("\n\n")[3])
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ctx = context(args)
+    if args.phase in ("all", "map"):
+        data = the_map(args, ctx)
+    else:  # the map as measured so far: a report never measures cells
+        data = json.loads((Path(args.out) / "map.json").read_text())
+    if args.phase == "map":
+        return
+    plans = stored_plans(args, ctx, data)
+    if args.phase in ("all", "train"):
+        train_all(args, ctx, plans)
+    if args.halving and args.phase in ("all", "halving"):
+        atomic_write(Path(args.out) / "halving.json", json.dumps(halving_ratio(args, ctx), default=float))
+    if args.phase in ("all", "report"):
+        report(args, ctx, data, plans)
+
+
+if __name__ == "__main__":
+    main()
