@@ -372,3 +372,15 @@ def test_search_strategy_map_trains_the_milps_finalists(tiny_map, tmp_path):
     again = search(TINY, "99%", out=str(out), **options)
     assert len(again.study.trials) == len(result.study.trials)
     assert json.loads((out / "map.json").read_text())["runs"] == 2
+
+
+def test_budget_errors_come_before_any_work(tmp_path):
+    """A budget no plan meets, or a latency budget without a profile table: one error, nothing
+    trained or written."""
+    out = tmp_path / "m"
+    with pytest.raises(CubesearchError, match=r"no plan of the map meets the budget: gflops ≤ "):
+        site_map(TINY, out=str(out), space=SPACE, budgets=["1%"], **TINY_OPTIONS)
+    with pytest.raises(CubesearchError, match=r"budget '5ms' bounds latency, which the map did not "
+                                              r"measure \(give --latency-table FILE"):
+        site_map(TINY, out=str(out), space=SPACE, budgets=["5ms"], **TINY_OPTIONS)
+    assert not out.exists()

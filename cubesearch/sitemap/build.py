@@ -26,7 +26,7 @@ from cubesearch.logging import progress_enabled
 from cubesearch.search.context import SearchContext, build_context
 from cubesearch.search.evaluators.finetune import prepare_baseline
 from cubesearch.search.settings import SearchSettings
-from cubesearch.sitemap.cells import CellJob, baseline_iou
+from cubesearch.sitemap.cells import CellJob, baseline_iou, cell_costs
 from cubesearch.sitemap.milp import Choice, MapTable, resolve_limits, sweep, unmet_message
 from cubesearch.sitemap.options import resolve_subset, site_options, subset_rule
 from cubesearch.sitemap.plot import plot_map
@@ -148,6 +148,8 @@ def site_map(model: str, *, budgets: Sequence[str] = (), subset: str = "auto", b
     show = progress_enabled(progress)
     ctx = build_context(settings)
     check_space(ctx)
+    if budgets:  # a budget no plan meets, or a latency budget without a table: before any work
+        check_budgets(ctx, map_jobs(ctx, resolve_subset(ctx.space, ctx.searchable, subset)), budgets)
     ctx.out.mkdir(parents=True, exist_ok=True)
     with file_lock(ctx.out / ".baseline.lock"):  # as a search: processes sharing --out prepare once
         prepare_baseline(ctx, progress=show, log=console.print)
@@ -157,6 +159,19 @@ def site_map(model: str, *, budgets: Sequence[str] = (), subset: str = "auto", b
     if budgets:
         result.front = predicted_front(result.table, budgets)
     return result
+
+
+def check_budgets(ctx: SearchContext, jobs: Sequence[CellJob], budgets: Sequence[str]) -> None:
+    """Refuse budgets that no plan of the map could meet (each cost at its cheapest option per
+    site), from the cells' costs alone: nothing is measured yet."""
+    lat = ctx.latency
+    cells = [{"site": j.site, "option": j.option.name, "delta_iou": 0.0, **cell_costs(ctx, j)}
+             for j in jobs]
+    table = MapTable(cells, 0.0, {"gflops": ctx.base_flops / 1e9, "params": ctx.base_params,
+                                  "latency": lat.latency_ms({}) if lat is not None else None})
+    limits = resolve_limits(budgets, table)
+    if any(table.lowest(cost) > bound for cost, bound in limits.items()):
+        raise CubesearchError(unmet_message(table, limits))
 
 
 def predicted_front(table: MapTable, budgets: Sequence[str], points: int = 41) -> list[Choice]:

@@ -79,6 +79,10 @@ class MapTable:
 
     def delta(self, cell: Mapping[str, Any], cost: str) -> float:
         value = cell.get(COST_KEYS[cost])
+        if value is None and cell.get("kind") == "width":
+            raise CubesearchError(f"a {cost} budget needs every cell's Δ{cost}, and a latency table "
+                                  f"times no narrowed conv ({cell['site']} {cell['option']}): give a "
+                                  "latency budget with a Cube-only space (e.g. default)")
         if value is None:
             raise CubesearchError(f"a {cost} budget needs every cell's Δ{cost}: the map has none "
                                   f"at {cell['site']} {cell['option']} (measure it with "
