@@ -254,7 +254,8 @@ def test_a_run_with_other_settings_is_refused(tiny_map):
 
 
 def test_a_shared_space_is_refused(tmp_path):
-    with pytest.raises(CubesearchError, match="--space shared: the site map .* needs a per-site space"):
+    with pytest.raises(CubesearchError, match="--space shared: the site map .* --strategy map needs a "
+                                              "per-site space"):
         site_map(TINY, out=str(tmp_path / "m"), space="shared", **TINY_OPTIONS)
     assert not (tmp_path / "m").exists()  # refused before any work
 

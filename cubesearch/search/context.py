@@ -124,6 +124,11 @@ def build_context(settings: SearchSettings) -> SearchContext:
             f"space {space.name!r} offers widths (narrowed convs), which only `search --strategy "
             f"map` searches; --strategy {settings.strategy} and the commands built on it take a "
             "Cube-only space (e.g. default)")
+    if settings.strategy == "map" and space.mode != "per_site":
+        raise CubesearchError(
+            f"--space {settings.space}: the site map scores and chooses each site on its own, so "
+            f"--strategy map needs a per-site space (mode: per_site, as `default` or `joint`); "
+            f"space {space.name!r} has mode {space.mode!r}")
     model = load_model(settings.model, pretrained=settings.pretrained, **settings.model_args)
     report = find_sites(model, input_size=settings.input_size)
     sites = list(report.sites)

@@ -27,8 +27,9 @@ from cubesearch.search.context import SearchContext, build_context
 from cubesearch.search.evaluators.finetune import prepare_baseline
 from cubesearch.search.settings import SearchSettings
 from cubesearch.sitemap.cells import CellJob, baseline_iou, cell_costs
-from cubesearch.sitemap.milp import Choice, MapTable, resolve_limits, sweep, unmet_message
+from cubesearch.sitemap.milp import Choice, Exact, MapTable, resolve_limits, sweep, unmet_message
 from cubesearch.sitemap.options import resolve_subset, site_options, subset_rule
+from cubesearch.sitemap.plans import exact_costs
 from cubesearch.sitemap.plot import plot_map
 from cubesearch.sitemap.runner import run_cells
 from cubesearch.sitemap.store import MapStore
@@ -59,15 +60,6 @@ class SiteMap:
         return {"map": str(self.path), "plot": str(self.png), "measured": self.measured,
                 "baseline_iou": self.data["baseline_iou"], "subset": self.data["subset_rule"],
                 "cells": self.cells, "predicted_front": [c.to_dict() for c in self.front]}
-
-
-def check_space(ctx: SearchContext) -> None:
-    """A map chooses per site: the space must decide per site (`mode: per_site`)."""
-    if ctx.space.mode != "per_site":
-        raise CubesearchError(
-            f"--space {ctx.settings.space}: the site map scores and chooses each site on its own, "
-            f"so it needs a per-site space (mode: per_site, as `default`); space "
-            f"{ctx.space.name!r} has mode {ctx.space.mode!r}")
 
 
 def map_jobs(ctx: SearchContext, subset: str) -> list[CellJob]:
@@ -108,7 +100,6 @@ def build_map(ctx: SearchContext, *, subset: str = "auto", backend: str = "local
     `seed` (default: the search's): every cell's block initialisation and distillation batches;
     the baseline and the data keep the search's seed."""
     t0 = time.perf_counter()
-    check_space(ctx)
     console = console or Console(stderr=True)
     subset = resolve_subset(ctx.space, ctx.searchable, subset)
     jobs = map_jobs(ctx, subset)
@@ -146,8 +137,7 @@ def site_map(model: str, *, budgets: Sequence[str] = (), subset: str = "auto", b
     check_destination(settings.out, option="--out", replaceable=False)
     console = console or Console(stderr=True)
     show = progress_enabled(progress)
-    ctx = build_context(settings)
-    check_space(ctx)
+    ctx = build_context(settings)  # a space that is not per-site: refused there
     if budgets:  # a budget no plan meets, or a latency budget without a table: before any work
         check_budgets(ctx, map_jobs(ctx, resolve_subset(ctx.space, ctx.searchable, subset)), budgets)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +147,7 @@ def site_map(model: str, *, budgets: Sequence[str] = (), subset: str = "auto", b
         result = build_map(ctx, subset=subset, backend=backend, seed=map_seed, console=console,
                            progress=show)
     if budgets:
-        result.front = predicted_front(result.table, budgets)
+        result.front = predicted_front(result.table, budgets, exact=exact_costs(ctx, result.data))
     return result
 
 
@@ -174,11 +164,13 @@ def check_budgets(ctx: SearchContext, jobs: Sequence[CellJob], budgets: Sequence
         raise CubesearchError(unmet_message(table, limits))
 
 
-def predicted_front(table: MapTable, budgets: Sequence[str], points: int = 41) -> list[Choice]:
-    """The MILP's plans under `budgets`, swept along the first budget's cost up to its bound."""
+def predicted_front(table: MapTable, budgets: Sequence[str], points: int = 41,
+                    exact: Exact | None = None) -> list[Choice]:
+    """The MILP's plans under `budgets`, swept along the first budget's cost up to its bound;
+    `exact`: each plan's exact cost (`plans.exact_costs`), re-checked against the budgets."""
     limits = resolve_limits(budgets, table)
     first = next(iter(limits))
-    front = sweep(table, first, limits[first], points=points, limits=limits)
+    front = sweep(table, first, limits[first], points=points, limits=limits, exact=exact)
     if not front:
         raise CubesearchError(unmet_message(table, limits))
     return front

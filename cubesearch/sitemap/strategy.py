@@ -43,7 +43,7 @@ from cubesearch.search.evaluators.finetune import prepare_baseline
 from cubesearch.search.halving import HalvingEvaluator
 from cubesearch.search.record import WIDTHS, Phase, TrialOutcome
 from cubesearch.search.strategy import run_phase
-from cubesearch.sitemap.build import SiteMap, build_map, check_space
+from cubesearch.sitemap.build import SiteMap, build_map
 from cubesearch.sitemap.cells import narrowed_cost
 from cubesearch.sitemap.milp import Choice, spread, sweep, unmet_message
 from cubesearch.sitemap.plans import exact_costs, plan_dict, plan_parts
@@ -177,7 +177,6 @@ def run_map(ctx: SearchContext, study: optuna.Study, backend: Any, console: Cons
     if not isinstance(ctx.evaluator, (FineTuneEvaluator, HalvingEvaluator, MapEvaluator)):
         raise CubesearchError("--strategy map trains its finalists with cubesearch's trainer "
                               "(--evaluator finetune)")
-    check_space(ctx)
     with file_lock(ctx.out / ".map.lock"):
         sitemap = build_map(ctx, backend=ctx.settings.backend, console=console, progress=progress)
     finalists = stored(study, FINALISTS_ATTR, lambda: finalist_records(ctx, sitemap))
