@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.stats import kendalltau
 
+FLAT_WINDOW, FLAT_DELTA = 4, 0.01  # flattened: the last 4 epochs add < 0.01 to the best IoU before
 BOOT = 2000  # bootstrap resamples
 BOOT_SEED = 0
 
@@ -42,3 +43,11 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0 for one value)."""
     v = np.asarray(values, float)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def flattened(curve: Sequence[float]) -> bool:
+    """The val IoU curve has flattened: its last FLAT_WINDOW epochs raise the best IoU before
+    them by less than FLAT_DELTA (else the figure is "after N epochs", not converged)."""
+    if len(curve) <= FLAT_WINDOW:
+        return False
+    return max(curve[-FLAT_WINDOW:]) - max(curve[:-FLAT_WINDOW]) < FLAT_DELTA

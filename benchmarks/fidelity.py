@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import oneshot  # noqa: E402  (benchmarks/ on sys.path: the plan choice and context are shared)
 import torch  # noqa: E402
 from _common import machine, md_table  # noqa: E402
+from _stats import FLAT_DELTA, FLAT_WINDOW, flattened  # noqa: E402
 
 from cubesearch.checkpoint import load  # noqa: E402
 from cubesearch.cli.options import model_args  # noqa: E402  (the CLI's --model-arg parser)
@@ -57,7 +58,6 @@ from cubesearch.training.finetune import Recipe, train_final  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = RESULTS / "fidelity-runs"  # one JSON a (plan, seed): committed, so a later run resumes
 RUNG_EPOCHS = (1, 3)  # the halving strategy's lower rungs (η = 3)
-FLAT_WINDOW, FLAT_DELTA = 4, 0.01  # converged: the last 4 epochs add < 0.01 to the best IoU before
 
 
 # --- plans ------------------------------------------------------------------------------------
@@ -80,14 +80,6 @@ def plan_of(ctx: Any, sites: dict) -> Plan:
 
 
 # --- one run: the rungs, then the converged training ------------------------------------------
-
-
-def flattened(curve: list[float]) -> bool:
-    """The val IoU curve has flattened: its last FLAT_WINDOW epochs raise the best IoU before
-    them by less than FLAT_DELTA."""
-    if len(curve) <= FLAT_WINDOW:
-        return False
-    return max(curve[-FLAT_WINDOW:]) - max(curve[:-FLAT_WINDOW]) < FLAT_DELTA
 
 
 def data_options(ctx: Any) -> dict[str, Any]:
