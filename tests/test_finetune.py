@@ -196,3 +196,35 @@ def test_promotion_takes_whole_fronts_then_hypervolume_contribution():
     assert c[0] == pytest.approx((3 - 1) * 0.5 - (3 - 2) * 0.5) and c[1] == pytest.approx(0.3 * 1)
     assert rung_sizes(27, 3, 3) == [27, 9, 3] and rung_sizes(4, 3, 3) == [4, 1, 1]
     assert math.isfinite(float(c.sum()))
+
+
+# --- the from-scratch mode (the paper's protocol) -------------------------------------------------
+
+
+def test_from_scratch_starts_from_fresh_weights_not_the_baseline(baseline):
+    from cubesearch.checkpoint import load
+    from cubesearch.training.finetune import fresh_model
+
+    trained = load(baseline).state_dict()
+    model = fresh_model(tiny_plan(), baseline, seed=0)
+    assert not isinstance(model.get_submodule("decoder.0.0"), torch.nn.Conv2d)  # converted: a block
+    fresh = model.state_dict()
+    shared = [k for k in fresh if k in trained and trained[k].dtype.is_floating_point
+              and "running" not in k and fresh[k].numel() > 1]
+    assert shared and all(not torch.equal(fresh[k], trained[k]) for k in shared)
+    again = fresh_model(tiny_plan(), baseline, seed=0).state_dict()
+    other = fresh_model(tiny_plan(), baseline, seed=1).state_dict()
+    assert all(torch.equal(fresh[k], again[k]) for k in fresh)  # the seed fixes the init
+    assert any(not torch.equal(fresh[k], other[k]) for k in shared)
+
+
+def test_from_scratch_trains_both_arms_from_scratch_with_the_same_settings(data, baseline, tmp_path):
+    scratch = Recipe(epochs=1, patience=None, from_scratch=True)
+    done = finetune(tiny_plan(), baseline, recipe=scratch, data=data, paired_cache=tmp_path, **FAST)
+    m, p = done.result.metrics, done.paired
+    assert "init_source" not in m and "init_source" not in p  # nothing loaded into either arm
+    assert "distill_steps" not in m  # no block fitted to a trained conv
+    assert m["lr"] == p["lr"] == scratch.block_lr and m["epochs"] == p["epochs"] == 1.0
+    assert m["steps"] > 0 and math.isfinite(m["iou"]) and math.isfinite(p["iou"])
+    # the paired baselines are cached under different keys: one mode never reuses the other's
+    assert Recipe(from_scratch=True).key() != Recipe().key()

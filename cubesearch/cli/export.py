@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.cli.options import TRUST_MODEL_CODE
+from cubesearch.cli.options import FROM_SCRATCH, TRUST_MODEL_CODE
 
 
 @app.command()
@@ -19,6 +19,7 @@ def export(
                                           help="Train each model by the final recipe for this many "
                                                "epochs before export, beside the paired baseline "
                                                "(see `cubesearch finetune`)."),
+    from_scratch: bool = FROM_SCRATCH,
     trust_model_code: bool = TRUST_MODEL_CODE,
     fold: bool = typer.Option(True, "--fold/--no-fold",
                               help="Write ONNX/TorchScript from the folded eval form of every Cube "
@@ -32,12 +33,14 @@ def export(
     from cubesearch.cli.finetune import results_table
     from cubesearch.exporting import calibration_line
     from cubesearch.exporting import export as run_export
+    from cubesearch.training.finetune import Recipe
 
     console = out_console(as_json)
     result = run_export(source, study=study, out=out, select=select,
                         formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                         finetune_epochs=finetune_epochs, console=console,
-                        trust_code=trust_model_code, fold=fold, opset=opset)
+                        trust_code=trust_model_code, fold=fold, opset=opset,
+                        recipe=Recipe(from_scratch=True) if from_scratch else None)
     if as_json:
         print_json(result.to_dict())
         return

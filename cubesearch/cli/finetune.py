@@ -11,6 +11,7 @@ from cubesearch.cli.app import app, out_console, print_json
 from cubesearch.cli.options import (
     BLOCK_LR,
     DISTILL_STEPS,
+    FROM_SCRATCH,
     KD_WEIGHT,
     PATIENCE,
     RECIPE_EPOCHS,
@@ -20,7 +21,7 @@ from cubesearch.cli.options import (
 
 
 def recipe_from(epochs: float, lr: float | None, block_lr: float | None, kd_weight: float | None,
-                patience: int | None, distill_steps: int | None) -> Any:
+                patience: int | None, distill_steps: int | None, from_scratch: bool = False) -> Any:
     """A `Recipe` of the options given (the rest its defaults); a bad value is one error line."""
     from pydantic import ValidationError
 
@@ -28,7 +29,7 @@ def recipe_from(epochs: float, lr: float | None, block_lr: float | None, kd_weig
     from cubesearch.training.finetune import Recipe
 
     given = dict(epochs=epochs, lr=lr, block_lr=block_lr, kd_weight=kd_weight,
-                 distill_steps=distill_steps)
+                 distill_steps=distill_steps, from_scratch=from_scratch or None)
     if patience is not None:
         given["patience"] = patience or None  # 0: no early stopping
     try:
@@ -80,6 +81,7 @@ def finetune(
     kd_weight: float = KD_WEIGHT,
     patience: int = PATIENCE,
     distill_steps: int = DISTILL_STEPS,
+    from_scratch: bool = FROM_SCRATCH,
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, …"),
     trust_model_code: bool = TRUST_MODEL_CODE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -93,7 +95,7 @@ def finetune(
     from cubesearch.sites import parse_input_size
     from cubesearch.trust import trust_model_code as trust_model_code_for
 
-    recipe = recipe_from(epochs, lr, block_lr, kd_weight, patience, distill_steps)
+    recipe = recipe_from(epochs, lr, block_lr, kd_weight, patience, distill_steps, from_scratch)
     options = dict(data=data, train_tiles=train_tiles, val_tiles=val_tiles, batch_size=batch_size,
                    seed=seed, device=device, val_split=val_split, crops_per_image=crops_per_image,
                    workers=workers,

@@ -37,6 +37,10 @@ PATIENCE = typer.Option(None, "--patience", help="Stop after N epochs without a 
                                                  "(default 4; 0: never stop early).")
 DISTILL_STEPS = typer.Option(None, "--distill-steps", help="Batches fitting each block to the conv it "
                                                            "replaces first (default 100).")
+FROM_SCRATCH = typer.Option(False, "--from-scratch",
+                            help="Train from freshly initialised weights, the paired baseline too "
+                                 "(the paper's protocol), instead of converting the trained "
+                                 "baseline; all weights at --block-lr, no block distillation.")
 TRUST_MODEL_CODE = typer.Option(False, "--trust-model-code",
                                 help="Import the model.py / package.module:callable that a "
                                      "checkpoint, --plan or study names (only for code you trust).")

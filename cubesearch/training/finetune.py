@@ -12,6 +12,12 @@ without improvement.
 The **paired baseline** is the unconverted baseline trained by the identical recipe, epochs and
 seed: a converted model's ΔIoU is against it, not against the shorter-trained baseline of the
 search (which would credit the converted model with the extra epochs).
+
+`Recipe(from_scratch=True)` is the paper's protocol instead (§4.2: both arms trained the same
+way, no pretraining): the converted model's weights re-initialised from the seed (nothing
+loaded from the baseline, no block distillation), every parameter at `block_lr`, the same
+epochs; its paired baseline is then the unconverted model trained from scratch likewise. The
+baseline folder still names the model (and is the teacher when `kd_weight` > 0).
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import Module
 
+from cubesearch.conversion import convert
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import atomic_write, file_sha256
+from cubesearch.models import load_model_from
 from cubesearch.plan import Plan
 from cubesearch.training.trainer import TrainResult, train
 
@@ -48,9 +57,17 @@ class Recipe(BaseModel):
     patience: int | None = Field(4, ge=1)  # evaluations (epochs) without improvement
     distill_steps: int = Field(100, ge=0)  # blocks fitted to the convs they replace, first
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # annealed to 0
+    # the paper's protocol: weights re-initialised, not converted from the trained baseline
+    from_scratch: bool = False
 
     def train_options(self, converted: bool) -> dict[str, Any]:
-        """`TrainConfig` fields of this recipe (no block distillation for an unconverted model)."""
+        """`TrainConfig` fields of this recipe (no block distillation for an unconverted model,
+        nor from scratch: there is no trained conv to fit; from scratch every weight is new, so
+        all train at `block_lr`)."""
+        if self.from_scratch:
+            return dict(epochs=self.epochs, lr=self.block_lr, new_lr=None, kd_weight=self.kd_weight,
+                        kd_temperature=self.kd_temperature, patience=self.patience, keep_best=True,
+                        min_lr_ratio=self.min_lr_ratio, distill_steps=0)
         return dict(epochs=self.epochs, lr=self.lr, new_lr=self.block_lr, kd_weight=self.kd_weight,
                     kd_temperature=self.kd_temperature, patience=self.patience, keep_best=True,
                     min_lr_ratio=self.min_lr_ratio, distill_steps=self.distill_steps if converted else 0)
@@ -108,6 +125,9 @@ def train_final(plan: Plan, baseline: str | Path, *, recipe: Recipe | None = Non
     recipe = recipe or Recipe()
     converted = bool(plan.sites or plan.insertions)  # new blocks to distil
     built = converted or bool(plan.widths)  # a model other than the baseline's (narrowed convs)
+    if recipe.from_scratch and start is None:
+        return train(fresh_model(plan, baseline, seed), plan=plan, teacher=str(baseline), seed=seed,
+                     out=out, **{**recipe.train_options(converted), **options})
     if start is not None:
         module = isinstance(start, Module)  # a folder carries its own plan
         return train(start if module else str(start), plan=plan if module else None, teacher=str(baseline),
@@ -115,6 +135,18 @@ def train_final(plan: Plan, baseline: str | Path, *, recipe: Recipe | None = Non
                                             **options})
     return train(str(baseline), plan=plan if built else None, init_from=str(baseline),
                  seed=seed, out=out, **{**recipe.train_options(converted), **options})
+
+
+def fresh_model(plan: Plan, baseline: str | Path, seed: int) -> Module:
+    """The baseline's model rebuilt with freshly initialised weights (from `seed`; the caller's
+    RNG untouched), converted by `plan`: the from-scratch arm starts here."""
+    folder = Path(baseline)
+    saved = baseline_plan(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = load_model_from(saved.model, source=folder / "plan.json", folder=folder,
+                                **dict(saved.model_kwargs))
+        return convert(model, plan) if plan.sites or plan.insertions or plan.widths else model
 
 
 def paired_baseline(baseline: str | Path, *, recipe: Recipe | None = None, seed: int = 0,
