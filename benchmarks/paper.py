@@ -189,18 +189,25 @@ def selected(cfg: Config, groups: set[str]) -> bool:
             or ("b" in groups and cfg.key in ("conv", "cube_s2")) or ("c" in groups and cfg.key == "cube_s2"))
 
 
+TIERS = (("unconverted", "cube_s2", "conv"), ("cube_s1",))  # run first, all seeds: the headline
+
+
 def jobs(args: argparse.Namespace) -> list[tuple[Config, str, int, int]]:
-    """(config, protocol, tile, seed) in the order they run: seed-major, so a stopped run leaves
-    every configuration with as many seeds as the others; a seed's conversions after its scratch
+    """(config, protocol, tile, seed) in the order they run: the headline's configurations
+    (Tab. 2, then Tab. 3's stride 1) under every seed first, then the rest seed-major, so a
+    stopped run leaves the headline with every seed; a seed's conversions after its scratch
     runs (they start from its scratch unconverted model)."""
     groups, protocols = set(args.groups.split(",")), args.protocols.split(",")
+    chosen = [c for c in configs() if selected(c, groups)]
+    tiers = [[c for c in chosen if c.key in tier] for tier in TIERS]
+    tiers.append([c for c in chosen if not any(c.key in t for t in TIERS)])
     out = []
-    for seed in range(args.seeds):
-        for protocol in ("scratch", "conversion"):
-            if protocol not in protocols:
-                continue
-            out += [(c, protocol, args.tile, seed) for c in configs() if selected(c, groups)
-                    and (protocol == "scratch" or c.sites or c.key == "unconverted")]
+    for protocol in ("scratch", "conversion"):
+        if protocol not in protocols:
+            continue
+        for tier in tiers:
+            out += [(c, protocol, args.tile, seed) for seed in range(args.seeds) for c in tier
+                    if protocol == "scratch" or c.sites or c.key == "unconverted"]
     return out
 
 
@@ -396,7 +403,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--width", type=int, default=16, help="examples/unet.py's base width (the "
                     "issue asked for 32: 4× the compute, which this machine's share could not give)")
-    ap.add_argument("--epochs", type=float, default=12.0, help="from-scratch epochs")
+    ap.add_argument("--epochs", type=float, default=10.0, help="from-scratch epochs")
     ap.add_argument("--conv-epochs", type=float, default=8.0, help="the conversion recipe's epochs")
     ap.add_argument("--train-tiles", type=int, default=96)
     ap.add_argument("--val-tiles", type=int, default=64)
