@@ -334,11 +334,24 @@ def report(args: argparse.Namespace) -> None:
                                 "100 distillation steps, KD off, cosine to 0, best kept, patience 4",
            "flatten_criterion": "the last 4 epochs raise the best val IoU before them by < 0.01",
            "machine": machine()}
+    fig["headline"] = headline(fig)
     RESULTS.mkdir(exist_ok=True)
     (Path(args.results) / "paper.json").write_text(json.dumps(fig, indent=1))
     (Path(args.results) / "paper.md").write_text(render(fig, args))
     plot(fig, Path(args.results) / "paper.png")
     print((Path(args.results) / "paper.md").read_text())
+
+
+def headline(fig: dict) -> str:
+    """One line for the docs' index: each measured claim's verdict and its paired Δ."""
+    parts = []
+    for name, c in fig["claims"].items():
+        if c["measured"]:
+            f = c["figures"]
+            verdict = {True: "yes", False: "no", None: "tie"}[c["reproduced"]]
+            parts.append(f"{name.split(' (')[0]}: {verdict} (Δ {f['mean_diff']:+.3f} ± {f['se']:.3f}, "
+                         f"{len(f['seeds'])} seeds)")
+    return "; ".join(parts) or "no claim measured yet"
 
 
 def _v(v: bool | None) -> str:

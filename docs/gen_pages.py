@@ -67,6 +67,7 @@ BENCHMARKS = [
           "{cross_seed[rung1]:.2f}, rung 3 {cross_seed[rung3]:.2f} (seed-to-seed "
           "{seed_to_seed_tau:.2f}); FullCube "
           "{fullcube_iou_ratio:.2f}× its paired baseline's IoU"),
+    Bench("paper", "The paper's Tabs. 2–4 in miniature", "{headline}"),
     Bench("kd-ablation", "Distillation in the final recipe, on and off",
           "KD from the search's baseline minus none: unconverted {plans[unconverted][delta]:+.3f} IoU, "
           "FullCube {plans[FullCube][delta]:+.3f}; FullCube / paired {fullcube_ratio_kd:.3f}× with, "
