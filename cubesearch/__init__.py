@@ -1,7 +1,8 @@
 """cubesearch: put Cube Kernel blocks into any model and search the IoU-vs-FLOPs trade-off.
 
 The public API mirrors the CLI (docs/design.md §3). Heavy modules (timm, smp, fvcore, optuna) load
-lazily, on first use of the name that needs them, so `import cubesearch` stays fast.
+lazily, on first use of the name that needs them (torch too: the blocks), so `import cubesearch`
+and `cubesearch --help` stay fast.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import importlib
 from typing import Any
 
 from cubesearch._version import __version__
-from cubesearch.blocks import CubeBlock, CubeConfig, FoldedCubeBlock
 from cubesearch.errors import CubesearchError
 
 # name -> module that defines it; one module per step of docs/design.md §2's data flow.
 _LAZY = {
+    "CubeBlock": "cubesearch.blocks",
+    "CubeConfig": "cubesearch.blocks",
+    "FoldedCubeBlock": "cubesearch.blocks",
     "load_model": "cubesearch.models",
     "find_sites": "cubesearch.sites",
     "Site": "cubesearch.sites",
@@ -37,7 +40,7 @@ _LAZY = {
     "AblationResult": "cubesearch.ablation",
 }
 
-__all__ = ["CubeBlock", "CubeConfig", "CubesearchError", "FoldedCubeBlock", "__version__", *_LAZY]
+__all__ = ["CubesearchError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -59,8 +59,9 @@ def choose_plans(points: Sequence[ParetoPoint], k: int, objectives: Sequence[str
                  ) -> list[ParetoPoint]:
     """K trained plans at evenly spaced GFLOPs over the front's cost range (the nearest plan to
     each target not yet taken; one slot: the cheapest end), the unconverted reference first when
-    the study has it."""
-    trained = sorted((p for p in points if p.checkpoint and p.feasible), key=lambda p: (p.gflops, p.trial))
+    the study has it. Every trained plan counts, over budget or not: the only trained ones over
+    budget are the references, and a tight budget must not drop the unconverted one."""
+    trained = sorted((p for p in points if p.checkpoint), key=lambda p: (p.gflops, p.trial))
     if len(trained) < 2:
         raise CubesearchError(f"calibration ranks ≥ 2 trained plans; the study has {len(trained)}")
     k = min(k, len(trained))
@@ -234,8 +235,8 @@ def calibrate(source: str | Path, *, study: str | None = None, plans: int = 8, s
             pending.append(CalibrationRun(p.trial, seed, str(Path(p.checkpoint) / "plan.json"),
                                           p.iou, p.gflops, p.label))
     if backend == "ray":
-        ray_settings = SearchSettings(**{"strategy": "trials", **record, "backend": "ray",
-                                         "address": address or record.get("address")})
+        ray_settings = SearchSettings.from_record(record, backend="ray",
+                                                  address=address or record.get("address"))
         runs = run_on_ray(pending, ray_settings, str(baseline), recipe, key, data, data_seed, log)
     else:
         runs = run_here(pending, str(baseline), recipe, key, data, data_seed, progress, log)

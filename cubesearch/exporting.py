@@ -204,7 +204,7 @@ def study_baseline_dir(points: Sequence[ParetoPoint], root: Path | None, setting
     """The trained, unconverted baseline a study's trials were warm-started from."""
     if root is not None:
         try:
-            folder = search_baseline_dir(SearchSettings(**{"strategy": "trials", **settings}), root)
+            folder = search_baseline_dir(SearchSettings.from_record(settings), root)
         except CubesearchError:  # a record older than today's settings
             folder = None
         if folder is not None and (folder / "model.safetensors").is_file():

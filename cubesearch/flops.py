@@ -16,10 +16,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from cubesearch.blocks import CubeBlock, block_cost
+from cubesearch.blocks.cost import conv_cost
 from cubesearch.errors import CubesearchError, one_line
 from cubesearch.helpers import eval_mode, parse_input_size, zero_input
 
@@ -91,3 +94,24 @@ def reference_flops_by_module(model: nn.Module, input_size: Sequence[int] | str 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def cost_table_rows(channels: int = 96, size: int = 128) -> list[dict[str, Any]]:
+    """Params and FLOPs of CubeBlock(C, C) against nn.Conv2d(C, C, 3) at C×size×size: counted
+    on the modules, from the formulas, and by fvcore (train mode, batch 1)."""
+    x = torch.zeros(1, channels, size, size)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+    block = CubeBlock(channels, channels)
+    rows = []
+    for name, module, analytic in (
+        ("Conv2d 3×3", conv, conv_cost(channels, channels, 3, 1, size)),
+        ("CubeBlock", block, block_cost(channels, channels, None, 1, size)),
+    ):
+        rows.append({
+            "module": name,
+            "params": sum(p.numel() for p in module.parameters()),
+            "params_formula": analytic.params,
+            "conv_gmacs_formula": analytic.conv_macs_spec / 1e9,
+            "gflops_fvcore": fvcore_flops(module.train(), (x,)) / 1e9,
+        })
+    return rows

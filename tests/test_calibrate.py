@@ -33,6 +33,15 @@ def test_plans_spread_over_the_front_with_the_reference_first():
         choose_plans(points[:1], 3)
 
 
+def test_a_tight_budget_keeps_the_unconverted_reference():
+    """The references are trained over budget too: the unconverted one still goes first."""
+    points = [point(0, 0.50, 10.0, "baseline"), point(1, 0.45, 2.0), point(3, 0.48, 6.0),
+              point(5, 0.47, 7.0)]
+    points[0].feasible = False  # a 70% budget: the unconverted model is over it
+    chosen = choose_plans(points, 3)
+    assert chosen[-1].label == "baseline" and [p.trial for p in chosen] == [1, 3, 0]
+
+
 def test_rank_figures_match_their_formulas():
     proxy = [0.1, 0.2, 0.3, 0.4]
     seeds = [[0.5, 0.6, 0.8, 0.7], [0.5, 0.7, 0.6, 0.9]]  # mean: 0.5, 0.65, 0.7, 0.8 (proxy's order)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -21,9 +22,21 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+# Where output is not a terminal (a file, a pipe) and COLUMNS is unset, rich would cut tables to
+# 80 columns: the front table's notes and "sites" lost. There, lines are this wide instead.
+PIPED_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    """A rich console at the terminal's width, or PIPED_WIDTH (COLUMNS if set) elsewhere."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=PIPED_WIDTH if wide else None)
+
+
 # Human output (tables, progress) goes to stderr when --json owns stdout.
-console = Console()
-err_console = Console(stderr=True)
+console = _console()
+err_console = _console(stderr=True)
 
 
 def _version(value: bool) -> None:

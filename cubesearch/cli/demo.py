@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from cubesearch.cli.app import app, out_console, print_json
 from cubesearch.cli.options import RUNGS, parse_rungs
-from cubesearch.demo import DEMO_BUDGET, DEMO_MODEL, DEMO_RUNGS, DEMO_TRAINING, DEMO_TRIALS, cost_table_rows
+from cubesearch.demo import DEMO_BUDGET, DEMO_MODEL, DEMO_RUNGS, DEMO_TRAINING, DEMO_TRIALS
 
 
-def cost_table(rows: list[dict], channels: int, size: int) -> Table:
+def cost_table(rows: list[dict], channels: int, size: int) -> Any:
+    from rich.table import Table
+
     table = Table(title=f"Cube block vs 3×3 conv, C_in = C_out = {channels}, 1×{channels}×{size}×{size}")
     for col in ("module", "params", "conv GMACs (formula)", "GFLOPs (fvcore)"):
         table.add_column(col, justify="left" if col == "module" else "right")
@@ -30,9 +31,11 @@ def cost_table(rows: list[dict], channels: int, size: int) -> Table:
     return table
 
 
-def final_table(models: list[dict[str, Any]], baseline_gflops: float | None) -> Table:
+def final_table(models: list[dict[str, Any]], baseline_gflops: float | None) -> Any:
     """What the user gets: each exported model's final IoU beside the paired baseline's, and
     the first-rung IoU it was ranked on."""
+    from rich.table import Table
+
     table = Table(title="Exported models: final IoU vs the paired baseline (same recipe, epochs, seed)")
     for col in ("trial", "GFLOPs", "saving", "ranked on (rung 0)", "final IoU", "paired baseline",
                 "ΔIoU", "ratio"):
@@ -69,6 +72,8 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Run the main job on the embedded default: cost table, search, export, Pareto plot."""
+    from cubesearch.flops import cost_table_rows
+
     console = out_console(as_json)
     rows = cost_table_rows()
     console.print(cost_table(rows, 96, 128))

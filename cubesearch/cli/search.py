@@ -1,26 +1,86 @@
-"""`cubesearch search MODEL --budget 50GFLOPs`: the product's main job."""
+"""`cubesearch search MODEL --budget 50GFLOPs`: the product's main job.
+
+Its options are grouped in `--help` panels (cubesearch.cli.options); those only some strategies
+read default to None, so the settings can tell a given option from an unset one.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
+from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.cli.options import (
-    BATCH_SIZE,
-    CLASSES,
-    FLOPS_INPUT,
-    LR,
-    MODEL_ARG,
-    PRETRAINED,
-    RUNGS,
-    TILE_SIZE,
-    TRAIN_TILES,
-    VAL_TILES,
-    model_args,
-    parse_rungs,
-)
 from cubesearch.errors import CubesearchError
 from cubesearch.redact import mask_url
+
+# The search's own options (those other commands share are in cubesearch.cli.options)
+BUDGET = typer.Option(..., "--budget", help="FLOPs (50GFLOPs, 50G, 5e10, 400MFLOPs), latency (25ms, "
+                      "0.5s; with a latency objective) or 60% of the first cost objective named.",
+                      rich_help_panel=o.BUDGET_PANEL)
+OBJECTIVES = typer.Option("iou,gflops", "--objectives", help="iou and costs: iou,gflops, "
+                          "iou,gflops,params, iou,latency or iou,gflops,latency (latency: measured "
+                          "on this device, see `cubesearch profile`).", rich_help_panel=o.BUDGET_PANEL)
+LATENCY_TABLE = typer.Option(None, "--latency-table", help="Latency table (default: OUT/latency.json; "
+                             "profiled here when it lacks the model).", rich_help_panel=o.BUDGET_PANEL)
+LATENCY_BACKEND = typer.Option("torch", "--latency-backend", help="Runtime the latency table is timed "
+                               "in: torch (eager, folded) or ort (ONNX Runtime CPU, the exported "
+                               "model); as `cubesearch profile --backend`.",
+                               rich_help_panel=o.BUDGET_PANEL)
+REPROFILE = typer.Option(False, "--reprofile", help="Measure this device's latency table again "
+                         "(needed to resume a study on another device).", rich_help_panel=o.BUDGET_PANEL)
+TRIALS = typer.Option(20, "--trials", min=1, help="Plans the study trains, counting its two "
+                      "references (the unconverted model and FullCube), so --trials N trains N - 2 "
+                      "searched plans; with halving: the plans rung 0 trains; with oneshot: the "
+                      "plans confirmed by training. A resume counts earlier ones; plans over "
+                      "budget are rejected free and not counted.", rich_help_panel=o.STRATEGY_PANEL)
+STRATEGY = typer.Option("auto", "--strategy", help="auto (the default): trials if "
+                        "--epochs-per-trial is given, halving if --rungs or --eta is, else halving "
+                        "with cubesearch's trainer and trials with another --evaluator. halving: "
+                        "plans ranked on the first of --rungs (epochs of the final recipe), the best "
+                        "1/--eta trained on to the next (MO-ASHA), so the front holds trained models "
+                        "and their paired baseline; trials: every plan sampled is trained "
+                        "--epochs-per-trial; oneshot: a supernet trained once scores --proxy-trials "
+                        "plans, --trials plans covering its front are confirmed by training. An "
+                        "option the strategy does not use is an error.", rich_help_panel=o.STRATEGY_PANEL)
+ETA = typer.Option(None, "--eta", min=2, help="halving: 1/eta of each rung is promoted (default 3).",
+                   rich_help_panel=o.STRATEGY_PANEL)
+PROXY_TRIALS = typer.Option(None, "--proxy-trials", min=1, help="oneshot: plans scored in the supernet "
+                            "(default 500; about a second each on a GPU, several on a CPU).",
+                            rich_help_panel=o.STRATEGY_PANEL)
+SUPERNET_WORKERS = typer.Option(None, "--supernet-workers", min=1, help="oneshot or --evaluator "
+                                "supernet, with --backend ray: data-parallel supernet training on N "
+                                "Ray Train workers (default 1).", rich_help_panel=o.RAY_PANEL)
+SAMPLER = typer.Option("nsga2", "--sampler", help="nsga2, tpe or random.", rich_help_panel=o.STRATEGY_PANEL)
+EVALUATOR = typer.Option("finetune", "--evaluator", help="How a plan becomes an IoU: finetune "
+                         "(cubesearch's trainer), supernet (scored in about a second in a supernet "
+                         "trained once per search; recorded as scored, not trained) or "
+                         "path/to/eval.py:fn, your function fn(model, trial) -> {'iou': ...} given "
+                         "the converted, warm-started model.", rich_help_panel=o.STRATEGY_PANEL)
+TIMEOUT = typer.Option(None, "--timeout", help="Bound on the whole search (90s, 30m, 2h), from its "
+                       "start: the baseline or a plan still training then stops, and no plan starts "
+                       "after it (a plan so stopped is recorded as failed and trained again on "
+                       "resume; a baseline so stopped ends the search with an error). A supernet's "
+                       "training (oneshot) is not cut short.", rich_help_panel=o.STRATEGY_PANEL)
+STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite in --out).",
+                       rich_help_panel=o.STORAGE_PANEL)
+STUDY_NAME = typer.Option(None, "--study", help="Study name (default: from model and space).",
+                          rich_help_panel=o.STORAGE_PANEL)
+OUT = typer.Option("runs/search", "--out", "-o", help="Folder for the study, checkpoints, plots.",
+                   rich_help_panel=o.STORAGE_PANEL)
+BACKEND = typer.Option("local", "--backend", help="local (Optuna in this process) or ray (Ray Tune).",
+                       rich_help_panel=o.RAY_PANEL)
+ADDRESS = typer.Option(None, "--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                       "(default: start a local Ray instance). Implies --backend ray.",
+                       rich_help_panel=o.RAY_PANEL)
+MAX_CONCURRENT = typer.Option(None, "--max-concurrent", min=1, help="Ray: trials at once (default: as "
+                              "many as the cluster's resources fit).", rich_help_panel=o.RAY_PANEL)
+CPUS_PER_TRIAL = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="Ray: CPUs reserved per trial.",
+                              rich_help_panel=o.RAY_PANEL)
+GPUS_PER_TRIAL = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Ray: GPUs per trial (fractions "
+                              "share one).", rich_help_panel=o.RAY_PANEL)
+MODEL = typer.Argument(..., help=o.MODEL_HELP)
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -32,122 +92,66 @@ def parse_duration(text: str | None) -> float | None:
     try:
         value = float(t[:-1] if scale else t) * (scale or 1)
     except ValueError:
-        raise CubesearchError(f"timeout {text!r} is not a duration (e.g. 90s, 30m, 2h)") from None
+        raise CubesearchError(f"--timeout {text!r} is not a duration (e.g. 90s, 30m, 2h)") from None
     if value <= 0:
-        raise CubesearchError(f"timeout {text!r} must be positive")
+        raise CubesearchError(f"--timeout {text!r} must be positive")
     return value
 
 
 @app.command()
 def search(
-    model: str = typer.Argument(..., help="Model spec: timm:NAME, smp:ARCH:ENCODER, model.py[:NAME]."),
-    model_arg: list[str] = MODEL_ARG,
-    budget: str = typer.Option(..., "--budget", help="FLOPs (50GFLOPs, 50G, 5e10, 400MFLOPs), latency "
-                               "(25ms, 0.5s; with a latency objective) or 60% of the first cost "
-                               "objective named."),
-    space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or a .yaml."),
-    trials: int = typer.Option(20, min=1, help="Trained trials in the study (a resume counts earlier "
-                                "ones; plans over budget are rejected free and not counted). "
-                                "With --strategy oneshot: the plans confirmed by training; "
-                                "with halving: the plans rung 0 trains."),
-    strategy: str = typer.Option("auto", help="auto (the default): halving with cubesearch's trainer, "
-                                 "trials with another --evaluator. halving: plans ranked on the "
-                                 "first of --rungs (epochs of the final recipe), the best 1/--eta "
-                                 "trained on to the next (MO-ASHA), so the front holds trained "
-                                 "models and their paired baseline; trials: every plan sampled "
-                                 "is trained --epochs-per-trial; oneshot: a supernet trained once "
-                                 "scores --proxy-trials plans, --trials plans covering its front "
-                                 "are confirmed by training."),
-    rungs: str = RUNGS,
-    eta: int = typer.Option(3, min=2, help="halving: 1/eta of each rung is promoted."),
-    proxy_trials: int = typer.Option(500, help="oneshot: plans scored in the supernet (about a "
-                                     "second each on a GPU, several on a CPU)."),
-    supernet_epochs: float = typer.Option(3.0, help="oneshot, --evaluator supernet: the supernet's "
-                                          "training epochs."),
-    supernet_workers: int = typer.Option(1, help="oneshot with --backend ray: data-parallel "
-                                         "supernet training on N Ray Train workers."),
-    timeout: str = typer.Option(None, help="Stop after this long: 90s, 30m, 2h."),
-    data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
-    epochs_per_trial: float = typer.Option(1.0, help="--strategy trials / oneshot: training epochs "
-                                           "per trial (fractions allowed)."),
-    baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: the top rung's "
-                                          "with halving, else --epochs-per-trial)."),
-    distill_steps: int = typer.Option(100, min=0, help="Fit each Cube block to the conv it replaces for "
-                                      "N batches before a trial trains (0: off)."),
-    storage: str = typer.Option(None, help="Optuna storage URL (default: sqlite in --out)."),
-    study: str = typer.Option(None, help="Study name (default: from model and space)."),
-    out: str = typer.Option("runs/search", "--out", "-o", help="Folder for the study, checkpoints, plots."),
-    seed: int = typer.Option(0),
-    objectives: str = typer.Option("iou,gflops", help="iou and costs: iou,gflops, iou,gflops,params, "
-                                   "iou,latency or iou,gflops,latency (latency: measured on this "
-                                   "device, see `cubesearch profile`)."),
-    latency_table: str = typer.Option(None, help="Latency table (default: OUT/latency.json; "
-                                      "profiled here when it lacks the model)."),
-    latency_backend: str = typer.Option("torch", help="Runtime the latency table is timed in: torch "
-                                        "(eager, folded) or ort (ONNX Runtime CPU, the exported "
-                                        "model); as `cubesearch profile --backend`."),
-    reprofile: bool = typer.Option(False, "--reprofile", help="Measure this device's latency "
-                                   "table again (needed to resume a study on another device)."),
-    input_size: str = FLOPS_INPUT,
-    tile_size: int = TILE_SIZE,
-    train_tiles: int = TRAIN_TILES,
-    val_tiles: int = VAL_TILES,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    trial_lr: float = typer.Option(None, help="Peak learning rate of the weights a trial takes from the "
-                                   "trained baseline (default: --lr / 4)."),
-    sampler: str = typer.Option("nsga2", help="nsga2, tpe or random."),
-    evaluator: str = typer.Option("finetune", help="How a plan becomes an IoU: finetune (cubesearch's "
-                                  "trainer), supernet (scored in about a second in a supernet "
-                                  "trained once per search; recorded as scored, not trained) or "
-                                  "path/to/eval.py:fn, your function "
-                                  "fn(model, trial) -> {'iou': ...} given the converted, "
-                                  "warm-started model."),
-    classes: int = CLASSES,
-    pretrained: bool = PRETRAINED,
-    backend: str = typer.Option("local", help="local (Optuna in this process) or ray (Ray Tune)."),
-    address: str = typer.Option(None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
-                                "(default: start a local Ray instance). Implies --backend ray."),
-    max_concurrent: int = typer.Option(None, min=1, help="Ray: trials at once (default: as many as "
-                                       "the cluster's resources fit)."),
-    cpus_per_trial: float = typer.Option(1.0, min=0.01, help="Ray: CPUs reserved per trial."),
-    gpus_per_trial: float = typer.Option(0.0, min=0.0, help="Ray: GPUs per trial (fractions share one)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+    model: str = MODEL, budget: str = BUDGET, objectives: str = OBJECTIVES,
+    input_size: str = o.FLOPS_INPUT, latency_table: str = LATENCY_TABLE,
+    latency_backend: str = LATENCY_BACKEND, reprofile: bool = REPROFILE,
+    strategy: str = STRATEGY, trials: int = TRIALS, space: str = o.SPACE, rungs: str = o.RUNGS,
+    eta: int = ETA, epochs_per_trial: float = o.EPOCHS_PER_TRIAL, proxy_trials: int = PROXY_TRIALS,
+    supernet_epochs: float = o.SUPERNET_EPOCHS, sampler: str = SAMPLER, evaluator: str = EVALUATOR,
+    timeout: str = TIMEOUT,
+    baseline_epochs: float = o.BASELINE_EPOCHS, distill_steps: int = o.SEARCH_DISTILL_STEPS,
+    batch_size: int = o.BATCH_SIZE, lr: float = o.LR, trial_lr: float = o.TRIAL_LR,
+    data: str = o.DATA, tile_size: int = o.TILE_SIZE, train_tiles: int = o.TRAIN_TILES,
+    val_tiles: int = o.VAL_TILES, seed: int = o.SEED,
+    model_arg: list[str] = o.MODEL_ARG, classes: int = o.CLASSES, pretrained: bool = o.PRETRAINED,
+    storage: str = STORAGE, study: str = STUDY_NAME, out: str = OUT,
+    backend: str = BACKEND, address: str = ADDRESS, max_concurrent: int = MAX_CONCURRENT,
+    cpus_per_trial: float = CPUS_PER_TRIAL, gpus_per_trial: float = GPUS_PER_TRIAL,
+    supernet_workers: int = SUPERNET_WORKERS, as_json: bool = o.AS_JSON,
 ) -> None:
     """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
-    # imported when the command runs (torch, optuna, rich…): `cubesearch --help` stays fast
-    from cubesearch.search import BACKENDS, SAMPLERS, front_table, parse_objectives
+    options = search_options(**{k: v for k, v in locals().items() if k not in ("model", "budget")})
+    # imported when the command runs (torch, optuna…): `cubesearch --help` stays fast
     from cubesearch.search import search as run_search
-    from cubesearch.search.settings import STRATEGIES
-    from cubesearch.sites import parse_input_size
 
-    if sampler not in SAMPLERS:
-        raise CubesearchError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
-    if strategy not in ("auto", *STRATEGIES):
-        raise CubesearchError(f"--strategy {strategy!r}: choose auto, {', '.join(STRATEGIES)}")
-    if backend not in BACKENDS:
-        raise CubesearchError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if address is not None:
-        backend = "ray"
     console = out_console(as_json)
-    result = run_search(
-        model, budget, space=space, trials=trials, timeout=parse_duration(timeout), data=data,
-        epochs_per_trial=epochs_per_trial, baseline_epochs=baseline_epochs,
-        distill_steps=distill_steps, storage=storage,
-        study=study, out=out, seed=seed, objectives=parse_objectives(objectives),
-        input_size=parse_input_size(input_size), tile_size=tile_size, train_tiles=train_tiles,
-        val_tiles=val_tiles, batch_size=batch_size, lr=lr, trial_lr=trial_lr, sampler=sampler,
-        strategy=strategy, rungs=parse_rungs(rungs), eta=eta, proxy_trials=proxy_trials,
-        supernet_epochs=supernet_epochs,
-        supernet_workers=supernet_workers,
-        evaluator=evaluator, num_classes=classes,
-        pretrained=pretrained, backend=backend, address=address, max_concurrent=max_concurrent,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, console=console,
-        latency_table=latency_table, latency_backend=latency_backend, reprofile=reprofile,
-        model_kwargs=model_args(model_arg))
+    result = run_search(model, budget, console=console, **options)
     if as_json:
         print_json(result.to_dict())
         return
+    print_summary(result, console)
+
+
+def search_options(**cli: Any) -> dict[str, Any]:
+    """The command's options as `SearchSettings` fields: parsed, renamed, the unset ones (None)
+    left out so the settings' defaults and strategy checks apply (before the model loads)."""
+    from cubesearch.search import BACKENDS, SAMPLERS, parse_objectives
+    from cubesearch.sites import parse_input_size
+
+    if cli["sampler"] not in SAMPLERS:
+        raise CubesearchError(f"--sampler {cli['sampler']!r}: choose from {', '.join(SAMPLERS)}")
+    if cli["backend"] not in BACKENDS:
+        raise CubesearchError(f"--backend {cli['backend']!r}: choose from {', '.join(BACKENDS)}")
+    renamed = {"num_classes": cli.pop("classes"), "model_kwargs": o.model_args(cli.pop("model_arg"))}
+    cli.pop("as_json")
+    return o.given(**{
+        **cli, **renamed, "timeout": parse_duration(cli["timeout"]), "rungs": o.parse_rungs(cli["rungs"]),
+        "objectives": parse_objectives(cli["objectives"]), "input_size": parse_input_size(cli["input_size"]),
+        "backend": "ray" if cli["address"] is not None else cli["backend"]})
+
+
+def print_summary(result: Any, console: Any) -> None:
+    """The front's table and the counts: what was scored, trained, rejected, failed; where."""
+    from cubesearch.search import front_table
+
     console.print(front_table(result, f"Pareto front of {result.study_name} "
                                       f"(budget {result.budget_label()})"))
     halving = any("rung_epochs" in p.extra for p in result.scored)  # its lower rungs: the cloud

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,21 @@ class SearchContext:
     # What the backend's run fills now: `trials` trained trials, or (one-shot) a scoring or
     # confirming phase (cubesearch.search.oneshot)
     phase: Phase | None = None
+    # `--timeout` as a wall-clock time (`time.time()`), set when the search starts: the
+    # baseline's training, each trial's and the backends' scheduling stop at it
+    deadline: float | None = None
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (≤ 0: passed); None without a timeout."""
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def out_of_time(self) -> bool:
+        left = self.time_left()
+        return left is not None and left <= 0
+
+    def deadline_callbacks(self) -> list[training.Deadline]:
+        """The training callback that stops a run at the deadline (none without a timeout)."""
+        return [] if self.deadline is None else [training.Deadline(self.deadline)]
 
     def __post_init__(self) -> None:
         if self.phase is None:
@@ -76,12 +92,13 @@ class SearchContext:
         # the name only through safe_name (and --study refuses '.', '..', '/'): never outside --out
         return self.out / "trials" / self.settings.study_folder() / f"trial_{number:04d}"
 
-    def trial_info(self, number: int, sites_cfg: dict[str, CubeConfig], *, progress: bool = False
-                   ) -> TrialInfo:
+    def trial_info(self, number: int, sites_cfg: dict[str, CubeConfig], *, progress: bool = False,
+                   promotes: int | None = None) -> TrialInfo:
         return TrialInfo(number=number, plan=self.plan_for(sites_cfg), folder=self.trial_dir(number),
                          seed=self.settings.seed + number, settings=self.settings,
                          datasets=self.datasets, baseline_dir=self.baseline_dir,
-                         baseline_metrics=dict(self.baseline_metrics), progress=progress)
+                         baseline_metrics=dict(self.baseline_metrics), progress=progress,
+                         promotes=promotes)
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,8 @@ class TrialInfo:
     baseline_dir: Path | None = None  # the trained baseline's checkpoint, if there is one
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     progress: bool = False
+    # halving, above rung 0: the trial of the rung below this one continues (its checkpoint)
+    promotes: int | None = None
 
 
 class Evaluator(Protocol):
@@ -116,8 +135,9 @@ class Evaluator(Protocol):
     def evaluate(self, ctx: SearchContext, trial: TrialInfo) -> TrialOutcome: ...
 
 
-def build_context(settings: SearchSettings) -> SearchContext:
-    """Load the model once, find its sites, price plans, check the budget is reachable."""
+def build_context(settings: SearchSettings, deadline: float | None = None) -> SearchContext:
+    """Load the model once, find its sites, price plans, check the budget is reachable.
+    `deadline`: when `--timeout` runs out (`time.time()`), counted from the search's start."""
     space = SearchSpace.load(settings.space)
     if space.widths and settings.strategy != "map":
         raise CubesearchError(
@@ -151,7 +171,8 @@ def build_context(settings: SearchSettings) -> SearchContext:
             f"(the model is {base_flops / 1e9:.3f} GFLOPs)")
     return SearchContext(settings=settings, space=space, sites=sites, searchable=searchable,
                          cost=cost, base_flops=base_flops, base_params=base_params,
-                         budget_flops=budget, out=Path(settings.out), budget=limit, latency=latency)
+                         budget_flops=budget, out=Path(settings.out), budget=limit, latency=latency,
+                         deadline=deadline)
 
 
 def cheapest_plan(space: SearchSpace, sites: Sequence[Site], cost: CostModel) -> dict[str, CubeConfig]:
@@ -235,10 +256,15 @@ def ensure_baseline(ctx: SearchContext, *, progress: bool = True,
         torch.manual_seed(s.seed)
         model = load_model(s.model, pretrained=s.pretrained, **s.model_args)
     plan = ctx.plan_for({})
-    result = training.train(model, config=s.training, data=ctx.datasets, plan=plan,
-                            epochs=s.baseline_epochs or s.epochs_per_trial, seed=s.seed,
-                            input_size=(s.input_size[0], s.tile_size, s.tile_size), progress=progress,
-                            distill_steps=0)  # the baseline has no blocks; trials distil
+    try:
+        result = training.train(model, config=s.training, data=ctx.datasets, plan=plan,
+                                epochs=s.baseline_epochs or s.epochs_per_trial, seed=s.seed,
+                                input_size=(s.input_size[0], s.tile_size, s.tile_size),
+                                progress=progress, callbacks=ctx.deadline_callbacks(),
+                                distill_steps=0)  # the baseline has no blocks; trials distil
+    except training.DeadlineReached as exc:
+        raise CubesearchError(f"--timeout {s.timeout:g}s ran out while the baseline trained ({exc}); "
+                              "nothing was saved or searched: give a longer --timeout") from None
     metrics = dict(result.metrics, gflops=ctx.base_flops / 1e9, params=ctx.base_params)
     save(folder, result.model.eval(), plan, metrics)
     ctx.baseline_dir, ctx.baseline_metrics = folder, metrics

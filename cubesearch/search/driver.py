@@ -9,6 +9,7 @@ evaluator, study, baseline, references, the result — is here, once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -73,6 +74,8 @@ def search(model: str, budget: str, *, progress: bool = True, console: Console |
     elif given is not None:
         options["evaluator"] = getattr(given, "name", None) or callable_name(given)
     settings = SearchSettings(model=model, budget=budget, **options)
+    deadline = time.time() + settings.timeout if settings.timeout else None  # the whole search's
+    settings.check_budget()  # a typo is found before the model loads
     check_destination(settings.out, option="--out", replaceable=False)  # before any work
     chosen = choose_evaluator(settings, given)  # a bad evaluator is found before any work
     strategy = get_strategy(settings.strategy)
@@ -80,7 +83,7 @@ def search(model: str, budget: str, *, progress: bool = True, console: Console |
     backend = make_backend(settings.backend)
     show = progress_enabled(progress)
     with backend.session(settings) as settings:
-        ctx, study = set_up(settings, chosen, console, show)
+        ctx, study = set_up(settings, chosen, console, show, deadline)
         strategy(ctx, study, backend, console, show)
         return wrap_up(ctx, study, console)
 
@@ -99,11 +102,11 @@ def choose_evaluator(settings: SearchSettings, given: UserFunction | Evaluator |
     return SupernetEvaluator.from_settings(settings)
 
 
-def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, progress: bool
-           ) -> tuple[SearchContext, optuna.Study]:
+def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, progress: bool,
+           deadline: float | None = None) -> tuple[SearchContext, optuna.Study]:
     """Context, study, the evaluator's preparation (baseline…) and the reference trials."""
     log: Callable[[str], None] = console.print
-    ctx = build_context(settings)
+    ctx = build_context(settings, deadline)
     ctx.evaluator = evaluator
     created = not ctx.out.exists()
     try:
@@ -136,6 +139,9 @@ def wrap_up(ctx: SearchContext, study: optuna.Study, console: Console) -> Search
     note = TrialCounts.of(study).tight_budget_note(phase.wanted if phase else ctx.settings.trials, phase)
     if note:
         console.print(f"[yellow]{note}[/yellow]")
+    if ctx.out_of_time():
+        console.print(f"[yellow]--timeout {ctx.settings.timeout:g}s reached: the search stopped "
+                      "there; run it again to resume[/yellow]")
     result = collect_result(study, ctx)
     first = first_failure(study)
     if result.n_complete == 0 and result.n_scored == 0 and first is not None:

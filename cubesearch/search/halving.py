@@ -20,7 +20,6 @@ repeats no finished rung. Dedicated to the finetune evaluator; any backend runs 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -55,12 +54,6 @@ from cubesearch.training.finetune import Recipe, train_final
 PROMOTED_ATTR = "halving_promoted_{}"
 
 
-def plan_key(sites: dict[str, Any]) -> str:
-    """A plan as a stable string (site → knobs), to match a promoted plan with its start."""
-    return json.dumps({n: c if isinstance(c, dict) else c.to_dict() for n, c in sorted(sites.items())},
-                      sort_keys=True)
-
-
 def recipe_for(ctx: SearchContext) -> Recipe:
     """The final recipe over the top rung's epochs, at the search's rates and distillation."""
     s = ctx.settings
@@ -78,11 +71,13 @@ class RungStart:
 
 @dataclass
 class HalvingEvaluator:
-    """Trains a plan to its rung: from the warm start (rung 0), else from the rung below.
-    `direct`: from the warm start straight to `rung` (a map search's finalists: the top rung)."""
+    """Trains a plan to its rung: from the warm start (rung 0), else from the checkpoint of the
+    trial it continues (`TrialInfo.promotes`: plans repeat in a small or shared-config space, so
+    a trial, not a plan, says where to go on from). `direct`: from the warm start straight to
+    `rung` (a map search's finalists: the top rung)."""
 
     rung: int = 0
-    starts: dict[str, RungStart] = field(default_factory=dict)
+    starts: dict[int, RungStart] = field(default_factory=dict)  # promoted trial number → start
     name: str = "finetune"
     direct: bool = False
 
@@ -92,9 +87,10 @@ class HalvingEvaluator:
     def evaluate(self, ctx: SearchContext, trial: TrialInfo) -> TrialOutcome:
         s, t0 = ctx.settings, time.perf_counter()
         below = self.rung and not self.direct  # continues from the rung below's checkpoint
-        start = self.starts.get(plan_key(dict(trial.plan.sites))) if below else None
+        start = self.starts.get(trial.promotes) if below and trial.promotes is not None else None
         if below and start is None:
-            raise TrialError(f"rung {self.rung}: no checkpoint of the rung below for this plan")
+            raise TrialError(f"rung {self.rung}: trial {trial.number} continues trial "
+                             f"{trial.promotes}, which is not promoted from rung {self.rung - 1}")
         done = s.rungs[self.rung - 1] if below else 0.0
         top = self.rung == len(s.rungs) - 1
         recipe = recipe_for(ctx)
@@ -103,7 +99,8 @@ class HalvingEvaluator:
             start=start.checkpoint if start else None, data=ctx.datasets,
             input_size=(s.input_size[0], s.tile_size, s.tile_size), batch_size=s.batch_size,
             epochs=s.rungs[self.rung] - done, schedule_start=done, schedule_epochs=s.rungs[-1],
-            keep_best=top, patience=recipe.patience if top else None, progress=trial.progress)
+            keep_best=top, patience=recipe.patience if top else None, progress=trial.progress,
+            callbacks=ctx.deadline_callbacks())
         metrics = dict(result.metrics)
         if not math.isfinite(float(metrics.get("iou", math.nan))):
             raise TrialError(f"non-finite training result (loss={metrics.get('loss')})")
@@ -158,14 +155,14 @@ def enqueue(study: optuna.Study, chosen: Sequence[FrozenTrial], rung: int) -> in
     return queued
 
 
-def starts_of(chosen: Sequence[FrozenTrial], root: Path) -> dict[str, RungStart]:
-    """Each promoted plan's checkpoint and rung IoUs so far."""
+def starts_of(chosen: Sequence[FrozenTrial], root: Path) -> dict[int, RungStart]:
+    """Each promoted trial's checkpoint and rung IoUs so far, by its number."""
     out = {}
     for t in chosen:
         ious = {int(k.removeprefix("iou_rung")): float(v) for k, v in t.user_attrs.items()
                 if k.startswith("iou_rung")}
         folder = resolve_checkpoint(t.user_attrs.get("checkpoint"), root)
-        out[plan_key(t.user_attrs.get("plan", {}))] = RungStart(str(folder), ious)
+        out[t.number] = RungStart(str(folder), ious)
     return out
 
 
@@ -184,6 +181,8 @@ def run_halving(ctx: SearchContext, study: optuna.Study, backend: Any, console: 
     ctx.phase = Phase(f"rung 0 ({s.rungs[0]:g} ep)", s.trials, scored=last > 0, rung=0)
     run_phase(ctx, study, backend, console, progress)
     for rung in range(1, last + 1):
+        if ctx.out_of_time():  # a rung cut short promotes nothing: the resume finishes it first
+            return
         chosen = promotions(study, ctx, rung)
         if not chosen:
             raise CubesearchError(f"no plan finished rung {rung - 1} within budget, so none can be "

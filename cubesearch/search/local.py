@@ -29,7 +29,7 @@ class LocalBackend:
         assert phase is not None
         wanted = phase.wanted
         remaining = wanted - TrialCounts.of(study).done(phase)
-        if remaining <= 0:
+        if remaining <= 0 or ctx.out_of_time():
             return
 
         def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -42,6 +42,6 @@ class LocalBackend:
 
         with view:
             study.optimize(
-                lambda t: run_trial(ctx, t), timeout=ctx.settings.timeout, catch=(Exception,),
+                lambda t: run_trial(ctx, t), timeout=ctx.time_left(), catch=(Exception,),
                 n_trials=remaining * (MAX_REJECTIONS_PER_TRIAL + 3),  # a bound; the callback stops
                 callbacks=[stop_when_done, view.trial_finished])

@@ -66,7 +66,7 @@ from cubesearch.search.record import (
     open_storage,
 )
 from cubesearch.search.settings import SearchSettings
-from cubesearch.search.study import make_sampler, stored_trials
+from cubesearch.search.study import RAY_EXPERIMENT_ATTR, make_sampler, stored_trials
 from cubesearch.search.trial import evaluate_trial, price_trial, record_outcome
 
 MAX_FAILURES = 2  # retries of a trial whose worker died (Tune's FailureConfig)
@@ -123,7 +123,7 @@ class PlanSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         sites_cfg, values = price_trial(self.ctx, trial)
-        return {"trial_number": trial.number,
+        return {"trial_number": trial.number, "promotes": trial.user_attrs.get("promotes"),
                 "plan": {name: cfg.to_dict() for name, cfg in sites_cfg.items()},
                 "infeasible_values": list(values) if values is not None else None}
 
@@ -215,7 +215,7 @@ class CubeOptunaSearch(_OptunaSearch):
         root = str(Path(self._experiment).parent)
         live = set(self._live.values())
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            where = str(t.user_attrs.get("ray_experiment", ""))
+            where = str(t.user_attrs.get(RAY_EXPERIMENT_ATTR, ""))
             if where and str(Path(where).parent) == root and t._trial_id not in live:
                 study._storage.set_trial_user_attr(
                     t._trial_id, "fail_reason", "interrupted: the Ray driver stopped before "
@@ -284,7 +284,7 @@ class CubeOptunaSearch(_OptunaSearch):
     def _ask(self, study):
         """`study.ask()`, with the trial marked as this experiment's from its creation on, so that
         a driver killed at any moment leaves no trial it cannot recognise as its own."""
-        tags = {"backend": "ray", "ray_experiment": self._experiment}
+        tags = {"backend": "ray", RAY_EXPERIMENT_ATTR: self._experiment}
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             trial = study.ask()  # a queued reference (or someone's enqueued plan) first
             for key, value in tags.items():
@@ -405,7 +405,8 @@ def tune_trial(config: dict[str, Any], ctx: SearchContext | None = None, cwd: st
             "--out must be a folder every node of the cluster sees at the same path")})
         return
     try:
-        outcome = saved_result(ctx, sites_cfg, number) or evaluate_trial(ctx, sites_cfg, number)
+        outcome = saved_result(ctx, sites_cfg, number) or evaluate_trial(
+            ctx, sites_cfg, number, config.get("promotes"))
     except Exception as exc:  # recorded in the study as a failed trial; the search goes on
         tune.report({**failed, "ok": False, "fail_reason": fail_reason(exc)})
         return
@@ -530,7 +531,7 @@ class RayBackend:
         settings, phase = ctx.settings, ctx.phase
         assert phase is not None
         exp_dir, restoring = _experiment_to_resume(ctx.out, experiment_name(ctx))
-        if TrialCounts.of(study).done(phase) >= phase.wanted and not restoring:
+        if (TrialCounts.of(study).done(phase) >= phase.wanted and not restoring) or ctx.out_of_time():
             return
         concurrent = settings.max_concurrent or default_concurrency(settings, self.resources)
         r = self.resources
@@ -575,7 +576,7 @@ def _fit(ctx: SearchContext, exp_dir: Path, restoring: bool, concurrent: int,
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=CubeOptunaSearch(ctx, str(exp_dir)),
                                             num_samples=-1, max_concurrent_trials=concurrent,
-                                            time_budget_s=settings.timeout, reuse_actors=True,
+                                            time_budget_s=ctx.time_left(), reuse_actors=True,
                                             trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
                     name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,

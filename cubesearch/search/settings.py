@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cubesearch.budget import budget_objective
 from cubesearch.errors import ConfigError, CubesearchError, validation_message
 from cubesearch.latency.backends import DEFAULT_BACKEND, check_backend
 from cubesearch.training import TrainConfig
@@ -77,6 +78,76 @@ def study_train_options(record: Mapping[str, Any]) -> dict[str, Any]:
     channels = int((s.get("input_size") or (3,))[0])
     return {**options, "data": s.get("data", "synthetic"), "input_size": (channels, size, size),
             "seed": int(s.get("seed", 0))}
+
+
+# Options only some strategies use (a SearchSettings field → who uses it): given to another
+# strategy, one is an error naming the strategy that uses it. Under `--strategy auto`, the
+# options in AUTO_CHOICE choose the strategy that uses them.
+STRATEGY_OPTIONS: dict[str, str] = {
+    "epochs_per_trial": "--strategy trials or oneshot",
+    "rungs": "--strategy halving or map",
+    "eta": "--strategy halving",
+    "proxy_trials": "--strategy oneshot",
+    "supernet_epochs": "--strategy oneshot or --evaluator supernet",
+    "supernet_workers": "--strategy oneshot or --evaluator supernet",
+}
+AUTO_CHOICE = {"epochs_per_trial": "trials", "rungs": "halving", "eta": "halving"}
+# A stored record older than `strategy` ran trials (the only strategy there was).
+RECORD_DEFAULT_STRATEGY = "trials"
+
+
+def uses(option: str, strategy: str, evaluator: str | None) -> bool:
+    """Whether a search with `strategy` (and `evaluator`) reads `option` (STRATEGY_OPTIONS)."""
+    supernet = strategy == "oneshot" or (strategy == "trials" and evaluator == "supernet")
+    return {"epochs_per_trial": strategy in ("trials", "oneshot"), "rungs": strategy in ("halving", "map"),
+            "eta": strategy == "halving", "proxy_trials": strategy == "oneshot",
+            "supernet_epochs": supernet, "supernet_workers": supernet}.get(option, True)
+
+
+def option_flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def choose_strategy(data: Mapping[str, Any]) -> str:
+    """The strategy named, or under `auto` (None, absent) the one the given options ask for
+    (AUTO_CHOICE), else DEFAULT_STRATEGY with cubesearch's trainer and "trials" with another
+    evaluator."""
+    named = data.get("strategy", "auto")
+    if named not in (None, "auto", *STRATEGIES):
+        raise ValueError(f"--strategy {named!r}: choose auto, {', '.join(STRATEGIES)}")
+    if named not in (None, "auto"):
+        return named
+    asked = {AUTO_CHOICE[k]: k for k in AUTO_CHOICE if k in data}
+    if len(asked) > 1:
+        flags = " and ".join(f"{option_flag(k)} ({s})" for s, k in asked.items())
+        raise ValueError(f"{flags} ask for different strategies; name one with --strategy")
+    if asked:
+        return next(iter(asked))
+    evaluator = data.get("evaluator") or DEFAULT_EVALUATOR
+    return DEFAULT_STRATEGY if evaluator == DEFAULT_EVALUATOR else "trials"
+
+
+def check_strategy_options(data: Mapping[str, Any]) -> None:
+    """One error for an option given that the strategy does not use, or an evaluator it cannot
+    run: found before the model loads."""
+    strategy, evaluator = data["strategy"], data.get("evaluator") or DEFAULT_EVALUATOR
+    for option in STRATEGY_OPTIONS:
+        if option in data and not uses(option, strategy, evaluator):
+            raise ValueError(f"{option_flag(option)} is not used by --strategy {strategy}; it is "
+                             f"for {STRATEGY_OPTIONS[option]}")
+    if strategy == "halving" and evaluator != DEFAULT_EVALUATOR:
+        raise ValueError(f"--evaluator {evaluator}: --strategy halving trains plans rung by rung "
+                         "with cubesearch's trainer (--evaluator finetune); other evaluators run "
+                         "with --strategy trials")
+    if strategy == "oneshot" and evaluator not in (DEFAULT_EVALUATOR, "supernet"):
+        raise ValueError(f"--evaluator {evaluator}: --strategy oneshot scores plans in a supernet "
+                         "and confirms them with cubesearch's trainer; other evaluators run with "
+                         "--strategy trials")
+
+
+def record_strategy(record: Mapping[str, Any]) -> str:
+    """The strategy a stored search record ran (RECORD_DEFAULT_STRATEGY when it has none)."""
+    return record.get("strategy") or RECORD_DEFAULT_STRATEGY
 
 
 def _from_training(name: str) -> property:
@@ -222,14 +293,17 @@ class SearchSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_strategy(cls, data: Any) -> Any:
-        """No strategy named ("auto"): the evidence's default for cubesearch's trainer; a user
-        function or the supernet scores every plan the sampler asks for ("trials"). Halving's
-        baseline trains, unless told, as many epochs as its top rung."""
+        """The strategy: the one named, else (`auto`) the one an option given for it asks for,
+        else the evidence's default for cubesearch's trainer (a user function or the supernet
+        scores every plan the sampler asks for: "trials"). An option the strategy does not use
+        is an error, never ignored. Halving's baseline trains, unless told, as long as its top
+        rung (a map search's too: its finalists train to the top rung). Options given as None
+        count as not given (the CLI's unset ones)."""
         if not isinstance(data, dict):
             return data
-        if data.get("strategy", "auto") in (None, "auto"):
-            evaluator = data.get("evaluator") or DEFAULT_EVALUATOR
-            data = {**data, "strategy": DEFAULT_STRATEGY if evaluator == DEFAULT_EVALUATOR else "trials"}
+        data = {k: v for k, v in data.items() if not (k in STRATEGY_OPTIONS and v is None)}
+        data["strategy"] = choose_strategy(data)
+        check_strategy_options(data)
         if data["strategy"] in ("halving", "map") and data.get("baseline_epochs") is None:
             # the final recipe's teacher and warm start: trained as long as the front trains
             try:
@@ -238,6 +312,16 @@ class SearchSettings(BaseModel):
                 return data
             data = {**data, "baseline_epochs": top}
         return data
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], **changes: Any) -> SearchSettings:
+        """The settings of a stored study (`study.user_attrs["settings"]`, `search.json`), with
+        `changes` over them. A record stores every field, also those its strategy does not use
+        (dropped here), and one older than `strategy` ran trials."""
+        strategy = record_strategy(record)
+        kept = {k: v for k, v in record.items()
+                if k not in STRATEGY_OPTIONS or uses(k, strategy, record.get("evaluator"))}
+        return cls(**{**kept, "strategy": strategy, **changes})
 
     @model_validator(mode="before")
     @classmethod
@@ -251,6 +335,11 @@ class SearchSettings(BaseModel):
         rest = {k: v for k, v in data.items() if k not in TRAINING_OPTIONS}
         return {**rest, "training": {**SEARCH_TRAINING, **given,
                                      **{k: data[k] for k in TRAINING_OPTIONS if k in data}}}
+
+    def check_budget(self) -> str:
+        """The cost `--budget` bounds (`gflops` or `latency`); a budget it cannot read is an
+        error here, before the model loads (not checked on a stored record: `from_record`)."""
+        return budget_objective(self.budget, self.objectives)
 
     def identity(self, keys: Sequence[str]) -> dict[str, Any]:
         """The settings named by `keys` (training options included), as JSON values; training

@@ -16,6 +16,7 @@ from cubesearch.search.record import heartbeat, open_storage
 from cubesearch.search.settings import SAMPLERS, STUDY_IDENTITY, SearchSettings, flat
 
 DEVICE_ATTR = "device"  # the study's latency device fingerprint
+RAY_EXPERIMENT_ATTR = "ray_experiment"  # a trial's Ray experiment folder (search.ray tags it)
 
 
 def constraints_of(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -48,8 +49,8 @@ def check_identity(study: optuna.Study, settings: SearchSettings) -> None:
         study.set_user_attr("settings", mine)
         return
     stored, mine = flat(stored), flat(mine)  # training options at the top level, old and new
-    # a record older than `strategy` ran trials
-    defaults = flat(json.loads(SearchSettings(model="", budget="", strategy="trials").model_dump_json()))
+    # a record older than a setting had its default (older than `strategy`: RECORD_DEFAULT_STRATEGY)
+    defaults = flat(json.loads(SearchSettings.from_record({"model": "", "budget": ""}).model_dump_json()))
     changed = [k for k in STUDY_IDENTITY
                if json.dumps(stored.get(k, defaults.get(k))) != json.dumps(mine.get(k))]
     if changed:
@@ -67,11 +68,16 @@ def stored_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
         return 0
 
 
-def fail_trials_without_heartbeat(study: optuna.Study, grace: float) -> list[int]:
+def fail_trials_without_heartbeat(study: optuna.Study, grace: float, *, ray: bool = False) -> list[int]:
     """Fail the RUNNING trials that never recorded a heartbeat and started over `grace` seconds
     ago: a process killed between Optuna creating a trial and its first heartbeat leaves one,
     and Optuna's stale-trial check skips trials without a heartbeat, so it would stay RUNNING for
-    ever. They are retried like stale ones. Returns their numbers."""
+    ever. They are retried like stale ones. Returns their numbers.
+
+    With `ray` (a Ray search resuming), trials a Ray experiment started are left alone: they never
+    beat (Ray tracks them), the restored experiment runs them on, and the Ray searcher fails
+    those it no longer knows. Failing them here raced with the restore: a trial running longer
+    than the grace when the driver died was failed and trained twice."""
     from datetime import datetime, timedelta
 
     from optuna.storages import RDBStorage
@@ -84,7 +90,8 @@ def fail_trials_without_heartbeat(study: optuna.Study, grace: float) -> list[int
         return []
     cutoff = datetime.now() - timedelta(seconds=grace)
     old = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-           if t.datetime_start is not None and t.datetime_start < cutoff]
+           if t.datetime_start is not None and t.datetime_start < cutoff
+           and not (ray and RAY_EXPERIMENT_ATTR in t.user_attrs)]
     if not old:
         return []
     session = rdb.scoped_session()
@@ -125,7 +132,7 @@ def open_study(settings: SearchSettings) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
                                 directions=[direction(o) for o in settings.objectives])
     check_identity(study, settings)
-    fail_trials_without_heartbeat(study, heartbeat()[1])
+    fail_trials_without_heartbeat(study, heartbeat()[1], ray=settings.backend == "ray")
     return study
 
 

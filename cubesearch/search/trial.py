@@ -44,10 +44,12 @@ def price_trial(ctx: SearchContext, trial: optuna.Trial
     return sites_cfg, rejected.values(ctx.settings.objectives)
 
 
-def evaluate_trial(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: int) -> TrialOutcome:
-    """The evaluator's outcome of one plan within budget; raises when the trial fails."""
+def evaluate_trial(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: int,
+                   promotes: int | None = None) -> TrialOutcome:
+    """The evaluator's outcome of one plan within budget; raises when the trial fails.
+    `promotes`: the trial of the rung below that a halving trial continues."""
     assert ctx.evaluator is not None, "the search's set-up chooses the evaluator"
-    return ctx.evaluator.evaluate(ctx, ctx.trial_info(number, sites_cfg))
+    return ctx.evaluator.evaluate(ctx, ctx.trial_info(number, sites_cfg, promotes=promotes))
 
 
 def record_outcome(ctx: SearchContext, trial: optuna.Trial, outcome: TrialOutcome) -> tuple[float, ...]:
@@ -72,7 +74,7 @@ def run_trial(ctx: SearchContext, trial: optuna.Trial) -> tuple[float, ...]:
     if values is not None:
         return values
     try:
-        outcome = evaluate_trial(ctx, sites_cfg, trial.number)
+        outcome = evaluate_trial(ctx, sites_cfg, trial.number, trial.user_attrs.get("promotes"))
     except Exception as exc:
         trial.set_user_attr("fail_reason", fail_reason(exc))
         raise

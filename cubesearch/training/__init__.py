@@ -26,7 +26,14 @@ with it, users train the winner with it).
 """
 
 from cubesearch.helpers import resolve_device as pick_device
-from cubesearch.training.callbacks import Callback, Evaluation, History, ProgressBar
+from cubesearch.training.callbacks import (
+    Callback,
+    Deadline,
+    DeadlineReached,
+    Evaluation,
+    History,
+    ProgressBar,
+)
 from cubesearch.training.config import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig
 from cubesearch.training.distillation import distill
 from cubesearch.training.evaluation import evaluate
@@ -46,7 +53,8 @@ from cubesearch.training.trainer import TrainResult, train
 from cubesearch.training.warmstart import load_init, warm_source
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_EPOCHS", "DEFAULT_LR", "LOSSES", "OPTIMIZERS", "SCHEDULERS",
-           "Callback", "Evaluation", "FitState", "History", "Inputs", "ProgressBar", "TrainConfig",
+           "Callback", "Deadline", "DeadlineReached", "Evaluation", "FitState", "History", "Inputs",
+           "ProgressBar", "TrainConfig",
            "TrainResult", "TrainingDiverged", "cosine", "create_optimizer", "create_scheduler", "distill",
            "evaluate", "fit", "load_init", "logits_of", "make_loss", "param_groups", "pick_device",
            "resolve_model", "train", "warm_source"]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cubesearch.errors import CubesearchError
 from cubesearch.progressbar import eta_bar
 from cubesearch.training.evaluation import evaluate
 
@@ -68,6 +69,22 @@ class Evaluation(Callback):
         state.emit("on_evaluate", row)
         state.running.reset()
         state.model.train()
+
+
+class DeadlineReached(CubesearchError):
+    """A run stopped by its `Deadline`: what it trained is not kept."""
+
+
+class Deadline(Callback):
+    """Stops the run at the wall-clock time `at` (`time.time()`), by raising `DeadlineReached`
+    after the step that passes it: a search's `--timeout` bounds its training too."""
+
+    def __init__(self, at: float, what: str = "--timeout") -> None:
+        self.at, self.what = at, what
+
+    def on_step_end(self, state: Any) -> None:
+        if time.time() >= self.at:
+            raise DeadlineReached(f"{self.what} reached at step {state.step} of {state.total_steps}")
 
 
 class BestWeights(Callback):

@@ -76,7 +76,8 @@ def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: 
         model, config=s.training, data=ctx.datasets, epochs=s.epochs_per_trial, plan=plan,
         input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=trial.seed,
         lr=s.fine_tune_lr(warm or start is not None), new_lr=s.lr if warm else None,
-        init_from=ctx.baseline_dir if warm else None, progress=progress, distill_steps=distill)
+        init_from=ctx.baseline_dir if warm else None, progress=progress, distill_steps=distill,
+        callbacks=ctx.deadline_callbacks())
     metrics = dict(result.metrics)
     if not all(math.isfinite(float(metrics.get(k, 0.0))) for k in ("loss", "iou")):
         raise TrialError(f"non-finite training result (loss={metrics.get('loss')})")
