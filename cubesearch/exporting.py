@@ -158,9 +158,12 @@ def model_card(point: ParetoPoint, plan: Any, metrics: dict[str, Any], formats: 
     lines += ["", "## Load", "", "```python", "import cubesearch",
               "model = cubesearch.load(\"path/to/this/folder\")  # safetensors + JSON, no pickle",
               "```", ""]
-    if "fold_max_abs_error" in metrics:
+    deployed = " / ".join(f"`{name}`" for fmt, name in (("onnx", "model.onnx"),
+                                                          ("torchscript", "model.torchscript.pt"))
+                          if fmt in formats)  # only the files this export wrote
+    if "fold_max_abs_error" in metrics and deployed:
         lines += ["## Deploy", "",
-                  "`model.onnx` / `model.torchscript.pt` hold the folded eval form of every Cube "
+                  f"{deployed} hold{'s' if ' / ' not in deployed else ''} the folded eval form of every Cube "
                   "block (BatchNorms folded, ℛ and the lattice conv as one conv): it matches the "
                   f"training form (eval mode) to {metrics['fold_max_abs_error']:.2e} (max abs, "
                   "random input).", ""]

@@ -36,7 +36,9 @@ def fvcore_flops(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
 def fvcore_counts(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[int, dict[str, int]]:
     """fvcore's total and its count per module (qualified name → FLOPs of everything that ran
     inside that module, summed over its calls), from one analysis."""
-    from fvcore.nn import FlopCountAnalysis  # lazy: fvcore is slow to import, and only counting needs it
+    with warnings.catch_warnings():  # fvcore's import scripts its focal loss: torch's deprecation
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis  # lazy: fvcore is slow to import, and only counting needs it
 
     analysis = FlopCountAnalysis(model, tuple(inputs))
     analysis.unsupported_ops_warnings(False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,89 +91,115 @@ def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png
                 budget_gflops: float | None = None, axis: str = "gflops",
                 budget: float | None = None, cloud: Sequence[ParetoPoint] = (),
                 labels: tuple[str, str] = ("scored in the supernet", "trials")) -> None:
-    """Every trial as a dot, the front as a line, baseline and FullCube marked, front labelled.
+    """Every trained plan as a dot, the front as a line, baseline and FullCube marked, front
+    labelled. Plans over budget were rejected untrained (their IoU is no measurement): they are
+    left out, and the legend says how many (the references are trained even over budget).
 
     `axis`: the cost on x, `gflops` (the default) or another recorded cost such as `latency`
     (ms, measured); `budget` is the budget line in that cost (`budget_gflops` for GFLOPs).
     `cloud`: plans scored, not trained (a one-shot search's supernet scores, a halving search's
     lower rungs), drawn faintly under the trials; `labels`: the legend's for the cloud and trials."""
-    import math
-
     if axis != "gflops":
         budget_gflops = budget
         points = [p for p in points if math.isfinite(objective_value(p, axis))]
         front = sorted((p for p in front if math.isfinite(objective_value(p, axis))),
                        key=lambda p: objective_value(p, axis))
-    unit = {"gflops": "GFLOPs", "latency": "ms", "params": "parameters"}.get(axis, axis)
-
-    def X(pts: Sequence[ParetoPoint]) -> list[float]:
-        return [objective_value(p, axis) for p in pts]
-
     refs = {p.label: p for p in points if p.label in ("baseline", "fullcube")}
-    pruning = sorted((p for p in points if p.label == PRUNING_LABEL),
-                     key=lambda p: objective_value(p, axis))
+    pruning = sorted((p for p in points if p.label == PRUNING_LABEL), key=lambda p: objective_value(p, axis))
     others = [p for p in points if p.label not in refs and p.label != PRUNING_LABEL]
-    front_ids = {p.trial for p in front}
+    view = _View(axis, title, refs, [p for p in others if p.feasible],
+                 sum(not p.feasible for p in others), list(front), pruning)
     if png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-        scored = [p for p in cloud if p.feasible]
-        if scored:
-            ax.scatter(X(scored), [p.iou for p in scored], s=6, c="#f2b36b", alpha=0.5,
-                       label=f"{labels[0]} ({len(scored)})")
-        feas = [p for p in others if p.feasible]
-        infeas = [p for p in others if not p.feasible]
-        if feas:
-            ax.scatter(X(feas), [p.iou for p in feas], s=18, c="#9ab",
-                       label=labels[1])
-        if infeas:
-            ax.scatter(X(infeas), [p.iou for p in infeas], s=14, marker="x",
-                       c="#ccc", label="over budget")
-        if front:
-            ax.plot(X(front), [p.iou for p in front], "-o", c="#d62728", ms=6,
-                    label="Pareto front", drawstyle="steps-post")
-            for p in front:
-                ax.annotate(f"#{p.trial}", (objective_value(p, axis), p.iou), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
-        if pruning:
-            ax.plot(X(pruning), [p.iou for p in pruning], "--s", c="#7f7f7f", ms=5,
-                    label=f"uniform channel pruning ({len(pruning)})")
-        styles = {"baseline": ("s", "#1f77b4"), "fullcube": ("D", "#2ca02c")}
-        for label, p in refs.items():
-            marker, colour = styles[label]
-            ax.scatter(X([p]), [p.iou], marker=marker, s=70, c=colour, zorder=5,
-                       label=f"{label} (#{p.trial})", edgecolors="black")
-        if budget_gflops is not None:
-            ax.axvline(budget_gflops, ls="--", c="#888", lw=1, label="budget")
-        ax.set_xlabel("GFLOPs (fvcore, 1 MAC = 1 FLOP)" if axis == "gflops" else
-                      "latency, ms (measured on the profiled device)" if axis == "latency" else unit)
-        ax.set_ylabel("IoU (building)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png)
-        plt.close(fig)
+        _plot_png(view, png, [p for p in cloud if p.feasible], labels, budget_gflops)
     if html is not None:
-        import plotly.graph_objects as go
+        _plot_html(view, html)
 
-        fig = go.Figure()
 
-        def trace(pts, name, **kw):
-            fig.add_trace(go.Scatter(
-                x=X(pts), y=[p.iou for p in pts], name=name,
-                text=[f"trial {p.trial}<br>{p.sites_replaced} sites replaced<br>{p.params:,} params"
-                      for p in pts], hovertemplate="%{text}<br>%{x:.3f} " + unit + ", IoU %{y:.4f}", **kw))
+@dataclass
+class _View:
+    """What both plots draw: the trained plans (the references apart) and the front."""
 
-        trace([p for p in others if p.trial not in front_ids], "trials", mode="markers")
-        trace(list(front), "Pareto front", mode="lines+markers", line={"shape": "hv"})
-        for label, p in refs.items():
-            trace([p], label, mode="markers", marker={"size": 12, "symbol": "diamond"})
-        fig.update_layout(title=title, xaxis_title=unit, yaxis_title="IoU (building)")
-        html.parent.mkdir(parents=True, exist_ok=True)
-        fig.write_html(str(html), include_plotlyjs=True)
+    axis: str
+    title: str
+    refs: dict[str, ParetoPoint]
+    trained: list[ParetoPoint]
+    rejected: int  # plans over budget, never trained: not drawn
+    front: list[ParetoPoint]
+    pruning: list[ParetoPoint]  # uniform channel-pruning references: their own curve
+
+    def x(self, pts: Sequence[ParetoPoint]) -> list[float]:
+        return [objective_value(p, self.axis) for p in pts]
+
+    @property
+    def unit(self) -> str:
+        return {"gflops": "GFLOPs", "latency": "ms", "params": "parameters"}.get(self.axis, self.axis)
+
+    @property
+    def rejected_note(self) -> str:
+        return f"{self.rejected} over budget: rejected untrained, not drawn"
+
+
+def _plot_png(view: _View, png: Path, scored: Sequence[ParetoPoint], labels: tuple[str, str],
+              budget: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if scored:
+        ax.scatter(view.x(scored), [p.iou for p in scored], s=6, c="#f2b36b", alpha=0.5,
+                   label=f"{labels[0]} ({len(scored)})")
+    if view.trained:
+        ax.scatter(view.x(view.trained), [p.iou for p in view.trained], s=18, c="#9ab", label=labels[1])
+    if view.rejected:  # a legend line only: an untrained plan has no IoU to draw
+        ax.plot([], [], " ", label=view.rejected_note)
+    if view.front:
+        ax.plot(view.x(view.front), [p.iou for p in view.front], "-o", c="#d62728", ms=6,
+                label="Pareto front", drawstyle="steps-post")
+        for p in view.front:
+            ax.annotate(f"#{p.trial}", (objective_value(p, view.axis), p.iou),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if view.pruning:
+        ax.plot(view.x(view.pruning), [p.iou for p in view.pruning], "--s", c="#7f7f7f", ms=5,
+                label=f"uniform channel pruning ({len(view.pruning)})")
+    styles = {"baseline": ("s", "#1f77b4"), "fullcube": ("D", "#2ca02c")}
+    for label, p in view.refs.items():
+        marker, colour = styles[label]
+        over = "" if p.feasible else ", over budget"
+        ax.scatter(view.x([p]), [p.iou], marker=marker, s=70, c=colour, zorder=5,
+                   label=f"{label} (#{p.trial}{over})", edgecolors="black")
+    if budget is not None:
+        ax.axvline(budget, ls="--", c="#888", lw=1, label="budget")
+    ax.set_xlabel("GFLOPs (fvcore, 1 MAC = 1 FLOP)" if view.axis == "gflops" else
+                  "latency, ms (measured on the profiled device)" if view.axis == "latency" else view.unit)
+    ax.set_ylabel("IoU (building)")
+    ax.set_title(view.title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def _plot_html(view: _View, html: Path) -> None:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+
+    def trace(pts: Sequence[ParetoPoint], name: str, **kw: Any) -> None:
+        fig.add_trace(go.Scatter(
+            x=view.x(pts), y=[p.iou for p in pts], name=name,
+            text=[f"trial {p.trial}<br>{p.sites_replaced} sites replaced<br>{p.params:,} params"
+                  for p in pts], hovertemplate="%{text}<br>%{x:.3f} " + view.unit + ", IoU %{y:.4f}", **kw))
+
+    front_ids = {p.trial for p in view.front}
+    trace([p for p in view.trained if p.trial not in front_ids], "trials", mode="markers")
+    trace(view.front, "Pareto front", mode="lines+markers", line={"shape": "hv"})
+    for label, p in view.refs.items():
+        trace([p], label, mode="markers", marker={"size": 12, "symbol": "diamond"})
+    title = view.title + (f" ({view.rejected_note})" if view.rejected else "")
+    fig.update_layout(title=title, xaxis_title=view.unit, yaxis_title="IoU (building)")
+    html.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(html), include_plotlyjs=True)

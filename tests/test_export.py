@@ -99,6 +99,7 @@ def test_metrics_json_and_onnx_agreement(searched, exported):
         card = Path(m["folder"], "README.md").read_text()
         assert f"trial {m['trial']}" in card and "cubesearch.load" in card
         assert f"to {metrics['fold_max_abs_error']:.2e} (max abs" in card  # the fold's error
+        assert "`model.onnx` holds the folded" in card and "torchscript" not in card  # not written
 
 
 def test_index_files_list_the_front_and_mark_the_references(searched, exported):
@@ -413,3 +414,11 @@ def test_router_pre_blocks_export_without_any_gather(tmp_path):
     exporting.write_onnx(fold_blocks(_converted_tiny(sites)), path, (3, 32, 32))
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert not {"Gather", "Slice", "Pad", "BatchNormalization"} & set(ops), ops
+
+
+def test_the_final_recipe_table_names_the_epochs_the_models_trained():
+    """Not `--finetune`'s 0: a halving search's models trained its top rung's epochs."""
+    from cubesearch.cli.export import final_recipe_title
+
+    assert final_recipe_title([{"final_epochs": 9.0}, {"final_epochs": 9.0}]) == "final recipe, 9 epochs"
+    assert final_recipe_title([{"finetune_epochs": 1.0}, {"final_epochs": 9}]) == "final recipe, 1/9 epochs"

@@ -38,6 +38,19 @@ def completed(study: optuna.Study, rung: int) -> list:
     return [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get(RUNG) == rung]
 
 
+def test_the_resume_banner_counts_a_halving_studys_rungs():
+    """Not "0 of 10 trials trained" after plans were ranked: rung 0's are scored, not trained."""
+    from cubesearch.search.driver import progress_line
+    from cubesearch.search.evaluators import FineTuneEvaluator
+
+    settings = searching.SearchSettings(model=TINY, budget="90%", trials=10)
+    counts = TrialCounts(trained=0, rejected=1, failed=0, scored=2, rungs=(2,))
+    assert progress_line(settings, counts, FineTuneEvaluator()) == \
+        "2 of 10 plans ranked on rung 0 (3 epochs), 0 trained on to 9"
+    trials = searching.SearchSettings(model=TINY, budget="90%", trials=10, epochs_per_trial=1.0)
+    assert progress_line(trials, TrialCounts(4, 0, 0), FineTuneEvaluator()) == "4 of 10 trials trained"
+
+
 def test_a_rung_continues_the_schedule_where_the_rung_below_stopped():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)

@@ -49,3 +49,24 @@ def test_plot_files_are_written(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = html.read_text()
     assert "Pareto front" in text and "baseline" in text and "plotly" in text.lower()
+
+
+def test_plans_over_budget_are_not_drawn_as_failed_models(tmp_path, monkeypatch):
+    """Rejected untrained, they have no IoU: not crosses at IoU 0, but a note in the legend."""
+    import matplotlib.axes
+
+    drawn, legend = [], []
+    real_scatter, real_plot = matplotlib.axes.Axes.scatter, matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter",
+                        lambda self, x, y, **kw: drawn.extend(zip(x, y, strict=True))
+                        or real_scatter(self, x, y, **kw))
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **kw: legend.append(kw.get("label")) or real_plot(self, *a, **kw))
+    pts = [P(0, 0.70, 10.0, label="baseline", feasible=False), P(1, 0.62, 3.0, label="fullcube"),
+           P(2, 0.6, 4.0), P(3, 0.0, 12.0, feasible=False), P(4, 0.0, 9.0, feasible=False)]
+    html = tmp_path / "pareto.html"
+    plot_pareto(pts, non_dominated(pts), tmp_path / "pareto.png", html, budget_gflops=8.0)
+    assert (12.0, 0.0) not in drawn and (9.0, 0.0) not in drawn
+    assert (10.0, 0.70) in drawn  # the unconverted reference: trained though over budget
+    assert "2 over budget: rejected untrained, not drawn" in legend
+    assert "2 over budget: rejected untrained, not drawn" in html.read_text()

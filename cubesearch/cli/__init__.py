@@ -6,6 +6,7 @@ stderr (the traceback only with `--debug`). Command modules register themselves 
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 import warnings
@@ -29,6 +30,19 @@ from cubesearch.cli import profile as _profile  # noqa: E402,F401  isort: skip
 from cubesearch.cli import ablate as _ablate  # noqa: E402,F401  isort: skip
 
 __all__ = ["app", "main"]
+
+
+def unwrap(text: str | None) -> str | None:
+    """A docstring as help: its paragraphs each on one line (Typer's rich help keeps the
+    docstring's line breaks after the first paragraph, which broke sentences mid-line)."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+for _info in app.registered_commands:  # every command's help, from its docstring
+    _info.help = _info.help or unwrap(_info.callback.__doc__ if _info.callback else None)
 
 try:  # Typer ≥ 0.20 raises its own copy of click's usage errors
     from typer._click.exceptions import ClickException as _TyperClickException

@@ -5,42 +5,27 @@ from __future__ import annotations
 
 import typer
 
+from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
 from cubesearch.cli.finetune import recipe_from
-from cubesearch.cli.options import (
-    BLOCK_LR,
-    DISTILL_STEPS,
-    KD_WEIGHT,
-    PATIENCE,
-    RECIPE_EPOCHS,
-    RECIPE_LR,
-    TRUST_MODEL_CODE,
-)
 
 
 @app.command()
 def calibrate(
-    source: str = typer.Argument(..., help="A search's --out folder, or an Optuna storage URL."),
+    source: str = o.SOURCE,
     plans: int = typer.Option(8, "--plans", help="How many of the study's trained plans to train "
                                                  "(spread over the front's cost range)."),
-    epochs: float = RECIPE_EPOCHS,
+    epochs: float = o.RECIPE_EPOCHS,
     seeds: int = typer.Option(2, "--seeds", help="Seeds per plan (≥ 2: their τ is the ceiling)."),
-    study: str = typer.Option(None, help="Study name (needed when the storage holds several)."),
+    study: str = o.STUDY,
     out: str = typer.Option(None, "--out", "-o", help="Where OUT/calibration/ keeps the runs "
                                                       "(default: the study's folder)."),
-    lr: float = RECIPE_LR,
-    block_lr: float = BLOCK_LR,
-    kd_weight: float = KD_WEIGHT,
-    patience: int = PATIENCE,
-    distill_steps: int = DISTILL_STEPS,
-    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, …"),
+    lr: float = o.RECIPE_LR, block_lr: float = o.BLOCK_LR, kd_weight: float = o.KD_WEIGHT,
+    patience: int = o.PATIENCE, distill_steps: int = o.DISTILL_STEPS, device: str = o.DEVICE,
     backend: str = typer.Option(None, help="local (this process) or ray (each run a Ray task, with "
                                 "the study's --cpus-per-trial / --gpus-per-trial); default: the "
-                                "study's backend."),
-    address: str = typer.Option(None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
-                                "(default: the study's, else a local Ray instance)."),
-    trust_model_code: bool = TRUST_MODEL_CODE,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                                "study's backend.", rich_help_panel=o.RAY_PANEL),
+    address: str = o.ADDRESS, trust_model_code: bool = o.TRUST_MODEL_CODE, as_json: bool = o.AS_JSON,
 ) -> None:
     """Train K of a study's plans by the final recipe under several seeds and report how well the
     search's IoU (the proxy) ranks them: Kendall τ and Spearman ρ against the mean final IoU,

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
+from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.cli.options import FROM_SCRATCH, TRUST_MODEL_CODE
+
+
+def final_recipe_title(models: list[dict[str, Any]]) -> str:
+    """`final recipe, 9 epochs`: the epochs the models were trained by the final recipe, as
+    recorded (`--finetune`'s, or a halving search's top rung), not the `--finetune` option."""
+    epochs = sorted({float(e) for m in models
+                     if (e := m.get("finetune_epochs") or m.get("final_epochs")) is not None})
+    return f"final recipe, {'/'.join(f'{e:g}' for e in epochs) or '?'} epochs"
 
 
 @app.command()
 def export(
-    source: str = typer.Argument(..., help="A search's --out folder, or an Optuna storage URL."),
-    study: str = typer.Option(None, help="Study name (needed when the storage holds several)."),
+    source: str = o.SOURCE,
+    study: str = o.STUDY,
     out: str = typer.Option("exported", "--out", "-o", help="Folder for the models and the index."),
     select: str = typer.Option("pareto", help="pareto, best-iou, under:30GFLOPs or trial:N."),
     formats: str = typer.Option("safetensors,onnx", help="safetensors,onnx[,torchscript]."),
@@ -19,13 +29,13 @@ def export(
                                           help="Train each model by the final recipe for this many "
                                                "epochs before export, beside the paired baseline "
                                                "(see `cubesearch finetune`)."),
-    from_scratch: bool = FROM_SCRATCH,
-    trust_model_code: bool = TRUST_MODEL_CODE,
+    from_scratch: bool = o.FROM_SCRATCH,
+    trust_model_code: bool = o.TRUST_MODEL_CODE,
     fold: bool = typer.Option(True, "--fold/--no-fold",
                               help="Write ONNX/TorchScript from the folded eval form of every Cube "
                                    "block (the deploy form; --no-fold: the training form)."),
     opset: int = typer.Option(18, help="ONNX opset (18 … 23; 18 is what most runtimes read)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = o.AS_JSON,
 ) -> None:
     """Export the Pareto-optimal (or selected) models of a search, with a Pareto plot."""
     from rich.table import Table
@@ -53,7 +63,7 @@ def export(
                       *(f"{e:.1e}" if e is not None else "–" for e in errs), m["folder"])
     console.print(table)
     if any(m.get("final_iou") is not None for m in result.models):
-        console.print(results_table(result.models, f"final recipe, {finetune_epochs:g} epochs"))
+        console.print(results_table(result.models, final_recipe_title(result.models)))
     if result.calibration:
         console.print(calibration_line(result.calibration))
     console.print(f"index: {result.index['md']}, plot: {result.index['png']} "

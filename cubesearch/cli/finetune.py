@@ -7,17 +7,8 @@ from typing import Any
 
 import typer
 
+from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.cli.options import (
-    BLOCK_LR,
-    DISTILL_STEPS,
-    FROM_SCRATCH,
-    KD_WEIGHT,
-    PATIENCE,
-    RECIPE_EPOCHS,
-    RECIPE_LR,
-    TRUST_MODEL_CODE,
-)
 
 
 def recipe_from(epochs: float, lr: float | None, block_lr: float | None, kd_weight: float | None,
@@ -57,13 +48,13 @@ def results_table(models: list[dict[str, Any]], title: str) -> Any:
 def finetune(
     target: str = typer.Argument(..., help="A trial or exported model folder (plan.json), or a "
                                            "search's --out folder / Optuna storage URL."),
-    epochs: float = RECIPE_EPOCHS,
+    epochs: float = o.RECIPE_EPOCHS,
     out: str = typer.Option("finetuned", "--out", "-o",
                             help="Folder for the trained model(s) (OUT/<name>/) and the paired "
                                  "baseline's figures (OUT/paired.json)."),
     baseline: str = typer.Option(None, help="The trained, unconverted model to start from (default: "
                                             "the checkpoint's recorded one, or the study's)."),
-    study: str = typer.Option(None, help="Study name (needed when the storage holds several)."),
+    study: str = o.STUDY,
     select: str = typer.Option("pareto", help="Models of a study: pareto, best-iou, under:30GFLOPs "
                                               "or trial:N."),
     data: str = typer.Option(None, help="synthetic or a dataset folder (default: what the checkpoint "
@@ -73,22 +64,16 @@ def finetune(
     val_tiles: int = typer.Option(None, help="Synthetic validation tiles (default: the recorded)."),
     batch_size: int = typer.Option(None, help="Batch size (default: the recorded)."),
     seed: int = typer.Option(None, help="Seed (default: the baseline's, so the search's tiles)."),
-    val_split: float = typer.Option(None, help="Fraction held out for validation (folders without val/)."),
-    crops_per_image: int = typer.Option(None, help="Random training crops per image and epoch."),
-    workers: int = typer.Option(None, help="Data-loader worker processes."),
-    lr: float = RECIPE_LR,
-    block_lr: float = BLOCK_LR,
-    kd_weight: float = KD_WEIGHT,
-    patience: int = PATIENCE,
-    distill_steps: int = DISTILL_STEPS,
-    from_scratch: bool = FROM_SCRATCH,
-    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1, …"),
-    trust_model_code: bool = TRUST_MODEL_CODE,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    val_split: float = o.VAL_SPLIT, crops_per_image: int = o.CROPS_PER_IMAGE, workers: int = o.WORKERS,
+    lr: float = o.RECIPE_LR, block_lr: float = o.BLOCK_LR, kd_weight: float = o.KD_WEIGHT,
+    patience: int = o.PATIENCE, distill_steps: int = o.DISTILL_STEPS, from_scratch: bool = o.FROM_SCRATCH,
+    device: str = o.DEVICE,
+    trust_model_code: bool = o.TRUST_MODEL_CODE, as_json: bool = o.AS_JSON,
 ) -> None:
     """Train a checkpoint's plan, or a study's chosen plans, by the final recipe (warm start from
-    the baseline, distillation from it, annealed to 0, best weights kept, early stopping), and
-    the unconverted baseline by the same recipe (the paired baseline): proxy IoU → final IoU.
+    the baseline, annealed to 0, best weights kept, early stopping; distillation from the
+    baseline only with --kd-weight), and the unconverted baseline by the same recipe (the paired
+    baseline): proxy IoU → final IoU.
 
     Every figure is on the search's own validation set unless --data and friends say otherwise."""
     from cubesearch.finetuning import jobs_for, run_jobs

@@ -49,6 +49,13 @@ TRAIN_TILES = typer.Option(192, "--train-tiles", help="Synthetic training tiles.
                            rich_help_panel=DATA_PANEL)
 VAL_TILES = typer.Option(64, "--val-tiles", help="Synthetic validation tiles.",
                          rich_help_panel=DATA_PANEL)
+VAL_SPLIT = typer.Option(None, "--val-split", help="Fraction held out for validation (folders "
+                         "without val/).", rich_help_panel=DATA_PANEL)
+CROPS_PER_IMAGE = typer.Option(None, "--crops-per-image", help="Random training crops per image and "
+                               "epoch (default: as many tiles as the image holds).",
+                               rich_help_panel=DATA_PANEL)
+WORKERS = typer.Option(None, "--workers", help="Data-loader worker processes (default 0).",
+                       rich_help_panel=DATA_PANEL)
 SEED = typer.Option(0, "--seed", help="Seed of the baseline, the synthetic tiles and the sampler.",
                     rich_help_panel=DATA_PANEL)
 
@@ -79,17 +86,21 @@ SUPERNET_EPOCHS = typer.Option(None, "--supernet-epochs", help="The supernet's t
 # (None) ones keep the recipe's defaults.
 RECIPE_EPOCHS = typer.Option(16.0, "--epochs", help="Epochs of the final recipe (early stopping may "
                              "end it sooner).", rich_help_panel=RECIPE_PANEL)
-RECIPE_LR = typer.Option(None, "--lr", help="Peak learning rate of the warm-started weights "
-                         "(default 5e-4).", rich_help_panel=RECIPE_PANEL)
-BLOCK_LR = typer.Option(None, "--block-lr", help="Peak learning rate of the new Cube blocks "
-                        "(default 2e-3).", rich_help_panel=RECIPE_PANEL)
-KD_WEIGHT = typer.Option(None, "--kd-weight", help="Weight of the logit distillation from the "
-                         "baseline (default 0: none; it held the demo's models back, see the "
-                         "kd-ablation benchmark).", rich_help_panel=RECIPE_PANEL)
-PATIENCE = typer.Option(None, "--patience", help="Stop after N epochs without a better val IoU "
-                        "(default 4; 0: never stop early).", rich_help_panel=RECIPE_PANEL)
-DISTILL_STEPS = typer.Option(None, "--distill-steps", help="Batches fitting each block to the conv "
-                             "it replaces first (default 100).", rich_help_panel=RECIPE_PANEL)
+
+
+def recipe_option(flag: str, help: str) -> Any:
+    """A final-recipe option: unset (None), it keeps the recipe's default (named in `help`)."""
+    return typer.Option(None, flag, help=help, rich_help_panel=RECIPE_PANEL)
+
+
+RECIPE_LR = recipe_option("--lr", "Peak learning rate of the warm-started weights (default 5e-4).")
+BLOCK_LR = recipe_option("--block-lr", "Peak learning rate of the new Cube blocks (default 2e-3).")
+KD_WEIGHT = recipe_option("--kd-weight", "Weight of the logit distillation from the baseline (default "
+                          "0: none; it held the demo's models back, see the kd-ablation benchmark).")
+PATIENCE = recipe_option("--patience", "Stop after N epochs without a better val IoU (default 4; 0: "
+                         "never stop early).")
+DISTILL_STEPS = recipe_option("--distill-steps", "Batches fitting each block to the conv it replaces "
+                              "first (default 100).")
 FROM_SCRATCH = typer.Option(False, "--from-scratch",
                             help="Train from freshly initialised weights, the paired baseline too "
                                  "(the paper's protocol), instead of converting the trained "
@@ -100,7 +111,8 @@ FROM_SCRATCH = typer.Option(False, "--from-scratch",
 STUDY = typer.Option(None, "--study", help="Study name (needed when the storage holds several).",
                      rich_help_panel=STORAGE_PANEL)
 SOURCE = typer.Argument(..., help="A search's --out folder, or an Optuna storage URL.")
-DEVICE = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, …")
+DEVICE = typer.Option(None, "--device", help="auto (the default: CUDA if there is one), cpu, "
+                      "cuda, cuda:1, …", rich_help_panel=TRAINING_PANEL)
 ADDRESS = typer.Option(None, "--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
                        "(default: the study's, else a local Ray instance).", rich_help_panel=RAY_PANEL)
 AS_JSON = typer.Option(False, "--json", help="Print one JSON object at the end.",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.cli.options import TRUST_MODEL_CODE
 
 METRIC_ROWS = (("oa", "OA"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
                ("iou", "IoU"), ("miou", "mIoU"), ("loss", "Loss"))
@@ -54,19 +54,18 @@ def train(
                                               "batches (local distillation; needs --init)."),
     new_lr: float = typer.Option(None, help="With --init: peak learning rate of the parameters it "
                                  "did not load (the new blocks); the loaded ones use --lr."),
-    val_split: float = typer.Option(None, help="Fraction held out for validation (folders without val/)."),
+    val_split: float = o.VAL_SPLIT,
     train_tiles: int = typer.Option(None, help="Synthetic training tiles (default 256)."),
     val_tiles: int = typer.Option(None, help="Synthetic validation tiles (default 64)."),
-    crops_per_image: int = typer.Option(None, help="Random training crops per image and epoch "
-                                                   "(default: as many tiles as the image holds)."),
+    crops_per_image: int = o.CROPS_PER_IMAGE,
     eval_every: int = typer.Option(None, help="Evaluate every N steps (default: each epoch and the end)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, …"),
+    device: str = o.DEVICE,
     amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
                                        help="channels_last memory format (faster convs on CPU and GPU)."),
     pretrained: bool = typer.Option(False, "--pretrained", help="ImageNet weights for timm/smp encoders."),
-    workers: int = typer.Option(0, help="Data-loader worker processes."),
-    trust_model_code: bool = TRUST_MODEL_CODE,
+    workers: int = o.WORKERS,
+    trust_model_code: bool = o.TRUST_MODEL_CODE,
     no_verify: bool = typer.Option(False, "--no-verify",
                                    help="Load a checkpoint folder without its manifest check "
                                         "(hand-made folders)."),

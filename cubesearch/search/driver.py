@@ -117,12 +117,8 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, pro
             ctx.out.rmdir()  # a storage error leaves no empty --out behind
         raise
     check_study_device(study, ctx)  # a study's latencies are those of one device
-    counts = TrialCounts.of(study)
-    scoring = settings.proxy_trials if settings.strategy == "oneshot" else (
-        settings.trials if isinstance(evaluator, SupernetEvaluator) else 0)
-    scored = f"{counts.scored} of {scoring} plans scored, " if scoring else ""
-    log(f"study {study.study_name!r} in {mask_url(settings.storage_url())}: {scored}"
-        f"{counts.trained} of {settings.trials} trials trained; budget {budget_line(ctx)} "
+    log(f"study {study.study_name!r} in {mask_url(settings.storage_url())}: "
+        f"{progress_line(settings, TrialCounts.of(study), evaluator)}; budget {budget_line(ctx)} "
         f"({len(ctx.searchable)} searchable sites, space {ctx.space.name!r})")
     warning = budget_warning(ctx)
     if warning:
@@ -131,6 +127,21 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, pro
         evaluator.prepare(ctx, progress=progress, log=log)
         enqueue_references(study, ctx)
     return ctx, study
+
+
+def progress_line(settings: SearchSettings, counts: TrialCounts, evaluator: Evaluator) -> str:
+    """What the study holds, in its strategy's counts: `2 of 10 plans ranked on rung 0 (3
+    epochs), 0 trained on to 9` (halving), `1 of 5 plans scored, 0 of 3 trials trained` (a
+    supernet), `4 of 20 trials trained`."""
+    if settings.strategy == "halving":
+        rungs = [*counts.rungs, *[0] * len(settings.rungs)][:len(settings.rungs)]
+        line = f"{rungs[0]} of {settings.trials} plans ranked on rung 0 ({settings.rungs[0]:g} epochs)"
+        return line + "".join(f", {n} trained on to {e:g}" for n, e in zip(rungs[1:], settings.rungs[1:],
+                                                                            strict=True))
+    scoring = settings.proxy_trials if settings.strategy == "oneshot" else (
+        settings.trials if isinstance(evaluator, SupernetEvaluator) else 0)
+    scored = f"{counts.scored} of {scoring} plans scored, " if scoring else ""
+    return f"{scored}{counts.trained} of {settings.trials} trials trained"
 
 
 def wrap_up(ctx: SearchContext, study: optuna.Study, console: Console) -> SearchResult:
