@@ -37,7 +37,8 @@ def fvcore_counts(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[int
     """fvcore's total and its count per module (qualified name → FLOPs of everything that ran
     inside that module, summed over its calls), from one analysis."""
     with warnings.catch_warnings():  # fvcore's import scripts its focal loss: torch's deprecation
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated",
+                                category=FutureWarning)
         from fvcore.nn import FlopCountAnalysis  # lazy: fvcore is slow to import, and only counting needs it
 
     analysis = FlopCountAnalysis(model, tuple(inputs))
