@@ -22,6 +22,7 @@ def run(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_help_and_option_errors_do_not_import_torch():
     code = ("import sys\nfrom cubesearch.cli import main\n"
             "main(['--help']); main(['search', '--help']); main(['demo', '--help'])\n"
+            "assert main(['search', 'm.py', '--budget', '70%%']) == 1\n"  # a typo: before torch
             "print('torch' in sys.modules, 'optuna' in sys.modules)")
     res = run(code)
     assert res.returncode == 0, res.stderr

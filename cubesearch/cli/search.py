@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from cubesearch.budget import budget_objective
 from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
 from cubesearch.errors import CubesearchError
@@ -118,6 +119,7 @@ def search(
     supernet_workers: int = SUPERNET_WORKERS, as_json: bool = o.AS_JSON,
 ) -> None:
     """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
+    budget_objective(budget, objectives.split(","))  # a typo: one line before torch even loads
     options = search_options(**{k: v for k, v in locals().items() if k not in ("model", "budget")})
     # imported when the command runs (torch, optuna…): `cubesearch --help` stays fast
     from cubesearch.search import search as run_search
