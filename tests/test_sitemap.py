@@ -385,3 +385,51 @@ def test_budget_errors_come_before_any_work(tmp_path):
                                               r"measure \(give --latency-table FILE"):
         site_map(TINY, out=str(out), space=SPACE, budgets=["5ms"], **TINY_OPTIONS)
     assert not out.exists()
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+CLI_OPTIONS = ["--input-size", "3x64x64", "--tile-size", "32", "--train-tiles", "32", "--val-tiles",
+               "8", "--batch-size", "8", "--baseline-epochs", "4", "--distill-steps", "3"]
+
+
+def test_map_command_reuses_the_map_and_prints_the_front(tiny_map, capsys):
+    from cubesearch.cli import main
+
+    out, result = tiny_map
+    code = main(["map", TINY, "-o", str(out), "--space", str(out / "decoder.yaml"), "--budget", "90%",
+                 "--json", *CLI_OPTIONS])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0 and printed["measured"] == 0
+    assert printed["cells"] == [{**c} for c in result.cells]
+    assert printed["predicted_front"] and all(
+        p["gflops"] <= 0.9 * result.data["base_gflops"] + 1e-12 for p in printed["predicted_front"])
+    assert main(["map", TINY, "-o", str(out), "--space", str(out / "decoder.yaml"), *CLI_OPTIONS]) == 0
+    shown = capsys.readouterr().out
+    assert "Where a block pays" in shown and "decoder.0.0" in shown and "map.png" in shown
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--space", "shared"], "error: --space shared: the site map scores and chooses each site on "
+                            "its own, so --strategy map needs a per-site space"),
+    (["--space", SPACE, "--budget", "1%"], "error: no plan of the map meets the budget: gflops ≤ "),
+    (["--space", SPACE, "--budget", "5ms"], "error: budget '5ms' bounds latency, which the map did not "
+                                             "measure (give --latency-table FILE"),
+])
+def test_map_command_errors_are_one_line(tmp_path, capsys, args, line):
+    from cubesearch.cli import main
+
+    assert main(["map", TINY, "-o", str(tmp_path / "m"), *args, *CLI_OPTIONS]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line)
+    assert not (tmp_path / "m").exists()
+
+
+def test_search_strategy_map_refuses_a_shared_space(tmp_path, capsys):
+    from cubesearch.cli import main
+
+    assert main(["search", TINY, "--budget", "90%", "--strategy", "map", "--space", "shared",
+                 "-o", str(tmp_path / "s"), *CLI_OPTIONS]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [next(e for e in err if e.startswith("error: --space shared: the site map"))]
+    assert not (tmp_path / "s").exists()

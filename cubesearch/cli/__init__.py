@@ -28,6 +28,7 @@ from cubesearch.cli import finetune as _finetune  # noqa: E402,F401  isort: skip
 from cubesearch.cli import calibrate as _calibrate  # noqa: E402,F401  isort: skip
 from cubesearch.cli import profile as _profile  # noqa: E402,F401  isort: skip
 from cubesearch.cli import ablate as _ablate  # noqa: E402,F401  isort: skip
+from cubesearch.cli import map as _map  # noqa: E402,F401  isort: skip
 
 __all__ = ["app", "main"]
 
