@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -62,7 +63,16 @@ def one_run(repo: Path) -> dict:
             "%Y-%m-%d %H:%M", time.gmtime(start)), "load_before": round(before, 2),
             "load_after": round(load(), 2), "wall_s": float(timing[1]) if timing else None,
             "cpu_s": float(timing[2]) + float(timing[3]) if timing else None,
-            "models": exported_models(clone), "log_tail": log[-3000:]}
+            "models": exported_models(clone), "log_tail": log[-1500:]}
+
+
+def summary(runs: list[dict]) -> dict:
+    """The runs, and the medians the docs quote."""
+    done = [r for r in runs if r["returncode"] == 0 and r["wall_s"]]
+    return {"runs": runs, "n_runs": len(done),
+            "median_wall_min": statistics.median(r["wall_s"] for r in done) / 60 if done else None,
+            "median_cpu_min": statistics.median(r["cpu_s"] for r in done) / 60 if done else None,
+            "max_load": max((r["load_after"] for r in done), default=None)}
 
 
 def render(runs: list[dict]) -> str:
@@ -92,10 +102,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "demo.md"))
     args = parser.parse_args()
     store = Path(args.out).with_suffix(".json")
-    runs = json.loads(store.read_text()) if store.exists() else []
+    runs = json.loads(store.read_text())["runs"] if store.exists() else []
     for _ in range(args.runs):
         runs.append(one_run(Path(args.repo)))
-        store.write_text(json.dumps(runs, indent=2) + "\n")
+        store.write_text(json.dumps(summary(runs), indent=2) + "\n")
         Path(args.out).write_text(render(runs))
         print(render(runs))
 

@@ -33,6 +33,9 @@ class Bench:
 
 
 BENCHMARKS = [
+    Bench("demo", "`make demo` on a fresh clone",
+          "{n_runs} run(s): median {median_wall_min:.1f} min wall, {median_cpu_min:.1f} CPU-min, "
+          "install included (load up to {max_load:.1f})"),
     Bench("block", "Block speed vs the conv"),
     Bench("convert", "Conversion over 55 timm + smp models"),
     Bench("search-cost", "Cost model vs fvcore"),

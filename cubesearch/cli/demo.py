@@ -16,7 +16,7 @@ import typer
 
 from cubesearch.cli.app import app, out_console, print_json
 from cubesearch.cli.options import RUNGS, parse_rungs
-from cubesearch.demo import DEMO_BUDGET, DEMO_MODEL, DEMO_RUNGS, DEMO_TRAINING, DEMO_TRIALS
+from cubesearch.demo import DEMO_BUDGET, DEMO_MODEL, DEMO_RUNGS, DEMO_SEARCH, DEMO_TRIALS
 
 
 def cost_table(rows: list[dict], channels: int, size: int) -> Any:
@@ -61,11 +61,11 @@ def demo(
     out: str = typer.Option("runs/demo", "--out", "-o", help="Folder for the study and exports."),
     rungs: str = typer.Option(",".join(f"{r:g}" for r in DEMO_RUNGS), "--rungs",
                               help=RUNGS.help),
-    baseline_epochs: float = typer.Option(DEMO_TRAINING["baseline_epochs"],
+    baseline_epochs: float = typer.Option(DEMO_SEARCH["baseline_epochs"],
                                          help="Training epochs of the baseline."),
-    tile_size: int = typer.Option(DEMO_TRAINING["tile_size"], help="Synthetic tile size for training."),
-    train_tiles: int = typer.Option(DEMO_TRAINING["train_tiles"], help="Synthetic training tiles."),
-    distill_steps: int = typer.Option(DEMO_TRAINING["distill_steps"],
+    tile_size: int = typer.Option(DEMO_SEARCH["tile_size"], help="Synthetic tile size for training."),
+    train_tiles: int = typer.Option(DEMO_SEARCH["train_tiles"], help="Synthetic training tiles."),
+    distill_steps: int = typer.Option(DEMO_SEARCH["distill_steps"],
                                        help="Distillation batches per plan before training."),
     space: str = typer.Option("default", help="Search space."),
     cost_only: bool = typer.Option(False, "--cost-only", help="Only print the block's cost table."),
@@ -93,7 +93,7 @@ def demo(
     console.rule(f"search: {model}, budget {budget}, {trials} plans, rungs {rungs} epochs")
     result = search(model, budget, space=space, trials=trials, out=str(folder / "search"),
                     rungs=epochs, baseline_epochs=baseline_epochs, tile_size=tile_size,
-                    train_tiles=train_tiles, val_tiles=DEMO_TRAINING["val_tiles"],
+                    train_tiles=train_tiles, val_tiles=DEMO_SEARCH["val_tiles"],
                     distill_steps=distill_steps, console=console)
     console.print(front_table(result, f"Pareto front (budget {result.budget_gflops:.3f} GFLOPs)"))
     console.rule("export")
