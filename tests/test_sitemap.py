@@ -433,3 +433,19 @@ def test_search_strategy_map_refuses_a_shared_space(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [next(e for e in err if e.startswith("error: --space shared: the site map"))]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_narrower_run_keeps_the_other_cells(tmp_path):
+    """A map run over fewer sites (another space) writes its cells first and keeps the rest."""
+    from cubesearch.sitemap.store import MapStore
+
+    header = {"identity": {"baseline": "m-123", "seed": 0}}
+    store = MapStore.open(tmp_path, header)
+    for site in ("a", "b"):
+        store.add({"site": site, "option": "keep", "delta_iou": 0.0})
+    again = MapStore.open(tmp_path, header)
+    again.write([("b", "keep")])
+    data = json.loads((tmp_path / "map.json").read_text())
+    assert [c["site"] for c in data["cells"]] == ["b", "a"] and data["runs"] == 2
+    with pytest.raises(CubesearchError, match=r"other settings \(seed: 0 → 1\)"):
+        MapStore.open(tmp_path, {"identity": {"baseline": "m-123", "seed": 1}})

@@ -70,7 +70,9 @@ def map_jobs(ctx: SearchContext, subset: str) -> list[CellJob]:
 def map_header(ctx: SearchContext, subset: str, base_iou: float, seed: int) -> dict[str, Any]:
     """What map.json says besides its cells: what was measured, how, and what it is against."""
     s, lat = ctx.settings, ctx.latency
-    identity = {"model": s.model, "model_kwargs": s.model_kwargs, "baseline": str(ctx.baseline_dir),
+    # the baseline by its folder's name (its settings' hash): the same map wherever OUT is
+    identity = {"model": s.model, "model_kwargs": s.model_kwargs,
+                "baseline": ctx.baseline_dir.name if ctx.baseline_dir else None,
                 "input_size": list(s.input_size), "distill_steps": s.distill_steps, "seed": seed,
                 "batch_size": s.batch_size,
                 "latency_device": lat.fingerprint.to_dict() if lat is not None else None}
@@ -111,8 +113,11 @@ def build_map(ctx: SearchContext, *, subset: str = "auto", backend: str = "local
                   f"{len(jobs) - len(todo)} in {store.path} already, {len(todo)} to measure; "
                   f"baseline IoU {base:.4f}")
     run_cells(ctx, todo, store, base, seed=seed, backend=backend, console=console, progress=progress)
-    path = store.write([j.key for j in jobs])
+    keys = [j.key for j in jobs]
+    path = store.write(keys)
     data = json.loads(path.read_text())
+    wanted = set(keys)  # this space's cells, in its order (the file may hold more)
+    data["cells"] = [c for c in data["cells"] if (c["site"], c["option"]) in wanted]
     png = plot_map(data, ctx.out / PLOT_FILE)
     return SiteMap(data=data, path=path, png=png, measured=len(todo),
                    seconds=time.perf_counter() - t0)

@@ -76,6 +76,10 @@ class MapStore:
         return [self.cells[k] for k in order if k in self.cells]
 
     def write(self, order: Iterable[tuple[str, str]] | None = None) -> Path:
-        cells = self.ordered(order) if order is not None else list(self.cells.values())
+        """The file: the cells in `order` first, then any other it holds (measured for a wider
+        space: kept, never thrown away by a narrower run)."""
+        first = self.ordered(order) if order is not None else []
+        keys = {(c["site"], c["option"]) for c in first}
+        cells = first + [c for k, c in self.cells.items() if k not in keys]
         data = {"version": MAP_VERSION, **self.header, "runs": self.run, "cells": cells}
         return atomic_write(self.path, json.dumps(_plain(data), indent=2, default=str))
