@@ -287,7 +287,9 @@ def group_points(plans: list[dict], runs: dict, groups: tuple[str, ...]) -> list
 
 def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
             halving: dict | None) -> dict[str, Any]:
-    last, first = args.seed_list[-1], args.seed_list[0]
+    # the target: the last seed with runs (all of them once the benchmark has finished)
+    have = [s for s in args.seed_list if any(s in runs.get(p["id"], {}) for p in plans)]
+    last, first = (have[-1], have[0]) if have else (args.seed_list[-1], args.seed_list[0])
     predicted = [p for p in plans if p["predicted_iou"] is not None and p["group"] != "unconverted"
                  and last in runs.get(p["id"], {})]
     target = [runs[p["id"]][last]["iou"] for p in predicted]
@@ -312,6 +314,7 @@ def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
         "additive_kendall_tau": additive["tau"], "additive_kendall_tau_ci95": additive["ci95"],
         "additive_plans": additive["n"],
         "cross_seed_rung3_kendall_tau": rung3["tau"], "cross_seed_rung3_kendall_tau_ci95": rung3["ci95"],
+        "target_seed": last, "rung_seed": first if first != last else None,
         "map_hv_ratio_vs_halving": halving["ratio"] if halving else None, "halving": halving,
         "joint_hv_ratio_vs_pruning": hv["joint"] / hv["pruning"] if hv["pruning"] else None,
         "cube_hv_ratio_vs_pruning": hv["cube"] / hv["pruning"] if hv["pruning"] else None,
@@ -385,7 +388,7 @@ def plot(fig: dict[str, Any], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    last = str(fig["conditions"]["training_seeds"][-1])
+    last = str(fig["target_seed"])
     f, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     colours = {"cube": "#2ca02c", "joint": "#d62728", "random": "#9467bd", "pruning": "#7f7f7f",
                "unconverted": "#1f77b4"}
