@@ -26,11 +26,12 @@ from cubesearch.conversion import convert
 from cubesearch.cost import CostModel, count_params, reference_flops
 from cubesearch.errors import CubesearchError
 from cubesearch.models import load_model
-from cubesearch.plan import PRESETS, Plan, make_plan, parse_insertion
-from cubesearch.sites import SiteReport, find_sites, module_output_shapes, parse_input_size
+from cubesearch.plan import PRESETS, Plan, costlier_than_conv, make_plan, parse_insertion
+from cubesearch.sites import Site, SiteReport, find_sites, module_output_shapes, parse_input_size
+from cubesearch.space import MIN_LATTICE_Q
 from cubesearch.trust import checked_spec, file_kwargs
 
-__all__ = ["ConvertReport", "convert_spec", "skipped_summary"]
+__all__ = ["ConvertReport", "convert_spec", "pay_notes", "skipped_summary"]
 
 DEFAULT_INPUT_SIZE = (3, 512, 512)
 
@@ -78,6 +79,25 @@ class ConvertReport:
             "output_shape": list(self.output_shape) if self.output_shape else None,
             "out": str(self.out) if self.out else None, "notes": self.notes, "seconds": self.seconds,
         }
+
+
+def pay_notes(sites: Sequence[Site]) -> list[str]:
+    """Where a block does not pay by default, one line per reason: sites whose lattice q is
+    below the spaces' default `min_lattice_q` (not searched), and sites where the default block
+    costs more FLOPs than the conv (presets keep the conv)."""
+    lines = []
+    low = [s for s in sites if s.lattice_q < MIN_LATTICE_Q]
+    if low:
+        named = ", ".join(f"{s.name} (q={s.lattice_q})" for s in low[:4])
+        more = f" and {len(low) - 4} more" if len(low) > 4 else ""
+        lines.append(f"{len(low)} site(s) with fewer than {MIN_LATTICE_Q} channels per lattice "
+                     f"position (q = C_in/4, rounded up): {named}{more}; search spaces do not "
+                     "search them unless they set `min_lattice_q: 1`.")
+    for s in sites:
+        why = costlier_than_conv(s)
+        if why:
+            lines.append(f"{s.name}: {why}; presets keep the conv.")
+    return lines
 
 
 def skipped_summary(skipped: dict[str, str]) -> str:

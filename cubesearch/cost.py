@@ -87,17 +87,10 @@ class CostModel:
         hit = table.get(config)
         if hit is None:
             site = self.sites[name]
-            # what fvcore counted inside the conv module: its MACs, plus whatever else its
+            # less what fvcore counted inside the conv module: its MACs, plus whatever else its
             # forward does (weight standardisation in timm's StdConv2d / ScaledStdConv2d…)
-            flops = -(site.macs if site.flops is None else site.flops)
-            params = 0
-            for h, w in site.call_shapes:
-                cost = block_cost(site.in_channels, site.out_channels, config, site.stride, h, w,
-                                  training=self.training)
-                flops += cost.flops
-                params = cost.params
-            params -= site.params
-            hit = table[config] = (flops, params)
+            flops, params = site.block_cost(config, training=self.training)
+            hit = table[config] = (flops - site.conv_flops, params - site.params)
         return hit
 
     def insertion_delta(self, name: str, config: CubeConfig) -> tuple[int, int]:

@@ -221,9 +221,20 @@ def _one_line(exc: ValidationError) -> str:
 
 
 def select_sites(sites: Iterable[Site], preset: str = DEFAULT_PRESET, *,
-                 include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Site]:
+                 include: Sequence[str] = (), exclude: Sequence[str] = (),
+                 config: CubeConfig | None = None) -> list[Site]:
     """The sites a preset picks. `include` regexes (if any) pick sites by name instead of by
-    role, overriding the encoder/decoder heuristic; `exclude` regexes then drop sites."""
+    role, overriding the encoder/decoder heuristic; `exclude` regexes then drop sites. A preset
+    leaves out a site where a block with `config` (default: `CubeConfig()`) would cost more
+    FLOPs than its conv (`costlier_than_conv`); sites named by `include` are taken as named."""
+    cfg = config or CubeConfig()
+    return [s for s in _named(sites, preset, include, exclude)
+            if include or not costlier_than_conv(s, cfg)]
+
+
+def _named(sites: Iterable[Site], preset: str, include: Sequence[str], exclude: Sequence[str]
+           ) -> list[Site]:
+    """The sites the preset's role (or the `include` regexes) names, less `exclude`."""
     if preset not in PRESETS:
         raise CubesearchError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     inc = [_regex(p, "--include") for p in include]
@@ -238,6 +249,13 @@ def select_sites(sites: Iterable[Site], preset: str = DEFAULT_PRESET, *,
         if take and not any(r.search(s.name) for r in exc):
             chosen.append(s)
     return chosen
+
+
+def costlier_than_conv(site: Site, config: CubeConfig | None = None) -> str | None:
+    """Why a block with `config` does not pay at `site` (it costs more FLOPs than the conv,
+    e.g. a prediction conv with few output channels), else None."""
+    ratio = site.block_ratio(config)
+    return f"a block costs {ratio:.2f}× the conv's FLOPs" if ratio > 1 else None
 
 
 def _regex(pattern: str, option: str) -> re.Pattern[str]:
@@ -265,12 +283,16 @@ def make_plan(report: SiteReport, model: str, *, preset: str = DEFAULT_PRESET,
               exclude: Sequence[str] = (), insertions: Sequence[str] = (),
               model_kwargs: dict[str, Any] | None = None) -> tuple[Plan, list[str]]:
     """A plan from a preset over a `SiteReport`. Returns (plan, notes): sites the config cannot
-    apply to (router='none' needs C_in % 4 == 0, and C_out % 4 == 0 when depth > 1) are left
-    out and named in the notes."""
+    apply to (router='none' needs C_in % 4 == 0, and C_out % 4 == 0 when depth > 1) and, for a
+    preset, sites where the block would cost more FLOPs than the conv are left out and named in
+    the notes."""
     cfg = config or CubeConfig()
     notes: list[str] = []
     chosen = {}
-    for s in select_sites(report.sites, preset, include=include, exclude=exclude):
+    if not include:
+        notes += [f"{s.name}: kept, {costlier_than_conv(s, cfg)}"
+                  for s in _named(report.sites, preset, include, exclude) if costlier_than_conv(s, cfg)]
+    for s in select_sites(report.sites, preset, include=include, exclude=exclude, config=cfg):
         problem = router_problem(s.in_channels, s.out_channels, cfg)
         if problem:
             notes.append(f"{s.name}: kept, {problem}")

@@ -6,7 +6,8 @@ The shipped spaces (`default`, `shared`, `fullcube`, `paper`) are package data i
 `python -c "from cubesearch.space import shipped_space_text as t; print(t('default'))" > my.yaml`.
 
 A space says which sites are searchable (`all`, `decoder`, `encoder`, or include/exclude
-regexes; the conv computing the logits only with `prediction_conv: true`), how sites are
+regexes; the conv computing the logits only with `prediction_conv: true`; sites whose block
+would have fewer than `min_lattice_q` channels per lattice position, 4 by default, never), how sites are
 decided (`per_site`: keep-or-replace and knobs per site; `shared`:
 keep-or-replace per site, one config for all; `fullcube`: every searchable site replaced, one
 config), and the values each `CubeConfig` knob may take. `sample_plan` turns an Optuna trial into
@@ -31,7 +32,7 @@ from typing import Any, Literal, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cubesearch.blocks import CubeConfig
+from cubesearch.blocks import CubeConfig, lattice_channels
 from cubesearch.errors import CubesearchError, one_line
 from cubesearch.width import kept_channels
 
@@ -40,6 +41,9 @@ _SHIPPED = resources.files("cubesearch") / "spaces"
 # `shipped_spaces` / `shipped_space_text`, which also work when the package is not on a file system.
 SPACES_DIR = Path(str(_SHIPPED))
 KNOBS = tuple(CubeConfig.model_fields)
+# Fewest channels per lattice position (q) a searched site's block may have: at q < 4 (an RGB stem,
+# q = 1; C_in ≤ 12) each lattice cell sees too few channels (issue 29's evidence).
+MIN_LATTICE_Q = 4
 
 
 class SiteLike(Protocol):
@@ -105,6 +109,9 @@ class SearchSpace(BaseModel):
     # when true: a block there must reproduce the logits themselves, which local distillation
     # does poorly, and short trials then often end predicting one class everywhere.
     prediction_conv: bool = False
+    # A block whose lattice has fewer channels per position than this (q = C_in padded to a
+    # multiple of 4, over 4: an RGB stem has q = 1) is not searched: set 1 to search every site.
+    min_lattice_q: int = Field(MIN_LATTICE_Q, ge=1)
     mode: Literal["per_site", "shared", "fullcube"] = "per_site"
     knobs: KnobChoices = Field(default_factory=KnobChoices)
     # Kept fractions of a site's output channels to try as options beside the Cube configs (the
@@ -166,7 +173,10 @@ class SearchSpace(BaseModel):
     # --- sites -------------------------------------------------------------------------------
 
     def searchable(self, sites: Iterable[SiteLike]) -> list[SiteLike]:
-        sites = [s for s in sites if self.prediction_conv or not getattr(s, "prediction", False)]
+        """The sites this space searches: by role or regex, less the prediction conv (unless
+        `prediction_conv`) and sites whose lattice q is below `min_lattice_q`."""
+        sites = [s for s in sites if (self.prediction_conv or not getattr(s, "prediction", False))
+                 and lattice_channels(s.in_channels) // 4 >= self.min_lattice_q]
         if self.sites == "all":
             return sites
         if self.sites in ("decoder", "encoder"):

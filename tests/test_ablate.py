@@ -94,10 +94,11 @@ def test_rows_are_the_one_knob_variants_the_space_allows(run):
         for r in rows:  # every preset site replaced, unless the config cannot go there
             assert set(r.plan) | {k.partition(":")[0] for k in r.kept} == sites
             assert set(r.plan.values()) == {r.config}
-    # router 'none' cannot take the first conv's 3 input channels: kept, and said so
+    # the first convs (C_in 3 and 8: lattice q 1 and 2) are not searched (min_lattice_q 4), so
+    # router 'none' goes at every searched site (C_in 16)
+    assert {s.name for s in searchable} == {"encoder.3.0", "decoder.0.0", "decoder.1.0"}
     none = next(r for r in result.preset_rows("fullcube") if r.knob == "router" and r.value == "none")
-    assert len(none.kept) == 1 and "C_in divisible by 4" in none.kept[0]
-    assert "1 site kept as conv" in none.note
+    assert none.kept == [] and len(none.plan) == 3 and none.note == ""
 
 
 def test_costs_are_the_cost_model_and_deltas_are_against_the_default_row(run):

@@ -74,7 +74,8 @@ def test_converted_blocks_match_the_convs_they_replace():
     model = load_model(UNET, width=4)
     report = find_sites(model, (3, 64, 64), flops=False)
     cfg = CubeConfig(groups=2, depth=2, router="post")
-    plan, _ = make_plan(report, UNET, preset="decoder", config=cfg)
+    # named by regex: taken even where the block costs more than the conv (a 4-wide net)
+    plan, _ = make_plan(report, UNET, config=cfg, include=[r"^decoder\."])
     new = convert(model, plan)
     blocks = cube_blocks(new)
     assert sorted(blocks) == sorted(plan.sites) and len(blocks) == 8
@@ -110,7 +111,7 @@ def test_strided_and_depthwise_sites_keep_shapes():
     report = find_sites(model, (3, 64, 64), strided=True, depthwise=True, flops=False)
     strided = [s.name for s in report.sites if s.stride == 2]
     assert strided  # resnet10t has strided 3×3 convs (stem and stage starts)
-    plan, _ = make_plan(report, "timm:resnet10t", preset="fullcube")
+    plan, _ = make_plan(report, "timm:resnet10t", include=[".*"])
     new = convert(model, plan)
     for name in strided:
         assert new.get_submodule(name).stride == 2
@@ -143,7 +144,7 @@ def test_shared_conv_module_replaced_everywhere():
     model = nn.Sequential(conv, nn.ReLU(), conv)  # registered twice (0 and 2)
     report = find_sites(model, (4, 16, 16), flops=False)
     assert report.names == ["0"] and report.sites[0].calls == 2
-    plan, _ = make_plan(report, "x.py", preset="fullcube")
+    plan, _ = make_plan(report, "x.py", include=[".*"])  # (a preset: 4 → 4 costs less as a conv)
     new = convert(model, plan)
     assert isinstance(new[0], CubeBlock) and new[0] is new[2]
     assert new(torch.randn(2, 4, 16, 16)).shape == (2, 4, 16, 16)
@@ -179,8 +180,9 @@ def test_every_smp_architecture_converts(arch, encoder, hw, kwargs, train):
     counts = {}
     for preset in ("fullcube", "decoder"):
         plan, _ = make_plan(report, spec, preset=preset, insertions=insert)
-        expected = [s.name for s in report.sites
-                    if preset == "fullcube" or not s.name.startswith("encoder.")]
+        expected = [s.name for s in report.sites  # presets keep convs a block costs more than
+                    if (preset == "fullcube" or not s.name.startswith("encoder."))
+                    and s.block_ratio() <= 1]
         assert sorted(plan.sites) == sorted(expected)
         new = convert(model, plan)
         assert len(cube_blocks(new)) == len(plan.sites) + len(insert)
@@ -209,8 +211,9 @@ def test_timm_models_convert(spec, kwargs, min_sites):
     report = find_sites(model, (3, 64, 64), strided=True, flops=False)
     assert len(report) >= min_sites
     plan, _ = make_plan(report, spec, preset="fullcube")
+    assert sorted(plan.sites) == sorted(s.name for s in report if s.block_ratio() <= 1)
     new = convert(model, plan)
-    assert len(cube_blocks(new)) == len(report)
+    assert len(cube_blocks(new)) == len(plan.sites) > 0
     assert _train_step(new, (3, 64, 64)).shape == (2, 5)
 
 
@@ -409,13 +412,13 @@ def test_router_none_needs_multiples_of_4():
     model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1))
     report = find_sites(model, (4, 8, 8), flops=False)
     deep = CubeConfig(router="none", depth=2)
-    plan, notes = make_plan(report, "x.py", preset="fullcube", config=deep)
+    plan, notes = make_plan(report, "x.py", include=[".*"], config=deep)
     assert list(plan.sites) == []
     assert notes == ["0: kept, router='none' with depth 2 needs C_out divisible by 4 (it has 6)",
                      "1: kept, router='none' needs C_in divisible by 4 (it has 6)"]
     with pytest.raises(CubesearchError, match=r"site '0': router='none' with depth 2 needs C_out"):
         Plan(model="x.py", sites={"0": deep}).check(report)
-    plan, notes = make_plan(report, "x.py", preset="fullcube", config=CubeConfig(router="none"))
+    plan, notes = make_plan(report, "x.py", include=[".*"], config=CubeConfig(router="none"))
     assert list(plan.sites) == ["0"]
     assert convert(model, plan)(torch.randn(2, 4, 8, 8)).shape == (2, 8, 8, 8)
 
@@ -441,3 +444,21 @@ def test_make_plan_router_none_skips_sites_it_cannot_apply_to():
     assert "encoder.0.0" not in plan.sites and len(plan.sites) == 4
     assert notes == ["encoder.0.0: kept, router='none' needs C_in divisible by 4 (it has 3)"]
     assert _train_step(convert(model, plan), (3, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_presets_keep_the_conv_where_a_block_costs_more():
+    """A prediction conv with one output channel: the block's router alone (16·16 MACs per pixel)
+    outweighs the conv (16·9); presets keep it and say why, `--include` still takes it."""
+    from cubesearch.blocks import block_cost
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(16, 1, 3, padding=1))
+    report = find_sites(model, (3, 16, 16))
+    head = report.site("4")
+    ratio = block_cost(16, 1, CubeConfig(), 1, 16, 16, training=False).flops / (16 * 1 * 9 * 16 * 16)
+    assert head.block_ratio() == pytest.approx(ratio) and ratio > 1
+    assert report.site("2").block_ratio() < 1
+    plan, notes = make_plan(report, "x.py", preset="fullcube")
+    assert "4" not in plan.sites and "2" in plan.sites
+    assert f"4: kept, a block costs {ratio:.2f}× the conv's FLOPs" in notes
+    assert "4" in make_plan(report, "x.py", include=["4"])[0].sites

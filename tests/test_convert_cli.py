@@ -20,6 +20,7 @@ from cubesearch.cli import main
 from cubesearch.conversion import convert, cube_blocks
 from cubesearch.models import load_model
 from cubesearch.plan import Plan
+from cubesearch.sites import find_sites
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = str(ROOT / "examples" / "unet.py")
@@ -40,7 +41,10 @@ def test_sites_table(capsys):
     assert code == 0, err
     text = " ".join(out.split())
     assert "18 eligible sites (10 encoder, 8 decoder)" in text
-    assert "the 'decoder' preset picks 8" in text
+    # decoder.3.conv.3 (4 → 4 at 32×32): a block costs more than the conv, so presets keep it
+    assert "the 'decoder' preset picks 7" in text
+    assert "decoder.3.conv.3: a block costs 1.23× the conv's FLOPs; presets keep the conv" in text
+    assert "8 site(s) with fewer than 4 channels per lattice position" in text  # C_in ≤ 12
     assert "decoder.3.conv.3" in out and "encoder.0.0" in out
     assert "Traced with export" in text
     assert "Not eligible: 1 1×1 kernel" in text
@@ -52,12 +56,16 @@ def test_sites_json(capsys):
     assert code == 0, err
     data = json.loads(out)  # stdout is exactly one JSON object; the table went to stderr
     assert data["n_sites"] == 18 and (data["n_encoder"], data["n_decoder"]) == (10, 8)
-    assert data["selected"] == [f"encoder.{i}.{j}" for i in range(4) for j in (0, 3)]
+    # encoder.0.* (3 → 4 and 4 → 4): a block costs more than the conv there
+    assert data["selected"] == [f"encoder.{i}.{j}" for i in range(1, 4) for j in (0, 3)]
     assert data["trace_path"] == "export" and data["input_size"] == [3, 32, 32]
     site = {s["name"]: s for s in data["sites"]}["decoder.0.conv.0"]
     # Up(64, 32) at 4×4 of a 32×32 input: C_in = 32 (up-convolved 64) + 32 (skip), C_out = 32
     assert (site["in_channels"], site["out_channels"], site["input_hw"]) == (64, 32, [4, 4])
     assert site["macs"] == 32 * 64 * 9 * 4 * 4 and site["role"] == "decoder"
+    assert site["lattice_q"] == 64 // 4 and 0 < site["default_block_ratio"] < 1
+    head = {s["name"]: s for s in data["sites"]}["encoder.0.0"]
+    assert head["lattice_q"] == 1 and head["default_block_ratio"] > 1
     model = load_model(UNET, width=4)
     assert data["base_params"] == sum(p.numel() for p in model.parameters())
     assert "eligible sites" in err
@@ -113,18 +121,21 @@ def test_convert_writes_a_checkpoint_that_load_rebuilds(capsys, tmp_path):
     plan = Plan.load(out_dir / "plan.json")
     assert plan.model == UNET and plan.input_size == (3, 32, 32)
     assert plan.model_kwargs == {"num_classes": 1, "in_channels": 3, "width": 4}
-    assert len(plan.sites) == 8 and all(n.startswith("decoder.") for n in plan.sites)
+    # every decoder site but decoder.3.conv.3, where a block costs more than the conv
+    assert len(plan.sites) == 7 and all(n.startswith("decoder.") for n in plan.sites)
+    assert "decoder.3.conv.3" not in plan.sites
     assert set(plan.sites.values()) == {CubeConfig(groups=2)}
     assert list(plan.insertions) == ["bottleneck"]
     text = " ".join(out.split())
-    assert "sites replaced 8 of 18" in text and "blocks inserted 1" in text
+    assert "sites replaced 7 of 18" in text and "blocks inserted 1" in text
+    assert "decoder.3.conv.3: kept, a block costs" in text
     assert "+0.000% vs fvcore" in text
 
     # The same seed, the same steps: the weights the CLI saved are the converted model's.
     torch.manual_seed(123)
     reference = convert(load_model(UNET, width=4), plan).eval()
     loaded = cubesearch.load(out_dir)
-    assert len(cube_blocks(loaded)) == 9
+    assert len(cube_blocks(loaded)) == 8
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=0)
@@ -140,11 +151,15 @@ def test_convert_json_and_preset(capsys):
                          "--router", "post", "--no-attention", "--depth", "2")
     assert code == 0, err
     data = json.loads(out)
-    assert data["sites_replaced"] == data["sites_eligible"] == 18
+    cfg = CubeConfig(router="post", attention=False, depth=2)
+    # fullcube leaves out the sites where this block costs more FLOPs than the conv
+    report = find_sites(load_model(UNET, width=4), (3, 32, 32))
+    dear = {s.name for s in report.sites if s.block_ratio(cfg) > 1}
+    assert len(dear) == 4 and {r["site"] for r in data["sites"]} == set(report.names) - dear
+    assert data["sites_replaced"] == 14 and data["sites_eligible"] == 18
     assert data["after"]["gflops"] == data["after"]["gflops_cost_model"]
     assert data["cost_model_error"] == 0.0
     assert data["out"] is None and data["output_shape"] == [1, 1, 32, 32]
-    cfg = CubeConfig(router="post", attention=False, depth=2)
     assert {r["config_short"] for r in data["sites"]} == {cfg.short()}
     model = load_model(UNET, width=4)
     assert data["before"]["params"] == sum(p.numel() for p in model.parameters())

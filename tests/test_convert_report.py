@@ -31,7 +31,11 @@ def test_report_figures_match_fvcore_and_the_model(tmp_path):
     assert report.after_params == sum(p.numel() for p in report.converted.parameters())
     assert report.estimate_flops == report.after_flops and report.cost_model_error == 0.0
     assert report.output_shape == (1, 1, 32, 32)
-    assert len(report.plan.sites) == len(report.sites_report.by_role("decoder"))
+    decoder = report.sites_report.by_role("decoder")
+    dear = [s.name for s in decoder if s.block_ratio(CubeConfig(groups=2)) > 1]
+    assert dear == ["decoder.3.conv.3"]  # 4 → 4 channels: the block's router alone is 16 MACs/px
+    assert sorted(report.plan.sites) == sorted(s.name for s in decoder if s.name not in dear)
+    assert any(n.startswith("decoder.3.conv.3: kept, a block costs") for n in report.notes)
     assert list(report.plan.insertions) == ["bottleneck"]
     assert len(report.sites) == len(report.plan.sites) + 1  # one row per block
     data = report.to_dict()

@@ -29,7 +29,7 @@ from cubesearch.latency.table import block_key, conv_key
 from cubesearch.space import SearchSpace
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
-SMALL_SPACE = {"name": "small", "sites": "all", "mode": "per_site",
+SMALL_SPACE = {"name": "small", "sites": "all", "mode": "per_site", "min_lattice_q": 1,  # all 5
                "knobs": {"lattice_stride": [2], "groups": [1, 4], "router": ["pre"],
                          "attention": [True], "depth": [1], "fusion_kernel": [3], "act": ["gelu"]}}
 A = CubeConfig(groups=1)

@@ -309,21 +309,22 @@ def test_model_kwargs_reach_the_built_model_and_every_saved_plan(tmp_path):
     from cubesearch.search.settings import BASELINE_IDENTITY
 
     spec = f"{TINY}:TinySeg"  # the class takes width (build_model does not)
-    result = searching.search(spec, "100%", model_kwargs={"width": 4}, trials=2,
+    # 16 wide: the decoder's convs take 32 channels, q = 8 (4 wide they would not be searched)
+    result = searching.search(spec, "100%", model_kwargs={"width": 16}, trials=2,
                               **{**FAST, "out": str(tmp_path / "search"), "space": "shared"})
     (baseline,) = (tmp_path / "search" / "baselines").iterdir()
     folders = [baseline] + [Path(p.checkpoint) for p in result.points if p.checkpoint]
     assert len(folders) >= 3
     for folder in folders:  # the plan records it, and the checkpoint rebuilds the 4-wide model
         assert json.loads((folder / "plan.json").read_text())["model_kwargs"] == {
-            "num_classes": 1, "in_channels": 3, "width": 4}
-        assert load(folder).head.in_channels == 4
-    # FLOPs are priced on the 4-wide model: 3×3 convs 3→4, 4→8 at 64², 8→8 at 32², then 8→8,
-    # 8→4 at 64² again, the head 4→1 (one multiply-add counts one; BatchNorm adds the rest)
+            "num_classes": 1, "in_channels": 3, "width": 16}
+        assert load(folder).head.in_channels == 16
+    # FLOPs are priced on the 16-wide model: 3×3 convs 3→16, 16→32 at 64², 32→32 at 32², then
+    # 32→32, 32→16 at 64² again, the head 16→1 (one multiply-add counts one; BatchNorm adds the rest)
     hw = 64 * 64
-    convs = 9 * (3 * 4 + 4 * 8 + 8 * 8 // 4 + 8 * 8 + 8 * 4) * hw + 4 * hw
+    convs = 9 * (3 * 16 + 16 * 32 + 32 * 32 // 4 + 32 * 32 + 32 * 16) * hw + 16 * hw
     assert result.baseline.gflops * 1e9 == pytest.approx(convs, rel=0.05)
-    with pytest.raises(CubesearchError, match=r"model_kwargs: \{'width': 4\} → \{'width': 8\}"):
+    with pytest.raises(CubesearchError, match=r"model_kwargs: \{'width': 16\} → \{'width': 8\}"):
         searching.search(spec, "100%", model_kwargs={"width": 8}, trials=3,
                          **{**FAST, "out": str(tmp_path / "search"), "space": "shared"})
     # without any, a baseline keeps the key it had before the option existed

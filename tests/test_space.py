@@ -177,3 +177,36 @@ def test_a_space_with_widths_is_searched_by_the_map_strategy_only(tmp_path):
                                               "--strategy map` searches; --strategy trials"):
         search(tiny, "100%", out=str(tmp_path / "s"), space="joint", trials=2, strategy="trials",
                input_size=(3, 32, 32), progress=False)
+
+
+def test_sites_with_a_small_lattice_q_are_searched_only_when_asked():
+    # q = ceil(C_in / 4) channels per lattice position: an RGB stem has q = 1
+    sites = [FakeSite("stem", 3, "encoder"), FakeSite("a", 12, "decoder"), FakeSite("b", 13, "decoder")]
+    assert [s.name for s in SearchSpace(sites="all").searchable(sites)] == ["b"]  # q 1, 3, 4
+    for name in ("default", "shared", "fullcube", "paper", "joint"):
+        assert SearchSpace.load(name).min_lattice_q == 4
+    opted = SearchSpace.from_dict({"sites": "all", "min_lattice_q": 1})
+    assert [s.name for s in opted.searchable(sites)] == ["stem", "a", "b"]
+    with pytest.raises(CubesearchError, match="min_lattice_q: Input should be greater than or equal to 1"):
+        SearchSpace.from_dict({"min_lattice_q": 0})
+
+
+def test_a_space_that_searches_nothing_says_the_lattice_q_left_the_sites_out(tmp_path):
+    from pathlib import Path
+
+    from cubesearch.search import search
+
+    tiny = str(Path(__file__).parent / "assets" / "tiny_seg.py")
+    with pytest.raises(CubesearchError, match=r"no eligible 3×3 conv matches the space's sites "
+                                              r"\(.*\); 5 eligible in the whole model; 2 match "
+                                              r"but have fewer than 4 channels per lattice"):
+        search(tiny, "100%", out=str(tmp_path / "s"), space=str(_encoder_space(tmp_path)),
+               trials=2, strategy="trials", input_size=(3, 32, 32), progress=False)
+
+
+def _encoder_space(tmp_path):
+    path = tmp_path / "enc.yaml"
+    # the first two convs (C_in 3 and 8: q = 1 and 2)
+    path.write_text(shipped_space_text("shared").replace(
+        "sites: decoder", "sites: {include: ['^encoder\\.[01]\\.']}"))
+    return path

@@ -33,7 +33,7 @@ def _space(**knobs):
     from cubesearch.space import SearchSpace
 
     return SearchSpace.from_dict({"name": "test", "sites": "all", "mode": "per_site",
-                                  "knobs": knobs or KNOB_VALUES})
+                                  "min_lattice_q": 1, "knobs": knobs or KNOB_VALUES})
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """The Cube Kernel block (docs/design.md §1) and its pieces."""
 
-from cubesearch.blocks.config import CubeConfig
+from cubesearch.blocks.config import CubeConfig, lattice_channels
 from cubesearch.blocks.cost import BlockCost, block_cost
 from cubesearch.blocks.cube import (
     CubeBlock,
@@ -31,6 +31,7 @@ __all__ = [
     "block_cost",
     "fold_blocks",
     "inverse_reconstruct",
+    "lattice_channels",
     "lattice_order",
     "reconstruct",
 ]

@@ -112,7 +112,7 @@ def sites(
 
 
 def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, console: Any) -> None:
-    from cubesearch.conversion_report import skipped_summary
+    from cubesearch.conversion_report import pay_notes, skipped_summary
 
     base = report.base_flops
     strided = any(s.stride != 1 for s in report.sites)
@@ -160,6 +160,8 @@ def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, con
         if logits:
             console.print(f"{logits[0]} computes the logits: search spaces leave it alone unless "
                           "they set `prediction_conv: true`.")
+        for line in pay_notes(report.sites):
+            console.print(line)
         if report.skipped and not show_all:
             console.print(f"Not eligible: {skipped_summary(report.skipped)} (--all lists them).")
     flops = (f"{_g(base)} GFLOPs (fvcore, eval, batch 1, counted in {report.flops_seconds:.2f} s)"

@@ -154,9 +154,12 @@ def build_context(settings: SearchSettings, deadline: float | None = None) -> Se
     sites = list(report.sites)
     searchable = space.searchable(sites)
     if not searchable:
+        low = len(space.model_copy(update={"min_lattice_q": 1}).searchable(sites))
+        why = (f"; {low} match but have fewer than {space.min_lattice_q} channels per lattice "
+               "position (set `min_lattice_q: 1` in the space to search them)" if low else "")
         raise CubesearchError(
             f"{settings.model}: no eligible 3×3 conv matches the space's sites ({space.sites!r}); "
-            f"{len(sites)} eligible in the whole model")
+            f"{len(sites)} eligible in the whole model{why}")
     cost = CostModel(report)
     base_flops, base_params = cost.flops({}), cost.params({})
     # --budget: FLOPs, a latency (25ms) or a share of the first cost objective named (60%);

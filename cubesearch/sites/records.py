@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from cubesearch.blocks import CubeConfig, block_cost, lattice_channels
 from cubesearch.helpers import pair
 
 ROLES = ("encoder", "decoder")
@@ -53,11 +54,40 @@ class Site:
     def depthwise(self) -> bool:
         return self.groups > 1
 
+    @property
+    def lattice_q(self) -> int:
+        """Channels per lattice position of a block here: C_in padded to a multiple of 4, over
+        4 (an RGB stem: 3 → 4, q = 1)."""
+        return lattice_channels(self.in_channels) // 4
+
+    @property
+    def conv_flops(self) -> int:
+        """What fvcore counts inside the conv module (its MACs when FLOPs were not counted)."""
+        return self.macs if self.flops is None else self.flops
+
+    def block_cost(self, config: CubeConfig, *, training: bool = False) -> tuple[int, int]:
+        """(FLOPs summed over every call, params) of a block with `config` here, as fvcore
+        counts it (`blocks.block_cost`)."""
+        flops = params = 0
+        for h, w in self.call_shapes:
+            cost = block_cost(self.in_channels, self.out_channels, config, self.stride, h, w,
+                              training=training)
+            flops += cost.flops
+            params = cost.params
+        return flops, params
+
+    def block_ratio(self, config: CubeConfig | None = None) -> float:
+        """The block's FLOPs over the conv's (eval): above 1 a block here costs more than the
+        conv it replaces (a prediction conv with few output channels, say)."""
+        return self.block_cost(config or CubeConfig())[0] / max(self.conv_flops, 1)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("kernel", "dilation", "padding", "input_hw", "output_hw"):
             d[key] = list(d[key])
         d["call_shapes"] = [list(s) for s in self.call_shapes]
+        d["lattice_q"] = self.lattice_q
+        d["default_block_ratio"] = round(self.block_ratio(), 4)
         return d
 
 
