@@ -21,6 +21,16 @@ from cubesearch.blocks.layers import (
 )
 
 
+def lattice_input(unit: nn.Module, x: Tensor) -> Tensor:
+    """The lattice-order input of a unit's ℛ (`CubeUnit` and its folded form alike): its
+    (pre-)router's output, or the input zero-padded to a multiple of 4 channels, then reordered."""
+    if unit.router is not None:
+        return unit.router(x)
+    if unit.channels != unit.in_channels:
+        x = F.pad(x, (0, 0, 0, 0, 0, unit.channels - unit.in_channels))
+    return x.index_select(1, unit.order)
+
+
 class CubeUnit(nn.Module):
     """One Cube Kernel block (depth 1): router → attention → ℛ + lattice conv → gate → fusion."""
 
@@ -53,11 +63,7 @@ class CubeUnit(nn.Module):
         )
 
     def to_lattice(self, x: Tensor) -> Tensor:
-        if self.router is not None:
-            return self.router(x)
-        if self.channels != self.in_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.channels - self.in_channels))
-        return x.index_select(1, self.order)
+        return lattice_input(self, x)
 
     def forward(self, x: Tensor) -> Tensor:
         r = self.to_lattice(x)
@@ -214,13 +220,9 @@ class FoldedCubeUnit(nn.Module):
                         stride=2, padding=1, groups=self.q)
 
     def to_lattice(self, x: Tensor) -> Tensor:
-        """The lattice-order input of ℛ: the folded router, or (as `CubeUnit.to_lattice`) the
-        input zero-padded to a multiple of 4 channels, then reordered."""
-        if self.router is not None:
-            return self.router(x)
-        if self.channels != self.in_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.channels - self.in_channels))
-        return x.index_select(1, self.order)
+        """The lattice-order input of ℛ: the folded router's, or the input padded and reordered
+        as `CubeUnit.to_lattice` does (`lattice_input`)."""
+        return lattice_input(self, x)
 
     def forward(self, x: Tensor) -> Tensor:
         r = self.to_lattice(x)

@@ -6,24 +6,13 @@ from typing import Any
 
 import typer
 
+from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.cli.options import (
-    BATCH_SIZE,
-    CLASSES,
-    FLOPS_INPUT,
-    LR,
-    PRETRAINED,
-    TILE_SIZE,
-    TRAIN_TILES,
-    VAL_TILES,
-)
-
-MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], package.module:callable."
 
 
 @app.command()
 def ablate(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: str = o.MODEL_SPEC,
     preset: str = typer.Option("all", help="Rows of the fullcube plan (every searchable site), of "
                                "the decoder preset, or all (both)."),
     knob: list[str] = typer.Option(None, "--knob", help="Ablate only this knob (repeatable): "
@@ -35,29 +24,15 @@ def ablate(
                                  "--epochs-per-trial of fine-tuning."),
     budget: str = typer.Option("100%", help="The supernet is trained on plans within it: give your "
                                "one-shot search's --budget to score in its supernet."),
-    space: str = typer.Option("default", help="Search space: default, shared, fullcube, paper, or "
-                              "a .yaml (the values each knob may take)."),
-    data: str = typer.Option("synthetic", help="synthetic, or a dataset folder."),
-    supernet_epochs: float = typer.Option(3.0, help="The supernet's training epochs (as a "
-                                          "one-shot search's --supernet-epochs)."),
+    space: str = o.SPACE, data: str = o.DATA, supernet_epochs: float = o.SUPERNET_EPOCHS,
     epochs_per_trial: float = typer.Option(1.0, help="--confirm: fine-tuning epochs per row."),
-    baseline_epochs: float = typer.Option(None, help="Epochs for the baseline (default: per trial)."),
-    distill_steps: int = typer.Option(100, min=0, help="Batches fitting the supernet's blocks to "
-                                      "the convs they replace before it trains."),
+    baseline_epochs: float = o.BASELINE_EPOCHS, distill_steps: int = o.SEARCH_DISTILL_STEPS,
     out: str = typer.Option("runs/search", "--out", "-o", help="The search's folder: its baseline "
                             "and supernet are reused, or trained there."),
-    seed: int = typer.Option(0),
-    input_size: str = FLOPS_INPUT,
-    tile_size: int = TILE_SIZE,
-    train_tiles: int = TRAIN_TILES,
-    val_tiles: int = VAL_TILES,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    trial_lr: float = typer.Option(None, help="--confirm: peak learning rate of the baseline's "
-                                   "weights in a trial (default: --lr / 4)."),
-    classes: int = CLASSES,
-    pretrained: bool = PRETRAINED,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+    seed: int = o.SEED, input_size: str = o.FLOPS_INPUT, tile_size: int = o.TILE_SIZE,
+    train_tiles: int = o.TRAIN_TILES, val_tiles: int = o.VAL_TILES, batch_size: int = o.BATCH_SIZE,
+    lr: float = o.LR, trial_lr: float = o.TRIAL_LR, classes: int = o.CLASSES,
+    pretrained: bool = o.PRETRAINED, as_json: bool = o.AS_JSON,
 ) -> None:
     """One row per knob change of the paper's block (router, attention, lattice stride, depth…)
     for the fullcube plan and the decoder preset, scored in the search's supernet."""

@@ -10,11 +10,10 @@ import typer
 from rich import box
 from rich.table import Table
 
+from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
 from cubesearch.cli.options import MODEL_ARG, TRUST_MODEL_CODE, model_args
 from cubesearch.errors import CubesearchError
-
-MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], package.module:callable."
 
 
 def _config(lattice_stride: int | None, groups: int | None, router: str | None,
@@ -71,7 +70,7 @@ def _table(title: str, columns: list[tuple[str, str]]) -> Table:
 
 @app.command()
 def sites(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: str = typer.Argument(..., help=o.MODEL_HELP),
     input_size: str = typer.Option("3x512x512", "--input-size", help="Reference input CxHxW."),
     classes: int = typer.Option(1, "--classes", "--num-classes", help="Output classes."),
     pretrained: bool = typer.Option(False, help="Load pretrained weights (needs a download)."),
@@ -177,7 +176,7 @@ def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, con
 
 @app.command()
 def convert(
-    model: str = typer.Argument(None, help=MODEL_HELP + " Optional with --plan (its model)."),
+    model: str = typer.Argument(None, help=o.MODEL_HELP + " Optional with --plan (its model)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write OUT/plan.json and OUT/model.safetensors."),
     preset: str = typer.Option("decoder", help="Sites to replace: fullcube, decoder, encoder, none."),
     plan_file: Path = typer.Option(None, "--plan", help="Take this plan.json instead of a preset."),

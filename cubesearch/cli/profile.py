@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
-
-MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], package.module:callable."
 
 
 @app.command()
 def profile(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: str = o.MODEL_SPEC,
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
     backend: str = typer.Option("torch", help="Runtime the ops are timed in: torch (eager, blocks "
                                 "folded) or ort (ONNX Runtime CPU on the folded ONNX graph "

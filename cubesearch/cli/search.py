@@ -81,7 +81,6 @@ CPUS_PER_TRIAL = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="Ray: CPUs
                               rich_help_panel=o.RAY_PANEL)
 GPUS_PER_TRIAL = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Ray: GPUs per trial (fractions "
                               "share one).", rich_help_panel=o.RAY_PANEL)
-MODEL = typer.Argument(..., help=o.MODEL_HELP)
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -101,7 +100,7 @@ def parse_duration(text: str | None) -> float | None:
 
 @app.command()
 def search(
-    model: str = MODEL, budget: str = BUDGET, objectives: str = OBJECTIVES,
+    model: str = o.MODEL_SPEC, budget: str = BUDGET, objectives: str = OBJECTIVES,
     input_size: str = o.FLOPS_INPUT, latency_table: str = LATENCY_TABLE,
     latency_backend: str = LATENCY_BACKEND, reprofile: bool = REPROFILE,
     strategy: str = STRATEGY, trials: int = TRIALS, space: str = o.SPACE, rungs: str = o.RUNGS,

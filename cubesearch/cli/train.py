@@ -24,52 +24,83 @@ def metrics_table(metrics: dict, title: str) -> Table:
     return table
 
 
+# The command's options (those other commands share are in cubesearch.cli.options)
+MODEL = typer.Argument(..., help="Model spec (timm:NAME, smp:ARCH:ENCODER, model.py[:NAME], "
+                                 "package.module:callable) or a checkpoint folder.")
+PLAN = typer.Option(None, "--plan", help="Plan JSON: convert the model with it before training.",
+                    rich_help_panel=o.MODEL_PANEL)
+DATA = typer.Option("synthetic",
+                    help="synthetic, or a dataset folder (images/+masks/, Inria, WHU).",
+                    rich_help_panel=o.DATA_PANEL)
+EPOCHS = typer.Option(None, help="Training epochs (default 5; fractions allowed).",
+                      rich_help_panel=o.TRAINING_PANEL)
+STEPS = typer.Option(None, help="Training steps (batches), instead of --epochs.",
+                     rich_help_panel=o.TRAINING_PANEL)
+INPUT_SIZE = typer.Option("3x256x256", help="Training tiles, CxHxW (square).",
+                          rich_help_panel=o.DATA_PANEL)
+OUT = typer.Option("runs/train", "--out", "-o",
+                   help="Checkpoint folder: model.safetensors, plan.json, metrics.json.",
+                   rich_help_panel=o.OUTPUT_PANEL)
+NUM_CLASSES = typer.Option(None, "--classes",
+                       help="1 = binary buildings (sigmoid, default); K ≥ 2 = softmax "
+                            "over K classes.", rich_help_panel=o.MODEL_PANEL)
+LOSS = typer.Option("bce", help="bce, dice or bce+dice (bce = cross-entropy when K ≥ 2).",
+                    rich_help_panel=o.TRAINING_PANEL)
+LR = typer.Option(None, help="Peak learning rate (default 2e-3).",
+                  rich_help_panel=o.TRAINING_PANEL)
+BATCH_SIZE = typer.Option(None, help="Batch size (default 8).", rich_help_panel=o.TRAINING_PANEL)
+SEED = typer.Option(0, help="Seed of the model init, data order, augmentations, synthetic tiles.",
+                    rich_help_panel=o.DATA_PANEL)
+OPTIMIZER = typer.Option("adam", help="adam (the paper's), adamw or sgd.",
+                         rich_help_panel=o.TRAINING_PANEL)
+WEIGHT_DECAY = typer.Option(0.0, help="Weight decay (AdamW uses 0.01 when 0).",
+                            rich_help_panel=o.TRAINING_PANEL)
+WARMUP = typer.Option(0.05, help="Linear warmup: a fraction of the steps (< 1) or a count.",
+                      rich_help_panel=o.TRAINING_PANEL)
+SCHEDULER = typer.Option("cosine", help="Decay after the warmup: cosine, linear or constant.",
+                         rich_help_panel=o.TRAINING_PANEL)
+INIT = typer.Option(None, "--init",
+                    help="Warm start from a checkpoint folder or weights file (tensors whose "
+                         "names and shapes match).", rich_help_panel=o.MODEL_PANEL)
+DISTILL_STEPS = typer.Option(0, help="First fit each Cube block to the conv it replaces on N "
+                                     "batches (local distillation; needs --init).",
+                             rich_help_panel=o.TRAINING_PANEL)
+NEW_LR = typer.Option(None, help="With --init: peak learning rate of the parameters it "
+                      "did not load (the new blocks); the loaded ones use --lr.",
+                      rich_help_panel=o.TRAINING_PANEL)
+TRAIN_TILES = typer.Option(None, help="Synthetic training tiles (default 256).",
+                           rich_help_panel=o.DATA_PANEL)
+VAL_TILES = typer.Option(None, help="Synthetic validation tiles (default 64).",
+                         rich_help_panel=o.DATA_PANEL)
+EVAL_EVERY = typer.Option(None, help="Evaluate every N steps (default: each epoch and the end).",
+                          rich_help_panel=o.TRAINING_PANEL)
+AMP = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA).",
+                   rich_help_panel=o.TRAINING_PANEL)
+CHANNELS_LAST = typer.Option(True, "--channels-last/--no-channels-last",
+                             help="channels_last memory format (faster convs on CPU and GPU).",
+                             rich_help_panel=o.TRAINING_PANEL)
+PRETRAINED = typer.Option(False, "--pretrained", help="ImageNet weights for timm/smp encoders.",
+                          rich_help_panel=o.MODEL_PANEL)
+NO_VERIFY = typer.Option(False, "--no-verify",
+                         help="Load a checkpoint folder without its manifest check "
+                              "(hand-made folders).", rich_help_panel=o.OUTPUT_PANEL)
+AS_JSON = typer.Option(False, "--json", help="Print one JSON object with the final metrics.",
+                       rich_help_panel=o.OUTPUT_PANEL)
+
+
 @app.command()
 def train(
-    model: str = typer.Argument(..., help="Model spec (timm:NAME, smp:ARCH:ENCODER, model.py[:NAME], "
-                                          "package.module:callable) or a checkpoint folder."),
-    plan: str = typer.Option(None, "--plan", help="Plan JSON: convert the model with it before training."),
-    data: str = typer.Option("synthetic",
-                             help="synthetic, or a dataset folder (images/+masks/, Inria, WHU)."),
-    epochs: float = typer.Option(None, help="Training epochs (default 5; fractions allowed)."),
-    steps: int = typer.Option(None, help="Training steps (batches), instead of --epochs."),
-    input_size: str = typer.Option("3x256x256", help="Training tiles, CxHxW (square)."),
-    out: str = typer.Option("runs/train", "--out", "-o",
-                            help="Checkpoint folder: model.safetensors, plan.json, metrics.json."),
-    num_classes: int = typer.Option(None, "--classes",
-                                help="1 = binary buildings (sigmoid, default); K ≥ 2 = softmax "
-                                     "over K classes."),
-    loss: str = typer.Option("bce", help="bce, dice or bce+dice (bce = cross-entropy when K ≥ 2)."),
-    lr: float = typer.Option(None, help="Peak learning rate (default 2e-3)."),
-    batch_size: int = typer.Option(None, help="Batch size (default 8)."),
-    seed: int = typer.Option(0, help="Seed of the model init, data order, augmentations, synthetic tiles."),
-    optimizer: str = typer.Option("adam", help="adam (the paper's), adamw or sgd."),
-    weight_decay: float = typer.Option(0.0, help="Weight decay (AdamW uses 0.01 when 0)."),
-    warmup: float = typer.Option(0.05, help="Linear warmup: a fraction of the steps (< 1) or a count."),
-    scheduler: str = typer.Option("cosine", help="Decay after the warmup: cosine, linear or constant."),
-    init: str = typer.Option(None, "--init",
-                             help="Warm start from a checkpoint folder or weights file (tensors whose "
-                                  "names and shapes match)."),
-    distill_steps: int = typer.Option(0, help="First fit each Cube block to the conv it replaces on N "
-                                              "batches (local distillation; needs --init)."),
-    new_lr: float = typer.Option(None, help="With --init: peak learning rate of the parameters it "
-                                 "did not load (the new blocks); the loaded ones use --lr."),
-    val_split: float = o.VAL_SPLIT,
-    train_tiles: int = typer.Option(None, help="Synthetic training tiles (default 256)."),
-    val_tiles: int = typer.Option(None, help="Synthetic validation tiles (default 64)."),
-    crops_per_image: int = o.CROPS_PER_IMAGE,
-    eval_every: int = typer.Option(None, help="Evaluate every N steps (default: each epoch and the end)."),
-    device: str = o.DEVICE,
-    amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on with CUDA)."),
-    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
-                                       help="channels_last memory format (faster convs on CPU and GPU)."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="ImageNet weights for timm/smp encoders."),
-    workers: int = o.WORKERS,
-    trust_model_code: bool = o.TRUST_MODEL_CODE,
-    no_verify: bool = typer.Option(False, "--no-verify",
-                                   help="Load a checkpoint folder without its manifest check "
-                                        "(hand-made folders)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the final metrics."),
+    model: str = MODEL,
+    plan: str = PLAN, data: str = DATA, epochs: float = EPOCHS, steps: int = STEPS,
+    input_size: str = INPUT_SIZE, out: str = OUT, num_classes: int = NUM_CLASSES, loss: str = LOSS,
+    lr: float = LR, batch_size: int = BATCH_SIZE, seed: int = SEED, optimizer: str = OPTIMIZER,
+    weight_decay: float = WEIGHT_DECAY, warmup: float = WARMUP, scheduler: str = SCHEDULER,
+    init: str = INIT, distill_steps: int = DISTILL_STEPS, new_lr: float = NEW_LR,
+    val_split: float = o.VAL_SPLIT, train_tiles: int = TRAIN_TILES, val_tiles: int = VAL_TILES,
+    crops_per_image: int = o.CROPS_PER_IMAGE, eval_every: int = EVAL_EVERY, device: str = o.DEVICE,
+    amp: bool = AMP, channels_last: bool = CHANNELS_LAST, pretrained: bool = PRETRAINED,
+    workers: int = o.WORKERS, trust_model_code: bool = o.TRUST_MODEL_CODE, no_verify: bool = NO_VERIFY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Train MODEL on the synthetic buildings or a dataset folder; report OA, precision, recall, F1, IoU.
 
