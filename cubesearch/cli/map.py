@@ -29,7 +29,7 @@ MAP_SEED = typer.Option(None, "--map-seed", help="Seed of the cells (the blocks'
 
 @app.command(name="map")
 def map_command(
-    model: str = s.MODEL, budget: list[str] = BUDGETS, subset: str = SUBSET, space: str = o.SPACE,
+    model: str = o.MODEL_SPEC, budget: list[str] = BUDGETS, subset: str = SUBSET, space: str = o.SPACE,
     input_size: str = o.FLOPS_INPUT, latency_table: str = s.LATENCY_TABLE,
     latency_backend: str = s.LATENCY_BACKEND, baseline_epochs: float = o.BASELINE_EPOCHS,
     distill_steps: int = o.SEARCH_DISTILL_STEPS, batch_size: int = o.BATCH_SIZE, lr: float = o.LR,

@@ -26,6 +26,12 @@ RAY_PANEL = "Ray"
 OUTPUT_PANEL = "Output"
 MODEL_PANEL = "Model"
 
+def option(default: Any, *flags_panel_help: str, **kw: Any) -> Any:
+    """`option(default, "--flag"[, "-f"], PANEL, "help")`: a Typer option in its `--help` panel."""
+    *flags, panel, help = flags_panel_help
+    return typer.Option(default, *flags, help=help, rich_help_panel=panel, **kw)
+
+
 MODEL_HELP = "Model spec: timm:NAME, smp:ARCH:ENCODER, path/to/model.py[:NAME], package.module:callable."
 MODEL_SPEC = typer.Argument(..., help=MODEL_HELP)
 MODEL_ARG = typer.Option(None, "--model-arg", help="KEY=VALUE passed to the model factory "

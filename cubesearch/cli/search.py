@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import typer
-
 from cubesearch.budget import budget_objective
 from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
@@ -17,70 +15,57 @@ from cubesearch.errors import CubesearchError
 from cubesearch.redact import mask_url
 
 # The search's own options (those other commands share are in cubesearch.cli.options)
-BUDGET = typer.Option(..., "--budget", help="FLOPs (50GFLOPs, 50G, 5e10, 400MFLOPs), latency (25ms, "
-                      "0.5s; with a latency objective) or 60% of the first cost objective named.",
-                      rich_help_panel=o.BUDGET_PANEL)
-OBJECTIVES = typer.Option("iou,gflops", "--objectives", help="iou and costs: iou,gflops, "
-                          "iou,gflops,params, iou,latency or iou,gflops,latency (latency: measured "
-                          "on this device, see `cubesearch profile`).", rich_help_panel=o.BUDGET_PANEL)
-LATENCY_TABLE = typer.Option(None, "--latency-table", help="Latency table (default: OUT/latency.json; "
-                             "profiled here when it lacks the model).", rich_help_panel=o.BUDGET_PANEL)
-LATENCY_BACKEND = typer.Option("torch", "--latency-backend", help="Runtime the latency table is timed "
-                               "in: torch (eager, folded) or ort (ONNX Runtime CPU, the exported "
-                               "model); as `cubesearch profile --backend`.",
-                               rich_help_panel=o.BUDGET_PANEL)
-REPROFILE = typer.Option(False, "--reprofile", help="Measure this device's latency table again "
-                         "(needed to resume a study on another device).", rich_help_panel=o.BUDGET_PANEL)
-TRIALS = typer.Option(20, "--trials", min=1, help="Plans the study trains, counting its two "
-                      "references (the unconverted model and FullCube), so --trials N trains N - 2 "
-                      "searched plans; with halving: the plans rung 0 trains; with oneshot: the "
-                      "plans confirmed by training. A resume counts earlier ones; plans over "
-                      "budget are rejected free and not counted.", rich_help_panel=o.STRATEGY_PANEL)
-STRATEGY = typer.Option("auto", "--strategy", help="auto (the default): trials if "
-                        "--epochs-per-trial is given, halving if --rungs or --eta is, else halving "
-                        "with cubesearch's trainer and trials with another --evaluator. halving: "
-                        "plans ranked on the first of --rungs (epochs of the final recipe), the best "
-                        "1/--eta trained on to the next (MO-ASHA), so the front holds trained models "
-                        "and their paired baseline; trials: every plan sampled is trained "
-                        "--epochs-per-trial; oneshot: a supernet trained once scores --proxy-trials "
-                        "plans, --trials plans covering its front are confirmed by training. An "
-                        "option the strategy does not use is an error.", rich_help_panel=o.STRATEGY_PANEL)
-ETA = typer.Option(None, "--eta", min=2, help="halving: 1/eta of each rung is promoted (default 3).",
-                   rich_help_panel=o.STRATEGY_PANEL)
-PROXY_TRIALS = typer.Option(None, "--proxy-trials", min=1, help="oneshot: plans scored in the supernet "
-                            "(default 500; about a second each on a GPU, several on a CPU).",
-                            rich_help_panel=o.STRATEGY_PANEL)
-SUPERNET_WORKERS = typer.Option(None, "--supernet-workers", min=1, help="oneshot or --evaluator "
-                                "supernet, with --backend ray: data-parallel supernet training on N "
-                                "Ray Train workers (default 1).", rich_help_panel=o.RAY_PANEL)
-SAMPLER = typer.Option("nsga2", "--sampler", help="nsga2, tpe or random.", rich_help_panel=o.STRATEGY_PANEL)
-EVALUATOR = typer.Option("finetune", "--evaluator", help="How a plan becomes an IoU: finetune "
-                         "(cubesearch's trainer), supernet (scored in about a second in a supernet "
-                         "trained once per search; recorded as scored, not trained) or "
-                         "path/to/eval.py:fn, your function fn(model, trial) -> {'iou': ...} given "
-                         "the converted, warm-started model.", rich_help_panel=o.STRATEGY_PANEL)
-TIMEOUT = typer.Option(None, "--timeout", help="Bound on the whole search (90s, 30m, 2h), from its "
-                       "start: the baseline or a plan still training then stops, and no plan starts "
-                       "after it (a plan so stopped is recorded as failed and trained again on "
-                       "resume; a baseline so stopped ends the search with an error). A supernet's "
-                       "training (oneshot) is not cut short.", rich_help_panel=o.STRATEGY_PANEL)
-STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite in --out).",
-                       rich_help_panel=o.STORAGE_PANEL)
-STUDY_NAME = typer.Option(None, "--study", help="Study name (default: from model and space).",
-                          rich_help_panel=o.STORAGE_PANEL)
-OUT = typer.Option("runs/search", "--out", "-o", help="Folder for the study, checkpoints, plots.",
-                   rich_help_panel=o.STORAGE_PANEL)
-BACKEND = typer.Option("local", "--backend", help="local (Optuna in this process) or ray (Ray Tune).",
-                       rich_help_panel=o.RAY_PANEL)
-ADDRESS = typer.Option(None, "--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
-                       "(default: start a local Ray instance). Implies --backend ray.",
-                       rich_help_panel=o.RAY_PANEL)
-MAX_CONCURRENT = typer.Option(None, "--max-concurrent", min=1, help="Ray: trials at once (default: as "
-                              "many as the cluster's resources fit).", rich_help_panel=o.RAY_PANEL)
-CPUS_PER_TRIAL = typer.Option(1.0, "--cpus-per-trial", min=0.01, help="Ray: CPUs reserved per trial.",
-                              rich_help_panel=o.RAY_PANEL)
-GPUS_PER_TRIAL = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Ray: GPUs per trial (fractions "
-                              "share one).", rich_help_panel=o.RAY_PANEL)
+BUDGET = o.option(..., "--budget", o.BUDGET_PANEL, "FLOPs (50GFLOPs, 50G, 5e10, 400MFLOPs), latency (25ms, "
+                  "0.5s; with a latency objective) or 60% of the first cost objective named.")
+OBJECTIVES = o.option("iou,gflops", "--objectives", o.BUDGET_PANEL, "iou and costs: iou,gflops, "
+                      "iou,gflops,params, iou,latency or iou,gflops,latency (latency: measured on this "
+                      "device, see `cubesearch profile`).")
+LATENCY_TABLE = o.option(None, "--latency-table", o.BUDGET_PANEL, "Latency table (default: "
+                         "OUT/latency.json; profiled here when it lacks the model).")
+LATENCY_BACKEND = o.option("torch", "--latency-backend", o.BUDGET_PANEL, "Runtime the latency table is "
+                           "timed in: torch (eager, folded) or ort (ONNX Runtime CPU, the exported model); "
+                           "as `cubesearch profile --backend`.")
+REPROFILE = o.option(False, "--reprofile", o.BUDGET_PANEL, "Measure this device's latency table again "
+                     "(needed to resume a study on another device).")
+TRIALS = o.option(20, "--trials", o.STRATEGY_PANEL, "Plans the study trains, counting its two references "
+                  "(the unconverted model and FullCube), so --trials N trains N - 2 searched plans; with "
+                  "halving: the plans rung 0 trains; with oneshot: the plans confirmed by training. A "
+                  "resume counts earlier ones; plans over budget are rejected free and not counted.", min=1)
+STRATEGY = o.option("auto", "--strategy", o.STRATEGY_PANEL, "auto (the default): trials if "
+                    "--epochs-per-trial is given, halving if --rungs or --eta is, else halving with "
+                    "cubesearch's trainer and trials with another --evaluator. halving: plans ranked on the "
+                    "first of --rungs (epochs of the final recipe), the best 1/--eta trained on to the next "
+                    "(MO-ASHA), so the front holds trained models and their paired baseline; trials: every "
+                    "plan sampled is trained --epochs-per-trial; oneshot: a supernet trained once scores "
+                    "--proxy-trials plans, --trials plans covering its front are confirmed by training. An "
+                    "option the strategy does not use is an error.")
+ETA = o.option(None, "--eta", o.STRATEGY_PANEL, "halving: 1/eta of each rung is promoted (default 3).", min=2)
+PROXY_TRIALS = o.option(None, "--proxy-trials", o.STRATEGY_PANEL, "oneshot: plans scored in the supernet "
+                        "(default 500; about a second each on a GPU, several on a CPU).", min=1)
+SUPERNET_WORKERS = o.option(None, "--supernet-workers", o.RAY_PANEL, "oneshot or --evaluator supernet, with "
+                            "--backend ray: data-parallel supernet training on N Ray Train workers (default "
+                            "1).", min=1)
+SAMPLER = o.option("nsga2", "--sampler", o.STRATEGY_PANEL, "nsga2, tpe or random.")
+EVALUATOR = o.option("finetune", "--evaluator", o.STRATEGY_PANEL, "How a plan becomes an IoU: finetune "
+                     "(cubesearch's trainer), supernet (scored in about a second in a supernet trained once "
+                     "per search; recorded as scored, not trained) or path/to/eval.py:fn, your function "
+                     "fn(model, trial) -> {'iou': ...} given the converted, warm-started model.")
+TIMEOUT = o.option(None, "--timeout", o.STRATEGY_PANEL, "Bound on the whole search (90s, 30m, 2h), from its "
+                   "start: the baseline or a plan still training then stops, and no plan starts after it (a "
+                   "plan so stopped is recorded as failed and trained again on resume; a baseline so "
+                   "stopped ends the search with an error). A supernet's training (oneshot) is not cut "
+                   "short.")
+STORAGE = o.option(None, "--storage", o.STORAGE_PANEL, "Optuna storage URL (default: sqlite in --out).")
+STUDY_NAME = o.option(None, "--study", o.STORAGE_PANEL, "Study name (default: from model and space).")
+OUT = o.option("runs/search", "--out", "-o", o.STORAGE_PANEL, "Folder for the study, checkpoints, plots.")
+BACKEND = o.option("local", "--backend", o.RAY_PANEL, "local (Optuna in this process) or ray (Ray Tune).")
+ADDRESS = o.option(None, "--address", o.RAY_PANEL, "Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                   "(default: start a local Ray instance). Implies --backend ray.")
+MAX_CONCURRENT = o.option(None, "--max-concurrent", o.RAY_PANEL, "Ray: trials at once (default: as many as "
+                          "the cluster's resources fit).", min=1)
+CPUS_PER_TRIAL = o.option(1.0, "--cpus-per-trial", o.RAY_PANEL, "Ray: CPUs reserved per trial.", min=0.01)
+GPUS_PER_TRIAL = o.option(0.0, "--gpus-per-trial", o.RAY_PANEL, "Ray: GPUs per trial (fractions "
+                          "share one).", min=0.0)
 
 
 def parse_duration(text: str | None) -> float | None:
