@@ -157,3 +157,24 @@ def test_timeout_after_the_baseline_starts_no_trial_and_says_so(tiny_study, tmp_
     assert result.n_complete == first.n_complete  # the baseline reused; no trial started
     assert "--timeout 0.001s reached: the search stopped there; run it again to resume" in \
         capsys.readouterr().err
+
+
+def test_a_trial_still_training_at_the_deadline_stops(tiny_study, tmp_path):
+    """A plan's training stops at --timeout's deadline too (the trial is then recorded as failed
+    and trained again on resume), not only the baseline's."""
+    import shutil
+
+    from cubesearch.search.context import build_context
+    from cubesearch.search.evaluators.finetune import evaluate_plan, prepare_baseline
+
+    out = tmp_path / "o"
+    shutil.copytree(tiny_study[0], out)
+    settings = SearchSettings(model=TINY, budget="100%", out=str(out), strategy="trials",
+                              epochs_per_trial=1.0, **{k: v for k, v in FAST.items() if k != "progress"})
+    ctx = build_context(settings, deadline=time.time() + 3600)
+    prepare_baseline(ctx, progress=False, log=lambda _: None)  # reused: nothing trains here
+    ctx.deadline = time.time()  # the deadline passes while the plan trains
+    plan = {ctx.searchable[0].name: ctx.space.default_config()}
+    with pytest.raises(DeadlineReached, match="--timeout reached at step 1 of"):
+        evaluate_plan(ctx, plan, 99)
+    assert not ctx.trial_dir(99).exists()  # nothing saved
