@@ -449,3 +449,23 @@ def test_a_narrower_run_keeps_the_other_cells(tmp_path):
     assert [c["site"] for c in data["cells"]] == ["b", "a"] and data["runs"] == 2
     with pytest.raises(CubesearchError, match=r"other settings \(seed: 0 → 1\)"):
         MapStore.open(tmp_path, {"identity": {"baseline": "m-123", "seed": 1}})
+
+
+@pytest.mark.slow
+def test_search_strategy_map_on_ray(tmp_path):
+    """Cells as Ray tasks and finalists as Ray Tune trials: a narrowed finalist reaches its worker
+    with its widths (its trained model is counted narrowed)."""
+    pytest.importorskip("ray")
+    from cubesearch.search import search
+
+    space = tmp_path / "joint.yaml"
+    space.write_text(Path(SPACE).read_text() + "widths: [0.5]\n")
+    result = search(TINY, "97%", out=str(tmp_path / "s"), space=str(space), strategy="map",
+                    trials=2, rungs=(1.0,), backend="ray", max_concurrent=2, **TINY_OPTIONS)
+    finalists = result.study.user_attrs["map_finalists"]
+    assert json.loads((tmp_path / "s" / "map.json").read_text())["cells"]
+    for point in (p for p in result.points if not p.label or p.label == "pruning"):
+        plan = json.loads(Path(point.plan_path).read_text())
+        if plan.get("widths"):
+            assert point.gflops < result.baseline.gflops  # built narrowed on the worker
+    assert any(f["widths"] for f in finalists) or any(p.label == "pruning" for p in result.points)
