@@ -22,8 +22,8 @@ from torch import nn
 from cubesearch.blocks import CubeConfig
 from cubesearch.checkpoint import _replaceable, check_destination
 from cubesearch.checkpoint import save as save_checkpoint
-from cubesearch.conversion import convert
-from cubesearch.cost import CostModel, count_params, reference_flops
+from cubesearch.conversion import BLOCK_KEY, convert
+from cubesearch.cost import CostModel, count_params, reference_flops, reference_flops_by_module
 from cubesearch.errors import CubesearchError
 from cubesearch.models import load_model
 from cubesearch.plan import PRESETS, Plan, costlier_than_conv, make_plan, parse_insertion
@@ -50,8 +50,8 @@ class ConvertReport:
     before_params: int
     after_flops: int
     after_params: int
-    estimate_flops: int
-    cost_model_microseconds: float
+    estimate_flops: int | None  # None for a plan with widths: the cost model prices Cube-only plans
+    cost_model_microseconds: float | None
     output_shape: tuple[int, ...] | None
     sites: list[dict[str, Any]] = field(default_factory=list)  # one row per replaced / inserted block
     notes: list[str] = field(default_factory=list)
@@ -59,7 +59,9 @@ class ConvertReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
-    def cost_model_error(self) -> float:
+    def cost_model_error(self) -> float | None:
+        if self.estimate_flops is None:
+            return None
         return (self.estimate_flops - self.after_flops) / self.after_flops if self.after_flops else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,9 +73,12 @@ class ConvertReport:
             "before": {"gflops": before / 1e9 if before is not None else None,
                        "params": self.before_params},
             "after": {"gflops": self.after_flops / 1e9, "params": self.after_params,
-                      "gflops_cost_model": self.estimate_flops / 1e9},
+                      "gflops_cost_model": (None if self.estimate_flops is None
+                                            else self.estimate_flops / 1e9)},
             "cost_model_error": self.cost_model_error,
-            "cost_model_microseconds": round(self.cost_model_microseconds, 1),
+            "cost_model_microseconds": (None if self.cost_model_microseconds is None
+                                        else round(self.cost_model_microseconds, 1)),
+            "widths": dict(self.plan.widths),
             "sites_eligible": len(self.sites_report.sites), "sites_replaced": len(self.plan.sites),
             "insertions": len(self.plan.insertions), "sites": self.sites, "plan": self.plan.to_dict(),
             "output_shape": list(self.output_shape) if self.output_shape else None,
@@ -146,16 +151,12 @@ def _request(model: str | None, plan_file: str | Path | None, input_size: Any,
 def _plan(req: _Request, report: SiteReport, preset: str, config: CubeConfig,
           include: Sequence[str], exclude: Sequence[str]) -> tuple[Plan, list[str]]:
     fp = req.file_plan
-    if fp is not None and fp.widths:
-        raise CubesearchError("--plan: this plan narrows convs (widths), which `convert` does not "
-                              "report on yet; build it with cubesearch.convert(model, plan) and "
-                              "price it with cubesearch.cost.plan_flops_params")
     if fp is None:
         return make_plan(report, req.model, preset=preset, config=config, include=include,
                          exclude=exclude, insertions=req.insertions, model_kwargs=req.kwargs)
     inserts = {**fp.insertions, **{n: config for n in req.insertions if n not in fp.insertions}}
     plan = Plan(model=req.model, model_kwargs=req.kwargs, input_size=req.size,
-                sites=dict(fp.sites), insertions=inserts)
+                sites=dict(fp.sites), insertions=inserts, widths=dict(fp.widths))
     return plan.check(report), []
 
 
@@ -209,6 +210,41 @@ def site_rows(report: SiteReport, plan: Plan, cost: CostModel) -> list[dict[str,
     return rows
 
 
+def built_rows(report: SiteReport, plan: Plan, converted: nn.Module, by_module: dict[str, int]
+               ) -> list[dict[str, Any]]:
+    """`site_rows` for a plan with widths, read off the built model: a block downstream of a
+    narrowed conv has the narrowed shape, so its FLOPs are fvcore's count of the block."""
+    rows = []
+    for name, cfg in plan.sites.items():
+        s, block = report.site(name), converted.get_submodule(name)
+        used = cfg.groups_used(block.in_channels, block.out_channels)
+        rows.append({"site": name, "role": s.role, "in": block.in_channels, "out": block.out_channels,
+                     "stride": s.stride, "input_hw": list(s.input_hw), "calls": s.calls,
+                     "conv_gmacs": s.conv_flops / 1e9, "block_gflops": by_module[name] / 1e9,
+                     "conv_params": s.params, "block_params": count_params(block),
+                     "config": cfg.to_dict(), "groups_used": used, "config_short": _short(cfg, used)})
+    for name, cfg in plan.insertions.items():
+        key = f"{name}.{BLOCK_KEY}"
+        block = converted.get_submodule(key)
+        used = cfg.groups_used(block.in_channels, block.out_channels)
+        shape = report.output_shapes[name][0]
+        rows.append({"site": f"after:{name}", "role": "insertion", "in": block.in_channels,
+                     "out": block.out_channels, "stride": 1, "input_hw": list(shape[2:]),
+                     "calls": len(report.output_shapes[name]), "conv_gmacs": 0.0,
+                     "block_gflops": by_module[key] / 1e9, "conv_params": 0,
+                     "block_params": count_params(block), "config": cfg.to_dict(),
+                     "groups_used": used, "config_short": _short(cfg, used)})
+    return rows
+
+
+def narrowed_notes(model: nn.Module, converted: nn.Module, plan: Plan) -> list[str]:
+    """One note per narrowed conv: its output channels before → after, and the width."""
+    return [f"{name}: narrowed {model.get_submodule(name).out_channels}→"
+            f"{converted.get_submodule(name).out_channels} output channels (width {r}); the "
+            "cost model prices Cube-only plans, so FLOPs are fvcore's on the built model"
+            for name, r in plan.widths.items()]
+
+
 def _output_shape(converted: nn.Module, report: SiteReport, size: tuple[int, int, int]
                   ) -> tuple[int, ...] | None:
     got = module_output_shapes(converted, [""], size)[""]
@@ -248,13 +284,19 @@ def convert_spec(model: str | None = None, *, plan: str | Path | None = None,
                         trace=trace, insertions=req.insertions, name=req.model)
     the_plan, notes = _plan(req, report, preset, config or CubeConfig(), include, exclude)
     cost = CostModel.from_report(report)
-    t1 = time.perf_counter()
-    estimate = cost.flops(the_plan)
-    cost_us = (time.perf_counter() - t1) * 1e6
     converted = convert(net, the_plan)
-    after_flops = reference_flops(converted, req.size)
+    estimate = cost_us = None
+    if the_plan.widths:  # priced on the built model (the cost model prices Cube-only plans)
+        after_flops, by_module = reference_flops_by_module(converted, req.size)
+        rows = built_rows(report, the_plan, converted, by_module)
+        notes = notes + narrowed_notes(net, converted, the_plan)
+    else:
+        t1 = time.perf_counter()
+        estimate = cost.flops(the_plan)
+        cost_us = (time.perf_counter() - t1) * 1e6
+        after_flops = reference_flops(converted, req.size)
+        rows = site_rows(report, the_plan, cost)
     shape = _output_shape(converted, report, req.size)
-    rows = site_rows(report, the_plan, cost)
     saved = save_checkpoint(out, converted, the_plan) if out is not None else None
     return ConvertReport(
         model=req.model, input_size=req.size, plan=the_plan, converted=converted, sites_report=report,

@@ -317,3 +317,13 @@ def test_error_in_a_real_process_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "error: the model rejects input 1×3×32×32: RuntimeError: this net takes 48 px only"]
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_a_plan_file_with_widths(capsys, tmp_path):
+    plan = Plan(model=UNET, model_kwargs={"num_classes": 1, "width": 4}, input_size=(3, 32, 32),
+                widths={"decoder.0.conv.0": 0.5}, sites={"decoder.0.conv.3": CubeConfig()})
+    code, out, err = run(capsys, "convert", "--plan", str(plan.save(tmp_path / "plan.json")))
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "GFLOPs (cost model)" not in text and "GFLOPs (fvcore)" in text
+    assert "narrowed 32→16 output channels (width 0.5)" in text

@@ -63,3 +63,24 @@ def test_bad_requests_fail_before_any_work(tmp_path):
     (tmp_path / "keep" / "notes.txt").write_text("x")
     with pytest.raises(CubesearchError, match="exists and is not a cubesearch checkpoint"):
         convert_spec(UNET, out=tmp_path / "keep", **SMALL)
+
+
+def test_a_plan_file_with_widths_is_priced_on_the_built_model(tmp_path):
+    from cubesearch.cost import plan_flops_params
+
+    plan = Plan(model=UNET, model_kwargs={"num_classes": 1, "width": 4}, input_size=(3, 32, 32),
+                widths={"decoder.0.conv.0": 0.5}, sites={"decoder.0.conv.3": CubeConfig()})
+    report = convert_spec(plan=plan.save(tmp_path / "plan.json"), out=tmp_path / "ck")
+    assert report.plan.widths == {"decoder.0.conv.0": 0.5}
+    assert (report.after_flops, report.after_params) == plan_flops_params(
+        load_model(UNET, width=4), report.plan)
+    assert report.estimate_flops is None and report.cost_model_error is None
+    (row,) = report.sites  # the block after the narrowed conv takes its 16 channels, not 32
+    assert (row["site"], row["in"], row["out"]) == ("decoder.0.conv.3", 16, 32)
+    assert "decoder.0.conv.0: narrowed 32→16 output channels (width 0.5)" in " ".join(report.notes)
+    data = report.to_dict()
+    assert data["after"]["gflops_cost_model"] is None and data["widths"] == plan.widths
+    loaded = cubesearch.load(tmp_path / "ck")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), report.converted.eval()(x))

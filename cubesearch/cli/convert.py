@@ -227,8 +227,9 @@ def _print_convert(result: dict[str, Any], console: Any) -> None:
     bg, ag = before["gflops"], after["gflops"]
     summary.add_row("GFLOPs (fvcore)", f"{bg:.3f}" if bg is not None else "–", f"{ag:.3f}",
                     f"{100 * (ag - bg) / bg:+.1f}%" if bg else "–")
-    summary.add_row("GFLOPs (cost model)", "", f"{after['gflops_cost_model']:.3f}",
-                    f"{100 * result['cost_model_error']:+.3f}% vs fvcore")
+    if after["gflops_cost_model"] is not None:  # None: a plan with widths (fvcore only)
+        summary.add_row("GFLOPs (cost model)", "", f"{after['gflops_cost_model']:.3f}",
+                        f"{100 * result['cost_model_error']:+.3f}% vs fvcore")
     summary.add_row("sites replaced", "", f"{result['sites_replaced']} of {result['sites_eligible']}",
                     "")
     if result["insertions"]:
