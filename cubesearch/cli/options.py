@@ -128,7 +128,7 @@ TRUST_MODEL_CODE = typer.Option(False, "--trust-model-code",
                                      "checkpoint, --plan or study names (only for code you trust).")
 RUNGS = typer.Option(None, "--rungs", help="halving: epochs of the final recipe at each rung "
                      "(default 3,9); plans are ranked on the first, the last is the front's "
-                     "training. Under --strategy auto it selects halving.",
+                     "training (map: its finalists'). Under --strategy auto it selects halving.",
                      rich_help_panel=STRATEGY_PANEL)
 
 
