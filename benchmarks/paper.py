@@ -416,10 +416,10 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--width", type=int, default=16, help="examples/unet.py's base width (the "
                     "issue asked for 32: 4× the compute, which this machine's share could not give)")
-    ap.add_argument("--epochs", type=float, default=10.0, help="from-scratch epochs")
+    ap.add_argument("--epochs", type=float, default=8.0, help="from-scratch epochs")
     ap.add_argument("--conv-epochs", type=float, default=8.0, help="the conversion recipe's epochs")
-    ap.add_argument("--train-tiles", type=int, default=96)
-    ap.add_argument("--val-tiles", type=int, default=64)
+    ap.add_argument("--train-tiles", type=int, default=64)
+    ap.add_argument("--val-tiles", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--work", default="/tmp/cubesearch-paper", help="checkpoints of the scratch "
                     "unconverted runs (the conversion protocol's baselines)")
