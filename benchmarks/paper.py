@@ -60,6 +60,7 @@ from cubesearch.training.finetune import Recipe, baseline_plan, train_final  # n
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = RESULTS / "paper-runs"
 MODEL, KWARGS = "examples/unet.py", {"width": 16}  # main() sets the width from --width
+SCRATCH_LR = 2e-3  # the trainer's default, from scratch
 POINT = "decoder.3.conv.3"  # the last decoder stage's second conv (width → width, full resolution)
 DECODER_STAGES = [f"decoder.{i}.conv.3" for i in range(4)]
 STEM = "encoder.0.0"
@@ -162,12 +163,17 @@ def scratch_run(cfg: Config, seed: int, tile: int, args: argparse.Namespace) -> 
         shutil.rmtree(out)
     t0 = time.perf_counter()
     r = train(model, plan=cfg.plan(tile) if out else None, out=out, seed=seed, epochs=args.epochs,
-              keep_best=True, **data_options(args, tile))
+              lr=args.lr, keep_best=True, **data_options(args, tile))
     return {**summarise(r, t0), "gflops": g, "params": sum(p.numel() for p in model.parameters())}
 
 
 def ckpt(args: argparse.Namespace, tile: int, seed: int) -> Path:
-    return Path(args.work) / f"unconverted-w{KWARGS['width']}-t{tile}-seed{seed}"
+    return Path(args.work) / f"unconverted-w{KWARGS['width']}-t{tile}{lr_tag(args.lr)}-seed{seed}"
+
+
+def lr_tag(lr: float | None) -> str:
+    """File-name part of a from-scratch lr other than the trainer's default (2e-3)."""
+    return "" if lr is None or lr == SCRATCH_LR else f"-lr{lr:g}"
 
 
 def conversion_run(cfg: Config, seed: int, tile: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -211,8 +217,9 @@ def jobs(args: argparse.Namespace) -> list[tuple[Config, str, int, int]]:
     return out
 
 
-def run_file(cache: Path, cfg: Config, protocol: str, tile: int, seed: int) -> Path:
-    return cache / f"{cfg.key}-{protocol}-w{KWARGS['width']}-t{tile}-seed{seed}.json"
+def run_file(cache: Path, cfg: Config, protocol: str, tile: int, seed: int, lr: float | None) -> Path:
+    tag = lr_tag(lr) if protocol == "scratch" else ""
+    return cache / f"{cfg.key}-{protocol}-w{KWARGS['width']}-t{tile}{tag}-seed{seed}.json"
 
 
 def runs(args: argparse.Namespace) -> None:
@@ -223,7 +230,7 @@ def runs(args: argparse.Namespace) -> None:
                   TimeElapsedColumn(), disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("paper runs", total=len(todo))
         for cfg, protocol, tile, seed in todo:
-            file = run_file(cache, cfg, protocol, tile, seed)
+            file = run_file(cache, cfg, protocol, tile, seed, args.lr)
             if file.exists():
                 bar.advance(task)
                 continue
@@ -232,7 +239,7 @@ def runs(args: argparse.Namespace) -> None:
             fn: Callable = scratch_run if protocol == "scratch" else conversion_run
             row = fn(cfg, seed, tile, args)
             row.update(key=cfg.key, label=cfg.label, group=cfg.group, protocol=protocol, tile=tile,
-                       width=KWARGS["width"],
+                       width=KWARGS["width"], lr=args.lr if protocol == "scratch" else None,
                        seed=seed, sites=len(cfg.sites), epochs=args.epochs if protocol == "scratch"
                        else args.conv_epochs, train_tiles=args.train_tiles, val_tiles=args.val_tiles,
                        batch_size=args.batch_size, threads=torch.get_num_threads(),
@@ -258,16 +265,17 @@ def gather(cache: Path) -> list[dict[str, Any]]:
     by: dict[tuple, list[dict]] = {}
     for f in sorted(cache.glob(f"*-w{KWARGS['width']}-t*-seed*.json")):
         r = json.loads(f.read_text())
-        by.setdefault((r["key"], r["protocol"], r["tile"]), []).append(r)
+        lr = r.get("lr", SCRATCH_LR) if r["protocol"] == "scratch" else None
+        by.setdefault((r["key"], r["protocol"], r["tile"], lr), []).append(r)
     order = {c.key: i for i, c in enumerate(configs())}
     rows = []
-    for (key, protocol, tile), rs in sorted(by.items(), key=lambda kv: (kv[0][1] != "scratch",
-                                                                        order.get(kv[0][0], 99))):
+    for (key, protocol, tile, lr), rs in sorted(by.items(), key=lambda kv: (
+            kv[0][1] != "scratch", -(kv[0][3] or 0), order.get(kv[0][0], 99))):
         rs.sort(key=lambda r: r["seed"])
         m, sd = mean_sd([r["iou"] for r in rs])
         lm, lsd = mean_sd([r["last_iou"] for r in rs])
         rows.append({"key": key, "label": rs[0]["label"], "group": rs[0]["group"], "protocol": protocol,
-                     "tile": tile, "seeds": [r["seed"] for r in rs], "iou_mean": m, "iou_sd": sd,
+                     "tile": tile, "lr": lr, "seeds": [r["seed"] for r in rs], "iou_mean": m, "iou_sd": sd,
                      "last_iou_mean": lm, "last_iou_sd": lsd, "seed_iou": [r["iou"] for r in rs],
                      "gflops": rs[0]["gflops"], "params": rs[0]["params"], "sites": rs[0]["sites"],
                      "epochs": rs[0]["epochs"], "flattened": sum(r["flattened"] for r in rs),
@@ -276,10 +284,12 @@ def gather(cache: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def paired(rows: list[dict], a: str, b: str, protocol: str, tile: int) -> dict[str, Any] | None:
+def paired(rows: list[dict], a: str, b: str, protocol: str, tile: int,
+           lr: float | None) -> dict[str, Any] | None:
     """Row a minus row b over the seeds both have: mean, standard error, and the verdict."""
-    ra = next((r for r in rows if (r["key"], r["protocol"], r["tile"]) == (a, protocol, tile)), None)
-    rb = next((r for r in rows if (r["key"], r["protocol"], r["tile"]) == (b, protocol, tile)), None)
+    at = lambda k: next((r for r in rows if (r["key"], r["protocol"], r["tile"], r["lr"])  # noqa: E731
+                         == (k, protocol, tile, lr)), None)
+    ra, rb = at(a), at(b)
     if not ra or not rb:
         return None
     common = sorted(set(ra["seeds"]) & set(rb["seeds"]))
@@ -313,10 +323,18 @@ def verdict(p: dict | None) -> bool | None:
 
 
 def claims(rows: list[dict], tile: int) -> dict[str, Any]:
+    """Every claim at the default from-scratch lr (and by conversion); the scratch claims again
+    at any other from-scratch lr that has runs."""
     out = {}
     for name, a, b, protocol in CLAIMS:
-        p = paired(rows, a, b, protocol, tile)
+        p = paired(rows, a, b, protocol, tile, SCRATCH_LR if protocol == "scratch" else None)
         out[name] = {"reproduced": verdict(p), "measured": p is not None, "figures": p}
+    for lr in sorted({r["lr"] for r in rows if r["lr"] not in (None, SCRATCH_LR)}):
+        for name, a, b, protocol in CLAIMS:
+            p = paired(rows, a, b, protocol, tile, lr) if protocol == "scratch" else None
+            if p is not None:
+                out[f"{name} — from scratch at lr {lr:g}"] = {"reproduced": verdict(p), "measured": True,
+                                                              "figures": p}
     return out
 
 
@@ -334,12 +352,45 @@ def report(args: argparse.Namespace) -> None:
                                 "100 distillation steps, KD off, cosine to 0, best kept, patience 4",
            "flatten_criterion": "the last 4 epochs raise the best val IoU before them by < 0.01",
            "machine": machine()}
+    fig["scope"] = scope(rows, args)
     fig["headline"] = headline(fig)
     RESULTS.mkdir(exist_ok=True)
     (Path(args.results) / "paper.json").write_text(json.dumps(fig, indent=1))
     (Path(args.results) / "paper.md").write_text(render(fig, args))
     plot(fig, Path(args.results) / "paper.png")
     print((Path(args.results) / "paper.md").read_text())
+
+
+GPU_TFLOPS = 100.0  # an assumed effective training throughput of one modern GPU (bf16), TFLOP/s
+
+
+def scope(rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    """What this run is, what was cut, and what the paper's setting (512² tiles, the paper's
+    width 64) would cost: this machine's measured training throughput against an assumed GPU's."""
+    base = next((r for r in rows if r["key"] == "unconverted" and r["protocol"] == "scratch"), None)
+    paper_macs = gflops(load_model(MODEL, width=64), 64) * (512 / 64) ** 2  # convs scale with H×W
+    out: dict[str, Any] = {
+        "width": KWARGS["width"], "tile": args.tile, "train_tiles": args.train_tiles,
+        "val_tiles": args.val_tiles, "epochs": args.epochs, "conv_epochs": args.conv_epochs,
+        "cut": ["examples/unet.py at width 16, not the issue's 32 (4× the compute; this machine's "
+                "share, 2 cores for 5 agents, could not give it)",
+                "smp:Unet:resnet18 (rows a, d, e) not run", "128² tiles (row f) not run",
+                "512² tiles not run: see paper_setting"],
+        "paper_setting": {"model": "examples/unet.py width 64 at 3×512² (the paper's U-Net size)",
+                          "gmacs_per_tile": paper_macs,
+                          "train_tflop_per_1000_tiles_per_epoch": paper_macs * 1e9 * 3 * 2 * 1000 / 1e12,
+                          "assumed_gpu_tflops": GPU_TFLOPS}}
+    if base:
+        runs = [json.loads(f.read_text()) for f in sorted(Path(args.cache).glob(
+            f"unconverted-scratch-w{KWARGS['width']}-t{args.tile}-seed*.json"))]
+        flop = sum(2 * 3 * r["gflops"] * 1e9 * r["train_tiles"] * r["epochs"] for r in runs)
+        cpu = flop / sum(r["seconds"] for r in runs)  # training only; evaluation adds to seconds
+        ps = out["paper_setting"]
+        ps["cpu_gflops_measured"] = cpu / 1e9
+        run_flop = ps["train_tflop_per_1000_tiles_per_epoch"] * 1e12 * 100  # 1000 tiles × 100 epochs
+        ps["hours_per_run_1000_tiles_100_epochs"] = {"this_cpu_thread": run_flop / cpu / 3600,
+                                                     "gpu": run_flop / (GPU_TFLOPS * 1e12) / 3600}
+    return out
 
 
 def headline(fig: dict) -> str:
@@ -367,10 +418,11 @@ def render(fig: dict, args: argparse.Namespace) -> str:
              f"are paired by seed. From scratch: {fig['scratch_recipe']}. By conversion: the seed's "
              f"scratch unconverted model converted and trained by {fig['conversion_recipe']}. "
              f"{fig['machine']}. Generated by `benchmarks/paper.py`.", "",
-             md_table(["configuration", "protocol", "tile", "seeds", "GFLOPs (a tile)",
+             md_table(["configuration", "protocol (lr)", "tile", "seeds", "GFLOPs (a tile)",
                        "IoU best epoch, mean ± sd", "per seed", "last epoch", "epochs",
                        "flattened", "load"],
-                      [[r["label"], r["protocol"], f"{r['tile']}²", str(len(r["seeds"])),
+                      [[r["label"], r["protocol"] + (f" ({r['lr']:g})" if r["lr"] else ""),
+                        f"{r['tile']}²", str(len(r["seeds"])),
                         f"{r['gflops']:.3f}", f"{r['iou_mean']:.3f} ± {r['iou_sd']:.3f}",
                         ", ".join(f"{v:.3f}" for v in r["seed_iou"]),
                         f"{r['last_iou_mean']:.3f} ± {r['last_iou_sd']:.3f}", f"{r['epochs']:g}",
@@ -382,8 +434,33 @@ def render(fig: dict, args: argparse.Namespace) -> str:
                         (f"{c['figures']['mean_diff']:+.3f} ± {c['figures']['se']:.3f}"
                          if c["figures"] else "–"),
                         ", ".join(f"{d:+.3f}" for d in c["figures"]["diffs"]) if c["figures"] else "–"]
-                       for name, c in fig["claims"].items()]), "", "![paper](paper.png)", ""]
+                       for name, c in fig["claims"].items()]), "", *scope_lines(fig), "",
+             "![paper](paper.png)", ""]
     return "\n".join(lines)
+
+
+def scope_lines(fig: dict) -> list[str]:
+    sc = fig["scope"]
+    ps = sc["paper_setting"]
+    lines = ["## Scope: what ran, what was cut", "",
+             f"Ran: width {sc['width']}, {sc['tile']}² tiles, {sc['train_tiles']} training and "
+             f"{sc['val_tiles']} validation tiles, {sc['epochs']:g} epochs from scratch, "
+             f"{sc['conv_epochs']:g} by conversion; one niced thread under the machine's heavy-job "
+             "lock (other agents' tests shared the cores: the load column). Flattened: "
+             "the last 4 epochs raise the best val IoU before them by < 0.01 — where a row says "
+             "fewer than all its seeds, its IoU is \"after N epochs\", not converged.", "",
+             *[f"- Cut: {c}." for c in sc["cut"]], "",
+             f"The paper's setting, {ps['model']}: {ps['gmacs_per_tile']:.0f} GMACs a tile, "
+             f"{ps['train_tflop_per_1000_tiles_per_epoch']:.0f} TFLOP to train on 1000 tiles for "
+             "one epoch (forward + backward ≈ 3× forward, 2 FLOPs a MAC)."]
+    if "hours_per_run_1000_tiles_100_epochs" in ps:
+        h = ps["hours_per_run_1000_tiles_100_epochs"]
+        lines[-1] += (f" This machine trained at {ps['cpu_gflops_measured']:.1f} GFLOP/s (one "
+                      f"niced thread, measured on the unconverted runs): 1000 tiles × 100 epochs "
+                      f"would take {h['this_cpu_thread'] / 24:.0f} days a run; one GPU at an "
+                      f"assumed {ps['assumed_gpu_tflops']:g} TFLOP/s effective, "
+                      f"{h['gpu']:.1f} h a run (× 3 seeds × each configuration).")
+    return lines
 
 
 def plot(fig: dict, path: Path) -> None:
@@ -399,7 +476,8 @@ def plot(fig: dict, path: Path) -> None:
     ax.bar(x, [r["iou_mean"] for r in rows], yerr=[r["iou_sd"] for r in rows], color=colors, capsize=3)
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r["seed_iou"]), r["seed_iou"], s=8, color="k", zorder=3)
-    ax.set_xticks(x, [f"{r['key']}\n{r['protocol'][:4]}" for r in rows], fontsize=7, rotation=45)
+    ax.set_xticks(x, [f"{r['key']}\n{r['protocol'][:4]}{lr_tag(r['lr'])}" for r in rows], fontsize=7,
+                  rotation=45)
     ax.set_ylabel("val IoU (best epoch)")
     ax.set_title(f"examples/unet.py w{KWARGS['width']}: blue from scratch, orange by conversion "
                  "(mean ± sd, seeds)", fontsize=9)
@@ -417,6 +495,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16, help="examples/unet.py's base width (the "
                     "issue asked for 32: 4× the compute, which this machine's share could not give)")
     ap.add_argument("--epochs", type=float, default=8.0, help="from-scratch epochs")
+    ap.add_argument("--lr", type=float, default=SCRATCH_LR, help="from-scratch peak lr (Adam, cosine)")
     ap.add_argument("--conv-epochs", type=float, default=8.0, help="the conversion recipe's epochs")
     ap.add_argument("--train-tiles", type=int, default=64)
     ap.add_argument("--val-tiles", type=int, default=48)
