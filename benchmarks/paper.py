@@ -61,6 +61,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 CACHE = RESULTS / "paper-runs"
 MODEL, KWARGS = "examples/unet.py", {"width": 16}  # main() sets the width from --width
 SCRATCH_LR = 2e-3  # the trainer's default, from scratch
+SCRATCH_EPOCHS = 8.0
 POINT = "decoder.3.conv.3"  # the last decoder stage's second conv (width → width, full resolution)
 DECODER_STAGES = [f"decoder.{i}.conv.3" for i in range(4)]
 STEM = "encoder.0.0"
@@ -217,8 +218,9 @@ def jobs(args: argparse.Namespace) -> list[tuple[Config, str, int, int]]:
     return out
 
 
-def run_file(cache: Path, cfg: Config, protocol: str, tile: int, seed: int, lr: float | None) -> Path:
-    tag = lr_tag(lr) if protocol == "scratch" else ""
+def run_file(cache: Path, cfg: Config, protocol: str, tile: int, seed: int, lr: float | None,
+             epochs: float = SCRATCH_EPOCHS) -> Path:
+    tag = lr_tag(lr) + (f"-e{epochs:g}" if epochs != SCRATCH_EPOCHS else "") if protocol == "scratch" else ""
     return cache / f"{cfg.key}-{protocol}-w{KWARGS['width']}-t{tile}{tag}-seed{seed}.json"
 
 
@@ -230,7 +232,7 @@ def runs(args: argparse.Namespace) -> None:
                   TimeElapsedColumn(), disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("paper runs", total=len(todo))
         for cfg, protocol, tile, seed in todo:
-            file = run_file(cache, cfg, protocol, tile, seed, args.lr)
+            file = run_file(cache, cfg, protocol, tile, seed, args.lr, args.epochs)
             if file.exists():
                 bar.advance(task)
                 continue
@@ -266,11 +268,11 @@ def gather(cache: Path) -> list[dict[str, Any]]:
     for f in sorted(cache.glob(f"*-w{KWARGS['width']}-t*-seed*.json")):
         r = json.loads(f.read_text())
         lr = r.get("lr", SCRATCH_LR) if r["protocol"] == "scratch" else None
-        by.setdefault((r["key"], r["protocol"], r["tile"], lr), []).append(r)
+        by.setdefault((r["key"], r["protocol"], r["tile"], lr, r["epochs"]), []).append(r)
     order = {c.key: i for i, c in enumerate(configs())}
     rows = []
-    for (key, protocol, tile, lr), rs in sorted(by.items(), key=lambda kv: (
-            kv[0][1] != "scratch", -(kv[0][3] or 0), order.get(kv[0][0], 99))):
+    for (key, protocol, tile, lr, _), rs in sorted(by.items(), key=lambda kv: (
+            kv[0][1] != "scratch", -(kv[0][3] or 0), kv[0][4], order.get(kv[0][0], 99))):
         rs.sort(key=lambda r: r["seed"])
         m, sd = mean_sd([r["iou"] for r in rs])
         lm, lsd = mean_sd([r["last_iou"] for r in rs])
@@ -284,11 +286,11 @@ def gather(cache: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def paired(rows: list[dict], a: str, b: str, protocol: str, tile: int,
-           lr: float | None) -> dict[str, Any] | None:
+def paired(rows: list[dict], a: str, b: str, protocol: str, tile: int, lr: float | None,
+           epochs: float) -> dict[str, Any] | None:
     """Row a minus row b over the seeds both have: mean, standard error, and the verdict."""
-    at = lambda k: next((r for r in rows if (r["key"], r["protocol"], r["tile"], r["lr"])  # noqa: E731
-                         == (k, protocol, tile, lr)), None)
+    at = lambda k: next((r for r in rows if (r["key"], r["protocol"], r["tile"], r["lr"], r["epochs"])  # noqa: E731
+                         == (k, protocol, tile, lr, epochs)), None)
     ra, rb = at(a), at(b)
     if not ra or not rb:
         return None
@@ -326,15 +328,18 @@ def claims(rows: list[dict], tile: int) -> dict[str, Any]:
     """Every claim at the default from-scratch lr (and by conversion); the scratch claims again
     at any other from-scratch lr that has runs."""
     out = {}
+    conv_epochs = next((r["epochs"] for r in rows if r["protocol"] == "conversion"), None)
     for name, a, b, protocol in CLAIMS:
-        p = paired(rows, a, b, protocol, tile, SCRATCH_LR if protocol == "scratch" else None)
+        p = paired(rows, a, b, protocol, tile, *((SCRATCH_LR, SCRATCH_EPOCHS) if protocol == "scratch"
+                                                  else (None, conv_epochs)))
         out[name] = {"reproduced": verdict(p), "measured": p is not None, "figures": p}
-    for lr in sorted({r["lr"] for r in rows if r["lr"] not in (None, SCRATCH_LR)}):
+    variants = {(r["lr"], r["epochs"]) for r in rows if r["protocol"] == "scratch"}
+    for lr, epochs in sorted(variants - {(SCRATCH_LR, SCRATCH_EPOCHS)}):
         for name, a, b, protocol in CLAIMS:
-            p = paired(rows, a, b, protocol, tile, lr) if protocol == "scratch" else None
+            p = paired(rows, a, b, protocol, tile, lr, epochs) if protocol == "scratch" else None
             if p is not None:
-                out[f"{name} — from scratch at lr {lr:g}"] = {"reproduced": verdict(p), "measured": True,
-                                                              "figures": p}
+                out[f"{name} — from scratch at lr {lr:g}, {epochs:g} epochs"] = {
+                    "reproduced": verdict(p), "measured": True, "figures": p}
     return out
 
 
@@ -371,7 +376,9 @@ def scope(rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     paper_macs = gflops(load_model(MODEL, width=64), 64) * (512 / 64) ** 2  # convs scale with H×W
     out: dict[str, Any] = {
         "width": KWARGS["width"], "tile": args.tile, "train_tiles": args.train_tiles,
-        "val_tiles": args.val_tiles, "epochs": args.epochs, "conv_epochs": args.conv_epochs,
+        "val_tiles": args.val_tiles, "conv_epochs": args.conv_epochs,
+        "scratch_variants": sorted({(r["lr"], r["epochs"]) for r in rows if r["protocol"] == "scratch"},
+                                   key=lambda v: (-v[0], v[1])),
         "cut": ["examples/unet.py at width 16, not the issue's 32 (4× the compute; this machine's "
                 "share, 2 cores for 5 agents, could not give it)",
                 "smp:Unet:resnet18 (rows a, d, e) not run", "128² tiles (row f) not run",
@@ -444,9 +451,10 @@ def scope_lines(fig: dict) -> list[str]:
     ps = sc["paper_setting"]
     lines = ["## Scope: what ran, what was cut", "",
              f"Ran: width {sc['width']}, {sc['tile']}² tiles, {sc['train_tiles']} training and "
-             f"{sc['val_tiles']} validation tiles, {sc['epochs']:g} epochs from scratch, "
-             f"{sc['conv_epochs']:g} by conversion; one niced thread under the machine's heavy-job "
-             "lock (other agents' tests shared the cores: the load column). Flattened: "
+             f"{sc['val_tiles']} validation tiles; from scratch at "
+             + ", ".join(f"lr {lr:g} for {e:g} epochs" for lr, e in sc["scratch_variants"])
+             + f"; {sc['conv_epochs']:g} epochs by conversion; one niced thread under the machine's "
+             "heavy-job lock (other agents' tests shared the cores: the load column). Flattened: "
              "the last 4 epochs raise the best val IoU before them by < 0.01 — where a row says "
              "fewer than all its seeds, its IoU is \"after N epochs\", not converged.", "",
              *[f"- Cut: {c}." for c in sc["cut"]], "",
@@ -494,7 +502,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--width", type=int, default=16, help="examples/unet.py's base width (the "
                     "issue asked for 32: 4× the compute, which this machine's share could not give)")
-    ap.add_argument("--epochs", type=float, default=8.0, help="from-scratch epochs")
+    ap.add_argument("--epochs", type=float, default=SCRATCH_EPOCHS, help="from-scratch epochs")
     ap.add_argument("--lr", type=float, default=SCRATCH_LR, help="from-scratch peak lr (Adam, cosine)")
     ap.add_argument("--conv-epochs", type=float, default=8.0, help="the conversion recipe's epochs")
     ap.add_argument("--train-tiles", type=int, default=64)
