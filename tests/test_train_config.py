@@ -127,7 +127,7 @@ def test_search_settings_hold_one_train_config():
     s = SearchSettings(model="m", budget="50%", lr=1e-3, train_tiles=10)  # flat spellings still work
     assert isinstance(s.training, TrainConfig) and (s.lr, s.training.lr) == (1e-3, 1e-3)
     assert (s.train_tiles, s.val_tiles, s.distill_steps, s.num_classes, s.batch_size) == (10, 64, 100, 1, 8)
-    again = SearchSettings(**s.model_dump())  # the stored (nested) record reads back the same
+    again = SearchSettings.from_record(s.model_dump())  # the stored (nested) record reads back the same
     assert again == s
     old = {"model": "m", "budget": "50%", "lr": 1e-3, "train_tiles": 10}  # a record before `training`
     assert SearchSettings(**old) == s and flat(s.model_dump())["train_tiles"] == 10
