@@ -12,8 +12,9 @@ converged IoU, rank every cheap signal:
   recipe's schedule (a promoted trial continues where it stopped, as in ASHA);
 - `tse3`: the sum of training losses over those 3 epochs (Ru et al. 2021; lower is better);
 - `trial2`: today's 2-epoch search trial (the search's `evaluate_plan`);
-- `supernet`: the one-shot supernet's score (benchmarks/oneshot.py's cache, when its plans match;
-  for another model `--phase supernet` trains one supernet as oneshot.py does and scores the plans).
+- `supernet`: the retired one-shot supernet's score, read from stored results only
+  (results/oneshot.json when its plans match, or a stored CACHE/TAG/supernet.json): a historical
+  column (the strategy was retired for ranking worst, issue 31).
 
 Plus one reference a user would pick instead: structured channel pruning (Torch-Pruning, L1
 magnitude, uniform per layer, the class head kept) of the unconverted model at FullCube's FLOPs,
@@ -40,18 +41,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _plans  # noqa: E402  (benchmarks/ on sys.path: the plan choice and context are shared)
 import fidelity_stats  # noqa: E402
 import numpy as np  # noqa: E402
-import oneshot  # noqa: E402  (benchmarks/ on sys.path: the plan choice and context are shared)
 import torch  # noqa: E402
 from _common import machine, md_table  # noqa: E402
 from _stats import FLAT_DELTA, FLAT_WINDOW, flattened  # noqa: E402
 
+from cubesearch.calibration import kendall_tau, spearman_rho  # noqa: E402
 from cubesearch.checkpoint import load  # noqa: E402
 from cubesearch.cli.options import model_args  # noqa: E402  (the CLI's --model-arg parser)
 from cubesearch.pareto import loss_hypervolume  # noqa: E402
 from cubesearch.plan import Plan, select_sites  # noqa: E402
-from cubesearch.supernet.ranking import kendall_tau, spearman_rho  # noqa: E402
 from cubesearch.training import train  # noqa: E402
 from cubesearch.training.finetune import Recipe, train_final  # noqa: E402
 
@@ -65,9 +66,9 @@ RUNG_EPOCHS = (1, 3)  # the halving strategy's lower rungs (η = 3)
 
 def choose(ctx: Any, args: argparse.Namespace) -> list[tuple[str, dict]]:
     """The unconverted model, FullCube, the decoder preset, and random plans stratified over
-    FLOPs (oneshot.choose_plans: for the demo, a subset of the one-shot benchmark's 16 plans, so
+    FLOPs (_plans.choose_plans: for the demo, a subset of the one-shot benchmark's 16 plans, so
     its supernet scores and 2-epoch trials apply)."""
-    pool = oneshot.choose_plans(ctx, args.pool, args.seed)
+    pool = _plans.choose_plans(ctx, args.pool, args.seed)
     randoms = pool[2:]
     k = args.plans - 3
     picks = sorted({round(i * (len(randoms) - 1) / max(1, k - 1)) for i in range(k)})
@@ -159,7 +160,7 @@ def class_head(model: torch.nn.Module, example: torch.Tensor, num_classes: int) 
 
 
 def runs(args: argparse.Namespace) -> None:
-    ctx = oneshot.make_context(args)
+    ctx = _plans.make_context(args)
     plans = choose(ctx, args)
     # KD on, as every run in the committed cache was trained (the recipe's default is now off:
     # benchmarks/kd_ablation.py)
@@ -169,14 +170,14 @@ def runs(args: argparse.Namespace) -> None:
     (cache / "plans.json").write_text(json.dumps(
         [{"label": lb, "gflops": ctx.cost.flops(p) / 1e9, "sites": {n: c.to_dict() for n, c in p.items()}}
          for lb, p in plans], indent=1))
-    jobs = [(i, seed) for i in oneshot.spread_order(len(plans)) for seed in range(args.seeds)]
+    jobs = [(i, seed) for i in _plans.spread_order(len(plans)) for seed in range(args.seeds)]
     jobs[6:6] = [("pruned", seed) for seed in range(args.seeds)] if args.pruning else []
     k, n = (int(v) for v in args.worker.split("/"))
     for pos, (i, seed) in enumerate(jobs):
         if pos % n != k:
             continue
         file = cache / f"{'pruned' if i == 'pruned' else f'plan{i:02d}'}-seed{seed}.json"
-        if file.exists() or not oneshot.claim(file):
+        if file.exists() or not _plans.claim(file):
             continue
         load0 = os.getloadavg()[0]
         if i == "pruned":
@@ -189,7 +190,7 @@ def runs(args: argparse.Namespace) -> None:
                    "sites": len(sites), **converged(ctx, plan, seed, recipe)}
         row.update(seed=seed, load_start=load0, load_end=os.getloadavg()[0],
                    threads=torch.get_num_threads())
-        oneshot.write_json(file, row)
+        _plans.write_json(file, row)
         file.with_suffix(".claim").unlink(missing_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] {row['label']} seed {seed}: converged IoU {row['iou']:.4f} "
               f"(best epoch {row['best_epoch']}, flattened {row['flattened']}) "
@@ -212,9 +213,9 @@ def result_name(args: argparse.Namespace) -> str:
 
 
 def trial2(args: argparse.Namespace) -> None:
-    ctx = oneshot.make_context(args)
+    ctx = _plans.make_context(args)
     plans = choose(ctx, args)
-    api = oneshot.search_api()
+    api = _plans.search_api()
     cache = Path(args.cache) / tag(args)
     cache.mkdir(parents=True, exist_ok=True)
     for i, (label, sites) in enumerate(plans):
@@ -222,33 +223,17 @@ def trial2(args: argparse.Namespace) -> None:
             file = cache / f"trial2-plan{i:02d}-seed{seed}.json"
             if file.exists() or (args.reuse_oneshot and oneshot_trial(args, ctx, sites, seed) is not None):
                 continue
-            out = oneshot.outcome(api.evaluate_plan(ctx, sites, 500 + i + oneshot.SEED_STRIDE * seed))
-            oneshot.write_json(file, {"plan": i, "label": label, "seed": seed, "iou": out["iou"],
+            out = _plans.outcome(api.evaluate_plan(ctx, sites, 500 + i + _plans.SEED_STRIDE * seed))
+            _plans.write_json(file, {"plan": i, "label": label, "seed": seed, "iou": out["iou"],
                                       "seconds": out["seconds"]})
             print(f"[{time.strftime('%H:%M:%S')}] trial2 {label} seed {seed}: {out['iou']:.4f}", flush=True)
 
 
-# --- the supernet phase: the one-shot signal for a model without the one-shot benchmark's cache --
-
-
-def supernet(args: argparse.Namespace) -> None:
-    """One supernet trained as benchmarks/oneshot.py trains it (its main variant, from the same
-    baseline), every plan scored with BatchNorm re-estimation: CACHE/TAG/supernet.json."""
-    ctx = oneshot.make_context(args)
-    plans = choose(ctx, args)
-    file = Path(args.cache) / tag(args) / "supernet.json"
-    if file.exists():
-        print(f"supernet: cached in {file}")
-        return
-    sn, info = oneshot.build_trained_supernet(ctx, args, "main")
-    info["scores"] = oneshot.score_all(sn, ctx, plans, True, args.calib)
-    info["threads"] = torch.get_num_threads()
-    oneshot.write_json(file, info)
-    for row in info["scores"]:
-        print(f"supernet: {row['label']}: {row['iou']:.4f}", flush=True)
+# --- the supernet signal: stored results only (the one-shot strategy is retired) --------------
 
 
 def own_supernet(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Supernet scores an earlier version's `--phase supernet` stored (CACHE/TAG/supernet.json)."""
     file = Path(args.cache) / tag(args) / "supernet.json"
     return json.loads(file.read_text()) if file.exists() else None
 
@@ -282,8 +267,8 @@ SIGNALS = {  # name → (what it is, epochs of training per plan it costs, highe
 
 
 NOT_MEASURED = {  # why a signal has no figure
-    "supernet": "no supernet scores for these plans: the one-shot benchmark's cache covers the demo "
-                "model only, and `--phase supernet` was not run",
+    "supernet": "no supernet scores for these plans: the retired one-shot benchmark's stored "
+                "results cover the demo model only",
     "trial2": "no 2-epoch trials for these plans: `--phase trial2` was not run",
 }
 
@@ -377,7 +362,7 @@ def _on_front(losses: np.ndarray, i: int) -> bool:
 
 
 def report(args: argparse.Namespace) -> None:
-    ctx = oneshot.make_context(args, baseline=False)
+    ctx = _plans.make_context(args, baseline=False)
     plans = choose(ctx, args)
     rows = gather(args, ctx, plans)
     cache = Path(args.cache) / tag(args)
@@ -433,7 +418,7 @@ def oneshot_plans(args: argparse.Namespace) -> list[dict] | None:
 
 
 def write(fig: dict, results: Path, name: str) -> None:
-    oneshot.write_json(results / f"{name}.json", fig)
+    _plans.write_json(results / f"{name}.json", fig)
     (results / f"{name}.md").write_text(render(fig, name))
     plot(fig, results / f"{name}.png")
     print((results / f"{name}.md").read_text())
@@ -623,8 +608,8 @@ def plot(fig: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phase", choices=("runs", "trial2", "supernet", "report", "rerender", "all"),
-                    default="all", help="all: runs, trial2, report (supernet only when asked); "
+    ap.add_argument("--phase", choices=("runs", "trial2", "report", "rerender", "all"),
+                    default="all", help="all: runs, trial2, report; "
                     "rerender: the report from the stored JSON and runs, no model built")
     ap.add_argument("--model", default="smp:Unet:resnet18")
     ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -642,15 +627,12 @@ def main() -> None:
     ap.add_argument("--no-pruning", dest="pruning", action="store_false",
                     help="leave out the channel-pruning reference")
     ap.add_argument("--reuse-oneshot", action="store_true", default=True,
-                    help="2-epoch trials and supernet scores from results/oneshot.json where its plans match")
+                    help="2-epoch trials and supernet scores from the stored results/oneshot.json "
+                    "where its plans match")
     ap.add_argument("--work", default="/tmp/cubesearch-oneshot")
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--worker", default="0/1", help="K/N: this process takes every N-th run from K")
-    ap.add_argument("--sn-epochs", type=float, default=3.0, help="supernet phase: end-to-end epochs")
-    ap.add_argument("--sn-distill", type=int, default=100, help="supernet phase: distillation batches")
-    ap.add_argument("--sn-paths", type=int, default=2, help="supernet phase: random paths per step")
-    ap.add_argument("--calib", type=int, default=8, help="supernet phase: BatchNorm re-estimation batches")
     ap.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline only")
     args = ap.parse_args()
     args.model_kwargs = model_args(args.model_arg)
@@ -658,8 +640,6 @@ def main() -> None:
         runs(args)
     if args.phase in ("trial2", "all"):
         trial2(args)
-    if args.phase == "supernet":
-        supernet(args)
     if args.phase in ("report", "all"):
         report(args)
     if args.phase == "rerender":

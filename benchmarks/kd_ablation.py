@@ -25,8 +25,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _plans  # noqa: E402
 import fidelity  # noqa: E402  (benchmarks/ on sys.path: the plans, context and runs are shared)
-import oneshot  # noqa: E402
 import torch  # noqa: E402
 from _common import machine, md_table  # noqa: E402
 
@@ -37,7 +37,7 @@ PLANS = (0, 1)  # fidelity.choose's order: the unconverted model, FullCube
 
 def kd_runs(args: argparse.Namespace) -> dict[tuple[int, int, float], dict[str, Any]]:
     """(plan, seed, kd_weight) → the run: KD 1 read from fidelity's cache, KD 0 trained here."""
-    ctx = oneshot.make_context(args)
+    ctx = _plans.make_context(args)
     plans = fidelity.choose(ctx, args)
     with_kd = Path(args.fidelity_cache) / fidelity.tag(args)
     own = Path(args.cache)
@@ -55,7 +55,7 @@ def kd_runs(args: argparse.Namespace) -> dict[tuple[int, int, float], dict[str, 
                        **fidelity.converged(ctx, fidelity.plan_of(ctx, sites), seed, recipe),
                        "load_start": load0, "load_end": os.getloadavg()[0],
                        "threads": torch.get_num_threads()}
-                oneshot.write_json(file, row)
+                _plans.write_json(file, row)
                 print(f"[{time.strftime('%H:%M:%S')}] {label} seed {seed} without KD: IoU "
                       f"{row['iou']:.4f} in {row['converge_seconds']:.0f} s", flush=True)
             runs[i, seed, 0.0] = json.loads(file.read_text())

@@ -35,7 +35,6 @@ _LAZY = {
     "search": "cubesearch.search",  # the package, callable as its `search`
     "site_map": "cubesearch.sitemap",
     "export": "cubesearch.exporting",
-    "Supernet": "cubesearch.supernet",
     "ablate": "cubesearch.ablation",
     "AblationResult": "cubesearch.ablation",
 }

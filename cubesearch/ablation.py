@@ -1,26 +1,31 @@
 """`cubesearch.ablate(model)`: the paper's ablation tables for the user's model and data.
 
 The paper ablates its block one knob at a time (router none/pre/post, attention on/off, lattice
-stride 1/2, depth 1 vs deeper; Tab. 3 and 4), one training per row. Here every row is scored in
-the supernet the one-shot search trains (`SupernetEvaluator`, `OUT/supernet/MODEL-HASH`, trained
-once and reused), so a table takes minutes:
+stride 1/2, depth 1 vs deeper; Tab. 3 and 4), one training per row. Here every row is read off
+the site map (`cubesearch.sitemap`: `OUT/map.json`, measured once and reused by `cubesearch map`
+and `search --strategy map` in the same --out), so a table costs one map:
 
 - presets: `fullcube` (every site the space searches replaced) and `decoder` (the searchable
   sites in the decoder), each with the *default config* (the paper's block, `CubeConfig()`,
   where the space allows its values: `SearchSpace.default_config`) and every config that differs
   from it in one knob, for each value the space allows (`--knob` narrows the knobs and values);
-- a row is priced by the cost model (GFLOPs, params; no model built), scored in the supernet
-  (IoU on the validation tiles after BatchNorm re-estimation) and compared with its preset's
-  default row (ΔIoU); the unconverted model is scored too, as the reference;
-- `confirm=True` trains each row (and the reference) as a real trial, as the one-shot search
-  confirms its plans (`ConfirmEvaluator`: extracted from the supernet, then fine-tuned by
-  `evaluate_plan`), checkpoints under the supernet's folder (`trials/ablation/trial_NNNN`,
-  reused by a later run that asks for the same plan);
-- a markdown table per preset (`ablation-PRESET.md`) is written in the supernet's folder.
+- the map's one-knob subset measures each (site, config) cell once: the block put alone into the
+  trained baseline, fitted by blockwise distillation, and the model's validation IoU (ΔIoU
+  against the baseline's). A row's IoU is the additive prediction: the baseline's IoU plus the
+  ΔIoU of its config's cell at each of the preset's sites (`MapTable.predict`, as the map
+  strategy predicts plans). It is a prediction, not a trained model's IoU: the blocks' effects
+  are measured one at a time, and nothing trains end to end;
+- a row is priced by the cost model (GFLOPs, params; no model built) and compared with its
+  preset's default row (ΔIoU); the unconverted model is the reference (the baseline's IoU);
+- `confirm=True` trains each row (and the reference) as a search trial from the trained
+  baseline (`evaluate_plan`: warm start, the blocks' distillation, `epochs_per_trial` of
+  fine-tuning), checkpoints under `OUT/trials/ablation-Nep/trial_NNNN` (reused by a later run
+  that asks for the same plan and epochs);
+- a markdown table per preset (`ablation-PRESET.md`) is written in OUT, beside map.json.
 
 A site where a row's config cannot go (router 'none' needs C_in divisible by 4) keeps its conv in
-that row, and the row says so; a row over the supernet's budget says that too (the supernet was
-trained on plans within it).
+that row, and the row says so. (The rows were scored in the one-shot search's supernet until that
+was retired: it ranked plans worst of all signals; see CHANGELOG.md.)
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from cubesearch.blocks import CubeConfig
 from cubesearch.checkpoint import check_destination
@@ -40,16 +47,21 @@ from cubesearch.helpers import atomic_write, file_lock
 from cubesearch.logging import get_logger, progress_enabled
 from cubesearch.plan import router_problem
 from cubesearch.search.context import SearchContext, build_context
-from cubesearch.search.evaluators import SupernetEvaluator, evaluate_plan
+from cubesearch.search.evaluators import evaluate_plan
+from cubesearch.search.evaluators.finetune import prepare_baseline
 from cubesearch.search.objectives import plan_cost
 from cubesearch.search.settings import SearchSettings
-from cubesearch.space import KNOBS, SearchSpace
+from cubesearch.sitemap.build import SiteMap, build_map
+from cubesearch.sitemap.options import DEFAULT, KNOB_ORDER, knob_values, parse_knob
+from cubesearch.space import SearchSpace
+
+__all__ = ["DEFAULT", "KNOB_ORDER", "PRESETS", "AblationResult", "AblationRow", "ablate",
+           "knob_values", "parse_knob", "parse_presets", "plan_rows", "preset_sites"]
 
 PRESETS = ("fullcube", "decoder")
-# The paper's axes first (Tab. 4: router, attention; Tab. 3: lattice stride; depth), then the rest.
-KNOB_ORDER = ("router", "attention", "lattice_stride", "depth", "groups", "fusion_kernel", "act")
-DEFAULT = "default"  # the knob column of a preset's default row
-CONFIRM_STUDY = "ablation"  # confirmed rows: SUPERNET/trials/ablation/trial_NNNN
+CONFIRM_STUDY = "ablation"  # confirmed rows: OUT/trials/ablation-Nep/trial_NNNN (N epochs)
+SUBSET = "one-knob"  # the map's cells the rows are read from
+IOU_LABEL = "predicted IoU (site map, additive)"
 
 
 @dataclass
@@ -64,8 +76,7 @@ class AblationRow:
     kept: list[str] = field(default_factory=list)  # preset sites left as convs, and why
     gflops: float = 0.0  # cost model
     params: int = 0
-    over_budget: bool = False  # above the budget the supernet was trained within
-    iou: float | None = None  # supernet score
+    iou: float | None = None  # predicted: baseline IoU + Σ the plan's cells' ΔIoU (site map)
     delta_iou: float | None = None  # vs the preset's default row
     confirmed_iou: float | None = None  # --confirm: a real trial's IoU
     confirmed_delta: float | None = None
@@ -77,18 +88,15 @@ class AblationRow:
 
     @property
     def note(self) -> str:
-        notes = []
-        if self.kept:
-            notes.append(f"{len(self.kept)} site{'s' if len(self.kept) > 1 else ''} kept as conv")
-        if self.over_budget:
-            notes.append("over the supernet's budget")
-        return "; ".join(notes)
+        if not self.kept:
+            return ""
+        return f"{len(self.kept)} site{'s' if len(self.kept) > 1 else ''} kept as conv"
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "knob": self.knob, "value": self.value,
                 "config": self.config.to_dict(), "sites": len(self.plan), "kept": list(self.kept),
-                "gflops": self.gflops, "params": self.params, "over_budget": self.over_budget,
-                "iou": self.iou, "delta_iou": self.delta_iou, "confirmed_iou": self.confirmed_iou,
+                "gflops": self.gflops, "params": self.params, "iou": self.iou,
+                "delta_iou": self.delta_iou, "confirmed_iou": self.confirmed_iou,
                 "confirmed_delta": self.confirmed_delta, "checkpoint": self.checkpoint,
                 "note": self.note}
 
@@ -100,24 +108,25 @@ class AblationResult:
     model: str
     space: str
     default: CubeConfig
-    supernet: Path  # the supernet's folder (the markdown files are in it)
-    reference: dict[str, Any]  # the unconverted model: iou, gflops, params (confirmed_iou)
+    folder: Path  # OUT: the map's folder (the markdown files are in it)
+    map: Path  # OUT/map.json, the rows' source
+    reference: dict[str, Any]  # the unconverted model: iou (the baseline's), gflops, params
     rows: list[AblationRow]
     presets: list[str]
-    budget: str = ""
     conditions: dict[str, Any] = field(default_factory=dict)  # data, tiles, epochs… of the run
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     confirmed: bool = False
+    measured: int = 0  # map cells measured by this run (the rest were in map.json already)
 
     def preset_rows(self, preset: str) -> list[AblationRow]:
         return [r for r in self.rows if r.preset == preset]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "space": self.space, "budget": self.budget,
-                "default": self.default.to_dict(), "default_label": self.default.short(),
-                "supernet": str(self.supernet), "presets": list(self.presets),
+        return {"model": self.model, "space": self.space, "default": self.default.to_dict(),
+                "default_label": self.default.short(), "iou": IOU_LABEL, "folder": str(self.folder),
+                "map": str(self.map), "measured": self.measured, "presets": list(self.presets),
                 "reference": dict(self.reference), "rows": [r.to_dict() for r in self.rows],
                 "conditions": dict(self.conditions), "notes": list(self.notes),
                 "files": [str(f) for f in self.files], "seconds": self.seconds,
@@ -126,22 +135,28 @@ class AblationResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
 
+    def caption(self) -> str:
+        """What the IoU column is, in words (the markdown table's and the CLI's)."""
+        return (f"One knob of the default config `{self.default.short()}` changed per row (space "
+                f"`{self.space}`). IoU: {IOU_LABEL}: the baseline's IoU plus, at each of the "
+                f"row's sites, the ΔIoU that config scored alone in the trained baseline after "
+                f"blockwise distillation ({self.map}); no row was trained end to end"
+                + (" except in the confirmed columns" if self.confirmed else "")
+                + ". ΔIoU is against the preset's default row. GFLOPs and params are the cost "
+                "model's.")
+
     def to_markdown(self, preset: str | None = None) -> str:
         """The table of one preset (every preset when None), with the run's conditions."""
         presets = [preset] if preset else list(self.presets)
         ref = self.reference
-        lines = [f"# Ablation of {self.model} ({', '.join(presets)})", "",
-                 f"One knob of the default config `{self.default.short()}` changed per row, scored "
-                 f"in the supernet `{self.supernet}` (space `{self.space}`, budget {self.budget}); "
-                 "ΔIoU is against the preset's default row. GFLOPs and params are the cost "
-                 "model's.", "",
+        lines = [f"# Ablation of {self.model} ({', '.join(presets)})", "", self.caption(), "",
                  "Conditions: " + ", ".join(f"{k} {_show(v)}" for k, v in self.conditions.items()),
                  "",
-                 f"Unconverted model: supernet IoU {_num(ref.get('iou'))}, "
+                 f"Unconverted model (the trained baseline): IoU {_num(ref.get('iou'))}, "
                  f"{_num(ref.get('gflops'), 3)} GFLOPs, {ref.get('params', 0):,} params"
                  + (f", confirmed IoU {_num(ref.get('confirmed_iou'))}" if self.confirmed else "")
                  + ".", ""]
-        head = ["preset", "knob", "value", "supernet IoU", "ΔIoU", "GFLOPs", "params", "sites"]
+        head = ["preset", "knob", "value", IOU_LABEL, "ΔIoU", "GFLOPs", "params", "sites"]
         if self.confirmed:
             head += ["confirmed IoU", "confirmed ΔIoU"]
         head.append("note")
@@ -171,70 +186,6 @@ def _num(value: float | None, digits: int = 4, *, sign: bool = False) -> str:
 
 
 # --- which rows ---------------------------------------------------------------------------------
-
-
-def parse_knob(text: str) -> tuple[str, list[Any] | None]:
-    """`router` → ("router", None: every value the space allows); `depth=1,2` → ("depth", [1, 2]).
-    Values are read as the knob's type (`attention=off`, `groups=2`)."""
-    name, eq, values = str(text).partition("=")
-    name = name.strip().replace("-", "_")
-    if name not in KNOBS:
-        raise CubesearchError(f"--knob {text!r}: unknown knob {name!r} (knobs: {', '.join(KNOB_ORDER)})")
-    if not eq:
-        return name, None
-    parsed = [_knob_value(name, v.strip(), text) for v in values.split(",") if v.strip()]
-    if not parsed:
-        raise CubesearchError(f"--knob {text!r}: no value after '=' (e.g. --knob {name}=...)")
-    return name, parsed
-
-
-def _knob_value(knob: str, raw: str, text: str) -> Any:
-    if knob == "attention":
-        flags = {"true": True, "on": True, "yes": True, "1": True,
-                 "false": False, "off": False, "no": False, "0": False}
-        if raw.lower() not in flags:
-            raise CubesearchError(f"--knob {text!r}: attention is on or off, not {raw!r}")
-        return flags[raw.lower()]
-    if knob in ("router", "act"):
-        return raw
-    try:
-        return int(raw)
-    except ValueError:
-        raise CubesearchError(f"--knob {text!r}: {knob} takes integers, not {raw!r}") from None
-
-
-def knob_values(space: SearchSpace, default: CubeConfig,
-                knobs: Mapping[str, Sequence[Any] | None] | Iterable[str] | None = None
-                ) -> list[tuple[str, Any]]:
-    """(knob, value) of every row besides the default: each value the space allows that differs
-    from the default config's, for the knobs asked (all by default). A value the space does not
-    allow is an error naming `--knob`."""
-    if knobs is None:
-        asked: dict[str, Sequence[Any] | None] = {k: None for k in KNOB_ORDER}
-    elif isinstance(knobs, Mapping):
-        asked = dict(knobs)
-    else:
-        asked = dict(parse_knob(k) if isinstance(k, str) else k for k in knobs)
-    out = []
-    for knob in sorted(asked, key=KNOB_ORDER.index):
-        if knob not in KNOBS:
-            raise CubesearchError(f"--knob {knob!r}: unknown knob (knobs: {', '.join(KNOB_ORDER)})")
-        allowed = list(getattr(space.knobs, knob))
-        values = asked[knob]
-        if values is not None:
-            bad = [v for v in values if v not in allowed or type(v) is not type(allowed[0])]
-            if bad:
-                raise CubesearchError(
-                    f"--knob {knob}={_show(bad[0])}: space {space.name!r} allows {knob} "
-                    f"{', '.join(_show(v) for v in allowed)} (the supernet holds only those)")
-        chosen = [v for v in (allowed if values is None else values) if v != getattr(default, knob)]
-        if not chosen and knobs is not None:
-            raise CubesearchError(
-                f"--knob {knob}: nothing to ablate: space {space.name!r} allows {knob} "
-                f"{', '.join(_show(v) for v in allowed)}, and the default config has "
-                f"{_show(getattr(default, knob))}")
-        out += [(knob, v) for v in chosen]
-    return out
 
 
 def preset_sites(preset: str, searchable: Sequence[Any]) -> list[Any]:
@@ -299,25 +250,24 @@ def parse_presets(preset: str | Sequence[str]) -> list[str]:
 
 
 def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None,
-           confirm: bool = False, budget: str = "100%", supernet: SupernetEvaluator | None = None,
+           confirm: bool = False, epochs_per_trial: float = 1.0, map_seed: int | None = None,
            progress: bool = True, log: Callable[[str], None] | None = None,
-           **options: Any) -> AblationResult:
-    """Score the one-knob-at-a-time variants of the default config in the search's supernet.
+           console: Console | None = None, **options: Any) -> AblationResult:
+    """The one-knob-at-a-time variants of the default config, predicted from the site map.
 
-    `options` are `SearchSettings` fields (`out`, `space`, `data`, `tile_size`, `train_tiles`,
-    `epochs_per_trial`, `baseline_epochs`, `supernet_epochs`, `distill_steps`…): the same values
-    as a one-shot search's (and the same `budget`, which the supernet is trained within) reuse
-    its baseline and supernet. `supernet` is a `SupernetEvaluator` (default: the one-shot
-    search's for these settings, `SupernetEvaluator.from_settings`);
+    `options` are `cubesearch map`'s (`SearchSettings` fields: `out`, `space`, `data`,
+    `tile_size`, `train_tiles`, `val_tiles`, `baseline_epochs`, `distill_steps`, `seed`…): the
+    same values as a map's or a map search's in the same `out` reuse its trained baseline and
+    its cells (map.json); the cells the rows need and map.json lacks are measured and added.
     `knobs` narrows the rows: knob names, `"depth=1,2"` strings or a mapping knob → values.
+    `map_seed` (default: `seed`): the cells' own seed, as `cubesearch map --map-seed`.
+    `confirm`: also train every row from the baseline for `epochs_per_trial` epochs.
     """
     t0 = time.perf_counter()
     log = log or get_logger(__name__).info
     presets = parse_presets(preset)
-    options.setdefault("evaluator", "supernet")
-    settings = SearchSettings(model=model, budget=budget, **{"strategy": "trials", **options})
+    settings = SearchSettings(model=model, budget="100%", strategy="map", **options)
     check_destination(settings.out, option="--out", replaceable=False)
-    supernet = supernet or SupernetEvaluator.from_settings(settings)
     ctx = build_context(settings)  # no searchable site: an error
     rows, notes = plan_rows(ctx.space, ctx.searchable, presets, knobs)
     if not rows:
@@ -326,41 +276,67 @@ def ablate(model: str, *, preset: str | Sequence[str] = "all", knobs: Any = None
     for row in rows:  # priced before anything trains
         cost = plan_cost(ctx, row.plan)
         row.gflops, row.params = float(cost["gflops"]), int(cost["params"])
-        row.over_budget = not cost["feasible"]
-    ctx.evaluator = supernet
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    with file_lock(ctx.out / ".baseline.lock"):  # as the search: processes sharing --out prepare once
-        supernet.prepare(ctx, progress=progress_enabled(progress), log=log)
-    folder = supernet.folder(ctx)
-
-    def score(number: int, plan: dict[str, CubeConfig]) -> float:
-        return float(supernet.evaluate(ctx, ctx.trial_info(number, plan)).iou)
-
-    reference = {"iou": score(0, {}), "gflops": ctx.base_flops / 1e9, "params": int(ctx.base_params)}
-    for i, row in enumerate(rows, 1):
-        row.iou = score(i, row.plan)
-        log(f"ablate: {i}/{len(rows)} scored: {row.preset} {row.label}: IoU {row.iou:.4f}, "
-            f"{row.gflops:.3f} GFLOPs")
+    sitemap = one_knob_map(ctx, map_seed, console or Console(stderr=True), progress_enabled(progress),
+                           log)
+    reference = predict_rows(sitemap, rows)
+    reference.update(gflops=ctx.base_flops / 1e9, params=int(ctx.base_params))
+    outside = sum(1 for r in rows if r.iou is not None and not 0.0 <= r.iou <= 1.0)
+    if outside:
+        notes.append(f"{outside} of {len(rows)} rows predicted outside [0, 1]: the cells' ΔIoU, "
+                     "each measured alone, do not add up over many sites; compare the rows' Δs, "
+                     "or train them (--confirm)")
     _deltas(rows, "iou", "delta_iou")
     if confirm:
-        _confirm(ctx, supernet, folder, rows, reference, log)
+        _confirm(ctx, epochs_per_trial, rows, reference, log)
         _deltas(rows, "confirmed_iou", "confirmed_delta")
-    s = settings
-    conditions = {"data": s.data, "tile size": s.tile_size, "train tiles": s.train_tiles,
-                  "val tiles": s.val_tiles, "baseline epochs": s.baseline_epochs or s.epochs_per_trial,
-                  "supernet epochs": supernet.epochs, "seed": s.seed,
-                  "FLOPs at": "x".join(map(str, s.input_size))}
-    if confirm:
-        conditions["epochs per trial"] = s.epochs_per_trial
     result = AblationResult(model=model, space=ctx.space.name, default=ctx.space.default_config(),
-                            supernet=folder, reference=reference, rows=rows,
+                            folder=ctx.out, map=sitemap.path, reference=reference, rows=rows,
                             presets=[p for p in presets if any(r.preset == p for r in rows)],
-                            budget=settings.budget, conditions=conditions, notes=notes,
-                            confirmed=confirm)
+                            conditions=conditions(settings, sitemap, epochs_per_trial if confirm else None),
+                            notes=notes, confirmed=confirm, measured=sitemap.measured)
     for p in result.presets:
-        result.files.append(atomic_write(folder / f"ablation-{p}.md", result.to_markdown(p)))
+        result.files.append(atomic_write(ctx.out / f"ablation-{p}.md", result.to_markdown(p)))
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def one_knob_map(ctx: SearchContext, seed: int | None, console: Console, progress: bool,
+                 log: Callable[[str], None]) -> SiteMap:
+    """The site map's one-knob subset in OUT (its baseline and cells reused, the rest measured),
+    as `site_map` builds it: processes sharing OUT prepare the baseline and the map once."""
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    with file_lock(ctx.out / ".baseline.lock"):
+        prepare_baseline(ctx, progress=progress, log=log)
+    with file_lock(ctx.out / ".map.lock"):
+        return build_map(ctx, subset=SUBSET, seed=seed, console=console, progress=progress)
+
+
+def predict_rows(sitemap: SiteMap, rows: Sequence[AblationRow]) -> dict[str, Any]:
+    """Each row's IoU: the map's additive prediction of its plan (`MapTable.predict`); returns
+    the reference (the baseline's IoU, as every cell was measured against)."""
+    table = sitemap.table
+    have = {(c["site"], c["option"]) for c in table.cells}
+    for row in rows:
+        options = {site: cfg.short() for site, cfg in row.plan.items()}
+        missing = [f"{s} {o}" for s, o in options.items() if (s, o) not in have]
+        if missing:  # plan_rows and the map's one-knob subset agree; never a silent 0
+            raise CubesearchError(f"{sitemap.path} has no cell for {missing[0]} (row {row.preset} "
+                                  f"{row.label}); move the map away to measure it again")
+        row.iou = table.predict(options).predicted_iou
+    return {"iou": table.baseline_iou}
+
+
+def conditions(settings: SearchSettings, sitemap: SiteMap, epochs: float | None) -> dict[str, Any]:
+    """The run's conditions, as the table states them."""
+    s = settings
+    found = {"data": s.data, "tile size": s.tile_size, "train tiles": s.train_tiles,
+             "val tiles": s.val_tiles, "baseline epochs": s.baseline_epochs,
+             "distillation batches per cell": s.distill_steps,
+             "cell seed": sitemap.data.get("seed", s.seed), "seed": s.seed,
+             "FLOPs at": "x".join(map(str, s.input_size))}
+    if epochs is not None:
+        found["epochs per confirmed row"] = epochs
+    return found
 
 
 def _deltas(rows: Sequence[AblationRow], key: str, delta: str) -> None:
@@ -372,14 +348,15 @@ def _deltas(rows: Sequence[AblationRow], key: str, delta: str) -> None:
                 (0.0 if r.knob == DEFAULT else value - ref))
 
 
-def _confirm(ctx: SearchContext, supernet: SupernetEvaluator, folder: Path, rows: Sequence[AblationRow],
+def _confirm(ctx: SearchContext, epochs: float, rows: Sequence[AblationRow],
              reference: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Train the reference and every row as a real trial, as the one-shot search confirms a plan
-    (`ConfirmEvaluator`: extracted from the supernet, fine-tuned by `evaluate_plan`), under
-    FOLDER/trials/ablation; a trial folder already holding the same plan is reused."""
-    cctx = dataclasses.replace(ctx, out=folder,
-                               settings=ctx.settings.model_copy(update={"study": CONFIRM_STUDY}))
-    trials = folder / "trials" / CONFIRM_STUDY
+    """Train the reference and every row as a search trial from the trained baseline
+    (`evaluate_plan`: warm start, the blocks' distillation, `epochs` of fine-tuning) under
+    OUT/trials/ablation-Nep; a trial folder already holding the same plan is reused."""
+    study = f"{CONFIRM_STUDY}-{epochs:g}ep"
+    cctx = dataclasses.replace(ctx, settings=ctx.settings.model_copy(
+        update={"study": study, "epochs_per_trial": float(epochs)}))
+    trials = ctx.out / "trials" / cctx.settings.study_folder()
     done = _confirmed(trials)
     numbers = [int(p.name.removeprefix("trial_")) for p in trials.glob("trial_*")
                if p.name.removeprefix("trial_").isdigit()]
@@ -392,8 +369,7 @@ def _confirm(ctx: SearchContext, supernet: SupernetEvaluator, folder: Path, rows
             iou, where = done[key]
             log(f"ablate: confirm {i}/{len(todo)}: {label}: reusing {where} (IoU {iou:.4f})")
         else:
-            start = supernet.extract(ctx, dict(plan))  # from the supernet found under ctx.out
-            outcome = evaluate_plan(cctx, dict(plan), next_number, start=start)
+            outcome = evaluate_plan(cctx, dict(plan), next_number)
             iou, where = float(outcome.iou), str(outcome.checkpoint)
             done[key] = (iou, where)
             next_number += 1
@@ -420,5 +396,3 @@ def _confirmed(trials: Path) -> dict[str, tuple[float, str]]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # an interrupted or foreign folder: trained again under a new number
     return found
-
-

@@ -21,10 +21,13 @@ import json
 import math
 import os
 import statistics
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from scipy import stats
 
 from cubesearch.data import make_datasets
 from cubesearch.errors import CubesearchError, one_line
@@ -35,7 +38,6 @@ from cubesearch.plan import Plan
 from cubesearch.search.cluster import connect, require_ray
 from cubesearch.search.record import study_points
 from cubesearch.search.settings import SearchSettings, study_train_options
-from cubesearch.supernet.ranking import kendall_tau, spearman_rho
 from cubesearch.training.finetune import Recipe, train_final
 
 FOLDER = "calibration"
@@ -78,6 +80,20 @@ def choose_plans(points: Sequence[ParetoPoint], k: int, objectives: Sequence[str
 
 def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's τ-b (scipy); NaN, without a warning, when one scoring is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.kendalltau(x, y).statistic)
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's ρ (scipy: the Pearson correlation of average ranks); NaN when one is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(x, y).statistic)
 
 
 def rank_figures(proxy: Sequence[float], per_seed: Sequence[Sequence[float]]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ DEMO_RUNGS = (2.0, 5.0)  # halving (the search's default strategy): rank on 2 ep
 # What the cut costs: the paired baseline reaches IoU 0.34 after 5 epochs on 192 tiles, not 0.63.
 DEMO_SEARCH: dict[str, Any] = dict(baseline_epochs=5.0, tile_size=64, train_tiles=192, val_tiles=48,
                                    distill_steps=25)
-# The earlier demo's training, which benchmarks/trial_lr.py, oneshot.py and oneshot_compare.py
-# reproduce (trials of `epochs_per_trial`): kept as those results were measured.
+# The earlier demo's training, which benchmarks/trial_lr.py (and the retired one-shot
+# benchmarks, results/oneshot*.md) reproduce (trials of `epochs_per_trial`): kept as those
+# results were measured.
 DEMO_TRAINING: dict[str, Any] = dict(epochs_per_trial=2.0, baseline_epochs=12.0, tile_size=64,
                                      train_tiles=384, val_tiles=48, distill_steps=100)

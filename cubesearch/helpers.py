@@ -166,7 +166,7 @@ def close_names(name: str, names: Sequence[str], n: int = 3, *, cutoff: float = 
 
 
 def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in 1 MiB chunks (manifests, the trust store, supernet checkpoints)."""
+    """The SHA-256 of a file, read in 1 MiB chunks (manifests, the trust store)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

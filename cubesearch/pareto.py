@@ -90,15 +90,15 @@ def plot_pareto(points: Sequence[ParetoPoint], front: Sequence[ParetoPoint], png
                 html: Path | None, *, title: str = "IoU vs GFLOPs",
                 budget_gflops: float | None = None, axis: str = "gflops",
                 budget: float | None = None, cloud: Sequence[ParetoPoint] = (),
-                labels: tuple[str, str] = ("scored in the supernet", "trials")) -> None:
+                labels: tuple[str, str] = ("scored, not trained", "trials")) -> None:
     """Every trained plan as a dot, the front as a line, baseline and FullCube marked, front
     labelled. Plans over budget were rejected untrained (their IoU is no measurement): they are
     left out, and the legend says how many (the references are trained even over budget).
 
     `axis`: the cost on x, `gflops` (the default) or another recorded cost such as `latency`
     (ms, measured); `budget` is the budget line in that cost (`budget_gflops` for GFLOPs).
-    `cloud`: plans scored, not trained (a one-shot search's supernet scores, a halving search's
-    lower rungs), drawn faintly under the trials; `labels`: the legend's for the cloud and trials."""
+    `cloud`: plans scored, not trained (a halving search's lower rungs), drawn faintly under
+    the trials; `labels`: the legend's for the cloud and trials."""
     if axis != "gflops":
         budget_gflops = budget
         points = [p for p in points if math.isfinite(objective_value(p, axis))]

@@ -1,4 +1,4 @@
-"""The one progress bar the project draws (trainer, supernet steps, search phases): a label, the
+"""The one progress bar the project draws (trainer, map cells, search phases): a label, the
 bar, done/total, elapsed and ETA, then an optional status text; drawn only on a terminal."""
 
 from __future__ import annotations

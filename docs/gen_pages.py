@@ -45,13 +45,13 @@ BENCHMARKS = [
     Bench("trial-lr", "Trial fine-tuning learning rates"),
     Bench("search-samplers", "Samplers' hypervolume"),
     Bench("search_ray", "Ray backend overhead"),
-    Bench("oneshot", "One-shot supernet ranking",
+    Bench("oneshot", "One-shot supernet ranking (retired)",
           "Kendall τ {kendall_tau:.2f} vs fine-tuned IoU (seed to seed {seed_kendall_tau:.2f}); "
           "{plans_per_hour_ratio:.0f}× the plans per hour ({score_seconds_mean:.2f} s a score)"),
-    Bench("oneshot-compare", "One-shot vs trials search",
+    Bench("oneshot-compare", "One-shot vs trials search (retired)",
           "hypervolume one-shot / trials {hv_oneshot:.2f} / {hv_trials:.2f} = {hv_ratio:.2f} "
           "(target {target_ratio}), {proxy_trials} scored + {confirm} confirmed, {wall_minutes:.1f} min"),
-    Bench("oneshot-compare-p50", "One-shot vs trials, 50 scored plans",
+    Bench("oneshot-compare-p50", "One-shot vs trials, 50 scored plans (retired)",
           "hypervolume ratio {hv_ratio:.2f} (target {target_ratio}), {proxy_trials} scored + "
           "{confirm} confirmed"),
     Bench("deploy", "Deployment: eager, torch.compile, ONNX Runtime",

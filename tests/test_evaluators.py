@@ -11,8 +11,8 @@ from optuna.trial import TrialState
 
 import cubesearch
 from cubesearch.errors import CubesearchError
-from cubesearch.exporting import export, open_study_source
-from cubesearch.search import SearchSettings, SupernetEvaluator, TrialOutcome, evaluators
+from cubesearch.exporting import open_study_source
+from cubesearch.search import SearchSettings, TrialOutcome, evaluators
 
 ROOT = Path(__file__).parent.parent
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
@@ -111,32 +111,12 @@ def test_a_trial_outcome_round_trips_through_user_attrs_and_a_ray_report():
         TrialOutcome(iou=float("nan"), costs={})
 
 
-# --- the supernet evaluator ------------------------------------------------------------------------
+# --- the retired supernet evaluator -------------------------------------------------------------
 
 
-def test_the_supernet_options_reach_the_supernet_evaluator():
-    settings = SearchSettings(model=TINY, budget="90%", evaluator="supernet", supernet_epochs=0.5,
-                              distill_steps=7)
-    ev = evaluators.make_evaluator(settings)
-    assert isinstance(ev, SupernetEvaluator)
-    assert (ev.epochs, ev.distill_steps, ev.workers) == (0.5, 7, 1)  # not the class's 3.0, 100
-
-
-@pytest.mark.slow
-def test_supernet_scores_are_recorded_as_scored_not_as_a_trained_front(tmp_path):
-    evaluator = SupernetEvaluator(epochs=0.5, distill_steps=2, calib_batches=1)
-    opts = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
-                epochs_per_trial=0.5, progress=False, space="shared", trials=4)
-    result = cubesearch.search(TINY, "90%", out=str(tmp_path / "search"), evaluator=evaluator, **opts)
-    assert result.n_scored == 4 and result.n_failed == 0
-    assert result.n_complete == 0 and result.points == [] and result.front == []
-    assert all(0.0 <= p.iou <= 1.0 for p in result.scored)
-    trained = list((tmp_path / "search" / "supernet").glob("*/final/supernet.json"))
-    assert len(trained) == 1  # trained once; a resumed search reuses it
-    again = cubesearch.search(TINY, "90%", out=str(tmp_path / "search"),
-                              evaluator=SupernetEvaluator(epochs=0.5, distill_steps=2, calib_batches=1),
-                              **{**opts, "trials": 6})
-    assert again.n_scored == 6 and again.n_complete == 0
-    with pytest.raises(CubesearchError, match="no trained, feasible model"):  # scores: not exported
-        export(str(tmp_path / "search"), out=str(tmp_path / "exported"), formats=("safetensors",),
-               progress=False)
+def test_the_retired_supernet_evaluator_is_one_error_saying_why():
+    settings = SearchSettings(model=TINY, budget="90%", strategy="trials", evaluator="supernet")
+    with pytest.raises(CubesearchError, match=r"^--evaluator supernet: the supernet evaluator was "
+                       r"retired: .*0\.96x.*tau 0\.60.*use --evaluator finetune"):
+        evaluators.make_evaluator(settings)
+    assert "supernet" not in evaluators.EVALUATORS

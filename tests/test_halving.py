@@ -165,7 +165,7 @@ def test_halving_bad_input_is_a_clear_error(tmp_path):
                           "--strategy", "fastest", "--out", str(tmp_path / "d")],
                          capture_output=True, text=True, env={**os.environ, "CUBESEARCH_NO_PROGRESS": "1"})
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
-        "error: --strategy 'fastest': choose auto, trials, oneshot, halving, map"]
+        "error: --strategy 'fastest': choose auto, trials, halving, map"]
     assert not (tmp_path / "d").exists()
 
 

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sites",),
     ("plan", "conversion", "cost", "checkpoint", "conversion_report", "pareto", "deploy"),
     ("training",),
-    ("latency", "supernet"),
+    ("latency",),
     ("search",),
     ("exporting", "finetuning", "calibration", "ablation", "demo", "sitemap"),
     ("cli", "__main__", "__init__"),
@@ -171,8 +171,8 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_an_upward_import_is_found():
-    graph = {"cubesearch.supernet.train": {"cubesearch.search.context", "cubesearch.training"}}
-    assert upward_imports(graph, LAYERS) == ["cubesearch.supernet.train → cubesearch.search.context"]
+    graph = {"cubesearch.latency.table": {"cubesearch.search.context", "cubesearch.training"}}
+    assert upward_imports(graph, LAYERS) == ["cubesearch.latency.table → cubesearch.search.context"]
 
 
 def test_no_function_local_import_of_the_package_outside_the_cli():

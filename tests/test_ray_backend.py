@@ -229,31 +229,6 @@ def test_search_on_a_two_node_cluster_fills_the_study_and_exports(cluster, tmp_p
 
 
 @pytest.mark.slow
-def test_oneshot_search_scores_on_workers_and_confirms_in_the_same_study(cluster, tmp_path):
-    out = tmp_path / "search"
-    res = cluster.search(out, "--budget", "90%", "--strategy", "oneshot", "--trials", "3",
-                         "--proxy-trials", "6", "--supernet-epochs", "0.25", "--distill-steps", "2",
-                         "--epochs-per-trial", "0.25", "--max-concurrent", "2", "--json")
-    assert res.returncode == 0, res.stderr[-3000:]
-    report = json.loads(res.stdout)
-    assert report["plans_scored"] == 6 and report["trials_complete"] == 3
-    study = load(out)
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")]
-    scored = [t for t in done if t.user_attrs.get("scored")]
-    confirmed = [t for t in done if "confirms" in t.user_attrs]
-    assert len(scored) == 6 and len(confirmed) == 3 and len(done) == 9
-    # both phases ran as Ray trials on the workers, each phase its own (finished) experiment
-    assert all(t.user_attrs["backend"] == "ray" and "ray_pid" in t.user_attrs for t in done)
-    for phase in ("scoring", "confirming"):
-        assert (out / "ray" / f"tiny_seg-shared-{phase}-1" / "cubesearch_done.json").exists()
-    numbers = {t.number: t for t in scored}
-    for t in confirmed:
-        assert t.user_attrs["plan"] == numbers[t.user_attrs["confirms"]].user_attrs["plan"]
-        assert Path(t.user_attrs["checkpoint"], "model.safetensors").exists()
-    assert res.stderr.count("supernet: training") == 1
-
-
-@pytest.mark.slow
 def test_halving_search_trains_its_rungs_on_workers(cluster, tmp_path):
     out = tmp_path / "search"
     res = cluster.search(out, "--budget", "90%", "--strategy", "halving", "--trials", "3",

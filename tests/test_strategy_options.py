@@ -21,8 +21,7 @@ TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 FAST = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
             progress=False, space="shared")
 # an option of each STRATEGY_OPTIONS entry, as the API and the CLI give it
-VALUES = {"epochs_per_trial": (1.0, "1"), "rungs": ((1.0, 3.0), "1,3"), "eta": (2, "2"),
-          "proxy_trials": (5, "5"), "supernet_epochs": (1.0, "1"), "supernet_workers": (2, "2")}
+VALUES = {"epochs_per_trial": (1.0, "1"), "rungs": ((1.0, 3.0), "1,3"), "eta": (2, "2")}
 
 
 def settings(**kw):
@@ -31,7 +30,7 @@ def settings(**kw):
 
 @pytest.mark.parametrize("given, strategy", [
     ({}, "halving"), ({"epochs_per_trial": 1.0}, "trials"), ({"rungs": (1.0, 3.0)}, "halving"),
-    ({"eta": 2}, "halving"), ({"evaluator": "supernet"}, "trials"),
+    ({"eta": 2}, "halving"), ({"evaluator": "my_eval.py:fn"}, "trials"),
     ({"epochs_per_trial": None}, "halving"),  # None: not given (the CLI's unset option)
 ])
 def test_auto_picks_the_strategy_an_option_asks_for(given, strategy):
@@ -45,33 +44,50 @@ def test_options_asking_for_two_strategies_under_auto_are_an_error():
         settings(epochs_per_trial=2.0, rungs=(1.0, 3.0))
 
 
-# who reads each option (supernet_*: also trials with --evaluator supernet, tested below)
-USED_BY = {"epochs_per_trial": {"trials", "oneshot"}, "rungs": {"halving"}, "eta": {"halving"},
-           "proxy_trials": {"oneshot"}, "supernet_epochs": {"oneshot"}, "supernet_workers": {"oneshot"}}
+# who reads each option
+USED_BY = {"epochs_per_trial": {"trials"}, "rungs": {"halving", "map"}, "eta": {"halving"}}
 
 
 @pytest.mark.parametrize("option", sorted(STRATEGY_OPTIONS))
-@pytest.mark.parametrize("strategy", ["trials", "halving", "oneshot"])
+@pytest.mark.parametrize("strategy", ["trials", "halving", "map"])
 def test_an_option_the_strategy_does_not_use_is_an_error_naming_its_user(option, strategy):
     value = VALUES[option][0]
-    extra = {"backend": "ray"} if option == "supernet_workers" else {}
     if strategy in USED_BY[option]:
-        assert getattr(settings(strategy=strategy, **{option: value}, **extra), option) == value
+        assert getattr(settings(strategy=strategy, **{option: value}), option) == value
         return
     with pytest.raises(ConfigError) as info:
-        settings(strategy=strategy, **{option: value}, **extra)
+        settings(strategy=strategy, **{option: value})
     assert str(info.value) == (f"{option_flag(option)} is not used by --strategy {strategy}; it is "
                                f"for {STRATEGY_OPTIONS[option]}")
 
 
-def test_supernet_options_are_used_by_trials_with_the_supernet_evaluator():
-    s = settings(strategy="trials", evaluator="supernet", supernet_epochs=0.5)
-    assert s.supernet_epochs == 0.5
-    with pytest.raises(ConfigError, match="--supernet-epochs is not used by --strategy trials"):
-        settings(strategy="trials", supernet_epochs=0.5)
+def test_the_retired_one_shot_strategy_is_one_error_saying_why_and_its_records_too():
+    with pytest.raises(ConfigError, match=r"^--strategy oneshot: the one-shot strategy was retired: "
+                                          r"it lost to trials .*0\.96x.*tau 0\.60.*use --strategy halving"):
+        settings(strategy="oneshot")
+    old = {**settings(strategy="trials").model_dump(), "strategy": "oneshot", "proxy_trials": 500,
+           "supernet_epochs": 3.0, "supernet_workers": 1}
+    with pytest.raises(ConfigError, match="^a study of 'oneshot': the one-shot strategy was retired"):
+        SearchSettings.from_record(old)
+    with pytest.raises(ConfigError, match="^a study of 'supernet': the supernet evaluator was retired"):
+        SearchSettings.from_record({**old, "strategy": "trials", "evaluator": "supernet"})
+    # a trials record of the version that had them stores the retired fields: ignored
+    assert SearchSettings.from_record({**old, "strategy": "trials"}).strategy == "trials"
 
 
-@pytest.mark.parametrize("strategy, evaluator", [("halving", "my_eval.py:fn"), ("oneshot", "my_eval.py:fn")])
+def test_the_cli_refuses_the_retired_options_and_strategy(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["search", TINY, "--budget", "50%", "--strategy", "oneshot", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --strategy oneshot: the one-shot strategy "
+                                               "was retired"), err
+    for option in ("--proxy-trials", "--supernet-epochs", "--supernet-workers"):
+        assert main(["search", TINY, "--budget", "50%", option, "2", "-o", str(out)]) != 0
+        assert "No such option" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("strategy, evaluator", [("halving", "my_eval.py:fn")])
 def test_an_evaluator_the_strategy_cannot_run_is_an_error(strategy, evaluator):
     with pytest.raises(ConfigError, match=f"--evaluator {evaluator}: --strategy {strategy} .* other "
                                           "evaluators run with --strategy trials"):
@@ -98,11 +114,11 @@ def test_the_rule_for_records_without_strategy_has_one_home():
 
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "halving", "--epochs-per-trial", "1"],
-     "error: --epochs-per-trial is not used by --strategy halving; it is for --strategy trials or oneshot"),
+     "error: --epochs-per-trial is not used by --strategy halving; it is for --strategy trials"),
     (["--strategy", "trials", "--rungs", "1,3"],
      "error: --rungs is not used by --strategy trials; it is for --strategy halving"),
-    (["--proxy-trials", "9"],
-     "error: --proxy-trials is not used by --strategy halving; it is for --strategy oneshot"),
+    (["--eta", "2", "--strategy", "trials"],
+     "error: --eta is not used by --strategy trials; it is for --strategy halving"),
     (["--budget", "50Gx"], "error: budget '50Gx' is not understood"),
     (["--timeout", "soon"], "error: --timeout 'soon' is not a duration"),
 ])

@@ -77,16 +77,13 @@ BASELINE_EPOCHS = typer.Option(None, "--baseline-epochs", help="Epochs of the ba
                                "the top rung's with halving, else --epochs-per-trial).",
                                rich_help_panel=TRAINING_PANEL)
 SEARCH_DISTILL_STEPS = typer.Option(100, "--distill-steps", min=0, help="Fit each Cube block to the "
-                                    "conv it replaces for N batches before a plan (or the "
-                                    "supernet) trains (0: off); every strategy does.",
+                                    "conv it replaces for N batches before a plan trains "
+                                    "(0: off); every strategy does.",
                                     rich_help_panel=TRAINING_PANEL)
 EPOCHS_PER_TRIAL = typer.Option(None, "--epochs-per-trial", help="Training epochs of each trial "
-                                "(default 1; fractions allowed): --strategy trials, and oneshot's "
-                                "confirmation. Under --strategy auto it selects trials.",
+                                "(default 1; fractions allowed): --strategy trials. Under "
+                                "--strategy auto it selects trials.",
                                 rich_help_panel=STRATEGY_PANEL)
-SUPERNET_EPOCHS = typer.Option(None, "--supernet-epochs", help="The supernet's training epochs "
-                               "(default 3): --strategy oneshot, --evaluator supernet.",
-                               rich_help_panel=STRATEGY_PANEL)
 
 # The final recipe (`cubesearch.training.finetune.Recipe`): `finetune` and `calibrate`; unset
 # (None) ones keep the recipe's defaults.

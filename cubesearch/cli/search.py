@@ -29,32 +29,25 @@ REPROFILE = o.option(False, "--reprofile", o.BUDGET_PANEL, "Measure this device'
                      "(needed to resume a study on another device).")
 TRIALS = o.option(20, "--trials", o.STRATEGY_PANEL, "Plans the study trains, counting its two references "
                   "(the unconverted model and FullCube), so --trials N trains N - 2 searched plans; with "
-                  "halving: the plans rung 0 trains; with oneshot: the plans confirmed by training. A "
+                  "halving: the plans rung 0 trains; with map: the finalists trained. A "
                   "resume counts earlier ones; plans over budget are rejected free and not counted.", min=1)
 STRATEGY = o.option("auto", "--strategy", o.STRATEGY_PANEL, "auto (the default): trials if "
                     "--epochs-per-trial is given, halving if --rungs or --eta is, else halving with "
                     "cubesearch's trainer and trials with another --evaluator. halving: plans ranked on the "
                     "first of --rungs (epochs of the final recipe), the best 1/--eta trained on to the next "
                     "(MO-ASHA), so the front holds trained models and their paired baseline; trials: every "
-                    "plan sampled is trained --epochs-per-trial; oneshot: a supernet trained once scores "
-                    "--proxy-trials plans, --trials plans covering its front are confirmed by training. An "
-                    "option the strategy does not use is an error.")
+                    "plan sampled is trained --epochs-per-trial; map: each site's options scored alone in "
+                    "the baseline (the site map), --trials finalists chosen by integer programming and "
+                    "trained to the top rung. An option the strategy does not use is an error.")
 ETA = o.option(None, "--eta", o.STRATEGY_PANEL, "halving: 1/eta of each rung is promoted (default 3).", min=2)
-PROXY_TRIALS = o.option(None, "--proxy-trials", o.STRATEGY_PANEL, "oneshot: plans scored in the supernet "
-                        "(default 500; about a second each on a GPU, several on a CPU).", min=1)
-SUPERNET_WORKERS = o.option(None, "--supernet-workers", o.RAY_PANEL, "oneshot or --evaluator supernet, with "
-                            "--backend ray: data-parallel supernet training on N Ray Train workers (default "
-                            "1).", min=1)
 SAMPLER = o.option("nsga2", "--sampler", o.STRATEGY_PANEL, "nsga2, tpe or random.")
 EVALUATOR = o.option("finetune", "--evaluator", o.STRATEGY_PANEL, "How a plan becomes an IoU: finetune "
-                     "(cubesearch's trainer), supernet (scored in about a second in a supernet trained once "
-                     "per search; recorded as scored, not trained) or path/to/eval.py:fn, your function "
+                     "(cubesearch's trainer) or path/to/eval.py:fn, your function "
                      "fn(model, trial) -> {'iou': ...} given the converted, warm-started model.")
 TIMEOUT = o.option(None, "--timeout", o.STRATEGY_PANEL, "Bound on the whole search (90s, 30m, 2h), from its "
                    "start: the baseline or a plan still training then stops, and no plan starts after it (a "
                    "plan so stopped is recorded as failed and trained again on resume; a baseline so "
-                   "stopped ends the search with an error). A supernet's training (oneshot) is not cut "
-                   "short.")
+                   "stopped ends the search with an error).")
 STORAGE = o.option(None, "--storage", o.STORAGE_PANEL, "Optuna storage URL (default: sqlite in --out).")
 STUDY_NAME = o.option(None, "--study", o.STORAGE_PANEL, "Study name (default: from model and space).")
 OUT = o.option("runs/search", "--out", "-o", o.STORAGE_PANEL, "Folder for the study, checkpoints, plots.")
@@ -89,8 +82,8 @@ def search(
     input_size: str = o.FLOPS_INPUT, latency_table: str = LATENCY_TABLE,
     latency_backend: str = LATENCY_BACKEND, reprofile: bool = REPROFILE,
     strategy: str = STRATEGY, trials: int = TRIALS, space: str = o.SPACE, rungs: str = o.RUNGS,
-    eta: int = ETA, epochs_per_trial: float = o.EPOCHS_PER_TRIAL, proxy_trials: int = PROXY_TRIALS,
-    supernet_epochs: float = o.SUPERNET_EPOCHS, sampler: str = SAMPLER, evaluator: str = EVALUATOR,
+    eta: int = ETA, epochs_per_trial: float = o.EPOCHS_PER_TRIAL,
+    sampler: str = SAMPLER, evaluator: str = EVALUATOR,
     timeout: str = TIMEOUT,
     baseline_epochs: float = o.BASELINE_EPOCHS, distill_steps: int = o.SEARCH_DISTILL_STEPS,
     batch_size: int = o.BATCH_SIZE, lr: float = o.LR, trial_lr: float = o.TRIAL_LR,
@@ -100,7 +93,7 @@ def search(
     storage: str = STORAGE, study: str = STUDY_NAME, out: str = OUT,
     backend: str = BACKEND, address: str = ADDRESS, max_concurrent: int = MAX_CONCURRENT,
     cpus_per_trial: float = CPUS_PER_TRIAL, gpus_per_trial: float = GPUS_PER_TRIAL,
-    supernet_workers: int = SUPERNET_WORKERS, as_json: bool = o.AS_JSON,
+    as_json: bool = o.AS_JSON,
 ) -> None:
     """Search which convs to replace, and how, for IoU against FLOPs under a budget."""
     budget_objective(budget, objectives.split(","))  # a typo: one line before torch even loads
@@ -141,8 +134,7 @@ def print_summary(result: Any, console: Any) -> None:
     console.print(front_table(result, f"Pareto front of {result.study_name} "
                                       f"(budget {result.budget_label()})"))
     halving = any("rung_epochs" in p.extra for p in result.scored)  # its lower rungs: the cloud
-    cloud = "ranked on the first rung" if halving else "scored in the supernet"
-    scored = f"{result.n_scored} plans {cloud}, " if result.n_scored else ""
+    scored = f"{result.n_scored} plans ranked on the first rung, " if result.n_scored else ""
     trained = "trained on to the top rung" if halving else "trials trained"
     console.print(f"{scored}{result.n_complete} {trained}, {result.n_rejected} plans rejected over "
                   f"budget (not trained), {result.n_failed} failed; study: "

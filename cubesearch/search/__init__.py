@@ -8,12 +8,11 @@ Its modules, in the order a search meets them (docs/design.md):
   shares), the `Evaluator` protocol and the `TrialInfo` an evaluator is given.
 - `limits`: the budget and, when latency counts, this device's latency model.
 - `objectives`: IoU and the table of cost objectives (estimated from a plan, measured on a model).
-- `evaluators`: "finetune" (cubesearch's trainer), "supernet" (scored in a supernet) and the
-  user's own function.
+- `evaluators`: "finetune" (cubesearch's trainer) and the user's own function.
 - `record`: storage, `TrialOutcome` (a trial's user attributes), `TrialCounts`, `study_points`.
 - `study`, `trial`: the Optuna study; one trial (price → evaluate → record) for every backend.
 - `local`, `ray`: the backends (who schedules trials; `cluster`: connecting to Ray);
-  `strategy`, `oneshot`: which phases a search runs; `driver`: set-up → run → wrap-up.
+  `strategy`, `halving`: which phases a search runs; `driver`: set-up → run → wrap-up.
 - `progress`, `result`: what a running search shows, and what it leaves.
 """
 
@@ -35,7 +34,6 @@ from cubesearch.search.driver import BACKENDS, search
 from cubesearch.search.evaluators import (
     EVALUATORS,
     FineTuneEvaluator,
-    SupernetEvaluator,
     UserEvaluator,
     evaluate_plan,
 )
@@ -54,7 +52,7 @@ from cubesearch.search.study import open_study
 
 __all__ = ["BACKENDS", "COST_OBJECTIVES", "EVALUATORS", "MAX_REJECTIONS_PER_TRIAL", "SAMPLERS",
            "CostObjective", "Evaluator", "FineTuneEvaluator", "SearchContext", "SearchProgress",
-           "SearchResult", "SearchSettings", "SupernetEvaluator", "TrialCounts", "TrialInfo", "TrialOutcome",
+           "SearchResult", "SearchSettings", "TrialCounts", "TrialInfo", "TrialOutcome",
            "UserEvaluator", "build_context", "ensure_baseline", "ensure_datasets", "evaluate_plan",
            "front_table", "open_storage", "open_study", "parse_objectives", "plan_cost", "search",
            "study_points"]

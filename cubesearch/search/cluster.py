@@ -1,5 +1,5 @@
-"""Connecting to a Ray cluster: what the Ray backend and the supernet's data-parallel training
-share. Ray is an optional extra, imported when it is needed (it is slow to import)."""
+"""Connecting to a Ray cluster: what the Ray backend and the site map's Ray tasks share.
+Ray is an optional extra, imported when it is needed (it is slow to import)."""
 
 from __future__ import annotations
 

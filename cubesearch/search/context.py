@@ -59,8 +59,7 @@ class SearchContext:
     # objective or the budget (cubesearch.latency: measured on this device, from its table)
     budget: Budget | None = None
     latency: LatencyModel | None = None
-    # What the backend's run fills now: `trials` trained trials, or (one-shot) a scoring or
-    # confirming phase (cubesearch.search.oneshot)
+    # What the backend's run fills now: `trials` trained trials, or a halving rung
     phase: Phase | None = None
     # `--timeout` as a wall-clock time (`time.time()`), set when the search starts: the
     # baseline's training, each trial's and the backends' scheduling stop at it
@@ -122,7 +121,7 @@ class Evaluator(Protocol):
     """How a plan becomes an IoU, whichever backend schedules the trials.
 
     `prepare` runs once per search in the driver, under the `--out` lock, before any trial: it may
-    fill in the context (datasets, a trained baseline, a supernet…), which then travels with the
+    fill in the context (datasets, a trained baseline…), which then travels with the
     context to Ray workers. `evaluate` runs once per plan within budget (a worker process under
     Ray): it returns the plan's `TrialOutcome` (IoU, measured costs, checkpoint) or raises, which
     records a failed trial with the exception as its reason. Evaluators must be picklable.

@@ -2,8 +2,8 @@
 
 A backend (`BACKENDS`, by name) only schedules trials: `session(settings)` holds what it needs
 around the whole search (Ray: the cluster connection) and `run` runs trials until the study has
-its phase's trials. A strategy (`cubesearch.search.strategy`) says which phases: "trials", or
-"oneshot" (score plans in a supernet, confirm the best by training). Everything else — context,
+its phase's trials. A strategy (`cubesearch.search.strategy`) says which phases: "trials",
+"halving" or "map". Everything else — context,
 evaluator, study, baseline, references, the result — is here, once.
 """
 
@@ -29,11 +29,11 @@ from cubesearch.search.context import (
     budget_warning,
     build_context,
 )
-from cubesearch.search.evaluators import SupernetEvaluator, UserFunction, callable_name, make_evaluator
+from cubesearch.search.evaluators import UserFunction, callable_name, make_evaluator
 from cubesearch.search.progress import SearchProgress
 from cubesearch.search.record import TrialCounts, first_failure
 from cubesearch.search.result import SearchResult, collect_result, write_summary
-from cubesearch.search.settings import DEFAULT_EVALUATOR, SearchSettings
+from cubesearch.search.settings import SearchSettings
 from cubesearch.search.strategy import get_strategy
 from cubesearch.search.study import check_study_device, enqueue_references, open_study
 
@@ -77,7 +77,7 @@ def search(model: str, budget: str, *, progress: bool = True, console: Console |
     deadline = time.time() + settings.timeout if settings.timeout else None  # the whole search's
     settings.check_budget()  # a typo is found before the model loads
     check_destination(settings.out, option="--out", replaceable=False)  # before any work
-    chosen = choose_evaluator(settings, given)  # a bad evaluator is found before any work
+    chosen = make_evaluator(settings, given)  # a bad evaluator is found before any work
     strategy = get_strategy(settings.strategy)
     console = console or Console(stderr=True)
     backend = make_backend(settings.backend)
@@ -86,20 +86,6 @@ def search(model: str, budget: str, *, progress: bool = True, console: Console |
         ctx, study = set_up(settings, chosen, console, show, deadline)
         strategy(ctx, study, backend, console, show)
         return wrap_up(ctx, study, console)
-
-
-def choose_evaluator(settings: SearchSettings, given: UserFunction | Evaluator | None) -> Evaluator:
-    """The evaluator the search prepares: the settings' one, or with `--strategy oneshot` the
-    supernet (which scores the plans; confirmation trains them with cubesearch's trainer)."""
-    if settings.strategy != "oneshot":
-        return make_evaluator(settings, given)
-    if isinstance(given, SupernetEvaluator):  # one set up in Python (its training settings)
-        return given
-    if settings.evaluator != DEFAULT_EVALUATOR or given is not None:
-        raise CubesearchError(f"--strategy oneshot scores plans in a supernet and confirms them with "
-                              f"cubesearch's trainer; --evaluator {settings.evaluator} works with "
-                              "--strategy trials")
-    return SupernetEvaluator.from_settings(settings)
 
 
 def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, progress: bool,
@@ -131,22 +117,18 @@ def set_up(settings: SearchSettings, evaluator: Evaluator, console: Console, pro
 
 def progress_line(settings: SearchSettings, counts: TrialCounts, evaluator: Evaluator) -> str:
     """What the study holds, in its strategy's counts: `2 of 10 plans ranked on rung 0 (3
-    epochs), 0 trained on to 9` (halving), `1 of 5 plans scored, 0 of 3 trials trained` (a
-    supernet), `4 of 20 trials trained`."""
+    epochs), 0 trained on to 9` (halving), `4 of 20 trials trained`."""
     if settings.strategy == "halving":
         rungs = [*counts.rungs, *[0] * len(settings.rungs)][:len(settings.rungs)]
         line = f"{rungs[0]} of {settings.trials} plans ranked on rung 0 ({settings.rungs[0]:g} epochs)"
         return line + "".join(f", {n} trained on to {e:g}" for n, e in zip(rungs[1:], settings.rungs[1:],
                                                                             strict=True))
-    scoring = settings.proxy_trials if settings.strategy == "oneshot" else (
-        settings.trials if isinstance(evaluator, SupernetEvaluator) else 0)
-    scored = f"{counts.scored} of {scoring} plans scored, " if scoring else ""
-    return f"{scored}{counts.trained} of {settings.trials} trials trained"
+    return f"{counts.trained} of {settings.trials} trials trained"
 
 
 def wrap_up(ctx: SearchContext, study: optuna.Study, console: Console) -> SearchResult:
     """The tight-budget note, the result, "every trial failed", `search.json` and the plot."""
-    phase = ctx.phase  # the last phase's: a one-shot search's confirmation, else the trials
+    phase = ctx.phase  # the last phase's (halving: the top rung)
     note = TrialCounts.of(study).tight_budget_note(phase.wanted if phase else ctx.settings.trials, phase)
     if note:
         console.print(f"[yellow]{note}[/yellow]")

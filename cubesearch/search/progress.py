@@ -22,11 +22,9 @@ def front_table(result: SearchResult, title: str = "Pareto front") -> Table:
         rows = [*rows, base]
     # measured latency (ms, on the profiled device) next to GFLOPs when the study records it
     latency = any("latency" in p.extra for p in rows)
-    # one-shot: the plan's supernet score next to its confirmed IoU (how far to trust the scores)
-    score = any("supernet_iou" in p.extra for p in rows)
     # halving: the IoU a plan was ranked on (its first rung) beside its trained IoU
     ranked = any("iou_rung0" in p.extra for p in rows)
-    columns = ("trial", *(("rung-0 IoU",) if ranked else ()), "IoU", *(("score",) if score else ()),
+    columns = ("trial", *(("rung-0 IoU",) if ranked else ()), "IoU",
                "ΔIoU", "GFLOPs", "saving",
                *(("ms",) if latency else ()), "params", "sites", "note")
     for col in columns:
@@ -37,9 +35,8 @@ def front_table(result: SearchResult, title: str = "Pareto front") -> Table:
         saving = f"{1 - p.gflops / base.gflops:.1%}" if base and base.gflops else ""
         note = p.label + ("" if p.feasible else " (over budget)")
         ms = (f"{p.extra['latency']:.2f}" if "latency" in p.extra else "–",) if latency else ()
-        scores = (f"{p.extra['supernet_iou']:.4f}" if "supernet_iou" in p.extra else "–",) if score else ()
         rung0 = (f"{p.extra['iou_rung0']:.4f}" if "iou_rung0" in p.extra else "–",) if ranked else ()
-        table.add_row(str(p.trial), *rung0, f"{p.iou:.4f}", *scores, d_iou, f"{p.gflops:.3f}", saving, *ms,
+        table.add_row(str(p.trial), *rung0, f"{p.iou:.4f}", d_iou, f"{p.gflops:.3f}", saving, *ms,
                       f"{p.params:,}", str(p.sites_replaced), note.strip())
     return table
 

@@ -475,10 +475,9 @@ def experiment_dirs(out: Path, study_name: str) -> list[Path]:
 
 
 def experiment_name(ctx: SearchContext) -> str:
-    """The study's folder name, and a one-shot phase's name: each phase is its own experiment."""
+    """The study's folder name: the Ray experiment's."""
     assert ctx.phase is not None
-    name = ctx.settings.study_folder()
-    return name if ctx.settings.strategy != "oneshot" else f"{name}-{ctx.phase.name}"
+    return ctx.settings.study_folder()
 
 
 def _experiment_to_resume(out: Path, study_name: str) -> tuple[Path, bool]:

@@ -4,7 +4,7 @@
 - `TrialOutcome`: what evaluating a plan gives (IoU, measured costs, checkpoint, figures), written
   to and read from a trial's user attributes, and passed from a Ray worker to the driver.
 - `TrialCounts`: trained / scored / rejected over budget / failed, and when a phase is finished.
-- `Phase`: what a backend's run fills (trained trials, or plans scored in a supernet).
+- `Phase`: what a backend's run fills (trained trials, or plans scored on a lower halving rung).
 - `study_points`: every completed trial as a `ParetoPoint`, whichever backend ran it.
 """
 
@@ -32,8 +32,7 @@ from cubesearch.redact import mask_secrets, mask_url
 # trials only; this many rejections per wanted trial end a search whose budget the space can
 # hardly meet (with a message) instead of letting it sample forever.
 MAX_REJECTIONS_PER_TRIAL = 25
-# The user attribute that marks a plan scored in a supernet (one-shot search) or trained only
-# to a lower halving rung: a proxy, not a model of the front
+# The user attribute that marks a plan trained only to a lower halving rung: a proxy, not a model of the front
 SCORED = "scored"
 RUNG = "rung"  # the halving rung a trial was trained to (0 = the first)
 # A queued plan's narrowed convs (conv → kept fraction; `Plan.widths`): the study's parameters
@@ -42,14 +41,14 @@ WIDTHS = "widths"
 # Figures of the trainer's evaluation recorded with a fine-tuned trial (all are in metrics.json)
 RECORDED_METRICS = ("f1", "precision", "recall", "oa", "loss")
 # User attributes a point carries besides its objectives (and each halving rung's `iou_rungN`)
-POINT_EXTRAS = frozenset({"seconds", "latency", "supernet_iou", "rung_epochs", "predicted_iou",
+POINT_EXTRAS = frozenset({"seconds", "latency", "rung_epochs", "predicted_iou",
                           "pruning_ratio",
                           *RECORDED_METRICS[:-1]})
 # User attributes a trial's record sets itself; an evaluator's figures may not overwrite them
 RESERVED_ATTRS = frozenset({"iou", "seconds", "checkpoint", "plan", "sites_replaced", "gflops_estimate",
                             "constraint", "feasible", "infeasible", "reference", "fail_reason",
                             "trial", "backend", "ray_experiment", "ray_trial_id", SCORED,
-                            "confirms", "supernet_iou", RUNG, "promotes", WIDTHS})
+                            RUNG, "promotes", WIDTHS})
 
 
 # --- storage ----------------------------------------------------------------------------------
@@ -176,7 +175,7 @@ def _nested(report: Mapping[str, Any], key: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Phase:
     """What one `backend.run` fills: `wanted` trained trials (`scored=False`), or `wanted` plans
-    scored in a supernet (a one-shot search's proxy trials, marked `SCORED` in the study)."""
+    scored, not trained to the end (marked `SCORED` in the study)."""
 
     name: str = "trials"  # the progress bar's label: trials | scoring | confirming
     wanted: int = 1
@@ -190,8 +189,8 @@ class Phase:
 
 @dataclass(frozen=True)
 class TrialCounts:
-    """The study's finished trials: trained (and evaluated), scored in a supernet, rejected over
-    budget, failed."""
+    """The study's finished trials: trained (and evaluated), scored (a lower halving rung),
+    rejected over budget, failed."""
 
     trained: int
     rejected: int
@@ -292,7 +291,7 @@ def study_points(study: optuna.Study, root: str | os.PathLike | None = None, *,
                  scored: bool = False) -> list[ParetoPoint]:
     """Every completed trial as a point (user attributes are the record, whichever backend ran it).
     `root`: the study's folder (the search's --out), which checkpoint paths are relative to.
-    `scored`: the plans scored in a supernet (a one-shot search's cloud) instead of the trained
+    `scored`: the plans scored only (a halving search's lower rungs: its cloud) instead of the trained
     trials (the front, the table, export)."""
     points = []
     recorded_out = (study.user_attrs.get("settings") or {}).get("out")

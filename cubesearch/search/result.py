@@ -34,7 +34,7 @@ class SearchResult:
     budget_ms: float | None = None  # a latency budget (ms on the profiled device), else None
     device: dict[str, Any] | None = None  # the latency table's device fingerprint, if any
     study: optuna.Study | None = None
-    scored: list[ParetoPoint] = field(default_factory=list)  # one-shot: plans scored in the supernet
+    scored: list[ParetoPoint] = field(default_factory=list)  # halving: plans ranked on a lower rung only
 
     @property
     def n_scored(self) -> int:
@@ -80,7 +80,7 @@ def plot_labels(settings: SearchSettings) -> tuple[str, str]:
     if settings.strategy == "halving" and len(settings.rungs) > 1:
         return (f"ranked on {settings.rungs[0]:g} epochs (lower rungs)",
                 f"trained {settings.rungs[-1]:g} epochs (final recipe)")
-    return ("scored in the supernet", "trials")
+    return ("scored, not trained", "trials")
 
 
 def write_summary(result: SearchResult, ctx: SearchContext) -> None:

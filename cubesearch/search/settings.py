@@ -16,7 +16,7 @@ from cubesearch.training import TrainConfig
 from cubesearch.trust import WEIGHT_KWARGS, plain_json
 
 SAMPLERS = ("nsga2", "tpe", "random")
-STRATEGIES = ("trials", "oneshot", "halving", "map")
+STRATEGIES = ("trials", "halving", "map")
 # The default strategy. Issue 23 chose halving on benchmarks/fidelity.py's τ of rung 3 against
 # the mean IoU of the same runs (0.73 vs the 2-epoch trial's 0.67), but rung 3 is read off those
 # runs. Across seeds (issue 30: rung 3 from one seed, the other seed's IoU after 8 epochs) rung 3
@@ -84,13 +84,20 @@ def study_train_options(record: Mapping[str, Any]) -> dict[str, Any]:
 # strategy, one is an error naming the strategy that uses it. Under `--strategy auto`, the
 # options in AUTO_CHOICE choose the strategy that uses them.
 STRATEGY_OPTIONS: dict[str, str] = {
-    "epochs_per_trial": "--strategy trials or oneshot",
+    "epochs_per_trial": "--strategy trials",
     "rungs": "--strategy halving or map",
     "eta": "--strategy halving",
-    "proxy_trials": "--strategy oneshot",
-    "supernet_epochs": "--strategy oneshot or --evaluator supernet",
-    "supernet_workers": "--strategy oneshot or --evaluator supernet",
 }
+# What was retired (issue 31), and why: a strategy or evaluator named here (on the command line or
+# in a stored study) is one error line saying so; the retired settings in an older study's
+# record are ignored.
+RETIRED_WHY = ("was retired: it lost to trials at equal time (hypervolume 0.96x and 0.97x, "
+               "benchmarks/results/oneshot-compare*.md) and its supernet ranked plans at Kendall "
+               "tau 0.60, the lowest of the signals in benchmarks/results/fidelity.md)")
+RETIRED = {"oneshot": f"the one-shot strategy {RETIRED_WHY}; use --strategy halving, trials or map",
+           "supernet": f"the supernet evaluator {RETIRED_WHY}; use --evaluator finetune or "
+                       "--strategy map (plans predicted from each site scored alone)"}
+RETIRED_FIELDS = ("proxy_trials", "supernet_epochs", "supernet_workers")
 AUTO_CHOICE = {"epochs_per_trial": "trials", "rungs": "halving", "eta": "halving"}
 # A stored record older than `strategy` ran trials (the only strategy there was).
 RECORD_DEFAULT_STRATEGY = "trials"
@@ -98,10 +105,8 @@ RECORD_DEFAULT_STRATEGY = "trials"
 
 def uses(option: str, strategy: str, evaluator: str | None) -> bool:
     """Whether a search with `strategy` (and `evaluator`) reads `option` (STRATEGY_OPTIONS)."""
-    supernet = strategy == "oneshot" or (strategy == "trials" and evaluator == "supernet")
-    return {"epochs_per_trial": strategy in ("trials", "oneshot"), "rungs": strategy in ("halving", "map"),
-            "eta": strategy == "halving", "proxy_trials": strategy == "oneshot",
-            "supernet_epochs": supernet, "supernet_workers": supernet}.get(option, True)
+    return {"epochs_per_trial": strategy == "trials", "rungs": strategy in ("halving", "map"),
+            "eta": strategy == "halving"}.get(option, True)
 
 
 def option_flag(option: str) -> str:
@@ -113,6 +118,8 @@ def choose_strategy(data: Mapping[str, Any]) -> str:
     (AUTO_CHOICE), else DEFAULT_STRATEGY with cubesearch's trainer and "trials" with another
     evaluator."""
     named = data.get("strategy", "auto")
+    if named in RETIRED:
+        raise ValueError(f"--strategy {named}: {RETIRED[named]}")
     if named not in (None, "auto", *STRATEGIES):
         raise ValueError(f"--strategy {named!r}: choose auto, {', '.join(STRATEGIES)}")
     if named not in (None, "auto"):
@@ -139,10 +146,6 @@ def check_strategy_options(data: Mapping[str, Any]) -> None:
         raise ValueError(f"--evaluator {evaluator}: --strategy halving trains plans rung by rung "
                          "with cubesearch's trainer (--evaluator finetune); other evaluators run "
                          "with --strategy trials")
-    if strategy == "oneshot" and evaluator not in (DEFAULT_EVALUATOR, "supernet"):
-        raise ValueError(f"--evaluator {evaluator}: --strategy oneshot scores plans in a supernet "
-                         "and confirms them with cubesearch's trainer; other evaluators run with "
-                         "--strategy trials")
 
 
 def record_strategy(record: Mapping[str, Any]) -> str:
@@ -195,21 +198,16 @@ class SearchSettings(BaseModel):
     # How a plan becomes an IoU: "finetune" (cubesearch's trainer), or a user function given as
     # `path/to/eval.py:fn` (cubesearch.search.evaluators)
     evaluator: str = DEFAULT_EVALUATOR
-    # "trials": every plan the sampler asks for is a trained trial. "oneshot" (search.oneshot): a
-    # supernet trained once scores `proxy_trials` plans, and `trials` plans covering its front are
-    # confirmed by training (extracted from the supernet, then fine-tuned as a trial)
+    # "trials": every plan the sampler asks for is a trained trial.
     # "halving" (search.halving): successive halving over `rungs` (epochs of the final recipe's
     # schedule at each rung); `trials` plans start, the best 1/`eta` of each rung (MO-ASHA's
     # promotion) train on to the next; the top rung's models are the front
     # "auto" (or None): DEFAULT_STRATEGY with the finetune evaluator, else "trials"
     # "map" (cubesearch.sitemap): every site's options scored alone in the baseline (the site
     # map), plans chosen by integer programming, `trials` finalists trained to the top rung
-    strategy: Literal["trials", "oneshot", "halving", "map"] = DEFAULT_STRATEGY
+    strategy: Literal["trials", "halving", "map"] = DEFAULT_STRATEGY
     rungs: tuple[float, ...] = DEFAULT_RUNGS
     eta: int = Field(3, ge=2)
-    proxy_trials: int = Field(500, ge=1)
-    supernet_epochs: float = Field(3.0, gt=0)  # the supernet's end-to-end epochs (oneshot)
-    supernet_workers: int = Field(1, ge=1)  # data-parallel supernet training (Ray Train; ray backend)
     backend: str = "local"  # a name in cubesearch.search.driver.BACKENDS
     # Ray backend (cubesearch.search.ray); ignored by the local one
     address: str | None = None  # auto, HOST:PORT or ray://HOST:PORT; None: a local Ray instance
@@ -275,13 +273,6 @@ class SearchSettings(BaseModel):
                              "(e.g. 1,3,9)")
         return tuple(float(r) for r in v)
 
-    @model_validator(mode="after")
-    def _workers_need_ray(self) -> SearchSettings:
-        if self.supernet_workers > 1 and self.backend != "ray":
-            raise ValueError(f"--supernet-workers {self.supernet_workers}: data-parallel supernet "
-                             "training runs on Ray Train workers; add --backend ray (or 1 worker)")
-        return self
-
     lr = _from_training("lr")
     batch_size = _from_training("batch_size")
     train_tiles = _from_training("train_tiles")
@@ -294,8 +285,8 @@ class SearchSettings(BaseModel):
     @classmethod
     def _default_strategy(cls, data: Any) -> Any:
         """The strategy: the one named, else (`auto`) the one an option given for it asks for,
-        else the evidence's default for cubesearch's trainer (a user function or the supernet
-        scores every plan the sampler asks for: "trials"). An option the strategy does not use
+        else the evidence's default for cubesearch's trainer (a user function scores every plan
+        the sampler asks for: "trials"). An option the strategy does not use
         is an error, never ignored. Halving's baseline trains, unless told, as long as its top
         rung (a map search's too: its finalists train to the top rung). Options given as None
         count as not given (the CLI's unset ones)."""
@@ -317,10 +308,15 @@ class SearchSettings(BaseModel):
     def from_record(cls, record: Mapping[str, Any], **changes: Any) -> SearchSettings:
         """The settings of a stored study (`study.user_attrs["settings"]`, `search.json`), with
         `changes` over them. A record stores every field, also those its strategy does not use
-        (dropped here), and one older than `strategy` ran trials."""
+        (dropped here), and one older than `strategy` ran trials. The settings of a retired
+        strategy (RETIRED_FIELDS) are dropped; a study that ran one is a `ConfigError`."""
         strategy = record_strategy(record)
-        kept = {k: v for k, v in record.items()
-                if k not in STRATEGY_OPTIONS or uses(k, strategy, record.get("evaluator"))}
+        for name in (strategy, record.get("evaluator")):
+            if name in RETIRED:
+                raise ConfigError(f"a study of {name!r}: {RETIRED[name]}; its trained models "
+                                  "export with the version that ran it")
+        kept = {k: v for k, v in record.items() if k not in RETIRED_FIELDS and
+                (k not in STRATEGY_OPTIONS or uses(k, strategy, record.get("evaluator")))}
         return cls(**{**kept, "strategy": strategy, **changes})
 
     @model_validator(mode="before")

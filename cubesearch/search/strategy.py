@@ -1,7 +1,6 @@
 """Strategies: what a search asks its backend to run, phase by phase.
 
 - "trials": one phase, `trials` trained trials, each plan the sampler asks for.
-- "oneshot" (`cubesearch.search.oneshot`): plans scored in a supernet, then the best confirmed.
 - "halving" (`cubesearch.search.halving`): successive halving over rungs of the final recipe,
   multi-objective promotion (MO-ASHA).
 - "map" (`cubesearch.sitemap.strategy`): each site's options scored alone in the baseline (the
@@ -22,9 +21,8 @@ from rich.console import Console
 from cubesearch.errors import CubesearchError
 from cubesearch.helpers import import_named
 from cubesearch.search.context import SearchContext
-from cubesearch.search.evaluators import SupernetEvaluator
 from cubesearch.search.progress import SearchProgress
-from cubesearch.search.record import Phase, TrialCounts
+from cubesearch.search.record import TrialCounts
 
 Strategy = Callable[[SearchContext, optuna.Study, Any, Console, bool], None]
 
@@ -41,17 +39,12 @@ def run_phase(ctx: SearchContext, study: optuna.Study, backend: Any, console: Co
 
 def run_trials(ctx: SearchContext, study: optuna.Study, backend: Any, console: Console,
                progress: bool) -> None:
-    """Every plan the sampler asks for is evaluated, `trials` of them. A supernet's score is not
-    a trained trial: with `--evaluator supernet` the plans are recorded as scored (the result's
-    cloud, not its front; nothing to export until a plan is trained)."""
-    if isinstance(ctx.evaluator, SupernetEvaluator):
-        ctx.phase = Phase("scoring", ctx.settings.trials, scored=True)
+    """Every plan the sampler asks for is evaluated, `trials` of them."""
     run_phase(ctx, study, backend, console, progress)
 
 
 # name → the strategy, or "module:function" imported when chosen
 STRATEGIES: dict[str, Strategy | str] = {"trials": run_trials,
-                                         "oneshot": "cubesearch.search.oneshot:run_oneshot",
                                          "halving": "cubesearch.search.halving:run_halving",
                                          "map": "cubesearch.sitemap.strategy:run_map"}
 

@@ -126,9 +126,7 @@ def open_study(settings: SearchSettings) -> optuna.Study:
     storage = open_storage(settings.storage_url())
     name = settings.study_name()
     offset = stored_trials(storage, name) + (os.getpid() if settings.storage else 0)
-    # the sampler explores the trained trials, or in a one-shot search the scored plans
-    explored = settings.proxy_trials if settings.strategy == "oneshot" else settings.trials
-    sampler = make_sampler(settings.sampler, settings.seed + offset, explored)
+    sampler = make_sampler(settings.sampler, settings.seed + offset, settings.trials)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
                                 directions=[direction(o) for o in settings.objectives])
     check_identity(study, settings)

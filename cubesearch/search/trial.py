@@ -54,8 +54,7 @@ def evaluate_trial(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number:
 
 def record_outcome(ctx: SearchContext, trial: optuna.Trial, outcome: TrialOutcome) -> tuple[float, ...]:
     """Store an outcome as the trial's user attributes; return its objective values. A plan
-    scored in a supernet (a one-shot search's scoring phase) or trained to a lower halving rung
-    is marked so, and a halving trial with its rung."""
+    trained to a lower halving rung only is marked so, and a halving trial with its rung."""
     attrs = outcome.to_user_attrs()
     if ctx.phase is not None and ctx.phase.scored:
         attrs[SCORED] = True

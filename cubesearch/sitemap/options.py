@@ -3,21 +3,22 @@
 (`SearchSpace.site_widths`).
 
 A space whose knobs allow many configs per site (the `default` space: 144) is scored on a stated
-subset, the one `ablate` uses: the default config (`SearchSpace.default_config`, the paper's
-block where the space allows it) and every config that differs from it in one knob
-(`ablation.knob_values`). `subset_rule` says in words which subset a map holds.
+subset, the one `ablate` reads its rows from: the default config (`SearchSpace.default_config`,
+the paper's block where the space allows it) and every config that differs from it in one knob
+(`knob_values`; `parse_knob` reads `ablate --knob`). `subset_rule` says in words which subset a
+map holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cubesearch.ablation import DEFAULT, knob_values
 from cubesearch.blocks import CubeConfig
 from cubesearch.errors import CubesearchError
 from cubesearch.plan import router_problem
-from cubesearch.space import SearchSpace, SiteLike
+from cubesearch.space import KNOBS, SearchSpace, SiteLike
 
 KEEP = "keep"
 SUBSETS = ("auto", "all", "one-knob")
@@ -25,6 +26,9 @@ SUBSETS = ("auto", "all", "one-knob")
 MAX_FULL = 12
 
 Subset = Literal["auto", "all", "one-knob"]
+# The paper's axes first (Tab. 4: router, attention; Tab. 3: lattice stride; depth), then the rest.
+KNOB_ORDER = ("router", "attention", "lattice_stride", "depth", "groups", "fusion_kernel", "act")
+DEFAULT = "default"  # the one-knob subset's row of the default config (`SiteOption.change`)
 
 
 @dataclass(frozen=True)
@@ -101,3 +105,67 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
+
+def parse_knob(text: str) -> tuple[str, list[Any] | None]:
+    """`router` → ("router", None: every value the space allows); `depth=1,2` → ("depth", [1, 2]).
+    Values are read as the knob's type (`attention=off`, `groups=2`)."""
+    name, eq, values = str(text).partition("=")
+    name = name.strip().replace("-", "_")
+    if name not in KNOBS:
+        raise CubesearchError(f"--knob {text!r}: unknown knob {name!r} (knobs: {', '.join(KNOB_ORDER)})")
+    if not eq:
+        return name, None
+    parsed = [_knob_value(name, v.strip(), text) for v in values.split(",") if v.strip()]
+    if not parsed:
+        raise CubesearchError(f"--knob {text!r}: no value after '=' (e.g. --knob {name}=...)")
+    return name, parsed
+
+
+def _knob_value(knob: str, raw: str, text: str) -> Any:
+    if knob == "attention":
+        flags = {"true": True, "on": True, "yes": True, "1": True,
+                 "false": False, "off": False, "no": False, "0": False}
+        if raw.lower() not in flags:
+            raise CubesearchError(f"--knob {text!r}: attention is on or off, not {raw!r}")
+        return flags[raw.lower()]
+    if knob in ("router", "act"):
+        return raw
+    try:
+        return int(raw)
+    except ValueError:
+        raise CubesearchError(f"--knob {text!r}: {knob} takes integers, not {raw!r}") from None
+
+
+def knob_values(space: SearchSpace, default: CubeConfig,
+                knobs: Mapping[str, Sequence[Any] | None] | Iterable[str] | None = None
+                ) -> list[tuple[str, Any]]:
+    """(knob, value) of every row besides the default: each value the space allows that differs
+    from the default config's, for the knobs asked (all by default). A value the space does not
+    allow is an error naming `--knob`."""
+    if knobs is None:
+        asked: dict[str, Sequence[Any] | None] = {k: None for k in KNOB_ORDER}
+    elif isinstance(knobs, Mapping):
+        asked = dict(knobs)
+    else:
+        asked = dict(parse_knob(k) if isinstance(k, str) else k for k in knobs)
+    out = []
+    for knob in sorted(asked, key=KNOB_ORDER.index):
+        if knob not in KNOBS:
+            raise CubesearchError(f"--knob {knob!r}: unknown knob (knobs: {', '.join(KNOB_ORDER)})")
+        allowed = list(getattr(space.knobs, knob))
+        values = asked[knob]
+        if values is not None:
+            bad = [v for v in values if v not in allowed or type(v) is not type(allowed[0])]
+            if bad:
+                raise CubesearchError(
+                    f"--knob {knob}={_show(bad[0])}: space {space.name!r} allows {knob} "
+                    f"{', '.join(_show(v) for v in allowed)}")
+        chosen = [v for v in (allowed if values is None else values) if v != getattr(default, knob)]
+        if not chosen and knobs is not None:
+            raise CubesearchError(
+                f"--knob {knob}: nothing to ablate: space {space.name!r} allows {knob} "
+                f"{', '.join(_show(v) for v in allowed)}, and the default config has "
+                f"{_show(getattr(default, knob))}")
+        out += [(knob, v) for v in chosen]
+    return out

@@ -1,14 +1,12 @@
-"""BatchNorm statistics: re-estimated as a cumulative average over a few batches, saved and
-restored. Distillation re-estimates its blocks' statistics this way, and the supernet each plan's
-(Once-for-All and BigNAS do the same per sub-network)."""
+"""BatchNorm statistics re-estimated as a cumulative average over a few batches: distillation
+re-estimates its blocks' statistics this way (Once-for-All and BigNAS do the same per sub-network)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 Norm = nn.modules.batchnorm._BatchNorm
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
@@ -39,13 +37,3 @@ def cumulative_statistics(norms: Sequence[Norm]) -> Iterator[None]:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
-
-def save_statistics(norms: Sequence[Norm]) -> list[tuple[Norm, dict[str, Tensor]]]:
-    return [(m, {k: v.clone() for k, v in m.state_dict().items() if k in STATISTICS}) for m in norms]
-
-
-def restore_statistics(saved: Sequence[tuple[Norm, dict[str, Tensor]]]) -> None:
-    with torch.no_grad():
-        for m, state in saved:
-            for k, v in state.items():
-                getattr(m, k).copy_(v)

@@ -4,8 +4,6 @@
   trained baseline, distil the blocks, fine-tune with cubesearch's trainer (`evaluate_plan`).
 - `user`: `UserEvaluator`, the user's own `fn(model, trial) -> {"iou": ..., ...}`, given as
   `path/to/eval.py:fn` or as a callable.
-- `supernet`: `SupernetEvaluator` ("supernet"): plans scored in a supernet trained once per
-  search (recorded as scored, not as trained trials).
 
 `EVALUATORS` maps a name to a factory given the search's settings; anything else containing `:`
 is a user function.
@@ -18,11 +16,10 @@ from collections.abc import Callable
 from cubesearch.errors import CubesearchError
 from cubesearch.search.context import Evaluator, TrialInfo
 from cubesearch.search.evaluators.finetune import FineTuneEvaluator, TrialError, evaluate_plan, warm_model
-from cubesearch.search.evaluators.supernet import SupernetEvaluator
 from cubesearch.search.evaluators.user import UserEvaluator, UserFunction, load_user_function
-from cubesearch.search.settings import DEFAULT_EVALUATOR, SearchSettings
+from cubesearch.search.settings import DEFAULT_EVALUATOR, RETIRED, SearchSettings
 
-__all__ = ["EVALUATORS", "Evaluator", "FineTuneEvaluator", "SupernetEvaluator", "TrialError",
+__all__ = ["EVALUATORS", "Evaluator", "FineTuneEvaluator", "TrialError",
            "TrialInfo", "UserEvaluator", "UserFunction", "callable_name", "evaluate_plan",
            "load_user_function", "make_evaluator", "warm_model"]
 
@@ -34,7 +31,6 @@ def _finetune(settings: SearchSettings) -> Evaluator:
 # name → the evaluator a search with these settings uses
 EVALUATORS: dict[str, Callable[[SearchSettings], Evaluator]] = {
     DEFAULT_EVALUATOR: _finetune,
-    "supernet": SupernetEvaluator.from_settings,
 }
 
 
@@ -55,5 +51,7 @@ def make_evaluator(settings: SearchSettings, fn: UserFunction | Evaluator | None
         return EVALUATORS[name](settings)
     if ":" in name:
         return UserEvaluator(name)
+    if name in RETIRED:
+        raise CubesearchError(f"--evaluator {name}: {RETIRED[name]}")
     raise CubesearchError(f"unknown evaluator {name!r} (choose from {', '.join(EVALUATORS)}, "
                           "or give path/to/eval.py:fn)")

@@ -59,23 +59,19 @@ def finish_trial(ctx: SearchContext, trial: TrialInfo, model: nn.Module, metrics
 
 
 def evaluate_plan(ctx: SearchContext, sites_cfg: dict[str, CubeConfig], number: int,
-                  *, progress: bool = False, start: nn.Module | None = None) -> TrialOutcome:
-    """Build, warm-start, train and measure one plan; save its checkpoint. Raises on failure.
-
-    `start`: the plan's converted model with every weight already trained (one-shot: extracted
-    from the supernet); it is fine-tuned as it is, at the warm-started weights' rate, without
-    the baseline warm start and the blocks' distillation."""
+                  *, progress: bool = False) -> TrialOutcome:
+    """Build, warm-start, train and measure one plan; save its checkpoint. Raises on failure."""
     s = ctx.settings
     t0 = time.perf_counter()
     trial = ctx.trial_info(number, sites_cfg, progress=progress)
     plan = trial.plan
-    model = start if start is not None else fresh_model(ctx, trial)
-    warm = ctx.baseline_dir is not None and start is None
+    model = fresh_model(ctx, trial)
+    warm = ctx.baseline_dir is not None
     distill = s.distill_steps if warm and (plan.sites or plan.insertions) else 0
     result = training.train(
         model, config=s.training, data=ctx.datasets, epochs=s.epochs_per_trial, plan=plan,
         input_size=(s.input_size[0], s.tile_size, s.tile_size), seed=trial.seed,
-        lr=s.fine_tune_lr(warm or start is not None), new_lr=s.lr if warm else None,
+        lr=s.fine_tune_lr(warm), new_lr=s.lr if warm else None,
         init_from=ctx.baseline_dir if warm else None, progress=progress, distill_steps=distill,
         callbacks=ctx.deadline_callbacks())
     metrics = dict(result.metrics)
