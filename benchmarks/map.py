@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import machine, md_table  # noqa: E402
-from _stats import bootstrap_ci, tau  # noqa: E402
+from _stats import BOOT, BOOT_SEED, bootstrap_ci, tau  # noqa: E402
 
 from cubesearch.cli.options import model_args  # noqa: E402  (the CLI's --model-arg parser)
 from cubesearch.cost import count_flops, count_params  # noqa: E402
@@ -95,6 +95,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--halving", action="store_true", help="(b): also run both searches")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-map"))
     p.add_argument("--tag", default="map")
+    p.add_argument("--by-model", default="", help="report: other results/TAG.json of this benchmark "
+                   "(comma-separated tags) listed beside this one under `by_model`")
+    p.add_argument("--load-log", default="", help="report: a log of `EPOCH LOAD1 ...` lines (e.g. "
+                   "date +%%s and /proc/loadavg every minute) whose load range is recorded")
+    p.add_argument("--fidelity", default="", help="report: results/NAME.json (+ .md) of the fidelity "
+                   "benchmark gains this run's pruning curve (`pruning_curve`)")
     args = p.parse_args()
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     args.ratio_list = [float(r) for r in args.ratios.split(",")]
@@ -272,17 +278,85 @@ def rank_with_ci(signal: list[float], target: list[float]) -> dict[str, Any]:
             "ci95": bootstrap_ci(lambda idx: tau(s[idx], t[idx]), len(s))}
 
 
-def group_points(plans: list[dict], runs: dict, groups: tuple[str, ...]) -> list[ParetoPoint]:
-    """The groups' trained plans (and the unconverted model) as points: mean IoU over seeds."""
+def group_points(plans: list[dict], runs: dict, groups: tuple[str, ...], seed: int | None = None
+                 ) -> list[ParetoPoint]:
+    """The groups' trained plans (and the unconverted model) as points: mean IoU over seeds, or
+    one seed's IoU."""
     pts = []
     for i, p in enumerate(plans):
         if p["group"] not in (*groups, "unconverted") or p["id"] not in runs:
             continue
-        rs = list(runs[p["id"]].values())
+        rs = [r for s, r in runs[p["id"]].items() if seed is None or s == seed]
+        if not rs:
+            continue
         pts.append(ParetoPoint(trial=i, iou=float(np.mean([r["iou"] for r in rs])),
                                gflops=rs[0]["gflops"], params=rs[0]["params"],
                                sites_replaced=len(p["sites"]), label=p["id"]))
     return pts
+
+
+def hypervolume(pts: list[ParetoPoint], ref: float) -> float:
+    """HV of (GFLOPs ↓, IoU ↑) against (ref GFLOPs, IoU 0)."""
+    return loss_hypervolume(np.array([[q.gflops, -q.iou] for q in pts]).reshape(-1, 2),
+                            np.array([ref, 0.0]))
+
+
+def hv_ratio_ci(a: list[ParetoPoint], b: list[ParetoPoint], ref: float) -> list[float] | None:
+    """Percentile-bootstrap 95 % interval of HV(a) / HV(b): each side's plans resampled with
+    replacement (the unconverted model kept in both), BOOT resamples."""
+    rng = np.random.default_rng(BOOT_SEED)
+
+    def resample(pts: list[ParetoPoint]) -> list[ParetoPoint]:
+        fixed = [q for q in pts if q.label == "unconverted"]
+        rest = [q for q in pts if q.label != "unconverted"]
+        return fixed + [rest[i] for i in rng.integers(0, len(rest), len(rest))] if rest else fixed
+
+    vals = []
+    for _ in range(BOOT):
+        hb = hypervolume(resample(b), ref)
+        if hb:
+            vals.append(hypervolume(resample(a), ref) / hb)
+    if len(vals) < BOOT // 2:
+        return None
+    return [float(v) for v in np.percentile(vals, [2.5, 97.5])]
+
+
+def hv_figures(plans: list[dict], runs: dict, ref: float, seeds: list[int]) -> dict[str, Any]:
+    """(c): HV of the joint, Cube-only and pruning fronts (mean IoU over seeds), their ratios
+    to pruning with plan-bootstrap intervals and per seed, and the joint front."""
+    pts = {n: group_points(plans, runs, (n,)) for n in ("joint", "cube", "pruning")}
+    hv = {n: hypervolume(q, ref) for n, q in pts.items()}
+    out: dict[str, Any] = {"hypervolume": hv, "joint_front": [q.label for q in non_dominated(pts["joint"])]}
+    for n in ("joint", "cube"):
+        out[f"{n}_hv_ratio_vs_pruning"] = hv[n] / hv["pruning"] if hv["pruning"] else None
+        out[f"{n}_hv_ratio_vs_pruning_ci95"] = hv_ratio_ci(pts[n], pts["pruning"], ref)
+        per_seed = {}
+        for s in seeds:
+            a, b = (hypervolume(group_points(plans, runs, (m,), s), ref) for m in (n, "pruning"))
+            per_seed[str(s)] = a / b if b else None
+        out[f"{n}_hv_ratio_vs_pruning_per_seed"] = per_seed
+    return out
+
+
+def pruning_curve(plans: list[dict], runs: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """Uniform L1 channel pruning at each ratio (and the unconverted model): GFLOPs, IoU per seed
+    and mean, and the per-epoch val IoU curves (issue 30's reference curve)."""
+    points = []
+    for p in plans:
+        if p["group"] not in ("pruning", "unconverted") or p["id"] not in runs:
+            continue
+        rs = runs[p["id"]]
+        points.append({"id": p["id"], "kept_fraction": next(iter(p["widths"].values()), 1.0),
+                       "gflops": next(iter(rs.values()))["gflops"],
+                       "iou": float(np.mean([r["iou"] for r in rs.values()])),
+                       "iou_by_seed": {str(s): r["iou"] for s, r in rs.items()},
+                       "curves": {str(s): r["curve"] for s, r in rs.items()}})
+    return {"model": args.model, "model_args": args.model_arg,
+            "recipe": (f"train_final, {args.epochs:g} epochs, KD off, no early stopping, cosine, best "
+                       f"epoch kept; from the {args.baseline_epochs:g}-epoch baseline; Torch-Pruning "
+                       "L1, every narrowable searchable conv at the kept fraction"),
+            "tiles": f"{args.train_tiles} train / {args.val_tiles} val of {args.tile_size}²",
+            "seeds": args.seed_list, "points": sorted(points, key=lambda q: q["gflops"])}
 
 
 def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
@@ -298,15 +372,13 @@ def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
                  if first in runs[p["id"]] and len(runs[p["id"]][first]["curve"]) >= RUNG]
     rung3 = rank_with_ci([a for a, _ in with_rung], [b for _, b in with_rung]) if first != last else \
         {"n": 0, "tau": None, "ci95": None}
+    by_seed = {str(s): rank_with_ci([p["predicted_iou"] for p in predicted if s in runs[p["id"]]],
+                                    [runs[p["id"]][s]["iou"] for p in predicted if s in runs[p["id"]]])
+               for s in have}
     ref = data["base_gflops"] * 1.1
-    fronts, hv = {}, {}
-    for name, groups in (("joint", ("joint",)), ("cube", ("cube",)), ("pruning", ("pruning",))):
-        pts = group_points(plans, runs, groups)
-        fronts[name] = non_dominated(pts)
-        hv[name] = loss_hypervolume(np.array([[q.gflops, -q.iou] for q in pts]).reshape(-1, 2),
-                                    np.array([ref, 0.0]))
+    hvf = hv_figures(plans, runs, ref, have)
     by_id = {p["id"]: p for p in plans}
-    cube_sites = sum(len(by_id[q.label]["sites"]) for q in fronts["joint"])
+    cube_sites = sum(len(by_id[q]["sites"]) for q in hvf["joint_front"])
     paired = {s: runs["unconverted"][s]["iou"] for s in args.seed_list if s in runs.get("unconverted", {})}
     gaps = [{"id": p["id"], "predicted_delta": p["predicted_iou"] - data["baseline_iou"],
              "trained_delta": runs[p["id"]][last]["iou"] - paired[last]} for p in predicted if last in paired]
@@ -315,12 +387,11 @@ def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
         "additive_plans": additive["n"],
         "cross_seed_rung3_kendall_tau": rung3["tau"], "cross_seed_rung3_kendall_tau_ci95": rung3["ci95"],
         "target_seed": last, "rung_seed": first if first != last else None,
+        "additive_kendall_tau_by_seed": by_seed,
         "map_hv_ratio_vs_halving": halving["ratio"] if halving else None, "halving": halving,
-        "joint_hv_ratio_vs_pruning": hv["joint"] / hv["pruning"] if hv["pruning"] else None,
-        "cube_hv_ratio_vs_pruning": hv["cube"] / hv["pruning"] if hv["pruning"] else None,
-        "hypervolume": hv, "hv_reference": [ref, 0.0],
+        **hvf, "hv_reference": [ref, 0.0],
         "cube_sites_on_joint_front": cube_sites,
-        "joint_front": [q.label for q in fronts["joint"]],
+        "pruning_curve": pruning_curve(plans, runs, args),
         "finalists_below_prediction_by_over_0.05": [g["id"] for g in gaps
                                                    if g["trained_delta"] < g["predicted_delta"] - 0.05],
         "prediction_gaps": gaps,
@@ -350,6 +421,48 @@ def _ci(ci: list[float] | None) -> str:
     return "" if not ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+TARGETS = {"additive_kendall_tau": 0.65, "cross_seed_rung3_kendall_tau": None,
+           "map_hv_ratio_vs_halving": 1.2, "joint_hv_ratio_vs_pruning": 1.05,
+           "cube_hv_ratio_vs_pruning": None}
+
+
+def verdict(value: float | None, ci: list[float] | None, target: float | None, tie: float | None) -> str:
+    """Met / missed against `target` only when the interval clears it; a ratio whose interval
+    holds `tie` (1.0: equal to pruning) is called a tie."""
+    if value is None:
+        return "not run"
+    out = []
+    if target is not None:
+        out.append("met" if ci and ci[0] >= target else "missed" if ci and ci[1] < target
+                   else f"{'above' if value >= target else 'below'} the target, inside the interval")
+    if tie is not None and ci:
+        out.append(f"tie with pruning (interval holds {tie:g})" if ci[0] <= tie <= ci[1]
+                   else "above pruning" if ci[0] > tie else "below pruning")
+    return "; ".join(out) or "—"
+
+
+def figure_rows(fig: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, target in TARGETS.items():
+        ci = fig.get(f"{key}_ci95")
+        tie = 1.0 if key.endswith("vs_pruning") else None
+        n = f" (n={fig['additive_plans']})" if key == "additive_kendall_tau" else ""
+        rows.append(f"| {key}{n} | {_f(fig.get(key), 2)}{_ci(ci)} | {'—' if target is None else target} | "
+                    f"{verdict(fig.get(key), ci, target, tie)} |")
+    return rows + [f"| cube_sites_on_joint_front | {fig['cube_sites_on_joint_front']} | | |"]
+
+
+def pruning_lines(curve: dict[str, Any]) -> list[str]:
+    """The pruning curve as a table (issue 30's reference), with the recipe named."""
+    rows = [[q["id"], f"{q['kept_fraction']:g}", f"{q['gflops']:.3f}", f"{q['iou']:.3f}",
+             " / ".join(f"{v:.3f}" for v in q["iou_by_seed"].values()),
+             "; ".join(" ".join(f"{x:.2f}" for x in c) for c in q["curves"].values())]
+            for q in curve["points"]]
+    return [f"Uniform channel pruning ({curve['recipe']}; {curve['tiles']}):", "",
+            md_table(["plan", "kept", "GFLOPs", "IoU (mean)", "IoU by seed", "val IoU per epoch, by seed"],
+                     rows)]
+
+
 def render(fig: dict[str, Any]) -> str:
     c = fig["conditions"]
     runs = fig["runs"]
@@ -366,15 +479,17 @@ def render(fig: dict[str, Any]) -> str:
              f"{fig['machine']}.", "",
              f"Map: {fig['cells']} cells ({fig['cells_measured']} measured, {fig['subset_rule']}), "
              f"{fig['map_seconds']:.0f} s of cell measurement; baseline IoU {fig['baseline_iou']:.4f}.", "",
-             "| figure | value |", "|---|---:|",
-             f"| additive_kendall_tau (n={fig['additive_plans']}) | {_f(fig['additive_kendall_tau'], 2)}"
-             f"{_ci(fig['additive_kendall_tau_ci95'])} |",
-             f"| cross_seed_rung3_kendall_tau | {_f(fig['cross_seed_rung3_kendall_tau'], 2)}"
-             f"{_ci(fig['cross_seed_rung3_kendall_tau_ci95'])} |",
-             f"| map_hv_ratio_vs_halving | {_f(fig['map_hv_ratio_vs_halving'], 2)} |",
-             f"| joint_hv_ratio_vs_pruning | {_f(fig['joint_hv_ratio_vs_pruning'], 2)} |",
-             f"| cube_hv_ratio_vs_pruning | {_f(fig['cube_hv_ratio_vs_pruning'], 2)} |",
-             f"| cube_sites_on_joint_front | {fig['cube_sites_on_joint_front']} |", "",
+             f"Trained: each plan by the final recipe after {c['final_recipe_epochs']:g} epochs (KD off, "
+             f"no early stopping; not converged), seeds {c['training_seeds']}; the map on seed "
+             f"{c['map_seed']}. Intervals: percentile bootstrap, {BOOT} resamples of the plans.", "",
+             "| figure | value [95 % CI] | target | verdict |", "|---|---:|---:|---|",
+             *figure_rows(fig), "",
+             "Additive τ against each seed's trained IoU: "
+             + ", ".join(f"seed {s} {_f(v['tau'], 2)}{_ci(v['ci95'])} (n={v['n']})"
+                         for s, v in fig["additive_kendall_tau_by_seed"].items()) + ".", "",
+             f"Joint front: {', '.join(fig['joint_front'])}; {fig['cube_sites_on_joint_front']} of its "
+             "plans' sites are Cube blocks.", "",
+             *pruning_lines(fig["pruning_curve"]), "",
              f"Finalists trained more than 0.05 below their predicted ΔIoU (against the paired "
              f"baseline): {', '.join(fig['finalists_below_prediction_by_over_0.05']) or 'none'}.", "",
              md_table(["plan", "Cube sites", "narrowed", "GFLOPs", "predicted IoU", "trained IoU by seed"],
@@ -415,14 +530,61 @@ def plot(fig: dict[str, Any], png: Path) -> None:
     plt.close(f)
 
 
+KEYS = ("additive_kendall_tau", "cross_seed_rung3_kendall_tau", "map_hv_ratio_vs_halving",
+        "joint_hv_ratio_vs_pruning", "cube_hv_ratio_vs_pruning", "cube_sites_on_joint_front",
+        "cells", "map_seconds")
+
+
+def summary(fig: dict[str, Any]) -> dict[str, Any]:
+    """A model's issue keys with their intervals and conditions (the `by_model` entry)."""
+    out = {k: fig.get(k) for k in KEYS}
+    out.update({f"{k}_ci95": fig.get(f"{k}_ci95") for k in KEYS if f"{k}_ci95" in fig})
+    out["conditions"] = fig["conditions"]
+    return out
+
+
+def by_model(fig: dict[str, Any], tags: str) -> dict[str, Any]:
+    """This run's summary and each other tag's (results/TAG.json), keyed by model."""
+    out = {}
+    for f in [fig] + [json.loads((RESULTS / f"{t}.json").read_text()) for t in tags.split(",") if t]:
+        c = f["conditions"]
+        out[" ".join([c["model"], *c["model_args"]])] = summary(f)
+    return out
+
+
+def add_pruning_curve(name: str, curve: dict[str, Any]) -> None:
+    """results/NAME.json gains `pruning_curve`; NAME.md its section (replaced if there)."""
+    js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    fig = json.loads(js.read_text())
+    fig["pruning_curve"] = curve
+    atomic_write(js, json.dumps(fig, indent=2, default=float))
+    head = "## Channel pruning curve (today's default recipe)"
+    text = md.read_text().split(head)[0].rstrip() + "\n\n"
+    section = [head, "", "Measured by `benchmarks/map.py` (its `pruning-R` runs), not by this page's "
+               "runs: a different recipe and scale from the tables above.", "", *pruning_lines(curve), ""]
+    atomic_write(md, text + "\n".join(section))
+
+
+def load_range(path: str) -> list[float] | None:
+    """Min and max 1-minute load average in a log of `EPOCH LOAD1 LOAD5 ...` lines."""
+    if not path or not Path(path).is_file():
+        return None
+    loads = [float(line.split()[1]) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [min(loads), max(loads)] if loads else None
+
+
 def report(args: argparse.Namespace, ctx: Any, data: dict, plans: list[dict]) -> None:
     halving_file = Path(args.out) / "halving.json"
     halving = json.loads(halving_file.read_text()) if halving_file.is_file() else None
     fig = figures(args, data, plans, runs_of(args, plans), halving)
+    fig["conditions"]["load_range_during_run"] = load_range(args.load_log)
+    fig["by_model"] = by_model(fig, args.by_model)
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write(RESULTS / f"{args.tag}.json", json.dumps(fig, indent=2, default=float))
     atomic_write(RESULTS / f"{args.tag}.md", render(fig))
     plot(fig, RESULTS / f"{args.tag}.png")
+    if args.fidelity:
+        add_pruning_curve(args.fidelity, fig["pruning_curve"])
     print(render(fig).split("\n\n")[3])
 
 
