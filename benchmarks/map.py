@@ -61,8 +61,9 @@ from cubesearch.plan import Plan  # noqa: E402
 from cubesearch.search.context import build_context  # noqa: E402
 from cubesearch.search.evaluators.finetune import prepare_baseline  # noqa: E402
 from cubesearch.search.settings import SearchSettings  # noqa: E402
-from cubesearch.sitemap.build import build_map  # noqa: E402
+from cubesearch.sitemap.build import build_map, map_jobs  # noqa: E402
 from cubesearch.sitemap.milp import MapTable, spread, sweep  # noqa: E402
+from cubesearch.sitemap.options import resolve_subset  # noqa: E402
 from cubesearch.sitemap.plans import exact_costs, plan_dict, plan_parts  # noqa: E402
 from cubesearch.sitemap.strategy import prunable  # noqa: E402
 from cubesearch.training.finetune import Recipe, train_final  # noqa: E402
@@ -128,6 +129,15 @@ def the_map(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
     sm = build_map(ctx, subset=args.subset, seed=args.map_seed, progress=False)
     data = dict(sm.data)
     data["wall_seconds_this_run"] = time.perf_counter() - t0
+    return data
+
+
+def stored_map(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
+    """OUT/map.json with only this space's cells, as `build_map` returns it (the file may hold
+    cells of another space measured on the same baseline)."""
+    data = json.loads((Path(args.out) / "map.json").read_text())
+    wanted = {j.key for j in map_jobs(ctx, resolve_subset(ctx.space, ctx.searchable, args.subset))}
+    data["cells"] = [c for c in data["cells"] if (c["site"], c["option"]) in wanted]
     return data
 
 
@@ -581,8 +591,12 @@ def report(args: argparse.Namespace, ctx: Any, data: dict, plans: list[dict]) ->
     fig["by_model"] = by_model(fig, args.by_model)
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write(RESULTS / f"{args.tag}.json", json.dumps(fig, indent=2, default=float))
-    atomic_write(RESULTS / f"{args.tag}.md", render(fig))
     plot(fig, RESULTS / f"{args.tag}.png")
+    images = [f"![predicted vs trained IoU; the trained fronts]({args.tag}.png)"]
+    if (Path(args.out) / "map.png").is_file():  # the site map's own heat map (build_map's)
+        shutil.copyfile(Path(args.out) / "map.png", RESULTS / f"{args.tag}-sitemap.png")
+        images.append(f"![the site map: ΔIoU of each option alone]({args.tag}-sitemap.png)")
+    atomic_write(RESULTS / f"{args.tag}.md", render(fig) + "\n" + "\n\n".join(images) + "\n")
     if args.fidelity:
         add_pruning_curve(args.fidelity, fig["pruning_curve"])
     print(render(fig).split("\n\n")[3])
@@ -592,10 +606,8 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     ctx = context(args)
-    if args.phase in ("all", "map"):
-        data = the_map(args, ctx)
-    else:  # the map as measured so far: a report never measures cells
-        data = json.loads((Path(args.out) / "map.json").read_text())
+    # other phases: the map as measured so far (a report never measures cells)
+    data = the_map(args, ctx) if args.phase in ("all", "map") else stored_map(args, ctx)
     if args.phase == "map":
         return
     plans = stored_plans(args, ctx, data)
