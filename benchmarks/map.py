@@ -67,6 +67,7 @@ from cubesearch.sitemap.options import resolve_subset  # noqa: E402
 from cubesearch.sitemap.plans import exact_costs, plan_dict, plan_parts  # noqa: E402
 from cubesearch.sitemap.strategy import prunable  # noqa: E402
 from cubesearch.training.finetune import Recipe, train_final  # noqa: E402
+from cubesearch.width import kept_channels  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RUNG = 3  # the halving rung whose signal is compared (val IoU after 3 epochs)
@@ -348,7 +349,16 @@ def hv_figures(plans: list[dict], runs: dict, ref: float, seeds: list[int]) -> d
     return out
 
 
-def pruning_curve(plans: list[dict], runs: dict, args: argparse.Namespace) -> dict[str, Any]:
+def effective_kept(widths: dict[str, float], data: dict[str, Any]) -> list[float] | None:
+    """[min, max] over the narrowed convs of kept / C_out after rounding to a multiple of 8: a
+    conv of 16 channels keeps 8 at every ratio, so a uniform ratio is not uniform there."""
+    out = {s["name"]: s["out_channels"] for s in data["sites"]}
+    kept = [kept_channels(out[c], r) / out[c] for c, r in widths.items() if c in out]
+    return [min(kept), max(kept)] if kept else None
+
+
+def pruning_curve(plans: list[dict], runs: dict, args: argparse.Namespace, data: dict[str, Any]
+                  ) -> dict[str, Any]:
     """Uniform L1 channel pruning at each ratio (and the unconverted model): GFLOPs, IoU per seed
     and mean, and the per-epoch val IoU curves (issue 30's reference curve)."""
     points = []
@@ -357,6 +367,7 @@ def pruning_curve(plans: list[dict], runs: dict, args: argparse.Namespace) -> di
             continue
         rs = runs[p["id"]]
         points.append({"id": p["id"], "kept_fraction": next(iter(p["widths"].values()), 1.0),
+                       "kept_after_rounding": effective_kept(p["widths"], data),
                        "gflops": next(iter(rs.values()))["gflops"],
                        "iou": float(np.mean([r["iou"] for r in rs.values()])),
                        "iou_by_seed": {str(s): r["iou"] for s, r in rs.items()},
@@ -401,7 +412,7 @@ def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
         "map_hv_ratio_vs_halving": halving["ratio"] if halving else None, "halving": halving,
         **hvf, "hv_reference": [ref, 0.0],
         "cube_sites_on_joint_front": cube_sites,
-        "pruning_curve": pruning_curve(plans, runs, args),
+        "pruning_curve": pruning_curve(plans, runs, args, data),
         "finalists_below_prediction_by_over_0.05": [g["id"] for g in gaps
                                                    if g["trained_delta"] < g["predicted_delta"] - 0.05],
         "prediction_gaps": gaps,
@@ -462,15 +473,30 @@ def figure_rows(fig: dict[str, Any]) -> list[str]:
     return rows + [f"| cube_sites_on_joint_front | {fig['cube_sites_on_joint_front']} | | |"]
 
 
+def _span(v: list[float] | None) -> str:
+    return "—" if not v else f"{v[0]:.2f}–{v[1]:.2f}" if v[0] != v[1] else f"{v[0]:.2f}"
+
+
 def pruning_lines(curve: dict[str, Any]) -> list[str]:
     """The pruning curve as a table (issue 30's reference), with the recipe named."""
-    rows = [[q["id"], f"{q['kept_fraction']:g}", f"{q['gflops']:.3f}", f"{q['iou']:.3f}",
+    rows = [[q["id"], f"{q['kept_fraction']:g}", _span(q.get("kept_after_rounding")),
+             f"{q['gflops']:.3f}", f"{q['iou']:.3f}",
              " / ".join(f"{v:.3f}" for v in q["iou_by_seed"].values()),
              "; ".join(" ".join(f"{x:.2f}" for x in c) for c in q["curves"].values())]
             for q in curve["points"]]
     return [f"Uniform channel pruning ({curve['recipe']}; {curve['tiles']}):", "",
-            md_table(["plan", "kept", "GFLOPs", "IoU (mean)", "IoU by seed", "val IoU per epoch, by seed"],
-                     rows)]
+            md_table(["plan", "kept", "kept per conv (rounded to 8)", "GFLOPs", "IoU (mean)", "IoU by seed",
+                      "val IoU per epoch, by seed"],
+                     rows), "", collapse_line(curve)]
+
+
+def collapse_line(curve: dict[str, Any]) -> str:
+    """Which runs ended at IoU 0 after scoring above it (the model fell back to predicting
+    background everywhere), and from which epoch."""
+    fell = [f"{q['id']} seed {s} (from epoch {max(i for i, x in enumerate(c) if x > 0) + 2})"
+            for q in curve["points"] for s, c in q["curves"].items() if c and c[-1] == 0 and max(c) > 0]
+    return (f"Runs that ended at val IoU 0 after scoring above it: {', '.join(fell)}; the best epoch "
+            "is what the table reports." if fell else "No run ended at val IoU 0.")
 
 
 def render(fig: dict[str, Any]) -> str:

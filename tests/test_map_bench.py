@@ -55,12 +55,24 @@ def test_the_pruning_curve_section_replaces_itself_in_the_fidelity_page(tmp_path
     (tmp_path / "fid.json").write_text(json.dumps({"model": "m"}))
     (tmp_path / "fid.md").write_text("# page\n\ntext\n")
     curve = {"recipe": "r", "tiles": "t", "points": [
-        {"id": "pruning-0.5", "kept_fraction": 0.5, "gflops": 1.25, "iou": 0.3,
+        {"id": "pruning-0.5", "kept_fraction": 0.5, "kept_after_rounding": [0.5, 0.75], "gflops": 1.25,
+         "iou": 0.3,
          "iou_by_seed": {"0": 0.2, "1": 0.4}, "curves": {"0": [0.0, 0.2], "1": [0.1, 0.4]}}]}
     bench.add_pruning_curve("fid", curve)
     bench.add_pruning_curve("fid", curve)  # twice: one section
     md = (tmp_path / "fid.md").read_text()
     assert md.startswith("# page\n\ntext\n\n## Channel pruning curve")
     assert md.count("## Channel pruning curve") == 1
-    assert "| pruning-0.5 | 0.5 | 1.250 | 0.300 | 0.200 / 0.400 | 0.00 0.20; 0.10 0.40 |" in md
+    assert "| pruning-0.5 | 0.5 | 0.50–0.75 | 1.250 | 0.300 | 0.200 / 0.400 | 0.00 0.20; 0.10 0.40 |" in md
     assert json.loads((tmp_path / "fid.json").read_text()) == {"model": "m", "pruning_curve": curve}
+    assert "No run ended at val IoU 0." in md
+    curve["points"][0]["curves"]["1"] = [0.1, 0.3, 0.0, 0.0]
+    assert bench.collapse_line(curve).startswith(
+        "Runs that ended at val IoU 0 after scoring above it: pruning-0.5 seed 1 (from epoch 3)")
+
+
+def test_effective_kept_rounds_each_conv_to_a_multiple_of_8():
+    data = {"sites": [{"name": "a", "out_channels": 16}, {"name": "b", "out_channels": 64}]}
+    # 0.875 · 16 = 14 → 16, held below C_out → 8 (0.5); 0.875 · 64 = 56 (0.875)
+    assert bench.effective_kept({"a": 0.875, "b": 0.875}, data) == [0.5, 0.875]
+    assert bench.effective_kept({"b": 0.25}, data) == [0.25, 0.25]
