@@ -61,7 +61,7 @@ def outcome(out: Any) -> dict[str, Any]:
 def make_context(args: argparse.Namespace, baseline: bool = True) -> Any:
     import inspect
 
-    from cubesearch.demo import DEMO_TRAINING
+    from cubesearch.cli.demo import DEMO_TRAINING
 
     api = search_api()
     training = dict(DEMO_TRAINING)

@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 from _common import machine  # noqa: E402  benchmarks/ is on sys.path when run as a script
 
-from cubesearch.conversion import convert, cube_blocks  # noqa: E402
-from cubesearch.cost import CostModel, reference_flops  # noqa: E402
-from cubesearch.models import load_model  # noqa: E402
-from cubesearch.plan import make_plan  # noqa: E402
-from cubesearch.sites import find_sites, module_output_shapes, parse_input_size  # noqa: E402
+from cubesearch.cost.pricing import CostModel, reference_flops  # noqa: E402
+from cubesearch.models.load import load_model  # noqa: E402
+from cubesearch.plan.conversion import convert, cube_blocks  # noqa: E402
+from cubesearch.plan.plan import make_plan  # noqa: E402
+from cubesearch.plan.sites import find_sites, module_output_shapes, parse_input_size  # noqa: E402
 
 # ViT-style encoders fix their image size at build time unless told otherwise.
 DYNAMIC = {"dynamic_img_size": True}

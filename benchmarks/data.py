@@ -54,7 +54,7 @@ def write_folder(root: Path, n: int, size: int, big: int) -> None:
     `size` are cut from them), with train/ and val/ subfolders."""
     from PIL import Image
 
-    from cubesearch.data.synthetic import render_tile
+    from cubesearch.training.data.synthetic import render_tile
 
     for split, count in (("train", n), ("val", max(1, n // 4))):
         (root / split / "images").mkdir(parents=True)
@@ -77,8 +77,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "data.md"))
     args = ap.parse_args()
 
-    from cubesearch.data import make_datasets
-    from cubesearch.data.synthetic import SyntheticBuildings, _auto_workers, render_planar
+    from cubesearch.training.data import make_datasets
+    from cubesearch.training.data.synthetic import SyntheticBuildings, _auto_workers, render_planar
 
     size, n = args.size, args.tiles
     work = Path(tempfile.mkdtemp(prefix="cubesearch-bench-data-"))
@@ -126,7 +126,7 @@ def main() -> None:
 
         def open_folder(r: int) -> int:
             nonlocal train_ds, val_ds
-            from cubesearch.data import folder as folder_mod
+            from cubesearch.training.data import folder as folder_mod
 
             folder_mod._CACHE.items.clear()  # a cold open: decode and check every file
             folder_mod._CACHE.bytes = 0

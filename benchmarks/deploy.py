@@ -47,17 +47,17 @@ sys.path.insert(0, str(ROOT))
 
 from _common import machine, md_table  # noqa: E402  benchmarks/ is on sys.path when run as a script
 
-from cubesearch.ablation import preset_sites  # noqa: E402
 from cubesearch.blocks import CubeBlock, CubeConfig, fold_blocks  # noqa: E402
-from cubesearch.conversion import convert  # noqa: E402
-from cubesearch.cost import CostModel  # noqa: E402
-from cubesearch.exporting import write_onnx  # noqa: E402
-from cubesearch.latency.backends import ort_runner  # noqa: E402
-from cubesearch.latency.model import SiteShape  # noqa: E402
-from cubesearch.models import load_model  # noqa: E402
-from cubesearch.plan import Plan  # noqa: E402
-from cubesearch.sites import find_sites  # noqa: E402
-from cubesearch.space import SearchSpace  # noqa: E402
+from cubesearch.cost.latency.backends import ort_runner  # noqa: E402
+from cubesearch.cost.latency.model import SiteShape  # noqa: E402
+from cubesearch.cost.pricing import CostModel  # noqa: E402
+from cubesearch.exporting.export import write_onnx  # noqa: E402
+from cubesearch.models.load import load_model  # noqa: E402
+from cubesearch.plan.conversion import convert  # noqa: E402
+from cubesearch.plan.plan import Plan  # noqa: E402
+from cubesearch.plan.sites import find_sites  # noqa: E402
+from cubesearch.plan.space import SearchSpace  # noqa: E402
+from cubesearch.search.ablation import preset_sites  # noqa: E402
 
 BACKENDS = ("eager", "compile", "ort")
 BEFORE = "77d548e"  # main before issue 24: the fold with grouped lattice convs, slices, gathers

@@ -48,11 +48,11 @@ import torch  # noqa: E402
 from _common import machine, md_table  # noqa: E402
 from _stats import FLAT_DELTA, FLAT_WINDOW, flattened  # noqa: E402
 
-from cubesearch.calibration import kendall_tau, spearman_rho  # noqa: E402
-from cubesearch.checkpoint import load  # noqa: E402
 from cubesearch.cli.options import model_args  # noqa: E402  (the CLI's --model-arg parser)
-from cubesearch.pareto import loss_hypervolume  # noqa: E402
-from cubesearch.plan import Plan, select_sites  # noqa: E402
+from cubesearch.exporting.calibration import kendall_tau, spearman_rho  # noqa: E402
+from cubesearch.plan.checkpoint import load  # noqa: E402
+from cubesearch.plan.plan import Plan, select_sites  # noqa: E402
+from cubesearch.search.pareto import loss_hypervolume  # noqa: E402
 from cubesearch.training import train  # noqa: E402
 from cubesearch.training.finetune import Recipe, train_final  # noqa: E402
 
@@ -119,7 +119,7 @@ def pruned_model(ctx: Any, target_flops: float) -> tuple[torch.nn.Module, dict[s
     until its FLOPs at the
     cost model's input size are at most `target_flops` (fvcore's unit, as the cost model's: one
     multiply-add counts one)."""
-    import torch_pruning as tp  # a dependency since Plan.widths (cubesearch.width)
+    import torch_pruning as tp  # a dependency since Plan.widths (cubesearch.plan.width)
 
     model = load(ctx.baseline_dir).eval()
     size = tuple(ctx.settings.input_size)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from _stats import bootstrap_ci, tau
 
-from cubesearch.pareto import loss_hypervolume
+from cubesearch.search.pareto import loss_hypervolume
 from cubesearch.search.promotion import loss_rows, promote
 
 HIGHER_IS_BETTER = {"rung1": True, "rung3": True, "tse3": False, "trial2": True, "supernet": True}

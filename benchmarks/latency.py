@@ -52,8 +52,7 @@ sys.path.insert(0, str(ROOT))
 from _common import machine  # noqa: E402  benchmarks/ is on sys.path when run as a script
 
 from cubesearch.blocks import CubeConfig  # noqa: E402
-from cubesearch.cost import CostModel  # noqa: E402
-from cubesearch.latency import (  # noqa: E402
+from cubesearch.cost.latency import (  # noqa: E402
     LatencyModel,
     LatencyTable,
     device_fingerprint,
@@ -61,10 +60,11 @@ from cubesearch.latency import (  # noqa: E402
     measure_plans,
     profile_latency,
 )
-from cubesearch.models import load_model  # noqa: E402
+from cubesearch.cost.pricing import CostModel  # noqa: E402
+from cubesearch.models.load import load_model  # noqa: E402
+from cubesearch.plan.sites import find_sites, parse_input_size  # noqa: E402
+from cubesearch.plan.space import SearchSpace  # noqa: E402
 from cubesearch.search import search  # noqa: E402
-from cubesearch.sites import find_sites, parse_input_size  # noqa: E402
-from cubesearch.space import SearchSpace  # noqa: E402
 
 SPACE = Path(__file__).resolve().parent / "latency-space.yaml"
 # The latency searches train little (the plans they draw are what is measured), but enough that

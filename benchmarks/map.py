@@ -2,7 +2,7 @@
 IoU, and the fronts it gives.
 
 One map of the `joint` space (every searchable site × keep, the one-knob Cube subset and the
-widths; `cubesearch.sitemap.build_map`) is measured on its own seed (`--map-seed`), from the
+widths; `cubesearch.search.sitemap.build_map`) is measured on its own seed (`--map-seed`), from the
 search's trained baseline. From it, without training anything:
 
 - `cube-i`: `--finalists` plans spread over the MILP's predicted front of the Cube-only cells;
@@ -54,20 +54,20 @@ from _common import machine, md_table  # noqa: E402
 from _stats import BOOT, BOOT_SEED, bootstrap_ci, tau  # noqa: E402
 
 from cubesearch.cli.options import model_args  # noqa: E402  (the CLI's --model-arg parser)
-from cubesearch.cost import count_flops, count_params  # noqa: E402
-from cubesearch.helpers import atomic_write  # noqa: E402
-from cubesearch.pareto import ParetoPoint, loss_hypervolume, non_dominated  # noqa: E402
-from cubesearch.plan import Plan  # noqa: E402
+from cubesearch.core.helpers import atomic_write  # noqa: E402
+from cubesearch.cost.pricing import count_flops, count_params  # noqa: E402
+from cubesearch.plan.plan import Plan  # noqa: E402
+from cubesearch.plan.width import kept_channels  # noqa: E402
 from cubesearch.search.context import build_context  # noqa: E402
 from cubesearch.search.evaluators.finetune import prepare_baseline  # noqa: E402
+from cubesearch.search.pareto import ParetoPoint, loss_hypervolume, non_dominated  # noqa: E402
 from cubesearch.search.settings import SearchSettings  # noqa: E402
-from cubesearch.sitemap.build import build_map, map_jobs  # noqa: E402
-from cubesearch.sitemap.milp import MapTable, spread, sweep  # noqa: E402
-from cubesearch.sitemap.options import resolve_subset  # noqa: E402
-from cubesearch.sitemap.plans import exact_costs, plan_dict, plan_parts  # noqa: E402
-from cubesearch.sitemap.strategy import prunable  # noqa: E402
+from cubesearch.search.sitemap.build import build_map, map_jobs  # noqa: E402
+from cubesearch.search.sitemap.milp import MapTable, spread, sweep  # noqa: E402
+from cubesearch.search.sitemap.options import resolve_subset  # noqa: E402
+from cubesearch.search.sitemap.plans import exact_costs, plan_dict, plan_parts  # noqa: E402
+from cubesearch.search.sitemap.strategy import prunable  # noqa: E402
 from cubesearch.training.finetune import Recipe, train_final  # noqa: E402
-from cubesearch.width import kept_channels  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RUNG = 3  # the halving rung whose signal is compared (val IoU after 3 epochs)

@@ -51,9 +51,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from cubesearch.conversion import convert  # noqa: E402
-from cubesearch.models import load_model  # noqa: E402
-from cubesearch.plan import Plan  # noqa: E402
+from cubesearch.models.load import load_model  # noqa: E402
+from cubesearch.plan.conversion import convert  # noqa: E402
+from cubesearch.plan.plan import Plan  # noqa: E402
 from cubesearch.training import train  # noqa: E402
 from cubesearch.training.finetune import Recipe, baseline_plan, train_final  # noqa: E402
 

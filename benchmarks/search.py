@@ -6,7 +6,7 @@
 (b) Samplers: `cubesearch.search` (the real search: baseline, references, budget,
     warm start, training, fvcore) on a small model with synthetic data, once per sampler and seed,
     each its own study in one --out per seed under /tmp; hypervolume of the Pareto front after
-    N completed trials (`cubesearch.pareto.hypervolume`, reference point (baseline GFLOPs × 1.1,
+    N completed trials (`cubesearch.search.pareto.hypervolume`, reference point (baseline GFLOPs × 1.1,
     IoU 0)), and trials per hour. The issue's target: NSGA-II's hypervolume after 30 trials ≥
     random's after 60.
     The studies of a seed share one --out, hence one trained baseline (the search keys it by
@@ -32,7 +32,7 @@ from _common import machine, md_table  # benchmarks/ is on sys.path when run as 
 from rich.console import Console
 from rich.markdown import Markdown
 
-from cubesearch.space import shipped_space_text
+from cubesearch.plan.space import shipped_space_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,11 +45,11 @@ DEFAULT_OUT = RESULTS / "search.md"
 
 def cost_model_speed(spec: str, size: tuple[int, int, int], n_plans: int, n_fvcore: int,
                      seed: int = 0) -> tuple[str, dict]:
-    from cubesearch.conversion import convert
-    from cubesearch.cost import CostModel, reference_flops
-    from cubesearch.models import load_model
-    from cubesearch.sites import find_sites
-    from cubesearch.space import SearchSpace
+    from cubesearch.cost.pricing import CostModel, reference_flops
+    from cubesearch.models.load import load_model
+    from cubesearch.plan.conversion import convert
+    from cubesearch.plan.sites import find_sites
+    from cubesearch.plan.space import SearchSpace
 
     model = load_model(spec)
     t0 = time.perf_counter()
@@ -80,7 +80,7 @@ def cost_model_speed(spec: str, size: tuple[int, int, int], n_plans: int, n_fvco
 
     fv_times, mismatches = [], 0
     for p in plans[:n_fvcore]:
-        from cubesearch.plan import Plan
+        from cubesearch.plan.plan import Plan
 
         plan = Plan(model=spec, model_kwargs={"num_classes": 1, "in_channels": 3},
                     input_size=size, sites=p)
@@ -148,8 +148,8 @@ def trial_stats(study) -> dict:
 
 
 def run_samplers(args) -> tuple[str, dict]:
-    from cubesearch.pareto import hypervolume
     from cubesearch.search import search
+    from cubesearch.search.pareto import hypervolume
 
     space = Path(args.work) / "space-all.yaml"
     space.parent.mkdir(parents=True, exist_ok=True)
@@ -163,8 +163,8 @@ def run_samplers(args) -> tuple[str, dict]:
                   epochs_per_trial=args.epochs_per_trial, baseline_epochs=args.baseline_epochs,
                   batch_size=8)
     results: dict[str, dict[int, dict]] = {s: {} for s in budgets}
-    from cubesearch.models import load_model
-    from cubesearch.sites import find_sites
+    from cubesearch.models.load import load_model
+    from cubesearch.plan.sites import find_sites
 
     args.n_sites = len(find_sites(load_model(args.model), input_size=(3, args.tile, args.tile),
                                   flops=False).sites)

@@ -52,11 +52,11 @@ def short(spec: str) -> str:
 
 def build(spec: str, variant: str, size: int, flops: bool = True) -> tuple[torch.nn.Module, dict]:
     """(model, facts): the unconverted model or its FullCube conversion, and its GFLOPs."""
-    from cubesearch.conversion import convert
-    from cubesearch.cost import CostModel
-    from cubesearch.models import load_model
-    from cubesearch.plan import make_plan
-    from cubesearch.sites import find_sites
+    from cubesearch.cost.pricing import CostModel
+    from cubesearch.models.load import load_model
+    from cubesearch.plan.conversion import convert
+    from cubesearch.plan.plan import make_plan
+    from cubesearch.plan.sites import find_sites
 
     torch.manual_seed(0)
     model = load_model(spec)
@@ -102,7 +102,7 @@ class Stepper:
 
 
 def make_batches(size: int, batch: int, n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from cubesearch.data.synthetic import SyntheticBuildings
+    from cubesearch.training.data.synthetic import SyntheticBuildings
 
     ds = SyntheticBuildings(batch * n, size, seed=0)
     out = []
@@ -207,12 +207,12 @@ def throughput(args) -> str:
 
 
 def learning(args) -> str:
-    from cubesearch.cost import CostModel
-    from cubesearch.data import make_datasets
-    from cubesearch.models import load_model
-    from cubesearch.plan import make_plan
-    from cubesearch.sites import find_sites
+    from cubesearch.cost.pricing import CostModel
+    from cubesearch.models.load import load_model
+    from cubesearch.plan.plan import make_plan
+    from cubesearch.plan.sites import find_sites
     from cubesearch.training import train
+    from cubesearch.training.data import make_datasets
 
     spec, size = "smp:Unet:resnet18", args.learning_size
     report = find_sites(load_model(spec), input_size=(3, size, size))

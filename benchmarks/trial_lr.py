@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial-lr.md"))
     args = ap.parse_args()
 
-    from cubesearch.demo import DEMO_TRAINING
+    from cubesearch.cli.demo import DEMO_TRAINING
     from cubesearch.search import SearchSettings, build_context, evaluate_plan
     from cubesearch.search.context import ensure_baseline, ensure_datasets
 

@@ -10,33 +10,36 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cubesearch._version import __version__
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.names import install as _install_moved_names
+from cubesearch.core.version import __version__
+
+_install_moved_names()  # the module paths of 0.1.0 (`cubesearch.sites`, …) still import
 
 # name -> module that defines it; one module per step of docs/design.md §2's data flow.
 _LAZY = {
     "CubeBlock": "cubesearch.blocks",
     "CubeConfig": "cubesearch.blocks",
     "FoldedCubeBlock": "cubesearch.blocks",
-    "load_model": "cubesearch.models",
-    "find_sites": "cubesearch.sites",
-    "Site": "cubesearch.sites",
-    "Plan": "cubesearch.plan",
-    "convert": "cubesearch.conversion",
-    "count_flops": "cubesearch.cost",
-    "CostModel": "cubesearch.cost",
-    "LatencyModel": "cubesearch.latency",
-    "load": "cubesearch.checkpoint",
-    "save": "cubesearch.checkpoint",
+    "load_model": "cubesearch.models.load",
+    "find_sites": "cubesearch.plan.sites",
+    "Site": "cubesearch.plan.sites",
+    "Plan": "cubesearch.plan.plan",
+    "convert": "cubesearch.plan.conversion",
+    "count_flops": "cubesearch.cost.pricing",
+    "CostModel": "cubesearch.cost.pricing",
+    "LatencyModel": "cubesearch.cost.latency",
+    "load": "cubesearch.plan.checkpoint",
+    "save": "cubesearch.plan.checkpoint",
     "train": "cubesearch.training",
     "TrainConfig": "cubesearch.training",
-    "convert_spec": "cubesearch.conversion_report",
-    "ConvertReport": "cubesearch.conversion_report",
+    "convert_spec": "cubesearch.cost.report",
+    "ConvertReport": "cubesearch.cost.report",
     "search": "cubesearch.search",  # the package, callable as its `search`
-    "site_map": "cubesearch.sitemap",
-    "export": "cubesearch.exporting",
-    "ablate": "cubesearch.ablation",
-    "AblationResult": "cubesearch.ablation",
+    "site_map": "cubesearch.search.sitemap",
+    "export": "cubesearch.exporting.export",
+    "ablate": "cubesearch.search.ablation",
+    "AblationResult": "cubesearch.search.ablation",
 }
 
 __all__ = ["CubesearchError", "__version__", *_LAZY]

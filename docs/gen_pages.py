@@ -4,7 +4,7 @@
 - `benchmarks/*.md`: one page per result in `benchmarks/results/` (its `.md` as the benchmark
   wrote it, and the tables of its `.json`); a table of them all, with a headline per benchmark
   computed from its JSON, appended to `benchmarks/index.md`; the section's SUMMARY.md (navigation).
-- `block.md`: the block's cost table, computed by `cubesearch.flops.cost_table_rows`.
+- `block.md`: the block's cost table, computed by `cubesearch.models.flops.cost_table_rows`.
 
 A new benchmark page is one line in BENCHMARKS below (a result not listed still gets a page).
 """
@@ -223,13 +223,13 @@ def benchmark_pages() -> None:
 def block_cost_table() -> str:
     from cubesearch.blocks import CubeConfig, block_cost
     from cubesearch.blocks.cost import conv_cost
-    from cubesearch.flops import cost_table_rows
+    from cubesearch.models.flops import cost_table_rows
 
     c, size = 96, 128
     rows = cost_table_rows(c, size)
     conv, cube = rows
     out = ["", "## Cost, computed", "",
-           f"Computed when this page was built (`cubesearch.flops.cost_table_rows`, the table "
+           f"Computed when this page was built (`cubesearch.models.flops.cost_table_rows`, the table "
            f"`cubesearch demo --cost-only` prints): C_in = C_out = {c}, input 1×{c}×{size}×{size}, "
            "parameters counted on the modules, conv MACs from the formulas of "
            "[design §1](design.md#1-the-cube-kernel-block), GFLOPs by fvcore (train mode, BatchNorm "

@@ -13,7 +13,7 @@ failed trial with that reason. The same function works from Python:
 `cubesearch.search(model, budget, evaluator=evaluate)`.
 
 The model was warm-started from a baseline that saw images scaled to [0, 1] and normalised with
-`cubesearch.data.transforms.normalization`; feed it the same way.
+`cubesearch.training.data.transforms.normalization`; feed it the same way.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from cubesearch.data import make_datasets
-from cubesearch.data.transforms import normalization
 from cubesearch.search import TrialInfo
+from cubesearch.training.data import make_datasets
+from cubesearch.training.data.transforms import normalization
 
 EPOCHS = 1
 LR = 5e-4

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 os.environ.setdefault("CUBESEARCH_NO_PROGRESS", "1")
-# Model files the tests' own runs use are recorded here, not in the user's home (cubesearch.trust).
+# Model files the tests' own runs use are recorded here, not in the user's home (cubesearch.models.trust).
 os.environ.setdefault("CUBESEARCH_TRUST_STORE",
                       os.path.join(tempfile.mkdtemp(prefix="cubesearch-trust-"), "trusted.json"))
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cubesearch.ablation import DEFAULT, IOU_LABEL, PRESETS, ablate
 from cubesearch.blocks import CubeConfig
 from cubesearch.cli import main
-from cubesearch.cost import CostModel
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
-from cubesearch.sitemap import site_map
-from cubesearch.sites import find_sites
-from cubesearch.space import KNOBS, SearchSpace
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.pricing import CostModel
+from cubesearch.models.load import load_model
+from cubesearch.plan.sites import find_sites
+from cubesearch.plan.space import KNOBS, SearchSpace
+from cubesearch.search.ablation import DEFAULT, IOU_LABEL, PRESETS, ablate
+from cubesearch.search.sitemap import site_map
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 SIZE = (3, 64, 64)

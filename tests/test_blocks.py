@@ -23,7 +23,7 @@ from cubesearch.blocks import (
     reconstruct,
 )
 from cubesearch.blocks.cost import conv_cost
-from cubesearch.cost import fvcore_flops
+from cubesearch.cost.pricing import fvcore_flops
 
 
 def randomize_norms(module: torch.nn.Module) -> torch.nn.Module:

@@ -1,14 +1,14 @@
-"""Budgets (cubesearch.budget): every accepted form against its value, bad input against the one
+"""Budgets (cubesearch.cost.budget): every accepted form against its value, bad input against the one
 message, and which cost a budget bounds given the objectives."""
 
 from __future__ import annotations
 
 import pytest
 
-from cubesearch.budget import FORMS, Budget, budget_objective, parse, parse_flops, resolve_budget
-from cubesearch.errors import CubesearchError
-from cubesearch.exporting import _budget_gflops
-from cubesearch.pareto import ParetoPoint
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.budget import FORMS, Budget, budget_objective, parse, parse_flops, resolve_budget
+from cubesearch.exporting.export import _budget_gflops
+from cubesearch.search.pareto import ParetoPoint
 
 
 @pytest.mark.parametrize("text, kind, value", [

@@ -9,12 +9,12 @@ import shutil
 
 import pytest
 
-import cubesearch.calibration as calibration
-import cubesearch.exporting as exporting
-from cubesearch.calibration import calibrate, choose_plans, rank_figures
+import cubesearch.exporting.calibration as calibration
+import cubesearch.exporting.export as exporting
 from cubesearch.cli import main
-from cubesearch.errors import CubesearchError
-from cubesearch.pareto import ParetoPoint
+from cubesearch.core.errors import CubesearchError
+from cubesearch.exporting.calibration import calibrate, choose_plans, rank_figures
+from cubesearch.search.pareto import ParetoPoint
 from cubesearch.training.finetune import Recipe
 
 

@@ -61,7 +61,7 @@ def test_counting_flops_prints_no_deprecation_warning():
     """fvcore's import calls torch.jit.script, which torch deprecates: `load()` and every FLOPs
     count printed that warning to a user who never asked for TorchScript."""
     code = ("import warnings\nwarnings.simplefilter('always')\nimport torch\n"
-            "from cubesearch.flops import count_flops\n"
+            "from cubesearch.models.flops import count_flops\n"
             "count_flops(torch.nn.Conv2d(3, 4, 3), (3, 8, 8))")
     res = run(code)
     assert res.returncode == 0 and "jit.script" not in res.stderr, res.stderr

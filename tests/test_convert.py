@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from cubesearch.blocks import CubeBlock, CubeConfig
-from cubesearch.conversion import CubeInsertion, convert, cube_blocks
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
-from cubesearch.plan import PLAN_VERSION, Plan, make_plan, parse_insertion
-from cubesearch.sites import find_sites
+from cubesearch.core.errors import CubesearchError
+from cubesearch.models.load import load_model
+from cubesearch.plan.conversion import CubeInsertion, convert, cube_blocks
+from cubesearch.plan.plan import PLAN_VERSION, Plan, make_plan, parse_insertion
+from cubesearch.plan.sites import find_sites
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = str(ROOT / "examples" / "unet.py")
@@ -264,7 +264,7 @@ def test_tracing_a_converted_model_leaves_blocks_working():
     """Fake-tensor runs (find_sites, shape checks) of a converted model must not leave fake
     tensors in process-wide caches: real forwards and fvcore counts work afterwards."""
     from cubesearch.blocks import layers
-    from cubesearch.cost import reference_flops
+    from cubesearch.cost.pricing import reference_flops
 
     for fn in (layers._stride2_fold_index, layers._stride1_fold_index):
         fn.cache_clear()  # the worst case: the first block forward ever is a fake one

@@ -17,10 +17,10 @@ import torch
 import cubesearch
 from cubesearch.blocks import CubeConfig
 from cubesearch.cli import main
-from cubesearch.conversion import convert, cube_blocks
-from cubesearch.models import load_model
-from cubesearch.plan import Plan
-from cubesearch.sites import find_sites
+from cubesearch.models.load import load_model
+from cubesearch.plan.conversion import convert, cube_blocks
+from cubesearch.plan.plan import Plan
+from cubesearch.plan.sites import find_sites
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = str(ROOT / "examples" / "unet.py")

@@ -10,11 +10,11 @@ import torch
 
 import cubesearch
 from cubesearch.blocks import CubeConfig
-from cubesearch.conversion_report import ConvertReport, convert_spec
-from cubesearch.cost import reference_flops
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.pricing import reference_flops
+from cubesearch.cost.report import ConvertReport, convert_spec
+from cubesearch.models.load import load_model
+from cubesearch.plan.plan import Plan
 
 UNET = str(Path(__file__).resolve().parents[1] / "examples" / "unet.py")
 SMALL = dict(input_size="3x32x32", model_kwargs={"width": 4})
@@ -66,7 +66,7 @@ def test_bad_requests_fail_before_any_work(tmp_path):
 
 
 def test_a_plan_file_with_widths_is_priced_on_the_built_model(tmp_path):
-    from cubesearch.cost import plan_flops_params
+    from cubesearch.cost.pricing import plan_flops_params
 
     plan = Plan(model=UNET, model_kwargs={"num_classes": 1, "width": 4}, input_size=(3, 32, 32),
                 widths={"decoder.0.conv.0": 0.5}, sites={"decoder.0.conv.3": CubeConfig()})

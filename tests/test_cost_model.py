@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from cubesearch.blocks import CubeConfig, block_cost
-from cubesearch.conversion import convert
-from cubesearch.cost import CostModel, count_flops, count_params, reference_flops
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
-from cubesearch.plan import Plan, router_problem
-from cubesearch.sites import find_sites
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.pricing import CostModel, count_flops, count_params, reference_flops
+from cubesearch.models.load import load_model
+from cubesearch.plan.conversion import convert
+from cubesearch.plan.plan import Plan, router_problem
+from cubesearch.plan.sites import find_sites
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = str(ROOT / "examples" / "unet.py")

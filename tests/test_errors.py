@@ -3,7 +3,7 @@
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from cubesearch.errors import ConfigError, CubesearchError, one_line, option_name, validation_message
+from cubesearch.core.errors import ConfigError, CubesearchError, one_line, option_name, validation_message
 
 
 def test_one_line_first_line_type_and_limit():

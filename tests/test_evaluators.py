@@ -10,8 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 import cubesearch
-from cubesearch.errors import CubesearchError
-from cubesearch.exporting import open_study_source
+from cubesearch.core.errors import CubesearchError
+from cubesearch.exporting.export import open_study_source
 from cubesearch.search import SearchSettings, TrialOutcome, evaluators
 
 ROOT = Path(__file__).parent.parent

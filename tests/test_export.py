@@ -15,14 +15,14 @@ import pytest
 import torch
 
 import cubesearch
-import cubesearch.exporting as exporting
+import cubesearch.exporting.export as exporting
 from cubesearch import CubeBlock, CubeConfig
 from cubesearch.blocks import fold_blocks
-from cubesearch.checkpoint import MANIFEST, load
-from cubesearch.conversion import convert
-from cubesearch.errors import CubesearchError
-from cubesearch.pareto import non_dominated
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.plan.checkpoint import MANIFEST, load
+from cubesearch.plan.conversion import convert
+from cubesearch.plan.plan import Plan
+from cubesearch.search.pareto import non_dominated
 from cubesearch.training import train
 from cubesearch.training.finetune import Recipe
 
@@ -308,7 +308,7 @@ def test_finetune_trains_by_the_final_recipe_beside_the_paired_baseline(searched
 
 
 def test_export_refuses_untrusted_model_code_and_a_file_as_out(searched, tmp_path, monkeypatch):
-    import cubesearch.trust as trust
+    import cubesearch.models.trust as trust
 
     out, _ = searched
     monkeypatch.setenv(trust.STORE_ENV, str(tmp_path / "store.json"))  # another user's machine

@@ -13,12 +13,12 @@ import torch
 from torch.nn import functional as F
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.data import make_datasets
-from cubesearch.errors import CubesearchError
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.plan.plan import Plan
 from cubesearch.search.promotion import contributions, loss_rows, promote, rung_sizes
 from cubesearch.training import train
 from cubesearch.training.callbacks import BestWeights
+from cubesearch.training.data import make_datasets
 from cubesearch.training.finetune import Recipe, baseline_plan, finetune, paired_baseline
 from cubesearch.training.losses import distillation_loss
 
@@ -202,7 +202,7 @@ def test_promotion_takes_whole_fronts_then_hypervolume_contribution():
 
 
 def test_from_scratch_starts_from_fresh_weights_not_the_baseline(baseline):
-    from cubesearch.checkpoint import load
+    from cubesearch.plan.checkpoint import load
     from cubesearch.training.finetune import fresh_model
 
     trained = load(baseline).state_dict()

@@ -10,8 +10,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from cubesearch.data import make_datasets
-from cubesearch.data.folder import (
+from cubesearch.core.errors import CubesearchError
+from cubesearch.training.data import make_datasets
+from cubesearch.training.data.folder import (
     FolderDataset,
     check_folder,
     detect_layout,
@@ -19,8 +20,7 @@ from cubesearch.data.folder import (
     pair_folder,
     split_pairs,
 )
-from cubesearch.data.transforms import IGNORE_INDEX, grid_crops
-from cubesearch.errors import CubesearchError
+from cubesearch.training.data.transforms import IGNORE_INDEX, grid_crops
 
 
 def make_pair(rng, h, w, channels=3):

@@ -15,9 +15,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import cubesearch.calibration as calibration
+import cubesearch.exporting.calibration as calibration
 import cubesearch.search as searching
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
 from cubesearch.search import halving
 from cubesearch.search.record import RUNG, SCORED, TrialCounts
 from cubesearch.search.result import plot_labels
@@ -104,8 +104,8 @@ def test_halving_trains_rungs_promotes_and_keeps_the_paired_baseline(halved):
 def test_promoted_trials_of_one_plan_each_continue_their_own_checkpoint(tmp_path, monkeypatch):
     """The paper space shares one config across its sites, so plans repeat: each promoted trial
     goes on from its own rung-0 checkpoint (matched by trial, not by plan, which mixed them up)."""
-    from cubesearch.conversion import convert
-    from cubesearch.models import load_model
+    from cubesearch.models.load import load_model
+    from cubesearch.plan.conversion import convert
 
     starts: dict[int, str] = {}
 

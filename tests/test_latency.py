@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.errors import CubesearchError
-from cubesearch.latency import (
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.latency import (
     Correction,
     LatencyModel,
     LatencyTable,
@@ -22,11 +22,11 @@ from cubesearch.latency import (
     profile,
     profile_latency,
 )
-from cubesearch.latency import fingerprint as fpmod
-from cubesearch.latency.fingerprint import Fingerprint, resolve_device, resolve_dtype
-from cubesearch.latency.model import _rel_rms, _solve
-from cubesearch.latency.table import block_key, conv_key
-from cubesearch.space import SearchSpace
+from cubesearch.cost.latency import fingerprint as fpmod
+from cubesearch.cost.latency.fingerprint import Fingerprint, resolve_device, resolve_dtype
+from cubesearch.cost.latency.model import _rel_rms, _solve
+from cubesearch.cost.latency.table import block_key, conv_key
+from cubesearch.plan.space import SearchSpace
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 SMALL_SPACE = {"name": "small", "sites": "all", "mode": "per_site", "min_lattice_q": 1,  # all 5
@@ -64,8 +64,8 @@ def fake_timer(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from cubesearch.models import load_model
-    from cubesearch.sites import find_sites
+    from cubesearch.models.load import load_model
+    from cubesearch.plan.sites import find_sites
 
     model = load_model(TINY)
     return model, find_sites(model, (3, 32, 32), flops=False)
@@ -293,8 +293,8 @@ def test_time_interleaved_is_median_of_round_robin():
 
 def test_deploy_form_folds_blocks_and_keeps_outputs(tiny):
     from cubesearch.blocks import CubeBlock, FoldedCubeBlock
-    from cubesearch.conversion import convert
-    from cubesearch.plan import Plan
+    from cubesearch.plan.conversion import convert
+    from cubesearch.plan.plan import Plan
 
     model, report = tiny
     plan = Plan(model="tiny", input_size=(3, 32, 32), sites={report.sites[1].name: B})
@@ -353,12 +353,12 @@ def settings_stub(tmp_path, **kw):
 
 
 def test_search_setup_profiles_once_and_checks_budget_and_device(tmp_path, tiny, fake_timer):
-    from cubesearch.cost import CostModel
-    from cubesearch.models import load_model
+    from cubesearch.cost.pricing import CostModel
+    from cubesearch.models.load import load_model
+    from cubesearch.plan.sites import find_sites
     from cubesearch.search import limits
     from cubesearch.search.objectives.latency import measure_ms
     from cubesearch.search.study import check_study_device
-    from cubesearch.sites import find_sites
 
     model = load_model(TINY)
     report = find_sites(model, (3, 32, 32))
@@ -516,8 +516,8 @@ def test_ort_table_for_the_tiny_model_and_another_backend_refused(tmp_path, tiny
     """A real ONNX Runtime table (no timing asserted): recorded, reused by a search asking for
     ort, refused by one asking for torch."""
     pytest.importorskip("onnxruntime")
-    from cubesearch.cost import CostModel
-    from cubesearch.latency.profile import profile_model
+    from cubesearch.cost.latency.profile import profile_model
+    from cubesearch.cost.pricing import CostModel
     from cubesearch.search import limits
     from cubesearch.search.objectives.latency import measure_ms
 
@@ -538,7 +538,7 @@ def test_ort_table_for_the_tiny_model_and_another_backend_refused(tmp_path, tiny
     _, status = LatencyTable.open(out, device_fingerprint("cpu", threads=1))
     assert status.startswith("re-measuring") and "backend: 'ort' → 'torch'" in status
 
-    from cubesearch.sites import find_sites
+    from cubesearch.plan.sites import find_sites
 
     model = tiny[0]
     report = find_sites(model, (3, 32, 32))
@@ -577,9 +577,9 @@ def test_backend_options_bad_input_is_one_error_line(tmp_path, capsys):
 
 
 def test_card_states_measured_latency_beside_predicted():
-    from cubesearch.exporting import model_card
-    from cubesearch.pareto import ParetoPoint
-    from cubesearch.plan import Plan
+    from cubesearch.exporting.export import model_card
+    from cubesearch.plan.plan import Plan
+    from cubesearch.search.pareto import ParetoPoint
 
     plan = Plan(model="tiny", input_size=(3, 32, 32), sites={"decoder.0.0": B})
     metrics = {"iou": 0.5, "gflops": 0.01, "params": 100, "latency": 1.25,

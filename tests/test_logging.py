@@ -1,8 +1,8 @@
-"""`cubesearch.logging`: one `cubesearch` logger writing plain lines on stderr off-terminal."""
+"""`cubesearch.core.logging`: one `cubesearch` logger writing plain lines on stderr off-terminal."""
 
 import logging
 
-from cubesearch import logging as cs_logging
+from cubesearch.core import logging as cs_logging
 
 
 def test_logger_writes_one_plain_line_on_stderr_and_obeys_verbosity(capsys):

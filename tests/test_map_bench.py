@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cubesearch.pareto import ParetoPoint
+from cubesearch.search.pareto import ParetoPoint
 
 _FILE = Path(__file__).parents[1] / "benchmarks" / "map.py"
 _spec = importlib.util.spec_from_file_location("map_bench", _FILE)

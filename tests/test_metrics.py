@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cubesearch.metrics import SegmentationMetrics, metrics_from_confusion, predict_classes
+from cubesearch.training.metrics import SegmentationMetrics, metrics_from_confusion, predict_classes
 
 
 def logits_for(pred: torch.Tensor) -> torch.Tensor:

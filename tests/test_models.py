@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from cubesearch.errors import CubesearchError
-from cubesearch.models import is_smp_model, load_model, parse_spec
+from cubesearch.core.errors import CubesearchError
+from cubesearch.models.load import is_smp_model, load_model, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = ROOT / "examples" / "unet.py"

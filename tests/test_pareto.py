@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cubesearch.pareto import ParetoPoint, hypervolume, non_dominated, plot_pareto
+from cubesearch.search.pareto import ParetoPoint, hypervolume, non_dominated, plot_pareto
 
 
 def P(trial, iou, gflops, feasible=True, label=""):

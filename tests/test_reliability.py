@@ -1,5 +1,5 @@
 """Issue 14: folders, plans and studies from someone else. No model code runs unasked
-(`cubesearch.trust`), the manifest is mandatory, knob values are bounded, writes are atomic,
+(`cubesearch.models.trust`), the manifest is mandatory, knob values are bounded, writes are atomic,
 and every message names the option or file and what would be accepted."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import cubesearch
-import cubesearch.trust as trust
-from cubesearch.checkpoint import MANIFEST, save
+import cubesearch.models.trust as trust
 from cubesearch.cli import main
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.models.load import load_model
+from cubesearch.plan.checkpoint import MANIFEST, save
+from cubesearch.plan.plan import Plan
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_SRC = ASSETS / "tiny_seg.py"
@@ -280,7 +280,7 @@ def test_os_errors_name_the_path_not_the_errno(tmp_path, capsys, monkeypatch):
 
 
 def test_mask_url():
-    from cubesearch.redact import mask_secrets, mask_url
+    from cubesearch.core.redact import mask_secrets, mask_url
 
     assert mask_url("postgresql+psycopg2://user:PW@host/db") == "postgresql+psycopg2://user:***@host/db"
     assert mask_url("postgresql://u:p@ss@host:5432/db") == "postgresql://u:***@host:5432/db"
@@ -368,13 +368,13 @@ def test_search_storage_error_is_masked_and_leaves_no_out(tmp_path, capsys):
     assert not out.exists()
 
 
-# --- the one atomic write and the one lock (cubesearch.helpers) ------------------------------------
+# --- the one atomic write and the one lock (cubesearch.core.helpers) ------------------------------------
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_nothing_on_error(tmp_path):
     import os
 
-    from cubesearch.helpers import atomic_path, atomic_write
+    from cubesearch.core.helpers import atomic_path, atomic_write
 
     target = tmp_path / "deep" / "plan.json"
     assert atomic_write(target, "one") == target and target.read_text() == "one"
@@ -394,7 +394,7 @@ def test_file_lock_excludes_another_process(tmp_path):
     import subprocess
     import sys
 
-    from cubesearch.helpers import file_lock
+    from cubesearch.core.helpers import file_lock
 
     lock = tmp_path / "out" / ".lock"
     probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"

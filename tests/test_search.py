@@ -16,9 +16,9 @@ import torch
 from optuna.trial import TrialState
 
 import cubesearch.search as searching
-from cubesearch.errors import CubesearchError
-from cubesearch.pareto import non_dominated
+from cubesearch.core.errors import CubesearchError
 from cubesearch.search.evaluators import finetune
+from cubesearch.search.pareto import non_dominated
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 FAST = dict(input_size=(3, 64, 64), tile_size=32, train_tiles=16, val_tiles=8, batch_size=8,
@@ -305,7 +305,7 @@ def test_the_baseline_does_not_depend_on_what_ran_before(tmp_path):
 
 
 def test_model_kwargs_reach_the_built_model_and_every_saved_plan(tmp_path):
-    from cubesearch.checkpoint import load
+    from cubesearch.plan.checkpoint import load
     from cubesearch.search.settings import BASELINE_IDENTITY
 
     spec = f"{TINY}:TinySeg"  # the class takes width (build_model does not)

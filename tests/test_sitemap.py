@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cubesearch.checkpoint import load
-from cubesearch.conversion import convert
-from cubesearch.cost import count_flops, count_params, plan_flops_params
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
-from cubesearch.plan import Plan
-from cubesearch.sitemap import MapTable, choose, predicted_front, resolve_limits, site_map, sweep
-from cubesearch.sitemap.options import resolve_subset, site_options
-from cubesearch.sitemap.plans import plan_parts
-from cubesearch.space import SearchSpace
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.pricing import count_flops, count_params, plan_flops_params
+from cubesearch.models.load import load_model
+from cubesearch.plan.checkpoint import load
+from cubesearch.plan.conversion import convert
+from cubesearch.plan.plan import Plan
+from cubesearch.plan.space import SearchSpace
+from cubesearch.search.sitemap import MapTable, choose, predicted_front, resolve_limits, site_map, sweep
+from cubesearch.search.sitemap.options import resolve_subset, site_options
+from cubesearch.search.sitemap.plans import plan_parts
 
 ASSETS = Path(__file__).parent / "assets"
 TINY = str(ASSETS / "tiny_seg.py")
@@ -202,8 +202,8 @@ def test_a_cell_is_reproducible(tiny_map):
     out, result = tiny_map
     from cubesearch.search.context import build_context, ensure_baseline, ensure_datasets
     from cubesearch.search.settings import SearchSettings
-    from cubesearch.sitemap.cells import CellJob, baseline_iou, measure_cell
-    from cubesearch.sitemap.options import cube_option
+    from cubesearch.search.sitemap.cells import CellJob, baseline_iou, measure_cell
+    from cubesearch.search.sitemap.options import cube_option
 
     settings = SearchSettings(model=TINY, budget="100%", strategy="map", out=str(out),
                               space=str(out / "decoder.yaml"),
@@ -265,7 +265,7 @@ def test_a_shared_space_is_refused(tmp_path):
 
 def _map_process(out: Path, **extra) -> list[str]:
     options = {**TINY_OPTIONS, "distill_steps": 20, **extra}
-    code = (f"from cubesearch.sitemap import site_map; site_map({TINY!r}, out={str(out)!r}, "
+    code = (f"from cubesearch.search.sitemap import site_map; site_map({TINY!r}, out={str(out)!r}, "
             f"space={SPACE!r}, **{options!r})")
     import sys
 
@@ -338,7 +338,7 @@ def test_search_strategy_map_trains_the_milps_finalists(tiny_map, tmp_path):
     """The finalists are the MILP's plans (stored with the study), trained with the references
     by the final recipe; a second run measures no cell and trains no plan again."""
     from cubesearch.search import search
-    from cubesearch.sitemap.strategy import FINALISTS_ATTR
+    from cubesearch.search.sitemap.strategy import FINALISTS_ATTR
 
     out = tmp_path / "search"
     out.mkdir()
@@ -437,7 +437,7 @@ def test_search_strategy_map_refuses_a_shared_space(tmp_path, capsys):
 
 def test_a_narrower_run_keeps_the_other_cells(tmp_path):
     """A map run over fewer sites (another space) writes its cells first and keeps the rest."""
-    from cubesearch.sitemap.store import MapStore
+    from cubesearch.search.sitemap.store import MapStore
 
     header = {"identity": {"baseline": "m-123", "seed": 0}}
     store = MapStore.open(tmp_path, header)

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cubesearch.cost import count_flops
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
-from cubesearch.plan import select_sites
-from cubesearch.sites import conv_eligibility, find_sites, fx_trace, parse_input_size, role_of, tracing
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.pricing import count_flops
+from cubesearch.models.load import load_model
+from cubesearch.plan.plan import select_sites
+from cubesearch.plan.sites import conv_eligibility, find_sites, fx_trace, parse_input_size, role_of, tracing
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = str(ROOT / "examples" / "unet.py")
@@ -259,7 +259,7 @@ class DataDependent(nn.Module):
 
 
 def test_auto_falls_back_to_fx(monkeypatch):
-    import cubesearch.sites.tracing as tracing
+    import cubesearch.plan.sites.tracing as tracing
 
     def refuse(*args, **kwargs):  # torch.export refused `.data` with a real input; with the fake
         raise RuntimeError("export refused")  # input it now copes, so make it refuse here

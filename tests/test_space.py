@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from cubesearch import CubeConfig
-from cubesearch.errors import CubesearchError
-from cubesearch.space import SPACES_DIR, SearchSpace, shipped_space_text, shipped_spaces
+from cubesearch.core.errors import CubesearchError
+from cubesearch.plan.space import SPACES_DIR, SearchSpace, shipped_space_text, shipped_spaces
 
 
 @dataclass
@@ -30,7 +30,7 @@ def test_shipped_spaces_load_and_differ():
     names = shipped_spaces()
     assert {"default", "shared", "fullcube", "paper"} <= set(names)
     assert names == sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
-    assert SPACES_DIR.parent.name == "cubesearch"  # inside the package: a wheel carries them
+    assert SPACES_DIR.parent.parent.name == "cubesearch"  # in the package (plan/): a wheel carries them
     paper = SearchSpace.load("paper")
     assert paper.knobs.router == ["none", "pre", "post"] and paper.knobs.depth == [1, 4]
     assert SearchSpace.load("fullcube").mode == "fullcube"

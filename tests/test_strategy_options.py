@@ -12,7 +12,7 @@ import pytest
 
 import cubesearch.search as searching
 from cubesearch.cli import main
-from cubesearch.errors import ConfigError, CubesearchError
+from cubesearch.core.errors import ConfigError, CubesearchError
 from cubesearch.search import context as search_context
 from cubesearch.search.settings import STRATEGY_OPTIONS, SearchSettings, option_flag
 from cubesearch.training import Deadline, DeadlineReached, train
@@ -106,7 +106,7 @@ def test_a_stored_record_keeps_its_strategy_and_drops_what_it_does_not_use():
 def test_the_rule_for_records_without_strategy_has_one_home():
     """A stored record without strategy ran trials: written once, in search/settings.py."""
     package = Path(searching.__file__).parent.parent
-    for reader in ("search/study.py", "exporting.py", "calibration.py"):  # the readers of records
+    for reader in ("search/study.py", "exporting/export.py", "exporting/calibration.py"):  # record readers
         text = (package / reader).read_text()
         assert "SearchSettings.from_record(" in text and '"strategy": "trials"' not in text \
             and 'strategy="trials"' not in text, reader

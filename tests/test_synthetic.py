@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cubesearch.data import make_datasets
-from cubesearch.data.synthetic import (
+from cubesearch.core.errors import CubesearchError
+from cubesearch.training.data import make_datasets
+from cubesearch.training.data.synthetic import (
     SyntheticBuildings,
     _Canvas,
     _Tile,
@@ -21,7 +22,6 @@ from cubesearch.data.synthetic import (
     smooth_noise,
     tile_rng,
 )
-from cubesearch.errors import CubesearchError
 
 
 def digest(*arrays: np.ndarray) -> str:

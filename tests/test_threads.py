@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cubesearch.cli import main
-from cubesearch.errors import CubesearchError
-from cubesearch.threads import THREADS_ENV, apply_threads, default_threads, resolve_threads
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.threads import THREADS_ENV, apply_threads, default_threads, resolve_threads
 
 
 @pytest.fixture

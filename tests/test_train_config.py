@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cubesearch.data import make_datasets
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
 from cubesearch.training import (
     OPTIMIZERS,
     SCHEDULERS,
@@ -19,6 +18,7 @@ from cubesearch.training import (
     create_scheduler,
     train,
 )
+from cubesearch.training.data import make_datasets
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 

@@ -12,8 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.data import make_datasets
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
 from cubesearch.training import (
     TrainingDiverged,
     cosine,
@@ -25,6 +24,7 @@ from cubesearch.training import (
     param_groups,
     train,
 )
+from cubesearch.training.data import make_datasets
 
 TINY = str(Path(__file__).parent / "assets" / "tiny_seg.py")
 
@@ -35,13 +35,13 @@ def data():
 
 
 def tiny(num_classes: int = 1) -> nn.Module:
-    from cubesearch.models import load_model
+    from cubesearch.models.load import load_model
 
     return load_model(TINY, num_classes=num_classes)
 
 
 def plan_for(sites=(), insertions=()):
-    from cubesearch.plan import Plan
+    from cubesearch.plan.plan import Plan
 
     return Plan(model=TINY, model_kwargs={"num_classes": 1, "in_channels": 3}, input_size=(3, 32, 32),
                 sites={s: CubeConfig() for s in sites}, insertions={s: CubeConfig() for s in insertions})
@@ -298,7 +298,7 @@ def test_warm_start_loads_matching_tensors(data, tmp_path):
     for k, v in base.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
     # a converted model: every tensor but the replaced conv's comes from the baseline
-    from cubesearch.conversion import convert
+    from cubesearch.plan.conversion import convert
 
     converted = convert(tiny(), plan_for(["decoder.0.0"]))
     report = load_init(converted, base)
@@ -331,7 +331,7 @@ def test_new_parameters_train_at_their_own_learning_rate(data):
     """A warm-started model fine-tunes what it loaded at `lr` and its new blocks at `new_lr`."""
     base = train(TINY, data=data, steps=2, **FAST).model
     model = tiny()
-    from cubesearch.conversion import convert
+    from cubesearch.plan.conversion import convert
 
     model = convert(model, plan_for(["decoder.0.0"]))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -361,7 +361,7 @@ def batch_stream(dataset, n=8):
 
 
 def test_distillation_fits_blocks_to_the_convs_they_replace(data):
-    from cubesearch.conversion import convert
+    from cubesearch.plan.conversion import convert
 
     teacher = train(TINY, data=data, steps=3, **FAST).model
     plan = plan_for(["decoder.0.0", "encoder.3.0"])
@@ -385,7 +385,7 @@ def test_distillation_fits_blocks_to_the_convs_they_replace(data):
 
 
 def test_distillation_of_an_insertion_drives_the_block_to_zero(data):
-    from cubesearch.conversion import convert
+    from cubesearch.plan.conversion import convert
 
     teacher = tiny()
     plan = plan_for(insertions=["encoder.1"])
@@ -397,7 +397,7 @@ def test_distillation_of_an_insertion_drives_the_block_to_zero(data):
 
 
 def test_train_with_distill_steps(data, tmp_path):
-    from cubesearch.checkpoint import save
+    from cubesearch.plan.checkpoint import save
 
     base = train(TINY, data=data, steps=2, **FAST)
     save(tmp_path / "baseline", base.model, base.plan, base.metrics)
@@ -416,7 +416,7 @@ def test_train_with_distill_steps(data, tmp_path):
 
 
 def test_checkpoint_round_trip(data, tmp_path):
-    from cubesearch.checkpoint import load
+    from cubesearch.plan.checkpoint import load
 
     r = train(TINY, data=data, steps=2, out=tmp_path / "ck", **FAST)
     names = {p.name for p in (tmp_path / "ck").iterdir()}

@@ -1,4 +1,4 @@
-"""Channel width as a plan option (`Plan.widths`, `cubesearch.width`): the kept count, the kept
+"""Channel width as a plan option (`Plan.widths`, `cubesearch.plan.width`): the kept count, the kept
 filters (largest L1, against a manual computation), the cut carried to the BatchNorm and the next
 conv, the cost on the built model (against fvcore and the arithmetic of the cut), a mixed plan
 (a narrowed conv feeding a Cube site and an insertion), a checkpoint round trip, and the errors."""
@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from cubesearch.blocks import CubeBlock, CubeConfig
-from cubesearch.checkpoint import load, save
-from cubesearch.conversion import convert, cube_blocks
-from cubesearch.cost import CostModel, count_params, plan_flops_params, reference_flops
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
-from cubesearch.plan import Plan
-from cubesearch.sites import find_sites
-from cubesearch.width import kept_channels, narrow, smallest_filters
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.pricing import CostModel, count_params, plan_flops_params, reference_flops
+from cubesearch.models.load import load_model
+from cubesearch.plan.checkpoint import load, save
+from cubesearch.plan.conversion import convert, cube_blocks
+from cubesearch.plan.plan import Plan
+from cubesearch.plan.sites import find_sites
+from cubesearch.plan.width import kept_channels, narrow, smallest_filters
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "assets" / "tiny_seg.py")
@@ -200,8 +200,8 @@ def test_coupled_convs_are_cut_together_and_must_share_a_width():
 
 
 def test_a_plan_with_widths_warm_starts_from_the_narrowed_baseline(tmp_path):
-    from cubesearch.data import make_datasets
     from cubesearch.training import load_init, train, warm_source
+    from cubesearch.training.data import make_datasets
 
     baseline = load_model(TINY).eval()  # width 8; stands for a trained baseline
     save(tmp_path / "baseline", baseline, Plan(model=TINY, input_size=SIZE))

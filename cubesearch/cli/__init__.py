@@ -14,8 +14,8 @@ import warnings
 import click
 
 from cubesearch.cli.app import app
-from cubesearch.errors import one_line, os_error_line
-from cubesearch.redact import mask_secrets
+from cubesearch.core.errors import one_line, os_error_line
+from cubesearch.core.redact import mask_secrets
 
 # Each module adds its commands to `app` on import (one module per step of the data flow).
 from cubesearch.cli import demo as _demo  # noqa: E402,F401  isort: skip

@@ -43,8 +43,8 @@ def ablate(
     lr: float = o.LR, trial_lr: float = o.TRIAL_LR, classes: int = o.CLASSES,
     pretrained: bool = o.PRETRAINED, as_json: bool = o.AS_JSON,
 ) -> None:
-    from cubesearch.ablation import ablate as run_ablate
-    from cubesearch.helpers import parse_input_size
+    from cubesearch.core.helpers import parse_input_size
+    from cubesearch.search.ablation import ablate as run_ablate
 
     console = out_console(as_json)
     result = run_ablate(
@@ -75,7 +75,7 @@ def ablation_table(result: Any) -> Any:
     """The rows as a rich table (ΔIoU against each preset's default row)."""
     from rich.table import Table
 
-    from cubesearch.ablation import DEFAULT, IOU_LABEL
+    from cubesearch.search.ablation import DEFAULT, IOU_LABEL
 
     table = Table(title=f"Ablation of {result.model}: default {result.default.short()}, "
                         f"{IOU_LABEL} (space {result.space!r})")

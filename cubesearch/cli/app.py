@@ -10,8 +10,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from cubesearch._version import __version__
-from cubesearch.threads import THREADS_ENV, apply_threads
+from cubesearch.core.threads import THREADS_ENV, apply_threads
+from cubesearch.core.version import __version__
 
 app = typer.Typer(
     name="cubesearch",

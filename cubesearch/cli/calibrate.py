@@ -1,5 +1,5 @@
 """`cubesearch calibrate STUDY`: how well the search's proxy ranks trained models (a thin layer
-over `cubesearch.calibration`)."""
+over `cubesearch.exporting.calibration`)."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def calibrate(
     halving study's proxy is its first rung."""
     from rich.table import Table
 
-    from cubesearch.calibration import calibrate as run_calibration
-    from cubesearch.exporting import calibration_line
-    from cubesearch.trust import trust_model_code as trust_model_code_for
+    from cubesearch.exporting.calibration import calibrate as run_calibration
+    from cubesearch.exporting.export import calibration_line
+    from cubesearch.models.trust import trust_model_code as trust_model_code_for
 
     recipe = recipe_from(epochs, lr, block_lr, kd_weight, patience, distill_steps)
     console = out_console(as_json)

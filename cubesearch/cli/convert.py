@@ -13,7 +13,7 @@ from rich.table import Table
 from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
 from cubesearch.cli.options import MODEL_ARG, TRUST_MODEL_CODE, model_args
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
 
 
 def _config(lattice_stride: int | None, groups: int | None, router: str | None,
@@ -32,7 +32,7 @@ def _config(lattice_stride: int | None, groups: int | None, router: str | None,
 
 def _load(model: str, size: tuple[int, int, int], classes: int, pretrained: bool,
           model_args: dict[str, Any]):
-    from cubesearch.models import load_model
+    from cubesearch.models.load import load_model
 
     return load_model(model, num_classes=classes, in_channels=size[0], pretrained=pretrained,
                       **model_args)
@@ -89,8 +89,8 @@ def sites(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """List the 3×3 convs where a Cube block can go, with shapes, MACs and share of the model."""
-    from cubesearch.plan import select_sites
-    from cubesearch.sites import find_sites, parse_input_size
+    from cubesearch.plan.plan import select_sites
+    from cubesearch.plan.sites import find_sites, parse_input_size
 
     size = parse_input_size(input_size)
     t0 = time.perf_counter()
@@ -111,7 +111,7 @@ def sites(
 
 
 def _print_sites(report: Any, chosen: set[str], preset: str, show_all: bool, console: Any) -> None:
-    from cubesearch.conversion_report import pay_notes, skipped_summary
+    from cubesearch.cost.report import pay_notes, skipped_summary
 
     base = report.base_flops
     strided = any(s.stride != 1 for s in report.sites)
@@ -204,7 +204,7 @@ def convert(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Replace eligible 3×3 convs by Cube blocks (or insert blocks), report before/after."""
-    from cubesearch.conversion_report import convert_spec  # torch loads here, not at --help
+    from cubesearch.cost.report import convert_spec  # torch loads here, not at --help
 
     report = convert_spec(
         model, plan=plan_file, preset=preset,

@@ -28,7 +28,7 @@ IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", 
 
 def _image_destination(out: str) -> Path:
     """-o must name an image file PIL can write, somewhere a file can be made."""
-    from cubesearch.errors import CubesearchError
+    from cubesearch.core.errors import CubesearchError
 
     path = Path(out)
     accepted = ", ".join(IMAGE_FORMATS)
@@ -65,8 +65,8 @@ def preview(
     grey and vegetation green)."""
     from PIL import Image  # imported on use, like torch: `cubesearch --help` stays fast
 
-    from cubesearch.data import make_datasets
-    from cubesearch.data.preview import preview_grid
+    from cubesearch.training.data import make_datasets
+    from cubesearch.training.data.preview import preview_grid
 
     path = _image_destination(out)  # before any work
     train_ds, val_ds = make_datasets(data, size, train_tiles=n, val_tiles=n, seed=seed,
@@ -101,7 +101,7 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Read and check every image and mask of a dataset folder (sizes, mask values, channels)."""
-    from cubesearch.data.folder import check_folder
+    from cubesearch.training.data.folder import check_folder
 
     stats = check_folder(folder, num_classes=classes, in_channels=channels, val_split=val_split, seed=seed)
     if as_json:

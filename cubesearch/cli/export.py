@@ -41,8 +41,8 @@ def export(
     from rich.table import Table
 
     from cubesearch.cli.finetune import results_table
-    from cubesearch.exporting import calibration_line
-    from cubesearch.exporting import export as run_export
+    from cubesearch.exporting.export import calibration_line
+    from cubesearch.exporting.export import export as run_export
     from cubesearch.training.finetune import Recipe
 
     console = out_console(as_json)

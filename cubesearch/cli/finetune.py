@@ -1,5 +1,5 @@
 """`cubesearch finetune CHECKPOINT|STUDY`: train plans by the final recipe, beside their paired
-baseline (a thin layer over `cubesearch.finetuning`)."""
+baseline (a thin layer over `cubesearch.exporting.finetuning`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def recipe_from(epochs: float, lr: float | None, block_lr: float | None, kd_weig
     """A `Recipe` of the options given (the rest its defaults); a bad value is one error line."""
     from pydantic import ValidationError
 
-    from cubesearch.errors import ConfigError, validation_message
+    from cubesearch.core.errors import ConfigError, validation_message
     from cubesearch.training.finetune import Recipe
 
     given = dict(epochs=epochs, lr=lr, block_lr=block_lr, kd_weight=kd_weight,
@@ -76,9 +76,9 @@ def finetune(
     baseline): proxy IoU → final IoU.
 
     Every figure is on the search's own validation set unless --data and friends say otherwise."""
-    from cubesearch.finetuning import jobs_for, run_jobs
-    from cubesearch.sites import parse_input_size
-    from cubesearch.trust import trust_model_code as trust_model_code_for
+    from cubesearch.exporting.finetuning import jobs_for, run_jobs
+    from cubesearch.models.trust import trust_model_code as trust_model_code_for
+    from cubesearch.plan.sites import parse_input_size
 
     recipe = recipe_from(epochs, lr, block_lr, kd_weight, patience, distill_steps, from_scratch)
     options = dict(data=data, train_tiles=train_tiles, val_tiles=val_tiles, batch_size=batch_size,

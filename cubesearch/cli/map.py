@@ -42,8 +42,8 @@ def map_command(
 ) -> None:
     """Measure every searchable site × option alone in the trained baseline: OUT/map.json and
     OUT/map.png (the paper's "where do I insert the block?", for this model and data)."""
-    from cubesearch.sitemap import site_map
-    from cubesearch.sites import parse_input_size
+    from cubesearch.plan.sites import parse_input_size
+    from cubesearch.search.sitemap import site_map
 
     console = out_console(as_json)
     result = site_map(

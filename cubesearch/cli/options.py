@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
 
 # --help panels, in the order a user meets them
 BUDGET_PANEL = "Budget and objectives"

@@ -36,8 +36,8 @@ def profile(
     on this device, into a latency table for `search --objectives iou,latency`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cubesearch.latency import LatencyModel
-    from cubesearch.latency.profile import profile_model
+    from cubesearch.cost.latency import LatencyModel
+    from cubesearch.cost.latency.profile import profile_model
 
     console = out_console(as_json)
     bar = Progress(TextColumn("profile"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cubesearch.budget import budget_objective
 from cubesearch.cli import options as o
 from cubesearch.cli.app import app, out_console, print_json
-from cubesearch.errors import CubesearchError
-from cubesearch.redact import mask_url
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.redact import mask_url
+from cubesearch.cost.budget import budget_objective
 
 # The search's own options (those other commands share are in cubesearch.cli.options)
 BUDGET = o.option(..., "--budget", o.BUDGET_PANEL, "FLOPs (50GFLOPs, 50G, 5e10, 400MFLOPs), latency (25ms, "
@@ -112,8 +112,8 @@ def search(
 def search_options(**cli: Any) -> dict[str, Any]:
     """The command's options as `SearchSettings` fields: parsed, renamed, the unset ones (None)
     left out so the settings' defaults and strategy checks apply (before the model loads)."""
+    from cubesearch.plan.sites import parse_input_size
     from cubesearch.search import BACKENDS, SAMPLERS, parse_objectives
-    from cubesearch.sites import parse_input_size
 
     if cli["sampler"] not in SAMPLERS:
         raise CubesearchError(f"--sampler {cli['sampler']!r}: choose from {', '.join(SAMPLERS)}")

@@ -106,11 +106,11 @@ def train(
 
     Metrics are computed over the whole validation set; the checkpoint (safetensors + plan +
     metrics) loads with `cubesearch.load`."""
-    from cubesearch.checkpoint import verification
-    from cubesearch.sites import parse_input_size
+    from cubesearch.models.trust import trust_model_code as trust_model_code_for
+    from cubesearch.plan.checkpoint import verification
+    from cubesearch.plan.sites import parse_input_size
     from cubesearch.training import TrainConfig
     from cubesearch.training import train as run_training
-    from cubesearch.trust import trust_model_code as trust_model_code_for
 
     # every option named like a TrainConfig field is one; unset (None) ones keep its defaults
     given = {k: v for k, v in locals().items() if k in TrainConfig.model_fields and v is not None}

@@ -8,7 +8,7 @@ import os
 import socket
 from types import ModuleType
 
-from cubesearch.errors import CubesearchError, one_line
+from cubesearch.core.errors import CubesearchError, one_line
 from cubesearch.search.settings import SearchSettings
 
 INSTALL_HINT = "pip install 'cubesearch[ray]'"

@@ -22,20 +22,20 @@ from torch.utils.data import Dataset
 
 from cubesearch import training
 from cubesearch.blocks import CubeConfig
-from cubesearch.budget import Budget
-from cubesearch.checkpoint import save
-from cubesearch.cost import CostModel
-from cubesearch.data import make_datasets
-from cubesearch.errors import CubesearchError
-from cubesearch.latency.model import LatencyModel
-from cubesearch.logging import get_logger
-from cubesearch.models import load_model
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.logging import get_logger
+from cubesearch.cost.budget import Budget
+from cubesearch.cost.latency.model import LatencyModel
+from cubesearch.cost.pricing import CostModel
+from cubesearch.models.load import load_model
+from cubesearch.plan.checkpoint import save
+from cubesearch.plan.plan import Plan
+from cubesearch.plan.sites import Site, find_sites
+from cubesearch.plan.space import SearchSpace
 from cubesearch.search import limits
 from cubesearch.search.record import Phase, TrialOutcome
 from cubesearch.search.settings import BASELINE_IDENTITY, SearchSettings, safe_name
-from cubesearch.sites import Site, find_sites
-from cubesearch.space import SearchSpace
+from cubesearch.training.data import make_datasets
 
 Datasets = tuple[Dataset, Dataset]  # (train, val)
 
@@ -56,7 +56,7 @@ class SearchContext:
     datasets: Datasets | None = None  # built once
     evaluator: Evaluator | None = None  # how a plan becomes an IoU; set by the search's set-up
     # What --budget bounds (FLOPs, or a latency in µs), and the latency model when latency is an
-    # objective or the budget (cubesearch.latency: measured on this device, from its table)
+    # objective or the budget (cubesearch.cost.latency: measured on this device, from its table)
     budget: Budget | None = None
     latency: LatencyModel | None = None
     # What the backend's run fills now: `trials` trained trials, or a halving rung
@@ -202,7 +202,7 @@ def budget_warning(ctx: SearchContext) -> str | None:
     """A line when the budget does not constrain the search: at or above the costliest plan
     (every plan is within it), or above the unconverted model's own cost."""
     if ctx.budget is not None and ctx.budget.objective != "gflops":
-        return None  # a latency budget: cubesearch.latency checked it against the fastest plan
+        return None  # a latency budget: cubesearch.cost.latency checked it against the fastest plan
     s, budget, base = ctx.settings, ctx.budget_flops, ctx.base_flops
     top = costliest_flops(ctx.space, ctx.searchable, ctx.cost)
     shown = f"budget {s.budget} ({budget / 1e9:.3f} GFLOPs)"

@@ -17,11 +17,11 @@ from typing import Any, Protocol
 import optuna
 from rich.console import Console
 
-from cubesearch.checkpoint import check_destination
-from cubesearch.errors import CubesearchError
-from cubesearch.helpers import file_lock, import_named
-from cubesearch.logging import progress_enabled
-from cubesearch.redact import mask_url
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.helpers import file_lock, import_named
+from cubesearch.core.logging import progress_enabled
+from cubesearch.core.redact import mask_url
+from cubesearch.plan.checkpoint import check_destination
 from cubesearch.search.context import (
     Evaluator,
     SearchContext,

@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
 from cubesearch.search.context import SearchContext, TrialInfo
 from cubesearch.search.evaluators.finetune import (
     FineTuneEvaluator,

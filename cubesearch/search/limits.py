@@ -16,17 +16,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cubesearch.budget import Budget, budget_objective, resolve_budget
-from cubesearch.cost import CostModel
-from cubesearch.errors import CubesearchError
-from cubesearch.latency.fingerprint import current_fingerprint
-from cubesearch.latency.model import LatencyModel
-from cubesearch.latency.profile import profile_latency, site_configs, stats_need_calibration
-from cubesearch.latency.table import LatencyTable, model_key
-from cubesearch.logging import get_logger
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.logging import get_logger
+from cubesearch.cost.budget import Budget, budget_objective, resolve_budget
+from cubesearch.cost.latency.fingerprint import current_fingerprint
+from cubesearch.cost.latency.model import LatencyModel
+from cubesearch.cost.latency.profile import profile_latency, site_configs, stats_need_calibration
+from cubesearch.cost.latency.table import LatencyTable, model_key
+from cubesearch.cost.pricing import CostModel
+from cubesearch.plan.sites import Site, SiteReport
+from cubesearch.plan.space import SearchSpace
 from cubesearch.search.settings import SearchSettings
-from cubesearch.sites import Site, SiteReport
-from cubesearch.space import SearchSpace
 
 __all__ = ["load_latency", "needs_latency", "setup", "table_path"]
 

@@ -8,7 +8,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from cubesearch.progressbar import eta_bar
+from cubesearch.core.progressbar import eta_bar
 from cubesearch.search.context import SearchContext
 from cubesearch.search.record import TrialCounts
 from cubesearch.search.result import SearchResult, collect_result

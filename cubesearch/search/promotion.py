@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from optuna.study._multi_objective import _fast_non_domination_rank
 
-from cubesearch.pareto import loss_hypervolume
+from cubesearch.search.pareto import loss_hypervolume
 
 
 def loss_rows(ious: Sequence[float], costs: Sequence[float]) -> np.ndarray:

@@ -50,9 +50,9 @@ import optuna
 from optuna.trial import TrialState, create_trial
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.errors import CubesearchError
-from cubesearch.logging import get_logger
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.logging import get_logger
+from cubesearch.plan.plan import Plan
 from cubesearch.search.cluster import connect, require_ray
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import direction, recorded_costs

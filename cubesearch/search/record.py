@@ -24,9 +24,9 @@ import optuna
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from cubesearch.errors import CubesearchError, one_line
-from cubesearch.pareto import ParetoPoint
-from cubesearch.redact import mask_secrets, mask_url
+from cubesearch.core.errors import CubesearchError, one_line
+from cubesearch.core.redact import mask_secrets, mask_url
+from cubesearch.search.pareto import ParetoPoint
 
 # A plan over budget is rejected by the cost model in microseconds, so `--trials` counts trained
 # trials only; this many rejections per wanted trial end a search whose budget the space can

@@ -9,10 +9,10 @@ from typing import Any
 
 import optuna
 
-from cubesearch.helpers import atomic_write
-from cubesearch.pareto import PRUNING_LABEL, ParetoPoint, non_dominated, plot_pareto
-from cubesearch.redact import mask_url
+from cubesearch.core.helpers import atomic_write
+from cubesearch.core.redact import mask_url
 from cubesearch.search.context import SearchContext
+from cubesearch.search.pareto import PRUNING_LABEL, ParetoPoint, non_dominated, plot_pareto
 from cubesearch.search.record import TrialCounts, study_points
 from cubesearch.search.settings import SearchSettings
 

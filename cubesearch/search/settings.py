@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cubesearch.budget import budget_objective
-from cubesearch.errors import ConfigError, CubesearchError, validation_message
-from cubesearch.latency.backends import DEFAULT_BACKEND, check_backend
+from cubesearch.core.errors import ConfigError, CubesearchError, validation_message
+from cubesearch.cost.budget import budget_objective
+from cubesearch.cost.latency.backends import DEFAULT_BACKEND, check_backend
+from cubesearch.models.trust import WEIGHT_KWARGS, plain_json
 from cubesearch.training import TrainConfig
-from cubesearch.trust import WEIGHT_KWARGS, plain_json
 
 SAMPLERS = ("nsga2", "tpe", "random")
 STRATEGIES = ("trials", "halving", "map")
@@ -203,7 +203,7 @@ class SearchSettings(BaseModel):
     # schedule at each rung); `trials` plans start, the best 1/`eta` of each rung (MO-ASHA's
     # promotion) train on to the next; the top rung's models are the front
     # "auto" (or None): DEFAULT_STRATEGY with the finetune evaluator, else "trials"
-    # "map" (cubesearch.sitemap): every site's options scored alone in the baseline (the site
+    # "map" (cubesearch.search.sitemap): every site's options scored alone in the baseline (the site
     # map), plans chosen by integer programming, `trials` finalists trained to the top rung
     strategy: Literal["trials", "halving", "map"] = DEFAULT_STRATEGY
     rungs: tuple[float, ...] = DEFAULT_RUNGS
@@ -214,7 +214,7 @@ class SearchSettings(BaseModel):
     max_concurrent: int | None = Field(None, ge=1)  # None: as many as the cluster's CPUs/GPUs fit
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
-    # Latency (cubesearch.latency): the table of this device's measured ops (default
+    # Latency (cubesearch.cost.latency): the table of this device's measured ops (default
     # OUT/latency.json), the runtime they are timed in (torch: eager; ort: ONNX Runtime CPU,
     # `profile --backend`), and whether to measure this device again (another device, or asked)
     latency_table: str | None = None

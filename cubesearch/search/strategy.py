@@ -3,7 +3,7 @@
 - "trials": one phase, `trials` trained trials, each plan the sampler asks for.
 - "halving" (`cubesearch.search.halving`): successive halving over rungs of the final recipe,
   multi-objective promotion (MO-ASHA).
-- "map" (`cubesearch.sitemap.strategy`): each site's options scored alone in the baseline (the
+- "map" (`cubesearch.search.sitemap.strategy`): each site's options scored alone in the baseline (the
   site map), plans chosen from it by integer programming, the finalists trained.
 
 A strategy is `fn(ctx, study, backend, console, progress)`; each phase sets `ctx.phase` and
@@ -18,8 +18,8 @@ from typing import Any
 import optuna
 from rich.console import Console
 
-from cubesearch.errors import CubesearchError
-from cubesearch.helpers import import_named
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.helpers import import_named
 from cubesearch.search.context import SearchContext
 from cubesearch.search.progress import SearchProgress
 from cubesearch.search.record import TrialCounts
@@ -46,7 +46,7 @@ def run_trials(ctx: SearchContext, study: optuna.Study, backend: Any, console: C
 # name → the strategy, or "module:function" imported when chosen
 STRATEGIES: dict[str, Strategy | str] = {"trials": run_trials,
                                          "halving": "cubesearch.search.halving:run_halving",
-                                         "map": "cubesearch.sitemap.strategy:run_map"}
+                                         "map": "cubesearch.search.sitemap.strategy:run_map"}
 
 
 def get_strategy(name: str) -> Strategy:

@@ -7,9 +7,9 @@ import os
 
 import optuna
 
-from cubesearch.errors import CubesearchError
-from cubesearch.latency.fingerprint import Fingerprint
-from cubesearch.redact import mask_url
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.redact import mask_url
+from cubesearch.cost.latency.fingerprint import Fingerprint
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import direction
 from cubesearch.search.record import heartbeat, open_storage

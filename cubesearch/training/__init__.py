@@ -14,18 +14,18 @@ with it, users train the winner with it).
   channels_last on CPU too (1.7× faster for smp U-Nets here) (`inputs.py`).
 - Loop (`loop.py`): optimiser steps; evaluation, history and the progress bar are callbacks
   (`callbacks.py`), and so are the caller's own (`train(..., callbacks=[...])`).
-- Metrics (`cubesearch.metrics`, `evaluation.py`): OA, precision, recall, F1, IoU of the
+- Metrics (`cubesearch.training.metrics`, `evaluation.py`): OA, precision, recall, F1, IoU of the
   building class over the whole validation set, and the loss. A NaN/inf loss stops the run with
   `TrainingDiverged`.
 - Warm start (`init_from`, `warmstart.py`): every tensor whose name and shape match is loaded
   (strict=False) and the counts are reported; with `distill_steps`, each replaced site is first
   fitted to reproduce the output of the conv it replaces (`distillation.py`).
-- Checkpoint (`out`): `cubesearch.checkpoint.save` → safetensors + plan + metrics JSON.
+- Checkpoint (`out`): `cubesearch.plan.checkpoint.save` → safetensors + plan + metrics JSON.
 
 `trainer.py` ties them: resolve → data → warm start and distil → fit → report.
 """
 
-from cubesearch.helpers import resolve_device as pick_device
+from cubesearch.core.helpers import resolve_device as pick_device
 from cubesearch.training.callbacks import (
     Callback,
     Deadline,

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cubesearch.errors import CubesearchError
-from cubesearch.progressbar import eta_bar
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.progressbar import eta_bar
 from cubesearch.training.evaluation import evaluate
 
 VAL_KEYS = ("loss", "oa", "precision", "recall", "f1", "iou", "miou")

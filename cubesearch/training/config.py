@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from cubesearch.errors import ConfigError, option_name, validation_message
+from cubesearch.core.errors import ConfigError, option_name, validation_message
 from cubesearch.training.losses import LOSSES
 from cubesearch.training.optim import OPTIMIZERS, SCHEDULERS
 

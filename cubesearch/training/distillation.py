@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cubesearch.conversion import BLOCK_KEY
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
+from cubesearch.plan.conversion import BLOCK_KEY
 from cubesearch.training.inputs import autocast
 from cubesearch.training.losses import TrainingDiverged
 from cubesearch.training.norms import cumulative_statistics, tracked_norms

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cubesearch.helpers import resolve_device
-from cubesearch.metrics import SegmentationMetrics
+from cubesearch.core.helpers import resolve_device
 from cubesearch.training.config import DEFAULT_BATCH
 from cubesearch.training.inputs import Inputs, autocast
 from cubesearch.training.losses import TrainingDiverged, check_classes, logits_of, make_loss
+from cubesearch.training.metrics import SegmentationMetrics
 
 
 @torch.no_grad()

@@ -32,11 +32,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import Module
 
-from cubesearch.conversion import convert
-from cubesearch.errors import CubesearchError
-from cubesearch.helpers import atomic_write, file_sha256
-from cubesearch.models import load_model_from
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.helpers import atomic_write, file_sha256
+from cubesearch.models.load import load_model_from
+from cubesearch.plan.conversion import convert
+from cubesearch.plan.plan import Plan
 from cubesearch.training.trainer import TrainResult, train
 
 PAIRED_FILE = "paired.json"

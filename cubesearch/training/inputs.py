@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from cubesearch.data.transforms import normalization
+from cubesearch.training.data.transforms import normalization
 
 
 def normalised(image: torch.Tensor, channels: int | None = None) -> torch.Tensor:

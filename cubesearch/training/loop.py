@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cubesearch.metrics import SegmentationMetrics
 from cubesearch.training.inputs import Inputs, autocast
 from cubesearch.training.losses import TrainingDiverged, check_classes, distillation_loss, logits_of
+from cubesearch.training.metrics import SegmentationMetrics
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from cubesearch.data.transforms import IGNORE_INDEX
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
+from cubesearch.training.data.transforms import IGNORE_INDEX
 
 LOSSES = ("bce", "ce", "dice", "bce+dice", "ce+dice")
 

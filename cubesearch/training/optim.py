@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
 
 OptimizerFactory = Callable[[list[dict[str, Any]], float, float], torch.optim.Optimizer]
 Schedule = Callable[[int, int, int, float], float]

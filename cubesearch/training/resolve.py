@@ -9,11 +9,11 @@ from typing import Any
 
 from torch import nn
 
-from cubesearch.checkpoint import load
-from cubesearch.conversion import convert
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model, load_model_from
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.models.load import load_model, load_model_from
+from cubesearch.plan.checkpoint import load
+from cubesearch.plan.conversion import convert
+from cubesearch.plan.plan import Plan
 
 Resolved = tuple[nn.Module, Plan | None, Any, int | None]
 

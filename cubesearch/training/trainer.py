@@ -13,14 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from cubesearch.checkpoint import check_destination, save
-from cubesearch.data import make_datasets
-from cubesearch.errors import CubesearchError
-from cubesearch.helpers import model_device, resolve_device
-from cubesearch.logging import get_logger, progress_enabled
-from cubesearch.plan import Plan
+from cubesearch.core.errors import CubesearchError
+from cubesearch.core.helpers import model_device, resolve_device
+from cubesearch.core.logging import get_logger, progress_enabled
+from cubesearch.plan.checkpoint import check_destination, save
+from cubesearch.plan.plan import Plan
 from cubesearch.training.callbacks import BestWeights, Evaluation, History, ProgressBar, eval_points
 from cubesearch.training.config import DEFAULT_EPOCHS, TrainConfig
+from cubesearch.training.data import make_datasets
 from cubesearch.training.distillation import distill
 from cubesearch.training.inputs import Inputs
 from cubesearch.training.loop import FitState, fit

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cubesearch.checkpoint import load
-from cubesearch.errors import CubesearchError, one_line
-from cubesearch.models import load_model_from
-from cubesearch.plan import Plan
-from cubesearch.width import narrowed_like
+from cubesearch.core.errors import CubesearchError, one_line
+from cubesearch.models.load import load_model_from
+from cubesearch.plan.checkpoint import load
+from cubesearch.plan.plan import Plan
+from cubesearch.plan.width import narrowed_like
 
 
 def _read_weights(path: Path) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cubesearch.errors import CubesearchError
+from cubesearch.core.errors import CubesearchError
 from cubesearch.search.context import Evaluator, TrialInfo
 from cubesearch.search.evaluators.finetune import FineTuneEvaluator, TrialError, evaluate_plan, warm_model
 from cubesearch.search.evaluators.user import UserEvaluator, UserFunction, load_user_function

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from cubesearch import training
 from cubesearch.blocks import CubeConfig
-from cubesearch.checkpoint import load, save
-from cubesearch.conversion import convert
-from cubesearch.models import load_model
+from cubesearch.models.load import load_model
+from cubesearch.plan.checkpoint import load, save
+from cubesearch.plan.conversion import convert
 from cubesearch.search.context import SearchContext, TrialInfo, ensure_baseline, ensure_datasets
 from cubesearch.search.objectives import measure_costs
 from cubesearch.search.record import RECORDED_METRICS, TrialOutcome

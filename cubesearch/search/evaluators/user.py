@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from cubesearch.errors import CubesearchError
-from cubesearch.models import import_file
+from cubesearch.core.errors import CubesearchError
+from cubesearch.models.load import import_file
 from cubesearch.search.context import SearchContext, TrialInfo
 from cubesearch.search.evaluators.finetune import TrialError, finish_trial, prepare_baseline, warm_model
 from cubesearch.search.record import TrialOutcome

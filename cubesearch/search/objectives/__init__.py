@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.cost import count_flops, count_params, plan_flops_params
-from cubesearch.errors import CubesearchError
-from cubesearch.models import load_model
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.pricing import count_flops, count_params, plan_flops_params
+from cubesearch.models.load import load_model
 from cubesearch.search.context import SearchContext
 from cubesearch.search.objectives import latency
 

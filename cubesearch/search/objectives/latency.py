@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from cubesearch.blocks import CubeConfig
-from cubesearch.errors import CubesearchError
-from cubesearch.latency import measure
-from cubesearch.latency.backends import make_runner
-from cubesearch.latency.fingerprint import current_fingerprint
-from cubesearch.latency.profile import torch_threads
+from cubesearch.core.errors import CubesearchError
+from cubesearch.cost.latency import measure
+from cubesearch.cost.latency.backends import make_runner
+from cubesearch.cost.latency.fingerprint import current_fingerprint
+from cubesearch.cost.latency.profile import torch_threads
 from cubesearch.search.context import SearchContext
 
 
