@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cubesearch.search.pareto import ParetoPoint, hypervolume, non_dominated, plot_pareto
+from cubesearch.search.pareto import ParetoPoint, hypervolume, non_dominated, plot_pareto, sites_text
 
 
 def P(trial, iou, gflops, feasible=True, label=""):
@@ -70,3 +70,9 @@ def test_plans_over_budget_are_not_drawn_as_failed_models(tmp_path, monkeypatch)
     assert (10.0, 0.70) in drawn  # the unconverted reference: trained though over budget
     assert "2 over budget: rejected untrained, not drawn" in legend
     assert "2 over budget: rejected untrained, not drawn" in html.read_text()
+
+
+def test_a_plan_that_narrows_convs_says_so_beside_its_cube_sites():
+    assert sites_text(5) == "5"
+    assert sites_text(5, 3) == "5 + 3 narrowed"
+    assert sites_text(0, 2) == "0 + 2 narrowed"

@@ -433,3 +433,25 @@ def test_searcher_finishes_once_the_study_has_its_trials(tmp_path):
         assert t.user_attrs["f1"] == 0.6 and t.user_attrs["ray_node"] == "127.0.0.1"
     # the study is full and nothing runs: the experiment is over (Tune would otherwise wait)
     assert searcher.suggest("d") == Searcher.FINISHED
+
+
+def test_a_trial_orphaned_by_a_dead_driver_is_queued_again_as_the_same_plan(tmp_path):
+    """A map finalist (its narrowed convs, its index) or a promoted halving trial (its rung) that
+    the Ray driver lost is queued again with what it was queued with, not as a bare plan."""
+    from cubesearch.search.ray import CubeOptunaSearch
+    from cubesearch.search.record import FINALIST, RUNG, WIDTHS
+    from cubesearch.search.study import RAY_EXPERIMENT_ATTR
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    experiment = tmp_path / "ray" / "exp-2"
+    queued = {FINALIST: 3, WIDTHS: {"decoder.0.0": 0.5}, "predicted_iou": 0.41, RUNG: 1}
+    study.enqueue_trial({"decoder.1.0": "s2"}, user_attrs=queued)
+    trial = study.ask()
+    trial.set_user_attr(RAY_EXPERIMENT_ATTR, str(tmp_path / "ray" / "exp-1"))  # the dead driver's
+    trial.set_user_attr("plan", {"decoder.1.0": {}})  # what its run recorded: not carried over
+    searcher = object.__new__(CubeOptunaSearch)
+    searcher._experiment, searcher._live = str(experiment), {}
+    searcher._fail_orphans(study)
+    failed, again = study.get_trials(deepcopy=False)
+    assert failed.state == TrialState.FAIL and "queued again" in failed.user_attrs["fail_reason"]
+    assert again.state == TrialState.WAITING and again.user_attrs == queued

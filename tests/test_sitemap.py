@@ -358,6 +358,7 @@ def test_search_strategy_map_trains_the_milps_finalists(tiny_map, tmp_path):
     for pruned in (p for p in result.points if p.label == "pruning"):  # decoder.0.0 at one width
         plan = json.loads(Path(pruned.plan_path).read_text())
         assert plan["widths"] == {"decoder.0.0": pruned.extra["pruning_ratio"]} and not plan["sites"]
+        assert (pruned.sites_replaced, pruned.sites_narrowed) == (0, 1)  # the front's "sites" column
         assert pruned.gflops <= max(f["gflops"] for f in finalists) + 1e-12
         assert pruned not in result.front
     table = json.loads((out / "map.json").read_text())
@@ -366,6 +367,7 @@ def test_search_strategy_map_trains_the_milps_finalists(tiny_map, tmp_path):
         f = next(f for f in finalists
                  if f["sites"] == plan["sites"] and f["widths"] == plan.get("widths", {}))
         assert point.extra["predicted_iou"] == f["predicted_iou"]
+        assert (point.sites_replaced, point.sites_narrowed) == (len(plan["sites"]), len(f["widths"]))
         deltas = {(c["site"], c["option"]): c["delta_iou"] for c in table["cells"]}
         assert f["predicted_iou"] == pytest.approx(
             table["baseline_iou"] + sum(deltas[(s, o)] for s, o in f["options"].items()))
@@ -469,3 +471,30 @@ def test_search_strategy_map_on_ray(tmp_path):
         if plan.get("widths"):
             assert point.gflops < result.baseline.gflops  # built narrowed on the worker
     assert any(f["widths"] for f in finalists) or any(p.label == "pruning" for p in result.points)
+
+
+def test_a_budget_only_narrowed_convs_meet_is_accepted_by_the_map_strategy(tmp_path):
+    """Under --strategy map a budget below the cheapest Cube plan is searched when narrowing every
+    conv to its narrowest width meets it; below both, one error line gives both figures."""
+    from cubesearch.search.context import build_context, cheapest_plan
+    from cubesearch.search.settings import SearchSettings
+
+    space = tmp_path / "joint.yaml"
+    space.write_text(Path(SPACE).read_text().replace("lattice_stride: [1, 2]", "lattice_stride: [1]")
+                     + "widths: [0.25]\n")  # stride-1 blocks only: narrowing is the cheaper way
+
+    def settings(budget: str) -> SearchSettings:
+        return SearchSettings(model=TINY, budget=budget, strategy="map", space=str(space),
+                              out=str(tmp_path / "s"), input_size=(3, 64, 64))
+
+    ctx = build_context(settings("100%"))
+    cube = ctx.cost.flops(cheapest_plan(ctx.space, ctx.searchable, ctx.cost))
+    narrow = {s.name: 0.25 for s in ctx.searchable if ctx.space.site_widths(s)}
+    narrowest = plan_flops_params(load_model(TINY), Plan(model=TINY, input_size=(3, 64, 64),
+                                                         widths=narrow))[0]
+    assert narrowest < cube  # the case: only narrowing reaches below the cheapest Cube plan
+    between = (narrowest + cube) / 2
+    assert build_context(settings(f"{between / 1e6:.6f}MFLOPs")).budget_flops < cube
+    with pytest.raises(CubesearchError, match=r"below the cheapest plan in space 'map-test': "
+                       r"[0-9.]+ GFLOPs, [0-9.]+ GFLOPs with every conv at its narrowest width"):
+        build_context(settings(f"{narrowest * 0.5 / 1e6:.6f}MFLOPs"))

@@ -32,7 +32,7 @@ from cubesearch.cost.pricing import count_flops
 from cubesearch.plan.checkpoint import check_destination, load, save, write_manifest
 from cubesearch.plan.plan import Plan
 from cubesearch.search.context import baseline_dir as search_baseline_dir
-from cubesearch.search.pareto import ParetoPoint, non_dominated, plot_pareto
+from cubesearch.search.pareto import ParetoPoint, non_dominated, plot_pareto, sites_text
 from cubesearch.search.record import open_storage, study_points
 from cubesearch.search.settings import SearchSettings, study_train_options
 from cubesearch.training.finetune import Recipe, finetune, recorded_baseline
@@ -432,7 +432,8 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
                     key=lambda p: (p.gflops, -p.iou)):
         rows.append({
             "trial": p.trial, "iou": round(p.iou, 6), "gflops": round(p.gflops, 6), "params": p.params,
-            "sites_replaced": p.sites_replaced, "pareto": p in front, "exported": p in exported,
+            "sites_replaced": p.sites_replaced, "sites_narrowed": p.sites_narrowed,
+            "pareto": p in front, "exported": p in exported,
             "label": p.label, "iou_gain": round(p.iou - baseline.iou, 6) if baseline else "",
             "gflops_saving": round(1 - p.gflops / baseline.gflops, 6) if baseline else "",
             "folder": f"trial_{p.trial:04d}" if p in exported else "",
@@ -455,8 +456,9 @@ def write_index(out: Path, points: Sequence[ParetoPoint], exported: Sequence[Par
         saving = f"{r['gflops_saving']:.1%}" if r["gflops_saving"] != "" else ""
         note = ", ".join(x for x in (r["label"], "pareto" if r["pareto"] else "") if x)
         final = [r[k] for k in FINAL_KEYS[1:]]
+        sites = sites_text(r["sites_replaced"], r["sites_narrowed"])
         md.append(f"| {r['trial']} | {r['iou']:.4f} | {gain} | {r['gflops']:.3f} | {saving} | "
-                  f"{r['params']:,} | {r['sites_replaced']} | {note} | {r['folder']} |"
+                  f"{r['params']:,} | {sites} | {note} | {r['folder']} |"
                   + ("".join(f" {'' if v == '' else f'{v:+.4f}' if i == 2 else f'{v:.4f}'} |"
                              for i, v in enumerate(final)) if finals else ""))
     if finals:

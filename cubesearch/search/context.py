@@ -26,7 +26,7 @@ from cubesearch.core.errors import CubesearchError
 from cubesearch.core.logging import get_logger
 from cubesearch.cost.budget import Budget
 from cubesearch.cost.latency.model import LatencyModel
-from cubesearch.cost.pricing import CostModel
+from cubesearch.cost.pricing import CostModel, plan_flops_params
 from cubesearch.models.load import load_model
 from cubesearch.plan.checkpoint import save
 from cubesearch.plan.plan import Plan
@@ -165,16 +165,32 @@ def build_context(settings: SearchSettings, deadline: float | None = None) -> Se
     # latency from this device's table (profiled here first if it lacks this model)
     latency, limit = limits.setup(settings, model, report, space, searchable, cost)
     budget = limit.value if limit.objective == "gflops" else float("inf")
-    cheapest_flops = cost.flops(cheapest_plan(space, searchable, cost))
-    if cheapest_flops > budget:
-        raise CubesearchError(
-            f"budget {settings.budget} ({budget / 1e9:.3f} GFLOPs) is below the cheapest plan in "
-            f"space {space.name!r}: {cheapest_flops / 1e9:.3f} GFLOPs "
-            f"(the model is {base_flops / 1e9:.3f} GFLOPs)")
+    check_budget_reachable(settings, space, searchable, cost, model, budget)
     return SearchContext(settings=settings, space=space, sites=sites, searchable=searchable,
                          cost=cost, base_flops=base_flops, base_params=base_params,
                          budget_flops=budget, out=Path(settings.out), budget=limit, latency=latency,
                          deadline=deadline)
+
+
+def check_budget_reachable(settings: SearchSettings, space: SearchSpace, searchable: Sequence[Site],
+                           cost: CostModel, model: torch.nn.Module, budget: float) -> None:
+    """One error line when no plan of the space fits a FLOPs budget: the cheapest Cube plan, and
+    under `--strategy map` (which also narrows convs) every conv at its narrowest width."""
+    cheapest = cost.flops(cheapest_plan(space, searchable, cost))
+    if cheapest <= budget:
+        return
+    narrow = {s.name: min(ws) for s in searchable if (ws := space.site_widths(s))}
+    narrowest = (plan_flops_params(model, Plan(model=settings.model, input_size=settings.input_size,
+                                               widths=narrow))[0]
+                 if narrow and settings.strategy == "map" else None)
+    if narrowest is not None and narrowest <= budget:
+        return
+    also = (f", {narrowest / 1e9:.3f} GFLOPs with every conv at its narrowest width"
+            if narrowest is not None else "")
+    raise CubesearchError(
+        f"budget {settings.budget} ({budget / 1e9:.3f} GFLOPs) is below the cheapest plan in "
+        f"space {space.name!r}: {cheapest / 1e9:.3f} GFLOPs{also} "
+        f"(the model is {cost.flops({}) / 1e9:.3f} GFLOPs)")
 
 
 def cheapest_plan(space: SearchSpace, sites: Sequence[Site], cost: CostModel) -> dict[str, CubeConfig]:

@@ -23,7 +23,8 @@ class ParetoPoint:
     iou: float
     gflops: float
     params: int
-    sites_replaced: int = 0
+    sites_replaced: int = 0  # Cube blocks
+    sites_narrowed: int = 0  # convs narrowed to a kept fraction of their channels (`Plan.widths`)
     label: str = ""
     feasible: bool = True
     plan_path: str | None = None
@@ -32,6 +33,11 @@ class ParetoPoint:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def sites_text(replaced: int, narrowed: int = 0) -> str:
+    """`5` Cube sites, or `5 + 3 narrowed` when the plan also narrows convs."""
+    return f"{replaced}" + (f" + {narrowed} narrowed" if narrowed else "")
 
 
 def objective_value(p: ParetoPoint, name: str) -> float:
@@ -191,8 +197,9 @@ def _plot_html(view: _View, html: Path) -> None:
     def trace(pts: Sequence[ParetoPoint], name: str, **kw: Any) -> None:
         fig.add_trace(go.Scatter(
             x=view.x(pts), y=[p.iou for p in pts], name=name,
-            text=[f"trial {p.trial}<br>{p.sites_replaced} sites replaced<br>{p.params:,} params"
-                  for p in pts], hovertemplate="%{text}<br>%{x:.3f} " + view.unit + ", IoU %{y:.4f}", **kw))
+            text=[f"trial {p.trial}<br>{sites_text(p.sites_replaced, p.sites_narrowed)} sites"
+                  f"<br>{p.params:,} params" for p in pts],
+            hovertemplate="%{text}<br>%{x:.3f} " + view.unit + ", IoU %{y:.4f}", **kw))
 
     front_ids = {p.trial for p in view.front}
     trace([p for p in view.trained if p.trial not in front_ids], "trials", mode="markers")

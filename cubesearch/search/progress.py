@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cubesearch.core.progressbar import eta_bar
 from cubesearch.search.context import SearchContext
+from cubesearch.search.pareto import sites_text
 from cubesearch.search.record import TrialCounts
 from cubesearch.search.result import SearchResult, collect_result
 
@@ -37,7 +38,7 @@ def front_table(result: SearchResult, title: str = "Pareto front") -> Table:
         ms = (f"{p.extra['latency']:.2f}" if "latency" in p.extra else "–",) if latency else ()
         rung0 = (f"{p.extra['iou_rung0']:.4f}" if "iou_rung0" in p.extra else "–",) if ranked else ()
         table.add_row(str(p.trial), *rung0, f"{p.iou:.4f}", d_iou, f"{p.gflops:.3f}", saving, *ms,
-                      f"{p.params:,}", str(p.sites_replaced), note.strip())
+                      f"{p.params:,}", sites_text(p.sites_replaced, p.sites_narrowed), note.strip())
     return table
 
 

@@ -64,6 +64,7 @@ from cubesearch.search.record import (
     TrialOutcome,
     fail_reason,
     open_storage,
+    queued_attrs,
 )
 from cubesearch.search.settings import SearchSettings
 from cubesearch.search.study import RAY_EXPERIMENT_ATTR, make_sampler, stored_trials
@@ -222,9 +223,7 @@ class CubeOptunaSearch(_OptunaSearch):
                     "Tune saved this trial; its plan is queued again")
                 study.tell(t.number, state=TrialState.FAIL)
                 # retried, as the local backend retries trials its heartbeat finds stale
-                study.enqueue_trial(t.params, user_attrs={k: t.user_attrs[k] for k in ("reference",)
-                                                          if k in t.user_attrs},
-                                    skip_if_exists=False)
+                study.enqueue_trial(t.params, user_attrs=queued_attrs(t.user_attrs), skip_if_exists=False)
 
     # -- the target: --trials complete trials in the study --
 

@@ -38,6 +38,12 @@ RUNG = "rung"  # the halving rung a trial was trained to (0 = the first)
 # A queued plan's narrowed convs (conv → kept fraction; `Plan.widths`): the study's parameters
 # say only which sites are Cube blocks (the site map's finalists and pruning plans carry these)
 WIDTHS = "widths"
+FINALIST = "map_finalist"  # a queued site-map finalist's index in the stored list
+PRUNED = "pruning_plan"  # a queued uniform-pruning plan's index
+# What a queued plan is enqueued with (what it is, not what its run found): a trial whose worker
+# died is queued again with these, or it would come back as another plan (no widths, no rung).
+QUEUED_ATTRS = ("reference", "promotes", RUNG, WIDTHS, FINALIST, PRUNED, "predicted_iou",
+                "pruning_ratio")
 # Figures of the trainer's evaluation recorded with a fine-tuned trial (all are in metrics.json)
 RECORDED_METRICS = ("f1", "precision", "recall", "oa", "loss")
 # User attributes a point carries besides its objectives (and each halving rung's `iou_rungN`)
@@ -49,6 +55,11 @@ RESERVED_ATTRS = frozenset({"iou", "seconds", "checkpoint", "plan", "sites_repla
                             "constraint", "feasible", "infeasible", "reference", "fail_reason",
                             "trial", "backend", "ray_experiment", "ray_trial_id", SCORED,
                             RUNG, "promotes", WIDTHS})
+
+
+def queued_attrs(user_attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attributes a trial was queued with (`QUEUED_ATTRS`), to queue its plan again."""
+    return {k: user_attrs[k] for k in QUEUED_ATTRS if k in user_attrs}
 
 
 # --- storage ----------------------------------------------------------------------------------
@@ -303,7 +314,8 @@ def study_points(study: optuna.Study, root: str | os.PathLike | None = None, *,
             a["checkpoint"] = resolve_checkpoint(a["checkpoint"], root, recorded_out)
         points.append(ParetoPoint(
             trial=t.number, iou=float(a["iou"]), gflops=float(a["gflops"]), params=int(a["params"]),
-            sites_replaced=int(a.get("sites_replaced", 0)), label=a.get("reference", ""),
+            sites_replaced=int(a.get("sites_replaced", 0)), sites_narrowed=len(a.get(WIDTHS) or {}),
+            label=a.get("reference", ""),
             feasible=bool(a.get("feasible", True)) and not a.get("infeasible", False),
             plan_path=a.get("checkpoint") and str(Path(a["checkpoint"]) / "plan.json"),
             checkpoint=a.get("checkpoint"),

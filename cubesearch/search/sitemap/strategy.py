@@ -41,7 +41,7 @@ from cubesearch.search.evaluators import FineTuneEvaluator
 from cubesearch.search.evaluators.finetune import prepare_baseline
 from cubesearch.search.halving import HalvingEvaluator
 from cubesearch.search.pareto import PRUNING_LABEL
-from cubesearch.search.record import WIDTHS, Phase, TrialOutcome
+from cubesearch.search.record import FINALIST, PRUNED, WIDTHS, Phase, TrialOutcome
 from cubesearch.search.sitemap.build import SiteMap, build_map
 from cubesearch.search.sitemap.cells import narrowed_cost
 from cubesearch.search.sitemap.milp import Choice, spread, sweep, unmet_message
@@ -50,8 +50,6 @@ from cubesearch.search.strategy import run_phase
 
 FINALISTS_ATTR = "map_finalists"
 PRUNING_ATTR = "map_pruning"
-FINALIST = "map_finalist"  # a queued finalist's index in the stored list
-PRUNED = "pruning_plan"  # a queued pruning plan's index
 RATIOS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))  # uniform widths tried
 
 
