@@ -1,12 +1,12 @@
 """Why does a uniformly pruned examples/unet.py w16 collapse to IoU 0 under the final recipe?
 Per-epoch lr, train loss, val IoU, val recall/precision of the pruning-0.875 plan, seed 0."""
-import json, sys, time
+import json
+import sys
 from pathlib import Path
-import torch
-from cubesearch.plan import Plan
+
+from cubesearch.plan.plan import Plan
+from cubesearch.training.data import make_datasets
 from cubesearch.training.finetune import Recipe, train_final
-from cubesearch.training.evaluation import evaluate
-from cubesearch.data import make_datasets
 
 out = Path("/work/ev2-runs/unet")
 plans = {p["id"]: p for p in json.loads((out / "plans.json").read_text())}
@@ -22,5 +22,6 @@ r = train_final(plan, base, recipe=recipe, seed=0, data=data, input_size=(3, 64,
                 progress=False)
 for h in r.history:
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
-           if k in ("epoch", "lr", "train_loss", "train_iou", "val_iou", "val_recall", "val_precision", "val_loss")})
+           if k in ("epoch", "lr", "train_loss", "train_iou", "val_iou", "val_recall", "val_precision",
+                    "val_loss")})
 print("init", r.init if hasattr(r, "init") else None)
