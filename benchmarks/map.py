@@ -54,6 +54,7 @@ from _common import machine, md_table  # noqa: E402
 from _stats import BOOT, BOOT_SEED, bootstrap_ci, tau  # noqa: E402
 
 from cubesearch.cli.options import model_args  # noqa: E402  (the CLI's --model-arg parser)
+from cubesearch.core.errors import CubesearchError  # noqa: E402
 from cubesearch.core.helpers import atomic_write  # noqa: E402
 from cubesearch.cost.pricing import count_flops, count_params  # noqa: E402
 from cubesearch.plan.plan import Plan  # noqa: E402
@@ -89,8 +90,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=float, default=12)
     p.add_argument("--distill-steps", type=int, default=100)
     p.add_argument("--epochs", type=float, default=8, help="the final recipe's epochs")
-    p.add_argument("--loss", default="bce", help="the final recipe's loss (the trainer's default: bce); "
-                   "another loss trains the same plans into OUT/runs-LOSS/")
     p.add_argument("--seeds", default="0,1", help="training seeds (the baseline's: the first)")
     p.add_argument("--map-seed", type=int, default=100)
     p.add_argument("--finalists", type=int, default=4, help="per space (Cube-only, joint)")
@@ -176,7 +175,12 @@ def choose_plans(args: argparse.Namespace, ctx: Any, data: dict[str, Any]) -> li
     plans: list[dict[str, Any]] = [{"id": "unconverted", "group": "unconverted", "sites": {},
                                     "widths": {}, "predicted_iou": data["baseline_iou"]}]
     for group, table in (("cube", cube), ("joint", joint)):
-        front = [c for c in sweep(table, "gflops", base, points=61, exact=exact) if c.changed()]
+        try:
+            front = [c for c in sweep(table, "gflops", base, points=61, exact=exact) if c.changed()]
+        except CubesearchError as exc:  # e.g. no buildable mix of widths on coupled convs
+            print(f"{group} plans: none ({exc})", flush=True)
+            plans[0].setdefault("not_chosen", {})[group] = str(exc)
+            continue
         for i, c in enumerate(spread(front, args.finalists, "gflops")):
             plans.append({"id": f"{group}-{i}", "group": group, "options": c.changed(),
                           **plan_dict(plan_parts(data, c.options)), "predicted_iou": c.predicted_iou,
@@ -206,8 +210,7 @@ def stored_plans(args: argparse.Namespace, ctx: Any, data: dict[str, Any]) -> li
 
 
 def run_file(args: argparse.Namespace, plan_id: str, seed: int) -> Path:
-    runs = "runs" if args.loss == "bce" else f"runs-{args.loss.replace('+', '-')}"
-    return Path(args.out) / runs / f"{plan_id}-s{seed}.json"
+    return Path(args.out) / "runs" / f"{plan_id}-s{seed}.json"
 
 
 def train_plan(args: argparse.Namespace, ctx: Any, p: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -219,7 +222,7 @@ def train_plan(args: argparse.Namespace, ctx: Any, p: dict[str, Any], seed: int)
     t0 = time.perf_counter()
     r = train_final(plan, ctx.baseline_dir, recipe=recipe, seed=seed, data=ctx.datasets,
                     input_size=(s.input_size[0], s.tile_size, s.tile_size), batch_size=s.batch_size,
-                    progress=False, loss=args.loss)
+                    progress=False)
     model = r.model.eval()
     curve = [float(h["val_iou"]) for h in r.history if "val_iou" in h]
     return {"id": p["id"], "seed": seed, "iou": float(r.metrics["iou"]), "curve": curve,
@@ -342,6 +345,10 @@ def hv_figures(plans: list[dict], runs: dict, ref: float, seeds: list[int]) -> d
     hv = {n: hypervolume(q, ref) for n, q in pts.items()}
     out: dict[str, Any] = {"hypervolume": hv, "joint_front": [q.label for q in non_dominated(pts["joint"])]}
     for n in ("joint", "cube"):
+        if not any(q.label != "unconverted" for q in pts[n]):  # the group was not chosen / trained
+            out.update({f"{n}_hv_ratio_vs_pruning": None, f"{n}_hv_ratio_vs_pruning_ci95": None,
+                        f"{n}_hv_ratio_vs_pruning_per_seed": {}})
+            continue
         out[f"{n}_hv_ratio_vs_pruning"] = hv[n] / hv["pruning"] if hv["pruning"] else None
         out[f"{n}_hv_ratio_vs_pruning_ci95"] = hv_ratio_ci(pts[n], pts["pruning"], ref)
         per_seed = {}
@@ -376,17 +383,20 @@ def pruning_curve(plans: list[dict], runs: dict, args: argparse.Namespace, data:
                        "iou_by_seed": {str(s): r["iou"] for s, r in rs.items()},
                        "curves": {str(s): r["curve"] for s, r in rs.items()}})
     return {"model": args.model, "model_args": args.model_arg,
-            "recipe": (f"train_final, {args.epochs:g} epochs, loss {args.loss}, KD off, no early "
-                       f"stopping, cosine, best epoch kept; from the {args.baseline_epochs:g}-epoch "
-                       "baseline; Torch-Pruning L1, every narrowable searchable conv at the kept fraction"),
+            "recipe": (f"train_final, {args.epochs:g} epochs, KD off, no early stopping, cosine, best "
+                       f"epoch kept; from the {args.baseline_epochs:g}-epoch baseline; Torch-Pruning "
+                       "L1, every narrowable searchable conv at the kept fraction"),
             "tiles": f"{args.train_tiles} train / {args.val_tiles} val of {args.tile_size}²",
             "seeds": args.seed_list, "points": sorted(points, key=lambda q: q["gflops"])}
 
 
 def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
             halving: dict | None) -> dict[str, Any]:
-    # the target: the last seed with runs (all of them once the benchmark has finished)
-    have = [s for s in args.seed_list if any(s in runs.get(p["id"], {}) for p in plans)]
+    # only seeds under which every plan trained (a run stopped midway reports its whole seeds);
+    # the target: the last of them
+    have = [s for s in args.seed_list if all(s in runs.get(p["id"], {}) for p in plans)]
+    partial = [s for s in args.seed_list if s not in have and any(s in r for r in runs.values())]
+    runs = {k: {s: r for s, r in v.items() if s in have} for k, v in runs.items()}
     last, first = (have[-1], have[0]) if have else (args.seed_list[-1], args.seed_list[0])
     predicted = [p for p in plans if p["predicted_iou"] is not None and p["group"] != "unconverted"
                  and last in runs.get(p["id"], {})]
@@ -419,8 +429,10 @@ def figures(args: argparse.Namespace, data: dict, plans: list[dict], runs: dict,
         "finalists_below_prediction_by_over_0.05": [g["id"] for g in gaps
                                                    if g["trained_delta"] < g["predicted_delta"] - 0.05],
         "prediction_gaps": gaps,
+        "seeds_reported": have, "seeds_left_out_partly_trained": partial,
         "cells": len(data["cells"]), "cells_measured": sum(c["option"] != "keep" for c in data["cells"]),
         "map_seconds": sum(float(c.get("seconds") or 0) for c in data["cells"]),
+        "train_seconds": sum(r["seconds"] for v in runs.values() for r in v.values()),
         "baseline_iou": data["baseline_iou"], "subset_rule": data["subset_rule"],
         "plans": plans, "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()},
         "conditions": conditions(args), "machine": machine(),
@@ -432,7 +444,7 @@ def conditions(args: argparse.Namespace) -> dict[str, Any]:
             "subset": args.subset, "tile_size": args.tile_size, "flops_input": args.input_size,
             "train_tiles": args.train_tiles, "val_tiles": args.val_tiles,
             "baseline_epochs": args.baseline_epochs, "distill_steps": args.distill_steps,
-            "final_recipe_epochs": args.epochs, "loss": args.loss, "kd": "off", "early_stopping": "off",
+            "final_recipe_epochs": args.epochs, "kd": "off", "early_stopping": "off",
             "training_seeds": args.seed_list, "map_seed": args.map_seed,
             "threads": torch.get_num_threads(), "load_average": list(os.getloadavg())}
 
@@ -517,11 +529,14 @@ def render(fig: dict[str, Any]) -> str:
              f"load average at the end {', '.join(f'{v:.1f}' for v in c['load_average'])}. "
              f"{fig['machine']}.", "",
              f"Map: {fig['cells']} cells ({fig['cells_measured']} measured, {fig['subset_rule']}), "
-             f"{fig['map_seconds']:.0f} s of cell measurement; baseline IoU {fig['baseline_iou']:.4f}.", "",
-             f"Trained: each plan by the final recipe after {c['final_recipe_epochs']:g} epochs "
-             f"(loss {c.get('loss', 'bce')}, KD off, "
+             f"{fig['map_seconds']:.0f} s of cell measurement; baseline IoU {fig['baseline_iou']:.4f}. "
+             f"Training the plans: {fig['train_seconds'] / 60:.1f} min.", "",
+             f"Trained: each plan by the final recipe after {c['final_recipe_epochs']:g} epochs (KD off, "
              f"no early stopping; not converged), seeds {c['training_seeds']}; the map on seed "
-             f"{c['map_seed']}. Intervals: percentile bootstrap, {BOOT} resamples of the plans.", "",
+             f"{c['map_seed']}. Intervals: percentile bootstrap, {BOOT} resamples of the plans."
+             + (f" Reported: seeds {fig['seeds_reported']}; left out (not every plan trained): "
+                f"{fig['seeds_left_out_partly_trained']}." if fig["seeds_left_out_partly_trained"] else ""),
+             "",
              "| figure | value [95 % CI] | target | verdict |", "|---|---:|---:|---|",
              *figure_rows(fig), "",
              "Additive τ against each seed's trained IoU: "
@@ -529,6 +544,8 @@ def render(fig: dict[str, Any]) -> str:
                          for s, v in fig["additive_kendall_tau_by_seed"].items()) + ".", "",
              f"Joint front: {', '.join(fig['joint_front'])}; {fig['cube_sites_on_joint_front']} of its "
              "plans' sites are Cube blocks.", "",
+             *[f"No {g} plans were chosen: {why}" for g, why in
+               fig["plans"][0].get("not_chosen", {}).items()], "",
              *pruning_lines(fig["pruning_curve"]), "",
              f"Finalists trained more than 0.05 below their predicted ΔIoU (against the paired "
              f"baseline): {', '.join(fig['finalists_below_prediction_by_over_0.05']) or 'none'}.", "",
@@ -597,7 +614,7 @@ def add_pruning_curve(name: str, curve: dict[str, Any]) -> None:
     js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
     fig = json.loads(js.read_text())
     fig["pruning_curve"] = curve
-    atomic_write(js, json.dumps(fig, indent=2, default=float))
+    atomic_write(js, json.dumps(fig, indent=1, default=float))  # the fidelity files' own layout
     head = "## Channel pruning curve (today's default recipe)"
     text = md.read_text().split(head)[0].rstrip() + "\n\n"
     section = [head, "", "Measured by `benchmarks/map.py` (its `pruning-R` runs), not by this page's "
