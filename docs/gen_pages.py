@@ -71,6 +71,15 @@ BENCHMARKS = [
           "{seed_to_seed_tau:.2f}); FullCube "
           "{fullcube_iou_ratio:.2f}× its paired baseline's IoU"),
     Bench("paper", "The paper's Tabs. 2–4 in miniature", "{headline}"),
+    Bench("map", "Where a Cube block pays: the site map (demo model)",
+          "additive prediction vs trained IoU: τ {additive_kendall_tau:.2f} over {additive_plans} plans "
+          "(target 0.65); HV Cube-only / pruning {cube_hv_ratio_vs_pruning:.2f}; no joint front (the "
+          "sweep gave up on coupled widths); {cells} cells"),
+    Bench("map-unet", "Where a Cube block pays: the site map (examples/unet.py)",
+          "additive prediction vs trained IoU: τ {additive_kendall_tau:.2f} over {additive_plans} plans "
+          "(target 0.65); HV joint / pruning {joint_hv_ratio_vs_pruning:.2f}, Cube-only / pruning "
+          "{cube_hv_ratio_vs_pruning:.2f}; {cube_sites_on_joint_front} Cube site(s) on the joint front; "
+          "{cells} cells"),
     Bench("kd-ablation", "Distillation in the final recipe, on and off",
           "KD from the search's baseline minus none: unconverted {plans[unconverted][delta]:+.3f} IoU, "
           "FullCube {plans[FullCube][delta]:+.3f}; FullCube / paired {fullcube_ratio_kd:.3f}× with, "
