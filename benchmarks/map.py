@@ -90,6 +90,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=float, default=12)
     p.add_argument("--distill-steps", type=int, default=100)
     p.add_argument("--epochs", type=float, default=8, help="the final recipe's epochs")
+    p.add_argument("--loss", default="bce", help="the final recipe's loss (the trainer's default: bce); "
+                   "another loss trains the same plans into OUT/runs-LOSS/")
     p.add_argument("--seeds", default="0,1", help="training seeds (the baseline's: the first)")
     p.add_argument("--map-seed", type=int, default=100)
     p.add_argument("--finalists", type=int, default=4, help="per space (Cube-only, joint)")
@@ -210,7 +212,8 @@ def stored_plans(args: argparse.Namespace, ctx: Any, data: dict[str, Any]) -> li
 
 
 def run_file(args: argparse.Namespace, plan_id: str, seed: int) -> Path:
-    return Path(args.out) / "runs" / f"{plan_id}-s{seed}.json"
+    runs = "runs" if args.loss == "bce" else f"runs-{args.loss.replace('+', '-')}"
+    return Path(args.out) / runs / f"{plan_id}-s{seed}.json"
 
 
 def train_plan(args: argparse.Namespace, ctx: Any, p: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -222,7 +225,7 @@ def train_plan(args: argparse.Namespace, ctx: Any, p: dict[str, Any], seed: int)
     t0 = time.perf_counter()
     r = train_final(plan, ctx.baseline_dir, recipe=recipe, seed=seed, data=ctx.datasets,
                     input_size=(s.input_size[0], s.tile_size, s.tile_size), batch_size=s.batch_size,
-                    progress=False)
+                    progress=False, loss=args.loss)
     model = r.model.eval()
     curve = [float(h["val_iou"]) for h in r.history if "val_iou" in h]
     return {"id": p["id"], "seed": seed, "iou": float(r.metrics["iou"]), "curve": curve,
@@ -383,9 +386,9 @@ def pruning_curve(plans: list[dict], runs: dict, args: argparse.Namespace, data:
                        "iou_by_seed": {str(s): r["iou"] for s, r in rs.items()},
                        "curves": {str(s): r["curve"] for s, r in rs.items()}})
     return {"model": args.model, "model_args": args.model_arg,
-            "recipe": (f"train_final, {args.epochs:g} epochs, KD off, no early stopping, cosine, best "
-                       f"epoch kept; from the {args.baseline_epochs:g}-epoch baseline; Torch-Pruning "
-                       "L1, every narrowable searchable conv at the kept fraction"),
+            "recipe": (f"train_final, {args.epochs:g} epochs, loss {args.loss}, KD off, no early "
+                       f"stopping, cosine, best epoch kept; from the {args.baseline_epochs:g}-epoch "
+                       "baseline; Torch-Pruning L1, every narrowable searchable conv at the kept fraction"),
             "tiles": f"{args.train_tiles} train / {args.val_tiles} val of {args.tile_size}²",
             "seeds": args.seed_list, "points": sorted(points, key=lambda q: q["gflops"])}
 
@@ -444,7 +447,7 @@ def conditions(args: argparse.Namespace) -> dict[str, Any]:
             "subset": args.subset, "tile_size": args.tile_size, "flops_input": args.input_size,
             "train_tiles": args.train_tiles, "val_tiles": args.val_tiles,
             "baseline_epochs": args.baseline_epochs, "distill_steps": args.distill_steps,
-            "final_recipe_epochs": args.epochs, "kd": "off", "early_stopping": "off",
+            "final_recipe_epochs": args.epochs, "loss": args.loss, "kd": "off", "early_stopping": "off",
             "training_seeds": args.seed_list, "map_seed": args.map_seed,
             "threads": torch.get_num_threads(), "load_average": list(os.getloadavg())}
 
@@ -531,7 +534,8 @@ def render(fig: dict[str, Any]) -> str:
              f"Map: {fig['cells']} cells ({fig['cells_measured']} measured, {fig['subset_rule']}), "
              f"{fig['map_seconds']:.0f} s of cell measurement; baseline IoU {fig['baseline_iou']:.4f}. "
              f"Training the plans: {fig['train_seconds'] / 60:.1f} min.", "",
-             f"Trained: each plan by the final recipe after {c['final_recipe_epochs']:g} epochs (KD off, "
+             f"Trained: each plan by the final recipe after {c['final_recipe_epochs']:g} epochs "
+             f"(loss {c.get('loss', 'bce')}, KD off, "
              f"no early stopping; not converged), seeds {c['training_seeds']}; the map on seed "
              f"{c['map_seed']}. Intervals: percentile bootstrap, {BOOT} resamples of the plans."
              + (f" Reported: seeds {fig['seeds_reported']}; left out (not every plan trained): "

@@ -75,6 +75,9 @@ BENCHMARKS = [
           "additive prediction vs trained IoU: τ {additive_kendall_tau:.2f} over {additive_plans} plans "
           "(target 0.65); HV Cube-only / pruning {cube_hv_ratio_vs_pruning:.2f}; no joint front (the "
           "sweep gave up on coupled widths); {cells} cells"),
+    Bench("map-unet-dice", "The same plans trained with BCE + Dice (examples/unet.py)",
+          "additive τ {additive_kendall_tau:.2f}; HV joint / pruning {joint_hv_ratio_vs_pruning:.2f}, "
+          "Cube-only / pruning {cube_hv_ratio_vs_pruning:.2f} (with BCE pruning collapses to IoU 0)"),
     Bench("map-unet", "Where a Cube block pays: the site map (examples/unet.py)",
           "additive prediction vs trained IoU: τ {additive_kendall_tau:.2f} over {additive_plans} plans "
           "(target 0.65); HV joint / pruning {joint_hv_ratio_vs_pruning:.2f}, Cube-only / pruning "
