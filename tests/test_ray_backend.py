@@ -325,7 +325,10 @@ def test_an_interrupted_search_resumes_from_ray_experiment(cluster, tmp_path):
     # trials Tune had not saved when the driver died are failed, and their plans queued again
     for t in study.get_trials(states=(TrialState.FAIL,)):
         assert t.user_attrs["fail_reason"].startswith("interrupted: the Ray driver stopped")
-        assert any(c.params == t.params for c in study.trials if c.number > t.number)
+        if "plan" in t.user_attrs:  # killed before its plan was wholly sampled: none to queue
+            assert any(c.params == t.params for c in study.trials if c.number > t.number)
+        else:
+            assert t.user_attrs["fail_reason"].endswith("nothing to queue again")
     assert [p.name for p in sorted((out / "ray").iterdir())] == ["tiny_seg-shared-1"]
 
     # a larger --trials later: the finished experiment is not restored, a new one continues
@@ -455,3 +458,22 @@ def test_a_trial_orphaned_by_a_dead_driver_is_queued_again_as_the_same_plan(tmp_
     failed, again = study.get_trials(deepcopy=False)
     assert failed.state == TrialState.FAIL and "queued again" in failed.user_attrs["fail_reason"]
     assert again.state == TrialState.WAITING and again.user_attrs == queued
+
+
+def test_a_trial_orphaned_while_its_plan_was_sampled_is_not_queued_again(tmp_path):
+    """Killed between `ask` and the end of sampling, a trial holds part of a plan: queuing it
+    again would only add a trial the sampler completes with another plan (seen in CI: a trial
+    failed with {'replace:decoder.0.0': False} and nothing later had those parameters)."""
+    from cubesearch.search.ray import CubeOptunaSearch
+    from cubesearch.search.study import RAY_EXPERIMENT_ATTR
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.suggest_categorical("replace:decoder.0.0", [False, True])  # the kill lands here
+    trial.set_user_attr(RAY_EXPERIMENT_ATTR, str(tmp_path / "ray" / "exp-1"))
+    searcher = object.__new__(CubeOptunaSearch)
+    searcher._experiment, searcher._live = str(tmp_path / "ray" / "exp-2"), {}
+    searcher._fail_orphans(study)
+    (failed,) = study.get_trials(deepcopy=False)
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"].endswith("it had no plan yet, nothing to queue again")

@@ -218,12 +218,17 @@ class CubeOptunaSearch(_OptunaSearch):
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             where = str(t.user_attrs.get(RAY_EXPERIMENT_ATTR, ""))
             if where and str(Path(where).parent) == root and t._trial_id not in live:
+                # killed after `ask` but before its plan was wholly sampled (`plan` is recorded
+                # right after): there is no plan to retry, only part of one
+                again = queued_attrs(t.user_attrs)
+                retry = bool(again) or "plan" in t.user_attrs
                 study._storage.set_trial_user_attr(
                     t._trial_id, "fail_reason", "interrupted: the Ray driver stopped before "
-                    "Tune saved this trial; its plan is queued again")
+                    "Tune saved this trial; " + ("its plan is queued again" if retry else
+                                                 "it had no plan yet, nothing to queue again"))
                 study.tell(t.number, state=TrialState.FAIL)
-                # retried, as the local backend retries trials its heartbeat finds stale
-                study.enqueue_trial(t.params, user_attrs=queued_attrs(t.user_attrs), skip_if_exists=False)
+                if retry:  # retried, as the local backend retries trials its heartbeat finds stale
+                    study.enqueue_trial(t.params, user_attrs=again, skip_if_exists=False)
 
     # -- the target: --trials complete trials in the study --
 
